@@ -1,0 +1,39 @@
+# The two commands: `make run` (the main job on the default zoo) and `make test`.
+# Both create .venv and install what they need first, so a fresh machine needs nothing else.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mergegym-installed
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install test lint run zoo clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU wheel first and pinned: an open `torch` requirement would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+run: $(STAMP)
+	$(PY) -m experiments.run $(ARGS)
+
+zoo: $(STAMP)
+	$(PY) -m experiments.build_zoo $(ARGS)
+
+clean:
+	rm -rf $(VENV) outputs multirun

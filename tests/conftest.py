@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny real checkpoints built by the tests themselves (no network)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def _config(family: str, layers: int, hidden: int, vocab: int, tied: bool):
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    if family == "gpt2":
+        return GPT2Config(
+            n_layer=layers, n_embd=hidden, n_head=4, vocab_size=vocab, n_positions=64,
+            tie_word_embeddings=tied,
+        )  # fmt: skip
+    cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[family]
+    return cls(
+        num_hidden_layers=layers, hidden_size=hidden, intermediate_size=2 * hidden,
+        num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
+        max_position_embeddings=64, tie_word_embeddings=tied,
+    )  # fmt: skip
+
+
+def build_tiny(
+    out: Path,
+    family: str = "llama",
+    *,
+    seed: int = 0,
+    layers: int = 2,
+    hidden: int = 32,
+    vocab: int = 64,
+    tied: bool = False,
+    like: Path | None = None,
+    noise: float = 0.02,
+) -> Path:
+    """Save a tiny random model; with ``like``, a 'fine-tune' of it: its weights plus seeded noise."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    if like is not None:
+        model = AutoModelForCausalLM.from_pretrained(like)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(noise * torch.randn(p.shape, generator=g))
+    else:
+        model = AutoModelForCausalLM.from_config(_config(family, layers, hidden, vocab, tied))
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def tiny_factory(tmp_path: Path) -> Callable[..., Path]:
+    """A function that builds tiny checkpoints under this test's tmp_path."""
+    counter = iter(range(10_000))
+
+    def make(family: str = "llama", **kw) -> Path:
+        return build_tiny(tmp_path / f"{family}-{next(counter)}", family, **kw)
+
+    return make
