@@ -28,6 +28,9 @@ class Family:
     head: str  # the output projection's weight
     attn_markers: tuple[str, ...]
     mlp_markers: tuple[str, ...]
+    # submodules whose output is a residual branch: scaling their weights (and bias) by c scales
+    # that branch, which is how a slot's residual scale is baked into a materialised checkpoint
+    residual_out: tuple[str, ...] = ("self_attn.o_proj", "mlp.down_proj")
     num_layers_keys: tuple[str, ...] = ("num_hidden_layers", "n_layer")
     strippable_prefix: str = (
         ""  # some files omit it (original GPT-2 weights have no "transformer.")
@@ -57,6 +60,7 @@ FAMILIES: dict[str, Family] = {
         head="lm_head.weight",
         attn_markers=(".attn.",),
         mlp_markers=(".mlp.",),
+        residual_out=("attn.c_proj", "mlp.c_proj"),
         strippable_prefix="transformer.",
     ),
 }
@@ -138,6 +142,13 @@ class ArchInfo:
             raise CheckpointError(f"tensor {name!r} does not belong to a decoder layer")
         prefix = self.layers_prefix
         return f"{prefix}{new_layer}{name[len(prefix) + len(str(layer)) :]}"
+
+    def is_residual_out(self, name: str) -> bool:
+        """Whether a layer tensor belongs to a residual-branch output projection."""
+        full = self._full(name)
+        return self.layer_of(name) is not None and any(
+            f".{m}." in full for m in self.family.residual_out
+        )
 
     def layer_tensor_names(self, names: Iterable[str], layer: int) -> list[str]:
         """Tensor names (from ``names``) that belong to decoder layer ``layer``."""

@@ -68,3 +68,30 @@ def tiny_factory(tmp_path: Path) -> Callable[..., Path]:
         return build_tiny(tmp_path / f"{family}-{next(counter)}", family, **kw)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory):
+    """The tiny zoo, built once per test session (seconds)."""
+    from merge_env.zoo import ZooConfig, build_zoo
+
+    return build_zoo(ZooConfig.preset("tiny"), tmp_path_factory.mktemp("zoo"), progress=False)
+
+
+@pytest.fixture
+def make_problem(tiny_zoo, tmp_path):
+    """A function building a fresh MergeProblem over the tiny zoo (own archive and cache)."""
+    from merge_env.problem import build_problem
+    from merge_env.recipe import BASE
+
+    counter = iter(range(10_000))
+
+    def make(**kw):
+        d = tmp_path / f"problem-{next(counter)}"
+        d.mkdir()
+        kw.setdefault("archive_path", d / "archive.jsonl")
+        kw.setdefault("cache_path", d / "cache.sqlite")
+        sources = {BASE: tiny_zoo.base, **tiny_zoo.experts}
+        return build_problem(sources, tiny_zoo.tasks, tiny_zoo.tokenizer_dir, **kw)
+
+    return make

@@ -1,0 +1,67 @@
+"""The agent interface: anything that searches a MergeProblem within an evaluation budget.
+
+There is no name -> class table: the registry is ``conf/agent/``, one YAML per agent whose
+``_target_`` names the class, so a new agent is one file here plus one YAML there.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+
+from merge_env.errors import ConfigError
+from merge_env.pareto import Archive
+from merge_env.problem import MergeProblem, Scored
+from merge_env.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+class BudgetExhausted(Exception):
+    """Raised inside an agent's loop when its evaluation budget is spent."""
+
+
+class Budget:
+    """Evaluations an agent may still spend on a problem (cache hits are free)."""
+
+    def __init__(self, problem: MergeProblem, budget: float) -> None:
+        if budget <= 0:
+            raise ConfigError(f"budget must be positive, got {budget}")
+        self.problem = problem
+        self.start = problem.spent
+        self.budget = float(budget)
+
+    @property
+    def used(self) -> float:
+        """Evaluations spent since this budget started."""
+        return self.problem.spent - self.start
+
+    @property
+    def remaining(self) -> float:
+        """Evaluations left (never negative)."""
+        return max(0.0, self.budget - self.used)
+
+    def exhausted(self, cost: float = 1.0) -> bool:
+        """Whether a call costing ``cost`` evaluations would overrun the budget."""
+        return self.used + cost > self.budget + 1e-9
+
+
+class Agent(ABC):
+    """Searches a MergeProblem; every recipe it scores lands in ``problem.archive``."""
+
+    name: str = "agent"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+
+    @abstractmethod
+    def search(self, problem: MergeProblem, budget: float) -> Archive:
+        """Spend at most ``budget`` evaluations on ``problem``; return its archive."""
+
+    def evaluate(
+        self, problem: MergeProblem, budget: Budget, recipe: Recipe, fidelity: str = "full"
+    ) -> Scored:
+        """Score one recipe within the budget; BudgetExhausted when it cannot be afforded."""
+        if not problem.is_cached(recipe, fidelity) and budget.exhausted(problem.cost(fidelity)):
+            raise BudgetExhausted
+        return problem.score(recipe, fidelity=fidelity, source=self.name)

@@ -1,0 +1,297 @@
+"""Recipe -> runnable model, sharing every referenced layer, and materialise() to a checkpoint.
+
+The pool's models stay resident. An assembled model is a fresh transformers shell built on the
+meta device (so it allocates nothing) whose embeddings, final norm, rotary tables and head are the
+shell source's own modules, and whose layer list holds one ``SlotLayer`` per path slot. A SlotLayer
+wraps a *shared* decoder layer: for the duration of its call it gives the layer's attention the
+slot's KV-cache index (a layer used twice keeps two cache entries) and scales the residual branches
+with forward hooks, so the shared weights are never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from merge_env.arch import ArchInfo
+from merge_env.checkpoint import Checkpoint, CheckpointWriter, TensorSpec
+from merge_env.errors import MergeError
+from merge_env.param_merge import MergeEngine, ParamMerge
+from merge_env.recipe import BASE, MERGED, Recipe
+
+log = logging.getLogger(__name__)
+
+
+class SlotLayer(nn.Module):
+    """A path slot: a shared decoder layer run under the slot's cache index and residual scale."""
+
+    def __init__(self, layer: nn.Module, slot: int, scale: float, residual_out: tuple[str, ...]):
+        super().__init__()
+        self.layer = layer
+        self.slot = slot
+        self.scale = float(scale)
+        self._attn = next((m for m in layer.modules() if hasattr(m, "layer_idx")), None)
+        self._outs = [layer.get_submodule(p) for p in residual_out] if self.scale != 1.0 else []
+
+    def _scale_output(self, _module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        return output * self.scale
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the shared layer as slot ``self.slot`` with its branches scaled."""
+        old = None if self._attn is None else self._attn.layer_idx
+        if self._attn is not None:
+            self._attn.layer_idx = self.slot
+        handles = [m.register_forward_hook(self._scale_output) for m in self._outs]
+        try:
+            return self.layer(*args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+            if self._attn is not None:
+                self._attn.layer_idx = old
+
+    def __getattr__(self, name: str) -> Any:
+        # transformers reads per-layer attributes (e.g. attention_type) off the layer list
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("layer"), name)
+
+
+def _set_num_layers(config: Any, layer_map: list[int]) -> None:
+    """Give an HF config a depth of len(layer_map), keeping per-layer lists consistent."""
+    n = len(layer_map)
+    if hasattr(config, "n_layer"):
+        config.n_layer = n
+    config.num_hidden_layers = n
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        config.layer_types = [layer_types[i] for i in layer_map]
+
+
+class ModelPool:
+    """Named source models (``base`` and the fine-tunes), resident on one device, plus merges.
+
+    Merged models are built once per parameter setting (keyed by the merge's canonical form) and
+    kept in a small LRU so that memory does not grow with the number of candidates.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, str | Path],
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        merged_cache_size: int = 4,
+    ) -> None:
+        if BASE not in sources:
+            raise MergeError(f"the pool needs a source named {BASE!r}; got {sorted(sources)}")
+        if MERGED in sources:
+            raise MergeError(f"{MERGED!r} is reserved for the parameter-level merge")
+        self.paths = {name: Path(p) for name, p in sources.items()}
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.checkpoints = {name: Checkpoint(p) for name, p in self.paths.items()}
+        self._check_compatible()
+        base = self.checkpoints[BASE]
+        self.arch: ArchInfo = base.arch
+        self.config: dict[str, Any] = base.config
+        self.models: dict[str, PreTrainedModel] = {
+            name: self._load(path) for name, path in self.paths.items()
+        }
+        self._merged: OrderedDict[str, PreTrainedModel] = OrderedDict()
+        self.merged_cache_size = merged_cache_size
+        self.merges_built = 0
+
+    # -- set-up ------------------------------------------------------------------------------
+    def _check_compatible(self) -> None:
+        base = self.checkpoints[BASE]
+        for name, ckpt in self.checkpoints.items():
+            if ckpt.arch.family != base.arch.family or ckpt.arch.num_layers != base.arch.num_layers:
+                raise MergeError(
+                    f"source {name!r} ({ckpt.path}) is a {ckpt.arch.num_layers}-layer "
+                    f"{ckpt.arch.family.name}; the base is a {base.arch.num_layers}-layer "
+                    f"{base.arch.family.name}"
+                )
+            for tensor in base.names:
+                if tensor not in ckpt:
+                    raise MergeError(f"source {name!r} ({ckpt.path}) lacks tensor {tensor!r}")
+                if ckpt.info(tensor).shape != base.info(tensor).shape:
+                    raise MergeError(
+                        f"tensor {tensor!r}: shape {ckpt.info(tensor).shape} in {name!r} "
+                        f"({ckpt.path}) differs from the base's {base.info(tensor).shape}"
+                    )
+
+    def _load(self, path: Path) -> PreTrainedModel:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
+        return model.to(self.device).eval().requires_grad_(False)
+
+    @property
+    def names(self) -> list[str]:
+        """Source names in the pool (``base`` first)."""
+        return [BASE] + [n for n in self.paths if n != BASE]
+
+    @property
+    def experts(self) -> list[str]:
+        """The fine-tunes (every source but the base)."""
+        return [n for n in self.paths if n != BASE]
+
+    @property
+    def num_layers(self) -> int:
+        """Depth of the pool's models."""
+        return self.arch.num_layers
+
+    # -- sources -----------------------------------------------------------------------------
+    def merged_model(self, merge: ParamMerge) -> PreTrainedModel:
+        """The parameter-level merge as a model, built once per setting (LRU)."""
+        key = Recipe(merge=merge).canonical_json()
+        model = self._merged.get(key)
+        if model is not None:
+            self._merged.move_to_end(key)
+            return model
+        engine = MergeEngine(merge, resolve=self._resolve)
+        model = copy.deepcopy(self.models[BASE])
+        state = model.state_dict()
+        with torch.no_grad():
+            for spec in engine.output_specs():
+                state[spec.name].copy_(engine.merged_tensor(spec.name))
+        self.merges_built += 1
+        self._merged[key] = model
+        while len(self._merged) > self.merged_cache_size:
+            self._merged.popitem(last=False)
+        return model
+
+    def _resolve(self, name: str) -> Checkpoint:
+        try:
+            return self.checkpoints[name]
+        except KeyError:
+            raise MergeError(f"merge names unknown model {name!r}; known: {self.names}") from None
+
+    def source_model(self, name: str, merge: ParamMerge | None) -> PreTrainedModel:
+        """The model behind a source name (``merged`` needs the recipe's merge)."""
+        if name == MERGED:
+            if merge is None:
+                raise MergeError("source 'merged' used by a recipe without a parameter merge")
+            return self.merged_model(merge)
+        return self.models[name]
+
+    def _layers(self, model: nn.Module) -> nn.ModuleList:
+        return model.get_submodule(self.arch.layers_prefix.rstrip("."))
+
+    # -- assembly ----------------------------------------------------------------------------
+    def assemble(self, recipe: Recipe) -> PreTrainedModel:
+        """A runnable model for the recipe, sharing (never copying) every referenced layer."""
+        recipe.validate(self.names, self.num_layers)
+        shell = self.source_model(recipe.shell_source, recipe.merge)
+        if recipe.is_identity(self.num_layers):
+            return shell
+        path = recipe.resolved_path(self.num_layers)
+        config = copy.deepcopy(shell.config)
+        _set_num_layers(config, [s.layer for s in path])
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        layers_path = self.arch.layers_prefix.rstrip(".")
+        _share_except(model, shell, layers_path)
+        residual_out = self.arch.family.residual_out
+        slots = [
+            SlotLayer(self._layers(self.source_model(s.source, recipe.merge))[s.layer], t, s.scale,
+                      residual_out)
+            for t, s in enumerate(path)
+        ]  # fmt: skip
+        parent, _, attr = layers_path.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, nn.ModuleList(slots))
+        leftovers = [n for n, t in model.state_dict().items() if t.is_meta]
+        if leftovers:
+            raise MergeError(f"assembly left tensors unset (first: {leftovers[0]!r})")
+        return model.eval()
+
+    # -- materialisation ---------------------------------------------------------------------
+    def materialise(
+        self,
+        recipe: Recipe,
+        out_dir: str | Path,
+        *,
+        shard_size: int = 5 * 2**30,
+        overwrite: bool = False,
+        out_dtype: torch.dtype | None = None,
+    ) -> Path:
+        """Write the recipe as an ordinary checkpoint (repeated layers duplicated, scales baked in)."""
+        recipe.validate(self.names, self.num_layers)
+        path = recipe.resolved_path(self.num_layers)
+        base_ckpt = self.checkpoints[BASE]
+        shell_state = self.source_model(recipe.shell_source, recipe.merge).state_dict()
+        dtype = out_dtype or self.dtype
+        plan: list[tuple[str, Any]] = []  # (output name, thunk producing the tensor)
+        for name in base_ckpt.names:
+            if self.arch.layer_of(name) is None:
+                plan.append((name, lambda n=name: shell_state[n]))
+        for t, slot in enumerate(path):
+            state = self.source_model(slot.source, recipe.merge).state_dict()
+            for name in base_ckpt.arch.layer_tensor_names(base_ckpt.names, slot.layer):
+                scale = slot.scale if self.arch.is_residual_out(name) else 1.0
+                plan.append(
+                    (self.arch.rename_layer(name, t), lambda n=name, c=scale, s=state: s[n] * c)
+                )
+        specs = [TensorSpec(n, dtype, base_ckpt.info(_orig(n, self.arch)).shape) for n, _ in plan]
+        config = dict(base_ckpt.config)
+        _set_num_layers_dict(config, [s.layer for s in path])
+        config["dtype"] = str(dtype).removeprefix("torch.")
+        with CheckpointWriter(
+            out_dir, specs, config=config, side_files_from=base_ckpt.path,
+            shard_size=shard_size, overwrite=overwrite,
+        ) as writer:  # fmt: skip
+            for name, thunk in plan:
+                writer.write(name, thunk().to(dtype))
+            writer.add_file("recipe.yaml", recipe.to_yaml())
+            writer.add_file("README.md", _readme(recipe, self.paths))
+        return Path(out_dir)
+
+
+def _orig(name: str, arch: ArchInfo) -> str:
+    """The base tensor a planned output name was shaped after (layer 0 stands for any layer)."""
+    return name if arch.layer_of(name) is None else arch.rename_layer(name, 0)
+
+
+def _set_num_layers_dict(config: dict[str, Any], layer_map: list[int]) -> None:
+    key = "n_layer" if "n_layer" in config else "num_hidden_layers"
+    config[key] = len(layer_map)
+    if config.get("layer_types"):
+        config["layer_types"] = [config["layer_types"][i] for i in layer_map]
+
+
+def _share_except(target: nn.Module, source: nn.Module, skip: str, prefix: str = "") -> None:
+    """Point every submodule of ``target`` outside ``skip`` at the same module of ``source``."""
+    for name, _child in list(target.named_children()):
+        full = f"{prefix}{name}"
+        if full == skip:
+            continue
+        if skip.startswith(full + "."):
+            _share_except(getattr(target, name), getattr(source, name), skip, full + ".")
+        else:
+            setattr(target, name, getattr(source, name))
+    for name, _ in list(target.named_parameters(recurse=False)):
+        setattr(target, name, getattr(source, name))
+    for name, _ in list(target.named_buffers(recurse=False)):
+        target.register_buffer(name, getattr(source, name))
+
+
+def _readme(recipe: Recipe, paths: Mapping[str, Path]) -> str:
+    lines = [
+        "# MergeGym merge",
+        "",
+        f"Recipe hash `{recipe.hash}`; the recipe is in `recipe.yaml`.",
+        "",
+        "Sources:",
+        *[f"- `{n}`: `{p}`" for n, p in paths.items()],
+        "",
+        "Load with `AutoModelForCausalLM.from_pretrained(<this folder>)`.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,247 @@
+"""MergeProblem: pool + tasks + evaluator + cache + archive -- the one place recipes become scores.
+
+Budget accounting is in *evaluations*: scoring one recipe on every task's search split costs 1;
+scoring it on a cheap subset (``fidelity="cheap"``) costs the fraction of examples scored; a
+cache hit costs nothing and is counted apart. Reference scores (the single models that define
+the ideal point) and test-split scores (reporting only) are counted apart too, so an agent's
+budget is spent only on what the agent asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from merge_env.assemble import ModelPool
+from merge_env.errors import ConfigError
+from merge_env.evaluate import EvalCache, Evaluator, TaskScore
+from merge_env.pareto import Archive, hypervolume, ideal_point, non_dominated, normalise
+from merge_env.recipe import BASE, Recipe, param_merge
+from merge_env.tasks import Task
+
+log = logging.getLogger(__name__)
+
+FIDELITIES = ("full", "cheap")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What scoring a recipe returns: the objective vector and every metric, per task."""
+
+    recipe: Recipe
+    vector: np.ndarray  # headline metric per objective, in problem.objectives order
+    details: dict[str, TaskScore]
+    cached: bool
+    cost: float  # evaluations charged for this call
+
+
+class MergeProblem:
+    """A merge search problem over one pool and task set; every score is cached and archived."""
+
+    def __init__(
+        self,
+        pool: ModelPool,
+        tasks: Sequence[Task],
+        evaluator: Evaluator,
+        archive: Archive | None = None,
+        *,
+        metric: str | None = None,
+        cheap_examples: int | None = None,
+        reference_point: Sequence[float] | None = None,
+    ) -> None:
+        if not tasks:
+            raise ConfigError("MergeProblem: at least one task is needed")
+        self.pool = pool
+        self.tasks = list(tasks)
+        self.objectives = [t.name for t in self.tasks]
+        self.metric = metric
+        self.evaluator = evaluator
+        self.archive = archive if archive is not None else Archive(None, self.objectives)
+        if list(self.archive.objectives) != self.objectives:
+            raise ConfigError(
+                f"archive objectives {list(self.archive.objectives)} differ from the tasks "
+                f"{self.objectives}"
+            )
+        self.cheap_evaluator: Evaluator | None = None
+        if cheap_examples is not None:
+            self.cheap_evaluator = Evaluator(
+                evaluator.tokenizer, device=evaluator.device, batch_size=evaluator.batch_size,
+                max_examples=cheap_examples, cache=evaluator.cache, dtype=evaluator.dtype,
+            )  # fmt: skip
+        # the archive carries the budget across a resume: spending restarts where it stopped
+        self.spent = float(max((e.evaluations for e in self.archive), default=0))
+        self.cache_hits = 0
+        self.reference_evaluations = 0
+        self.test_evaluations = 0
+        self.reference_point = (
+            np.zeros(len(self.tasks)) if reference_point is None else np.asarray(reference_point)
+        )
+        self._ideal: np.ndarray | None = None
+        self._references: dict[str, np.ndarray] | None = None
+
+    # -- scoring -----------------------------------------------------------------------------
+    def headline(self, task: Task, score: TaskScore) -> float:
+        """The objective value of one task score (the problem's metric or the task's own)."""
+        return score.get(self.metric or task.metric)
+
+    def _evaluator(self, fidelity: str) -> Evaluator:
+        if fidelity not in FIDELITIES:
+            raise ConfigError(f"fidelity must be one of {FIDELITIES}, got {fidelity!r}")
+        if fidelity == "cheap":
+            if self.cheap_evaluator is None:
+                raise ConfigError("fidelity='cheap' needs MergeProblem(cheap_examples=...)")
+            return self.cheap_evaluator
+        return self.evaluator
+
+    def _examples(self, evaluator: Evaluator, split: str) -> int:
+        cap = evaluator.max_examples or math.inf
+        return sum(min(len(t.split(split)), cap) for t in self.tasks)
+
+    def cost(self, fidelity: str = "full") -> float:
+        """Evaluations charged for scoring one uncached recipe at this fidelity."""
+        ev = self._evaluator(fidelity)
+        return self._examples(ev, "search") / self._examples(self.evaluator, "search")
+
+    def is_cached(self, recipe: Recipe, fidelity: str = "full", split: str = "search") -> bool:
+        """Whether every task's score of this recipe is already in the evaluation cache."""
+        ev = self._evaluator(fidelity)
+        if ev.cache is None:
+            return False
+        key = recipe.hash
+        return all(ev.cache.get(ev.cache_key(key, t, split)) is not None for t in self.tasks)
+
+    def score(
+        self,
+        recipe: Recipe,
+        *,
+        split: str = "search",
+        fidelity: str = "full",
+        source: str = "agent",
+        record: bool = True,
+        charge: bool = True,
+    ) -> Scored:
+        """Score a recipe on every task (cache first); charge and archive it as configured."""
+        evaluator = self._evaluator(fidelity)
+        key = recipe.hash
+        cached_all = self.is_cached(recipe, fidelity, split)
+        t0 = time.perf_counter()
+        model = None if cached_all else self.pool.assemble(recipe)
+        details = evaluator.score_tasks(model, self.tasks, split, model_key=key)
+        wall = time.perf_counter() - t0
+        vector = np.array([self.headline(t, details[t.name]) for t in self.tasks])
+        cost = 0.0
+        if cached_all:
+            self.cache_hits += 1
+        elif charge and split == "search":
+            cost = self.cost(fidelity)
+            self.spent += cost
+        elif split == "test":
+            self.test_evaluations += 1
+        if record and split == "search" and fidelity == "full" and charge:
+            if self.archive.get(key) is None:
+                self.archive.add(
+                    key, recipe.to_dict(), dict(zip(self.objectives, vector.tolist())),
+                    evaluations=math.ceil(self.spent - 1e-9), source=source,
+                    extra={"wall_s": round(wall, 4), "cached": cached_all,
+                           "details": {n: s.__dict__ for n, s in details.items()}},
+                )  # fmt: skip
+        return Scored(recipe, vector, details, cached_all, cost)
+
+    # -- references and the ideal point ------------------------------------------------------
+    def reference_recipes(self) -> dict[str, Recipe]:
+        """Every single model of the pool and the plain parameter merges, by name."""
+        refs = {f"model:{name}": Recipe.single(name) for name in self.pool.names}
+        experts = self.pool.experts
+        if experts:
+            uniform = {e: 1.0 / len(experts) for e in experts}
+            refs["merge:linear"] = Recipe(merge=param_merge("linear", uniform, base=None))
+            refs["merge:task_arithmetic"] = Recipe(
+                merge=param_merge("task_arithmetic", {e: 1.0 for e in experts})
+            )
+            refs["merge:ties"] = Recipe(merge=param_merge("ties", {e: 1.0 for e in experts},
+                                                          density=0.5))  # fmt: skip
+            refs["merge:dare_ties"] = Recipe(
+                merge=param_merge("dare_ties", {e: 1.0 for e in experts}, density=0.5)
+            )
+        return refs
+
+    def references(self) -> dict[str, np.ndarray]:
+        """Search-split scores of the single models and plain merges (not charged to agents)."""
+        if self._references is None:
+            out = {}
+            for name, recipe in self.reference_recipes().items():
+                scored = self.score(recipe, source=f"reference:{name}", record=False, charge=False)
+                self.reference_evaluations += 0 if scored.cached else 1
+                out[name] = scored.vector
+            self._references = out
+        return self._references
+
+    @property
+    def ideal(self) -> np.ndarray:
+        """z*: the best single pool model per task (search split), floored to stay positive."""
+        if self._ideal is None:
+            singles = [v for n, v in self.references().items() if n.startswith("model:")]
+            self._ideal = np.maximum(ideal_point(np.stack(singles)), 1e-6)
+        return self._ideal
+
+    def normalised(self, vector: np.ndarray) -> np.ndarray:
+        """Scores divided by the ideal point."""
+        return normalise(np.asarray(vector, float), self.ideal)
+
+    def hypervolume_of(self, vectors: np.ndarray) -> float:
+        """Hypervolume of the non-dominated subset of raw score vectors (normalised by z*)."""
+        pts = self.normalised(np.atleast_2d(vectors))
+        if len(pts) == 0:
+            return 0.0
+        return hypervolume(pts[non_dominated(pts)], self.reference_point)
+
+    def hypervolume_curve(self) -> list[tuple[int, float]]:
+        """(evaluations spent, hypervolume of the archive's front so far)."""
+        return self.archive.hypervolume_curve(self.ideal, self.reference_point)
+
+
+def build_problem(
+    sources: Mapping[str, str | Path],
+    tasks: Sequence[Task],
+    tokenizer_dir: str | Path,
+    *,
+    archive_path: str | Path | None = None,
+    cache_path: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 64,
+    max_examples: int | None = None,
+    cheap_examples: int | None = None,
+    metric: str | None = None,
+) -> MergeProblem:
+    """Wire a MergeProblem from checkpoint folders, tasks and a tokenizer folder."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    cache = EvalCache(cache_path) if cache_path is not None else None
+    evaluator = Evaluator(
+        tokenizer, device=device, batch_size=batch_size, max_examples=max_examples, cache=cache
+    )
+    objectives = [t.name for t in tasks]
+    archive = Archive.open(archive_path, objectives) if archive_path else Archive(None, objectives)
+    pool = ModelPool(sources, device=device)
+    return MergeProblem(
+        pool, tasks, evaluator, archive, metric=metric, cheap_examples=cheap_examples
+    )
+
+
+def zoo_problem(preset: str = "default", *, seed: int = 0, **kwargs: Any) -> MergeProblem:
+    """The MergeProblem over a zoo preset's base and experts (the zoo is built on first use)."""
+    from merge_env.zoo import ZooConfig, build_zoo
+
+    zoo = build_zoo(ZooConfig.preset(preset) if seed == 0 else
+                    dataclasses.replace(ZooConfig.preset(preset), seed=seed))  # fmt: skip
+    sources = {BASE: zoo.base, **zoo.experts}
+    return build_problem(sources, zoo.tasks, zoo.tokenizer_dir, **kwargs)
