@@ -1,0 +1,66 @@
+"""NSGA-II over the flat genome, maximising every task score: the multi-objective baseline.
+
+Deb, Pratap, Agarwal & Meyarivan, "A Fast and Elitist Multiobjective Genetic Algorithm: NSGA-II",
+IEEE TEVC 2002 (non-dominated sorting + crowding distance, SBX crossover, polynomial mutation),
+through pymoo (Blank & Deb 2020) in its ask/tell form, so that the problem, not pymoo, scores the
+recipes. pymoo minimises, so it is told minus the score vector. A generation that the budget cuts
+short is not told: the search ends there.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.config import Config
+from pymoo.core.evaluator import Evaluator
+from pymoo.core.problem import Problem
+from pymoo.core.termination import NoTermination
+from pymoo.problems.static import StaticProblem
+
+from agents.genome import GenomeAgent
+from merge_env.errors import ConfigError
+from merge_env.pareto import Archive
+from merge_env.problem import MergeProblem
+
+log = logging.getLogger(__name__)
+
+# pymoo prints (not logs) a hint about its optional compiled modules on first use
+Config.warnings["not_compiled"] = False
+
+
+class NSGA2Agent(GenomeAgent):
+    """pymoo NSGA-II, asked for genomes and told the (negated) task score vectors."""
+
+    name = "nsga2"
+
+    def __init__(self, seed: int = 0, pop_size: int = 16, **genome_options: Any) -> None:
+        super().__init__(seed, **genome_options)
+        if pop_size < 2:
+            raise ConfigError(f"agent.pop_size must be >= 2, got {pop_size}")
+        self.pop_size = int(pop_size)
+        self.generations = 0
+
+    def search(self, problem: MergeProblem, budget: float) -> Archive:
+        """Ask/tell generations until the next uncached evaluation would overrun the budget."""
+        budget_, genome = self.start(problem, budget)
+        box = Problem(n_var=genome.dim, n_obj=len(problem.objectives), xl=0.0, xu=1.0)
+        algorithm = NSGA2(pop_size=self.pop_size)
+        # pymoo 0.6.2 draws every random number from a Generator seeded here, not from numpy.random
+        algorithm.setup(box, termination=NoTermination(), seed=self.seed, verbose=False)
+        self.generations = 0
+        while True:
+            pop = algorithm.ask()
+            X = pop.get("X")
+            scored = self.evaluate_genomes(problem, budget_, genome, X)
+            if len(scored) == len(X):
+                F = -np.stack([s.vector for s in scored])
+                Evaluator().eval(StaticProblem(box, F=F), pop)
+                algorithm.tell(infills=pop)
+                self.generations += 1
+            log.info("nsga2: generation %d, %.1f/%.1f evaluations spent",
+                     self.generations, budget_.used, budget_.budget)  # fmt: skip
+            if self.done(budget_, scored, len(X)):
+                return problem.archive

@@ -1,0 +1,153 @@
+"""Black-box baselines (random search, CMA-ES, NSGA-II) on the tiny zoo: budget, archive, seeding."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.base import Agent
+from agents.cmaes import CMAESAgent
+from agents.nsga2 import NSGA2Agent
+from agents.random_search import RandomSearch
+from merge_env.errors import ConfigError
+from merge_env.problem import MergeProblem, build_problem
+from merge_env.recipe import BASE, Recipe
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+# populations of 3 so that a budget of 5 spans two generations, the second one cut short
+AGENTS = {
+    "random": lambda seed, **kw: RandomSearch(seed=seed, batch_size=3, **kw),
+    "cmaes": lambda seed, **kw: CMAESAgent(seed=seed, popsize=3, **kw),
+    "nsga2": lambda seed, **kw: NSGA2Agent(seed=seed, pop_size=3, **kw),
+}
+EXAMPLES = 8  # per task: the agents' logic is under test here, not the scores
+
+
+@pytest.fixture(scope="module")
+def fresh_problem(tiny_zoo, tmp_path_factory):
+    """A function building a MergeProblem over the tiny zoo with its own archive and cache.
+
+    Each cache starts as a copy of one holding the reference scores (the ideal point), so that
+    CMA-ES runs on fresh problems do not score the references again.
+    """
+    sources = {BASE: tiny_zoo.base, **tiny_zoo.experts}
+
+    def build(d: Path) -> MergeProblem:
+        return build_problem(
+            sources, tiny_zoo.tasks, tiny_zoo.tokenizer_dir, max_examples=EXAMPLES,
+            metric="token_accuracy",
+            archive_path=d / "archive.jsonl", cache_path=d / "cache.sqlite",
+        )  # fmt: skip
+
+    refs = tmp_path_factory.mktemp("references")
+    seed_problem = build(refs)
+    seed_problem.references()
+    seed_problem.evaluator.cache.close()  # folds SQLite's WAL into the file before it is copied
+
+    def make() -> MergeProblem:
+        d = tmp_path_factory.mktemp("problem")
+        shutil.copy(refs / "cache.sqlite", d / "cache.sqlite")
+        return build(d)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def problem(fresh_problem) -> MergeProblem:
+    """One problem shared by this module's budget tests (budgets are counted from a start)."""
+    return fresh_problem()
+
+
+def _hashes(problem: MergeProblem, source: str) -> list[str]:
+    return [e.recipe_hash for e in problem.archive if e.source == source]
+
+
+@pytest.mark.parametrize("name", list(AGENTS))
+def test_agent_spends_exactly_its_budget_and_archives_what_it_scored(problem, name):
+    agent: Agent = AGENTS[name](0)
+    spent, n_before = problem.spent, len(problem.archive)
+    archive = agent.search(problem, 5)
+    assert archive is problem.archive
+    assert problem.spent - spent == 5
+    new = problem.archive.entries[n_before:]
+    assert {e.source for e in new} == {agent.name}
+    assert sum(not e.extra["cached"] for e in new) == 5  # one archive line per charged recipe
+    for e in new:
+        recipe = Recipe.from_dict(e.recipe)
+        assert recipe.hash == e.recipe_hash
+        recipe.validate(problem.pool.names, problem.pool.num_layers)
+        assert np.all(np.isfinite(e.vector(problem.objectives)))
+
+
+def test_budget_is_checked_and_a_fraction_is_never_overrun(problem):
+    with pytest.raises(ConfigError, match="budget"):
+        RandomSearch().search(problem, 0)
+    spent = problem.spent
+    RandomSearch(seed=5, batch_size=2).search(problem, 2.5)
+    assert problem.spent - spent == 2  # a third evaluation would overrun 2.5
+
+
+@pytest.mark.parametrize("name", list(AGENTS))
+def test_same_seed_same_archive(fresh_problem, name):
+    runs = []
+    for _ in range(2):
+        p, agent = fresh_problem(), AGENTS[name](7)
+        agent.search(p, 5)
+        runs.append(_hashes(p, agent.name))
+        assert p.reference_evaluations == 0  # the references came with the copied cache
+    assert len(runs[0]) == 5
+    assert runs[0] == runs[1]
+
+
+# level="param": every genome is a distinct recipe (with paths, two genomes can share one and the
+# second is free), so the number of generations that fit in the budget is known in advance
+
+
+def test_cmaes_starts_at_the_uniform_merge_tells_partial_generations_and_tracks_the_best(problem):
+    agent = CMAESAgent(seed=2, popsize=3, level="param")
+    n_before = len(problem.archive)
+    agent.search(problem, 5)
+    assert agent.generations == 2  # 3 + a partial 2 (>= mu = 1), told as well
+    new = problem.archive.entries[n_before:]
+    values = [agent.fitness(problem, e.vector(problem.objectives)) for e in new]
+    assert agent.best_value == pytest.approx(max(values))
+    # sigma0 = 1/6 around the identity genome: every sample stays near the uniform weights
+    first = Recipe.from_dict(new[0].recipe)
+    weights = [m.parameters["weight"] for m in first.merge.models]
+    assert max(weights) < 0.9
+
+
+def test_nsga2_does_not_tell_a_cut_generation(problem):
+    agent = NSGA2Agent(seed=4, pop_size=3, level="param")
+    agent.search(problem, 5)
+    assert agent.generations == 1  # the initial 3; the next 3 were cut at 2
+
+
+def test_genome_options_pass_through_agents(problem):
+    agent = RandomSearch(seed=0, level="param", encoding="indicator", density_genes=True)
+    genome = agent.genome(problem)
+    assert (genome.level, genome.encoding, genome.density_genes) == ("param", "indicator", True)
+    assert genome.dim == 2 * len(problem.pool.experts)
+    with pytest.raises(ConfigError, match="genome.level"):
+        CMAESAgent(level="everything")
+    with pytest.raises(ConfigError, match="pop_size"):
+        NSGA2Agent(pop_size=1)
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"), [("random", RandomSearch), ("cmaes", CMAESAgent), ("nsga2", NSGA2Agent)]
+)
+def test_agent_configs_instantiate(name, cls):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("config", overrides=[f"agent={name}", "seed=3", "env.density=0.4"])
+    agent = instantiate(cfg.agent)
+    assert type(agent) is cls and agent.name == name and agent.seed == 3
+    assert agent.genome_options["density"] == 0.4  # the genome reads the env's recipe space
+    assert agent.genome_options["coefficients"] == tuple(cfg.env.coefficients)
