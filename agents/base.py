@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 from merge_env.errors import ConfigError
 from merge_env.pareto import Archive
@@ -50,6 +51,8 @@ class Agent(ABC):
     """Searches a MergeProblem; every recipe it scores lands in ``problem.archive``."""
 
     name: str = "agent"
+    # set by the runner: where an agent may keep its own state (e.g. a policy) for resuming
+    workdir: Path | None = None
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)

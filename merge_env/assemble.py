@@ -11,6 +11,7 @@ with forward hooks, so the shared weights are never touched.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -110,6 +111,7 @@ class ModelPool:
         self._merged: OrderedDict[str, PreTrainedModel] = OrderedDict()
         self.merged_cache_size = merged_cache_size
         self.merges_built = 0
+        self._fingerprint: str | None = None
 
     # -- set-up ------------------------------------------------------------------------------
     def _check_compatible(self) -> None:
@@ -133,6 +135,23 @@ class ModelPool:
     def _load(self, path: Path) -> PreTrainedModel:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
         return model.to(self.device).eval().requires_grad_(False)
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the pool's names and weight files: part of every evaluation-cache key."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for name in sorted(self.paths):
+                ckpt = self.checkpoints[name]
+                h.update(name.encode())
+                for file in sorted({i.file for i in map(ckpt.info, ckpt.names)}):
+                    h.update(f"{file.name}:{file.stat().st_size}".encode())
+                    with open(file, "rb") as fh:  # both ends: the header and the last tensors
+                        h.update(fh.read(1 << 20))
+                        fh.seek(max(0, file.stat().st_size - (1 << 20)))
+                        h.update(fh.read())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
     @property
     def names(self) -> list[str]:

@@ -71,3 +71,14 @@ def tasks_or_pool(pool: PoolSpec, tasks: Sequence[Task] | None) -> list[Task]:
     if not chosen:
         raise ConfigError(f"pool {pool.name!r} brings no tasks: choose a tasks config")
     return chosen
+
+
+def jsonl_tasks(
+    files: Mapping[str, str], n_test: float = 0.5, seed: int = 0, metric: str = "exact_match"
+) -> list[Task]:
+    """Tasks from JSONL files ({"prompt", "answer"} per line), one per name."""
+    from merge_env.tasks import load_jsonl
+
+    if not files:
+        raise ConfigError("tasks.files: name at least one task (name: path.jsonl)")
+    return [load_jsonl(path, name, n_test, seed, metric=metric) for name, path in files.items()]

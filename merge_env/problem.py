@@ -10,10 +10,12 @@ budget is spent only on what the agent asked for.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ import numpy as np
 from merge_env.assemble import ModelPool
 from merge_env.errors import ConfigError
 from merge_env.evaluate import EvalCache, Evaluator, TaskScore
-from merge_env.pareto import Archive, hypervolume, ideal_point, non_dominated, normalise
+from merge_env.pareto import Archive, Entry, hypervolume, ideal_point, non_dominated, normalise
 from merge_env.recipe import BASE, Recipe, param_merge
 from merge_env.tasks import Task
 
@@ -56,6 +58,7 @@ class MergeProblem:
         metric: str | None = None,
         cheap_examples: int | None = None,
         reference_point: Sequence[float] | None = None,
+        ledger_path: str | Path | None = None,
     ) -> None:
         if not tasks:
             raise ConfigError("MergeProblem: at least one task is needed")
@@ -76,14 +79,18 @@ class MergeProblem:
                 evaluator.tokenizer, device=evaluator.device, batch_size=evaluator.batch_size,
                 max_examples=cheap_examples, cache=evaluator.cache, dtype=evaluator.dtype,
             )  # fmt: skip
-        # the archive carries the budget across a resume: spending restarts where it stopped
-        self.spent = float(max((e.evaluations for e in self.archive), default=0))
+        # every charge is appended to a ledger, so a resumed run knows what it has spent
+        # (cheap evaluations never reach the archive)
+        self.ledger_path = Path(ledger_path) if ledger_path is not None else None
+        self.spent = self._read_ledger()
         self.cache_hits = 0
         self.reference_evaluations = 0
         self.test_evaluations = 0
         self.reference_point = (
             np.zeros(len(self.tasks)) if reference_point is None else np.asarray(reference_point)
         )
+        # called with each new archive Entry (loggers, progress bars); never with cache hits
+        self.listeners: list[Callable[[Entry], None]] = []
         self._ideal: np.ndarray | None = None
         self._references: dict[str, np.ndarray] | None = None
 
@@ -105,6 +112,10 @@ class MergeProblem:
         cap = evaluator.max_examples or math.inf
         return sum(min(len(t.split(split)), cap) for t in self.tasks)
 
+    def model_key(self, recipe: Recipe) -> str:
+        """The evaluation-cache key of a recipe on this pool."""
+        return f"{self.pool.fingerprint}:{recipe.hash}"
+
     def cost(self, fidelity: str = "full") -> float:
         """Evaluations charged for scoring one uncached recipe at this fidelity."""
         ev = self._evaluator(fidelity)
@@ -115,7 +126,7 @@ class MergeProblem:
         ev = self._evaluator(fidelity)
         if ev.cache is None:
             return False
-        key = recipe.hash
+        key = self.model_key(recipe)
         return all(ev.cache.get(ev.cache_key(key, t, split)) is not None for t in self.tasks)
 
     def score(
@@ -130,7 +141,7 @@ class MergeProblem:
     ) -> Scored:
         """Score a recipe on every task (cache first); charge and archive it as configured."""
         evaluator = self._evaluator(fidelity)
-        key = recipe.hash
+        key = self.model_key(recipe)
         cached_all = self.is_cached(recipe, fidelity, split)
         t0 = time.perf_counter()
         model = None if cached_all else self.pool.assemble(recipe)
@@ -143,17 +154,40 @@ class MergeProblem:
         elif charge and split == "search":
             cost = self.cost(fidelity)
             self.spent += cost
+            self._write_ledger(key, fidelity, cost)
         elif split == "test":
             self.test_evaluations += 1
         if record and split == "search" and fidelity == "full" and charge:
-            if self.archive.get(key) is None:
-                self.archive.add(
-                    key, recipe.to_dict(), dict(zip(self.objectives, vector.tolist())),
+            if self.archive.get(recipe.hash) is None:
+                entry = self.archive.add(
+                    recipe.hash, recipe.to_dict(), dict(zip(self.objectives, vector.tolist())),
                     evaluations=math.ceil(self.spent - 1e-9), source=source,
                     extra={"wall_s": round(wall, 4), "cached": cached_all,
                            "details": {n: s.__dict__ for n, s in details.items()}},
                 )  # fmt: skip
+                for listener in self.listeners:
+                    listener(entry)
         return Scored(recipe, vector, details, cached_all, cost)
+
+    def _read_ledger(self) -> float:
+        if self.ledger_path is None or not self.ledger_path.is_file():
+            return float(max((e.evaluations for e in self.archive), default=0))
+        spent = 0.0
+        for line in self.ledger_path.read_text().splitlines():
+            try:
+                spent += float(json.loads(line)["cost"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("%s: skipping a torn ledger line", self.ledger_path)
+        return spent
+
+    def _write_ledger(self, key: str, fidelity: str, cost: float) -> None:
+        if self.ledger_path is None:
+            return
+        line = json.dumps({"key": key, "fidelity": fidelity, "cost": cost}) + "\n"
+        with open(self.ledger_path, "a") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
 
     # -- references and the ideal point ------------------------------------------------------
     def reference_recipes(self) -> dict[str, Recipe]:
@@ -232,9 +266,11 @@ def build_problem(
     objectives = [t.name for t in tasks]
     archive = Archive.open(archive_path, objectives) if archive_path else Archive(None, objectives)
     pool = ModelPool(sources, device=device)
+    ledger = Path(archive_path).with_name("ledger.jsonl") if archive_path else None
     return MergeProblem(
-        pool, tasks, evaluator, archive, metric=metric, cheap_examples=cheap_examples
-    )
+        pool, tasks, evaluator, archive, metric=metric, cheap_examples=cheap_examples,
+        ledger_path=ledger,
+    )  # fmt: skip
 
 
 def zoo_problem(preset: str = "default", *, seed: int = 0, **kwargs: Any) -> MergeProblem:

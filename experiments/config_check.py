@@ -1,0 +1,162 @@
+"""Check a composed run config before any work starts: every key known, every value typed.
+
+Hydra already refuses an override of a key that does not exist; this catches the rest — a key
+added with ``+``, a value of the wrong type, a missing ``???`` — against the signature of the
+callable each group instantiates, and names the key in one ConfigError.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from merge_env.errors import ConfigError
+
+TARGET_GROUPS = ("pool", "tasks", "agent", "logger")
+EVALUATOR_KEYS = {
+    "batch_size": int, "max_examples": (int, type(None)), "cheap_examples": (int, type(None)),
+    "metric": (str, type(None)),
+}  # fmt: skip
+TOP_LEVEL = {
+    "seed": int, "budget": (int, float), "device": str, "preference": (list, type(None)),
+    "n_report_preferences": int, "resume": bool, "run_name": str, "run_dir": (str, type(None)),
+}  # fmt: skip
+
+
+def _plain(node: Any, key: str) -> Any:
+    try:
+        return (
+            OmegaConf.to_container(node, resolve=True)
+            if isinstance(node, DictConfig | ListConfig)
+            else node
+        )
+    except MissingMandatoryValue as exc:
+        raise ConfigError(f"{key}: a required value is missing ({exc.full_key} = ???)") from None
+
+
+def _check_type(value: Any, expected: Any, key: str) -> None:
+    if not _matches(value, expected):
+        name = getattr(expected, "__name__", str(expected))
+        raise ConfigError(f"{key}: expected {name}, got {value!r} ({type(value).__name__})")
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    if expected is Any or expected is inspect.Parameter.empty:
+        return True
+    if isinstance(expected, tuple):
+        return any(_matches(value, e) for e in expected)
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if expected is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is not None:
+        if origin in (list, tuple, Sequence, typing.Sequence) or origin is type(Sequence):
+            return isinstance(value, list | tuple)
+        if origin in (dict, Mapping):
+            return isinstance(value, dict)
+        return True
+    if expected in (list, tuple) or expected is Sequence:
+        return isinstance(value, list | tuple)
+    if expected is dict or expected is Mapping:
+        return isinstance(value, dict)
+    if isinstance(expected, type):
+        return isinstance(value, expected)
+    return True  # string annotations we cannot resolve, protocols, ...
+
+
+def _signature(target: Callable) -> tuple[dict[str, inspect.Parameter], bool, dict]:
+    """Parameters of a callable; for a class whose __init__ forwards **kwargs, its bases' too."""
+    fns = (
+        [c.__init__ for c in inspect.getmro(target) if "__init__" in vars(c)]
+        if inspect.isclass(target)
+        else [target]
+    )
+    params: dict[str, inspect.Parameter] = {}
+    hints: dict[str, Any] = {}
+    var_kw = False
+    for fn in fns:
+        if fn is object.__init__:
+            break
+        sig = inspect.signature(fn)
+        try:
+            hints = {**typing.get_type_hints(fn), **hints}
+        except Exception:  # noqa: BLE001 - unresolvable forward refs: fall back to no types
+            pass
+        own = {n: p for n, p in sig.parameters.items() if n not in ("self", "cls")}
+        var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values())
+        for n, p in own.items():
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                params.setdefault(n, p)
+        if not var_kw:
+            break
+    return params, var_kw, hints
+
+
+def check_against(
+    options: Mapping[str, Any], target: Callable, group: str, skip: Sequence[str] = ()
+) -> None:
+    """Every option is a parameter of ``target`` with a value of its annotated type."""
+    params, var_kw, hints = _signature(target)
+    known = [n for n in params if n not in skip]
+    for key, value in options.items():
+        if key.startswith("_") or key in skip:
+            continue
+        if key not in params:
+            if var_kw:
+                continue
+            raise ConfigError(
+                f"{group}.{key}: unknown option for {target.__module__}.{target.__qualname__}; "
+                f"known: {', '.join(known)}"
+            )
+        _check_type(value, hints.get(key, Any), f"{group}.{key}")
+    for name, p in params.items():
+        if name in skip or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        if p.default is inspect.Parameter.empty and name not in options:
+            raise ConfigError(f"{group}.{name}: required by {target.__qualname__} but not set")
+
+
+def validate_run_config(cfg: DictConfig) -> None:
+    """Raise one ConfigError naming the first wrong key of a composed run config."""
+    for key, expected in TOP_LEVEL.items():
+        if key in cfg:
+            _check_type(_plain(cfg[key], key), expected, key)
+    if cfg.budget <= 0:
+        raise ConfigError(f"budget: must be positive, got {cfg.budget}")
+    for group in TARGET_GROUPS:
+        node = cfg.get(group)
+        if node is None:
+            continue
+        options = _plain(node, group)
+        target_name = options.get("_target_")
+        if not target_name:
+            raise ConfigError(f"{group}: no _target_ (choose a config from conf/{group}/)")
+        try:
+            target = get_object(target_name)
+        except Exception as exc:  # noqa: BLE001 - hydra wraps import errors variously
+            raise ConfigError(f"{group}._target_: cannot import {target_name!r} ({exc})") from None
+        check_against(options, target, group)
+    env = _plain(cfg.env, "env")
+    from merge_env.env import MergeEnv
+
+    check_against(env, MergeEnv, "env", skip=("problem", "zoo", "fixed_merge", "preference"))
+    for key, value in _plain(cfg.evaluator, "evaluator").items():
+        if key.startswith("_"):
+            continue
+        if key not in EVALUATOR_KEYS:
+            raise ConfigError(
+                f"evaluator.{key}: unknown option; known: {', '.join(EVALUATOR_KEYS)}"
+            )
+        _check_type(value, EVALUATOR_KEYS[key], f"evaluator.{key}")

@@ -1,0 +1,172 @@
+"""What a run leaves behind: the front on the test split, plots, best recipes per preference."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from merge_env.errors import RecipeError  # noqa: E402
+from merge_env.pareto import Entry, non_dominated  # noqa: E402
+from merge_env.problem import MergeProblem  # noqa: E402
+from merge_env.recipe import Recipe  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def test_scores(problem: MergeProblem, entries: Sequence[Entry]) -> dict[str, np.ndarray]:
+    """Test-split score vectors of archive entries (reporting only; never charged)."""
+    out = {}
+    for e in entries:
+        recipe = Recipe.from_dict(e.recipe)
+        out[e.recipe_hash] = problem.score(recipe, split="test", record=False, charge=False).vector
+    return out
+
+
+def reference_test_scores(problem: MergeProblem) -> dict[str, np.ndarray]:
+    """Test-split scores of the single models and plain merges."""
+    return {
+        name: problem.score(r, split="test", record=False, charge=False).vector
+        for name, r in problem.reference_recipes().items()
+    }
+
+
+def front_plot(
+    problem: MergeProblem,
+    all_scores: np.ndarray,
+    front: np.ndarray,
+    references: Mapping[str, np.ndarray],
+    path: Path,
+    title: str,
+) -> Path:
+    """Pairwise scatter of every merge, the front, the single models and the plain merges."""
+    names = problem.objectives
+    pairs = list(itertools.combinations(range(len(names)), 2)) or [(0, 0)]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4.5), squeeze=False)
+    for ax, (i, j) in zip(axes[0], pairs):
+        if len(all_scores):
+            ax.scatter(all_scores[:, i], all_scores[:, j], s=10, c="lightgray", label="merges")
+        if len(front):
+            order = np.argsort(front[:, i])
+            ax.plot(front[order, i], front[order, j], "o-", c="tab:red", ms=4, label="front")
+        for name, v in references.items():
+            marker = "*" if name.startswith("model:") else "s"
+            ax.scatter(v[i], v[j], marker=marker, s=90, edgecolors="k", label=name)
+            ax.annotate(name.split(":", 1)[1], (v[i], v[j]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")  # fmt: skip
+        ax.set_xlabel(names[i])
+        ax.set_ylabel(names[j])
+    axes[0][0].legend(fontsize=6, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def hypervolume_plot(
+    curve: Sequence[tuple[int, float]], baselines: Mapping[str, float], path: Path, title: str
+) -> Path:
+    """Hypervolume of the archive's front against evaluations spent, with baseline lines."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if curve:
+        xs, ys = zip(*curve)
+        ax.step(xs, ys, where="post", label="search")
+    for (name, hv), color in zip(baselines.items(), itertools.cycle(["k", "gray", "tab:blue"])):
+        ax.axhline(hv, ls="--", c=color, lw=1, label=name)
+    ax.set_xlabel("evaluations spent")
+    ax.set_ylabel("hypervolume (scores / ideal point, ref 0)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_best_recipes(
+    problem: MergeProblem,
+    preferences: np.ndarray,
+    out_dir: Path,
+    scalarisation: str = "tchebycheff",
+) -> list[tuple[np.ndarray, Entry]]:
+    """For each preference the archive's best recipe: YAML, and mergekit YAML where expressible."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: str(p) for name, p in problem.pool.paths.items()}
+    best = []
+    for i, pref in enumerate(preferences):
+        entry = problem.archive.best(pref, problem.ideal, scalarisation)
+        recipe = Recipe.from_dict(entry.recipe)
+        header = f"# preference {np.round(pref, 3).tolist()}  recipe {entry.recipe_hash}\n"
+        (out_dir / f"pref_{i:02d}.yaml").write_text(header + recipe.to_yaml())
+        try:
+            stages = recipe.to_mergekit(paths, problem.pool.num_layers)
+            text = yaml.safe_dump_all(stages, sort_keys=False)
+            (out_dir / f"pref_{i:02d}.mergekit.yaml").write_text(header + text)
+        except RecipeError as exc:
+            (out_dir / f"pref_{i:02d}.mergekit.txt").write_text(f"not expressible: {exc}\n")
+        best.append((pref, entry))
+    return best
+
+
+def front_table(
+    problem: MergeProblem,
+    front: Sequence[Entry],
+    tests: Mapping[str, np.ndarray],
+    references: Mapping[str, np.ndarray],
+    ref_tests: Mapping[str, np.ndarray],
+    console: Console | None = None,
+) -> None:
+    """Print the front (search and test scores) beside the single models and plain merges."""
+    table = Table(title="Pareto front (search / test)")
+    table.add_column("recipe")
+    table.add_column("source")
+    for name in problem.objectives:
+        table.add_column(name, justify="right")
+    table.add_column("path len", justify="right")
+    for name, v in references.items():
+        cells = [f"{a:.3f} / {b:.3f}" for a, b in zip(v, ref_tests[name])]
+        table.add_row(name, "reference", *cells, "", style="dim")
+    for e in front:
+        recipe = Recipe.from_dict(e.recipe)
+        cells = [
+            f"{e.scores[n]:.3f} / {t:.3f}" for n, t in zip(problem.objectives, tests[e.recipe_hash])
+        ]
+        length = len(recipe.resolved_path(problem.pool.num_layers))
+        table.add_row(e.recipe_hash, e.source, *cells, str(length))
+    (console or Console()).print(table)
+
+
+def save_front(path: Path, problem: MergeProblem, front: Sequence[Entry], tests: Mapping) -> None:
+    """The front as JSON: recipe, search and test scores."""
+    rows = [
+        {
+            "recipe_hash": e.recipe_hash,
+            "source": e.source,
+            "evaluations": e.evaluations,
+            "search": e.scores,
+            "test": dict(zip(problem.objectives, np.asarray(tests[e.recipe_hash]).tolist())),
+            "recipe": e.recipe,
+        }
+        for e in front
+    ]
+    path.write_text(json.dumps(rows, indent=2))
+
+
+def front_of(vectors: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The non-dominated rows of a set of score vectors."""
+    if not vectors:
+        return np.zeros((0, 0))
+    m = np.stack(list(vectors.values()))
+    return m[non_dominated(m)]

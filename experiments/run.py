@@ -1,0 +1,220 @@
+"""The main job: HM3 search on a pool, reported as a Pareto front (the README's first command).
+
+``python -m experiments.run`` (defaults: the default zoo, PPO, W&B offline). Thin by design:
+Hydra composes the config, ``run(cfg)`` wires pool -> problem -> agent -> report and returns the
+final hypervolume (what a sweeper would optimise).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from experiments import report
+from experiments.config_check import validate_run_config
+from experiments.tracking import Tracker
+from merge_env.errors import ConfigError, MergeGymError
+from merge_env.pareto import sample_preferences
+from merge_env.pools import tasks_or_pool
+from merge_env.problem import MergeProblem, build_problem
+from merge_env.recipe import Recipe
+
+log = logging.getLogger("mergegym.run")
+console = Console()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    """The run folder: Hydra's output dir, or cfg.run_dir when called without Hydra."""
+    if cfg.get("run_dir"):
+        return Path(cfg.run_dir)
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(f"outputs/{cfg.run_name}")
+
+
+def _state(run_dir: Path) -> dict[str, Any]:
+    f = run_dir / "run_state.json"
+    state = json.loads(f.read_text()) if f.is_file() else {}
+    if "run_id" not in state:
+        state["run_id"] = uuid.uuid4().hex[:12]
+        f.write_text(json.dumps(state))
+    return state
+
+
+def make_problem(cfg: DictConfig, run_dir: Path) -> MergeProblem:
+    """Pool and tasks from their groups, evaluator settings, archive and cache in the run dir."""
+    pool = instantiate(cfg.pool)
+    tasks = instantiate(cfg.tasks) if cfg.get("tasks") else None
+    tasks = tasks_or_pool(pool, tasks)
+    ev = cfg.evaluator
+    return build_problem(
+        pool.sources, tasks, pool.tokenizer_dir,
+        archive_path=run_dir / "archive.jsonl", cache_path=run_dir / "eval_cache.sqlite",
+        device=cfg.device, batch_size=ev.batch_size, max_examples=ev.max_examples,
+        cheap_examples=ev.cheap_examples, metric=ev.metric,
+    )  # fmt: skip
+
+
+def run(cfg: DictConfig) -> float:
+    """Run the configured search; returns the final hypervolume on the search split."""
+    validate_run_config(cfg)
+    run_dir = run_dir_of(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    archive_file = run_dir / "archive.jsonl"
+    if archive_file.exists() and not cfg.resume:
+        raise ConfigError(
+            f"{run_dir}: a run is already there; pass resume=true or another run_name"
+        )
+    seed_everything(cfg.seed)
+    agent = instantiate(cfg.agent)  # cheap, and fails fast on a bad agent config
+    agent.workdir = run_dir / "agent"
+    state = _state(run_dir)
+    tracker: Tracker = instantiate(
+        cfg.logger,
+        **_tracker_kwargs(cfg.logger, cfg, run_dir, state["run_id"]),
+    )
+    t0 = time.perf_counter()
+    problem = make_problem(cfg, run_dir)
+    resumed = len(problem.archive)
+    if resumed:
+        console.print(f"[bold]resuming[/bold] {run_dir}: {resumed} scored recipes, "
+                      f"{problem.spent:.1f} evaluations already spent")  # fmt: skip
+    refs = problem.references()
+    ref_hv = {
+        "best single model": max(problem.hypervolume_of(v) for n, v in refs.items()
+                                 if n.startswith("model:")),
+        "single models + plain merges": problem.hypervolume_of(np.stack(list(refs.values()))),
+    }  # fmt: skip
+    tracker.log({f"charts/hv_{k.replace(' ', '_')}": v for k, v in ref_hv.items()})
+    problem.listeners.append(
+        lambda entry: tracker.log_entry(
+            entry, problem.hypervolume_of(problem.archive.score_matrix())
+        )
+    )
+    if hasattr(agent, "sb3_output"):
+        agent.sb3_output = tracker.sb3_output()
+    remaining = cfg.budget - problem.spent
+    if remaining >= 1:
+        agent.search(problem, remaining)
+    hv = _report(cfg, problem, tracker, run_dir, ref_hv, refs)
+    console.print(f"run folder: {run_dir}   wall {time.perf_counter() - t0:.1f} s   "
+                  f"evaluations {problem.spent:.1f} (cache hits {problem.cache_hits})")  # fmt: skip
+    tracker.finish()
+    return hv
+
+
+def _tracker_kwargs(node: DictConfig, cfg: DictConfig, run_dir: Path, run_id: str) -> dict:
+    target = str(node.get("_target_", ""))
+    if not target.endswith("WandbTracker"):
+        return {}
+    return {
+        "name": cfg.run_name, "dir": str(run_dir), "run_id": run_id,
+        "run_config": OmegaConf.to_container(cfg, resolve=True),
+    }  # fmt: skip
+
+
+def _report(
+    cfg: DictConfig,
+    problem: MergeProblem,
+    tracker: Tracker,
+    run_dir: Path,
+    ref_hv: dict[str, float],
+    refs: dict[str, np.ndarray],
+) -> float:
+    archive = problem.archive
+    front = archive.front()
+    tests = report.test_scores(problem, front)
+    ref_tests = report.reference_test_scores(problem)
+    report.save_front(run_dir / "front_test.json", problem, front, tests)
+    hv = problem.hypervolume_of(archive.score_matrix()) if len(archive) else 0.0
+    hv_test = problem.hypervolume_of(np.stack(list(tests.values()))) if tests else 0.0
+    ref_hv_test = problem.hypervolume_of(np.stack(list(ref_tests.values())))
+    title = f"{cfg.run_name}: HV {hv:.3f} (search)"
+    front_png = report.front_plot(
+        problem, archive.score_matrix() if len(archive) else np.zeros((0, len(problem.objectives))),
+        np.stack([e.vector(problem.objectives) for e in front]) if front else np.zeros((0, 1)),
+        refs, run_dir / "front.png", title,
+    )  # fmt: skip
+    hv_png = report.hypervolume_plot(
+        problem.hypervolume_curve(), ref_hv, run_dir / "hypervolume.png", title
+    )
+    prefs = sample_preferences(
+        cfg.n_report_preferences, len(problem.objectives), np.random.default_rng(cfg.seed)
+    )
+    scalarisation = cfg.env.get("scalarisation", "tchebycheff")
+    best = report.write_best_recipes(problem, prefs, run_dir / "recipes", scalarisation)
+    report.front_table(problem, front, tests, refs, ref_tests, console)
+    summary = {
+        "hypervolume_search": hv,
+        "hypervolume_test": hv_test,
+        "reference_hypervolume_search": ref_hv,
+        "reference_hypervolume_test": ref_hv_test,
+        "evaluations": problem.spent,
+        "cache_hits": problem.cache_hits,
+        "archive_size": len(archive),
+        "front_size": len(front),
+    }
+    if cfg.preference is not None:
+        pref = np.asarray(list(cfg.preference), float)
+        if pref.shape != (len(problem.objectives),) or (pref < 0).any() or pref.sum() <= 0:
+            raise ConfigError(f"preference: need {len(problem.objectives)} non-negative weights")
+        entry = archive.best(pref / pref.sum(), problem.ideal, scalarisation)
+        out = problem.pool.materialise(
+            Recipe.from_dict(entry.recipe), run_dir / "checkpoint", overwrite=True
+        )
+        summary["checkpoint"] = {"path": str(out), "recipe": entry.recipe_hash,
+                                 "preference": pref.tolist()}  # fmt: skip
+        console.print(f"materialised best recipe for preference {pref.tolist()} -> {out}")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    console.print(
+        f"hypervolume  search {hv:.4f} | test {hv_test:.4f}   "
+        f"(single models + plain merges: search "
+        f"{ref_hv['single models + plain merges']:.4f} | test {ref_hv_test:.4f}; "
+        f"best single model: search {ref_hv['best single model']:.4f})"
+    )
+    tracker.log({"charts/hypervolume_final": hv, "charts/hypervolume_test": hv_test})
+    tracker.log_table(
+        "front", ["recipe", "source", *[f"{n}_search" for n in problem.objectives],
+                  *[f"{n}_test" for n in problem.objectives]],
+        [[e.recipe_hash, e.source, *[e.scores[n] for n in problem.objectives],
+          *np.asarray(tests[e.recipe_hash]).tolist()] for e in front],
+    )  # fmt: skip
+    tracker.log_image("front", front_png)
+    tracker.log_image("hypervolume", hv_png)
+    if best:
+        tracker.log_artifact("best-recipes", "recipe", sorted((run_dir / "recipes").iterdir()))
+    return hv
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point."""
+    try:
+        return run(cfg)
+    except MergeGymError as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

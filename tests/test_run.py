@@ -1,0 +1,117 @@
+"""The main job: composes, runs end to end on the tiny zoo, validates config, resumes after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from transformers import AutoModelForCausalLM
+
+from experiments.run import run
+from merge_env.errors import ConfigError
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[
+                "pool=tiny", f"pool.cache_dir={tmp_path / 'zoo'}", "agent=random", "budget=6",
+                "logger=none", "run_name=test", f"run_dir={tmp_path / 'run'}",
+                "n_report_preferences=2", *overrides,
+            ],
+        )  # fmt: skip
+
+
+@pytest.fixture
+def zoo_cache(tiny_zoo, tmp_path):
+    # reuse the session's tiny zoo: point the pool's cache at the folder it was built in
+    (tmp_path / "zoo").symlink_to(tiny_zoo.root.parent, target_is_directory=True)
+    return tmp_path
+
+
+def test_runs_end_to_end_and_leaves_its_outputs(zoo_cache):
+    tmp_path = zoo_cache
+    hv = run(_cfg(tmp_path, "preference=[0.6,0.2,0.2]"))
+    out = tmp_path / "run"
+    assert hv >= 0
+    for name in [
+        "archive.jsonl",
+        "front_test.json",
+        "front.png",
+        "hypervolume.png",
+        "summary.json",
+    ]:
+        assert (out / name).is_file(), name
+    assert list((out / "recipes").glob("pref_*.yaml"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["evaluations"] <= 6 + 1e-9
+    model = AutoModelForCausalLM.from_pretrained(out / "checkpoint")
+    assert model.config.num_hidden_layers >= 1
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("+agent.batch_sise=3", "agent.batch_sise: unknown option"),
+        ("budget=lots", "budget: expected"),
+        ("env.beta=high", "env.beta: expected float"),
+        ("+evaluator.batchsize=3", "evaluator.batchsize: unknown option"),
+    ],
+)
+def test_bad_override_fails_before_work(zoo_cache, override, match):
+    tmp_path = zoo_cache
+    with pytest.raises(ConfigError, match=match):
+        run(_cfg(tmp_path, override))
+    assert not (tmp_path / "run" / "archive.jsonl").exists()
+
+
+def test_resume_after_kill_loses_and_repeats_nothing(zoo_cache):
+    tmp_path = zoo_cache
+    args = [
+        sys.executable, "-m", "experiments.run", "pool=tiny", f"pool.cache_dir={tmp_path / 'zoo'}",
+        "agent=random", "budget=12", "logger=none", "run_name=k", f"run_dir={tmp_path / 'run'}",
+        "n_report_preferences=1",
+    ]  # fmt: skip
+    archive = tmp_path / "run" / "archive.jsonl"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if archive.exists() and len(archive.read_text().splitlines()) >= 3:
+            break
+        try:
+            proc.wait(timeout=0.05)
+        except subprocess.TimeoutExpired:
+            pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = [json.loads(x)["recipe_hash"] for x in archive.read_text().splitlines() if x.strip()]
+    assert before, "the run should have scored something before the kill"
+    subprocess.run(args, cwd=ROOT, env=env, check=True, capture_output=True)
+    lines = archive.read_text().splitlines()
+    hashes = [json.loads(x)["recipe_hash"] for x in lines]
+    assert hashes[: len(before)] == before  # nothing lost
+    assert len(hashes) == len(set(hashes))  # nothing scored twice
+    ledger = tmp_path / "run" / "ledger.jsonl"
+    spent = sum(json.loads(x)["cost"] for x in ledger.read_text().splitlines())
+    assert spent <= 12 + 1e-9
+
+
+def test_wandb_offline_writes_a_run_folder(zoo_cache):
+    pytest.importorskip("wandb")
+    tmp_path = zoo_cache
+    run(_cfg(tmp_path, "logger=wandb", "logger.mode=offline", "budget=3"))
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
