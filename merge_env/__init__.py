@@ -1,6 +1,5 @@
 """MergeGym's merge world: checkpoints, operators, recipes, evaluation and the Gym environment."""
 
-from merge_env.registration import register_envs
 from merge_env.errors import (
     CheckpointError,
     ConfigError,
@@ -8,6 +7,7 @@ from merge_env.errors import (
     MergeGymError,
     RecipeError,
 )
+from merge_env.registration import register_envs
 
 # Gymnasium has no plugin discovery, so the ids are registered when the package is imported;
 # registration only records an entry-point string and imports nothing heavy.
