@@ -89,6 +89,9 @@ class MergeProblem:
         self.reference_point = (
             np.zeros(len(self.tasks)) if reference_point is None else np.asarray(reference_point)
         )
+        # computes scores for a batch of uncached recipes; a parallel back-end replaces it
+        self.backend: Callable[[Sequence[Recipe], Evaluator, str], list[dict[str, TaskScore]]]
+        self.backend = self.local_backend
         # called with each new archive Entry (loggers, progress bars); never with cache hits
         self.listeners: list[Callable[[Entry], None]] = []
         self._ideal: np.ndarray | None = None
@@ -140,16 +143,58 @@ class MergeProblem:
         charge: bool = True,
     ) -> Scored:
         """Score a recipe on every task (cache first); charge and archive it as configured."""
+        return self.score_many(
+            [recipe], split=split, fidelity=fidelity, source=source, record=record, charge=charge
+        )[0]
+
+    def score_many(
+        self,
+        recipes: Sequence[Recipe],
+        *,
+        split: str = "search",
+        fidelity: str = "full",
+        source: str = "agent",
+        record: bool = True,
+        charge: bool = True,
+    ) -> list[Scored]:
+        """Score a batch of recipes: cache hits first, the misses at once through the back-end.
+
+        The problem stays the single writer of the cache, the ledger and the archive, whatever
+        back-end computed the scores; results come back in the order of ``recipes``.
+        """
         evaluator = self._evaluator(fidelity)
-        key = self.model_key(recipe)
-        cached_all = self.is_cached(recipe, fidelity, split)
+        keys = [self.model_key(r) for r in recipes]
+        cached = [self.is_cached(r, fidelity, split) for r in recipes]
+        todo = [i for i, (k, c) in enumerate(zip(keys, cached)) if not c and k not in keys[:i]]
         t0 = time.perf_counter()
-        model = None if cached_all else self.pool.assemble(recipe)
-        details = evaluator.score_tasks(model, self.tasks, split, model_key=key)
-        wall = time.perf_counter() - t0
+        computed = dict(zip(todo, self.backend([recipes[i] for i in todo], evaluator, split)))
+        wall = (time.perf_counter() - t0) / max(1, len(todo))
+        out = []
+        for i, recipe in enumerate(recipes):
+            if i in computed:
+                for task in self.tasks:
+                    if evaluator.cache is not None:
+                        evaluator.cache.put(
+                            evaluator.cache_key(keys[i], task, split), computed[i][task.name]
+                        )
+                details = computed[i]
+            else:  # a cache hit (or a repeat within this batch, now cached)
+                details = (
+                    evaluator.score_tasks(None, self.tasks, split, model_key=keys[i])
+                    if evaluator.cache is not None
+                    else computed[keys.index(keys[i])]
+                )
+            out.append(self._account(recipe, keys[i], details, i in computed, split, fidelity,
+                                     source, record, charge, wall))  # fmt: skip
+        return out
+
+    def _account(
+        self, recipe: Recipe, key: str, details: dict[str, TaskScore], fresh: bool, split: str,
+        fidelity: str, source: str, record: bool, charge: bool, wall: float,
+    ) -> Scored:  # fmt: skip
         vector = np.array([self.headline(t, details[t.name]) for t in self.tasks])
         cost = 0.0
-        if cached_all:
+        if not fresh:
             self.cache_hits += 1
         elif charge and split == "search":
             cost = self.cost(fidelity)
@@ -162,12 +207,22 @@ class MergeProblem:
                 entry = self.archive.add(
                     recipe.hash, recipe.to_dict(), dict(zip(self.objectives, vector.tolist())),
                     evaluations=math.ceil(self.spent - 1e-9), source=source,
-                    extra={"wall_s": round(wall, 4), "cached": cached_all,
+                    extra={"wall_s": round(wall, 4), "cached": not fresh,
                            "details": {n: s.__dict__ for n, s in details.items()}},
                 )  # fmt: skip
                 for listener in self.listeners:
                     listener(entry)
-        return Scored(recipe, vector, details, cached_all, cost)
+        return Scored(recipe, vector, details, not fresh, cost)
+
+    def local_backend(
+        self, recipes: Sequence[Recipe], evaluator: Evaluator, split: str
+    ) -> list[dict[str, TaskScore]]:
+        """The in-process back-end: assemble and score each recipe here, uncached."""
+        out = []
+        for recipe in recipes:
+            model = self.pool.assemble(recipe)
+            out.append(evaluator.score_tasks(model, self.tasks, split, model_key=None))
+        return out
 
     def _read_ledger(self) -> float:
         if self.ledger_path is None or not self.ledger_path.is_file():
