@@ -1,0 +1,145 @@
+"""Build (or find in the cache) the model zoo and print its model x task table on the TEST split.
+
+``python -m experiments.build_zoo [--preset default|tiny] [--seed N] [--cache-dir D] [--device cpu]``
+
+Rows: the base, each expert, the odd expert, each recycling checkpoint; columns: the zoo tasks,
+each cell ``exact match / token accuracy``. Below the table, the trade-off checks the zoo is built
+to pass: every expert is the best of base + experts on its own task, and worse than the base or
+another expert on some other task; the base scores above zero on every task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from merge_env.evaluate import Evaluator, TaskScore
+from merge_env.zoo import Zoo, ZooConfig, build_zoo
+
+log = logging.getLogger("mergegym.build_zoo")
+
+Scores = dict[str, dict[str, TaskScore]]  # row name -> task name -> score
+
+
+def score_zoo(zoo: Zoo, split: str = "test", device: str = "cpu") -> Scores:
+    """Return every zoo checkpoint's scores on every zoo task (teacher-forced, one split)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per row drowns the table
+    evaluator = Evaluator(
+        AutoTokenizer.from_pretrained(zoo.tokenizer_dir), device=device, batch_size=256
+    )
+    out: Scores = {}
+    for name, path in zoo.checkpoints().items():
+        model = AutoModelForCausalLM.from_pretrained(path).to(device)
+        out[name] = evaluator.score_tasks(model, zoo.tasks, split)
+    return out
+
+
+def tradeoff_report(
+    zoo: Zoo, scores: Scores, metric: str = "exact_match"
+) -> list[tuple[bool, str]]:
+    """Return (holds, sentence) for each trade-off target of the zoo, on ``metric``."""
+    tasks = [t.name for t in zoo.tasks]
+    dense = {"base": scores["base"], **{f"expert:{k}": scores[f"expert:{k}"] for k in zoo.experts}}
+    lines: list[tuple[bool, str]] = []
+    for task in tasks:
+        base_score = scores["base"][task].get(metric)
+        lines.append((base_score > 0, f"base partly solves {task}: {base_score:.3f}"))
+    for task in zoo.experts:
+        me = f"expert:{task}"
+        own = scores[me][task].get(metric)
+        rival, rival_score = max(
+            ((n, s[task].get(metric)) for n, s in dense.items() if n != me), key=lambda x: x[1]
+        )
+        margin = own - rival_score
+        sentence = (
+            f"{me} on {task}: {own:.3f}, best other {rival} {rival_score:.3f} ({margin:+.3f})"
+        )
+        lines.append((margin > 0, sentence))
+        worse = [
+            f"{other} ({n}: {scores[me][other].get(metric):.3f} < {s[other].get(metric):.3f})"
+            for other in tasks
+            if other != task
+            for n, s in dense.items()
+            if n != me and scores[me][other].get(metric) < s[other].get(metric)
+        ]
+        lines.append((bool(worse), f"{me} loses elsewhere: {worse[0] if worse else 'nowhere'}"))
+    return lines
+
+
+def print_table(zoo: Zoo, scores: Scores, console: Console, title: str) -> None:
+    """Print the model x task table (exact match / token accuracy) and the trade-off checks."""
+    tasks = [t.name for t in zoo.tasks]
+    table = Table(title=title)
+    table.add_column("model", no_wrap=True)
+    for task in tasks:
+        table.add_column(f"{task}\nEM / tok", justify="right")
+    table.add_column("mean EM", justify="right")
+    for name, row in scores.items():
+        cells = [f"{row[t].exact_match:.3f} / {row[t].token_accuracy:.3f}" for t in tasks]
+        mean = sum(row[t].exact_match for t in tasks) / len(tasks)
+        table.add_row(name, *cells, f"{mean:.3f}")
+    console.print(table)
+    for holds, sentence in tradeoff_report(zoo, scores):
+        console.print(f"  [{'green' if holds else 'red'}]{'ok ' if holds else 'NO '}[/] {sentence}")
+
+
+def run(
+    preset: str = "default",
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    console: Console | None = None,
+) -> Zoo:
+    """Build or find the zoo, print build time and the TEST table; return the zoo."""
+    console = console or Console()
+    config = dataclasses.replace(ZooConfig.preset(preset), seed=seed)
+    start = time.perf_counter()
+    zoo = build_zoo(config, cache_dir, progress=progress, device=device)
+    elapsed = time.perf_counter() - start
+    if elapsed < 0.5 * zoo.build_seconds:
+        console.print(
+            f"zoo {preset!r} seed {seed}: found in cache at {zoo.root} in {elapsed:.2f} s "
+            f"(its build took {zoo.build_seconds:.1f} s)"
+        )
+    else:
+        console.print(
+            f"zoo {preset!r} seed {seed}: built in {zoo.build_seconds:.1f} s at {zoo.root}"
+        )
+    scores = score_zoo(zoo, "test", device)
+    n_test = len(zoo.tasks[0].test) if zoo.tasks else 0
+    print_table(zoo, scores, console, f"zoo {preset!r}: TEST split ({n_test} examples per task)")
+    return zoo
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.build_zoo", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--preset", default="default", choices=["default", "tiny"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cache-dir", default=None, help="default: $MERGEGYM_CACHE or ~/.cache/mergegym"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run(args.preset, args.seed, args.cache_dir, args.device, progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,557 @@
+"""The default model zoo: a char-level Llama base, one expert per task, a recycling pool, an odd expert.
+
+No hub is reachable, so the project trains its own pool (DESIGN.md §2). A small ``LlamaForCausalLM``
+learns a mixture of the synthetic zoo tasks (the base); each expert fine-tunes the base on its own
+task alone, so it gains there and forgets elsewhere (the trade-off merging must resolve). The
+recycling pool (Khalifa et al. 2024, "If You Can't Use Them, Recycle Them") is checkpoints of one
+architecture from different stages, data mixtures and learning rates: snapshots of the base run and
+short branches from them. The odd expert has another width, for heterogeneous MoE (MergeME).
+
+Training sequences are exactly what the Evaluator scores: ``<s> prompt answer </s>``, with the loss
+on the answer and EOS only (random prompt digits are noise a model cannot learn). Everything is
+seeded; a build goes to a temporary folder renamed into ``<cache>/zoo-<fingerprint>`` when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from merge_env.errors import CheckpointError, ConfigError
+from merge_env.tasks import ZOO_TASK_KINDS, Example, Task, char_tokenizer, make_task
+
+logger = logging.getLogger(__name__)
+
+# Bump when training code changes what a config builds, so stale cached zoos stop matching.
+ZOO_VERSION = 2
+MANIFEST = "zoo.json"
+# CPU results depend on torch's thread count (reduction order), and a zoo trained with 1 thread
+# differs from one trained with 2 in every tensor and in its scores; the build pins it.
+TRAIN_THREADS = 2
+_IGNORE = -100  # label id the HF loss skips
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Sizes of one LlamaForCausalLM."""
+
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 4
+    intermediate: int = 256
+    max_positions: int = 64
+
+
+@dataclass(frozen=True)
+class RecycleSpec:
+    """One recycling checkpoint: a base-run snapshot, optionally trained further on a mixture."""
+
+    name: str
+    start: float  # fraction of the base run at which the branch starts (1.0 = the final base)
+    steps: int = 0  # 0: the snapshot itself
+    mix: tuple[float, ...] = ()  # task weights, aligned with ZooConfig.tasks
+    lr: float = 1e-3
+
+
+# Stages of the base run, branches from late stages on skewed mixtures, and branches from the
+# final base at a hotter and a cooler learning rate: each trades the tasks off differently.
+DEFAULT_RECYCLING: tuple[RecycleSpec, ...] = (
+    RecycleSpec("stage80", start=0.8),
+    RecycleSpec("stage90", start=0.9),
+    RecycleSpec("add_heavy", start=0.9, steps=120, mix=(0.8, 0.1, 0.1), lr=1.5e-3),
+    RecycleSpec("rev_heavy", start=0.8, steps=100, mix=(0.1, 0.8, 0.1), lr=2e-3),
+    RecycleSpec("enc_heavy", start=0.8, steps=100, mix=(0.1, 0.1, 0.8), lr=2e-3),
+    RecycleSpec("words_hot_lr", start=1.0, steps=80, mix=(0.0, 0.5, 0.5), lr=3e-3),
+    RecycleSpec("mix_cool_lr", start=1.0, steps=80, mix=(0.4, 0.3, 0.3), lr=5e-4),
+)
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    """Every size, step count and learning rate of a zoo; ``preset`` gives the named ones."""
+
+    tasks: tuple[str, ...] = ZOO_TASK_KINDS
+    n_search: int = 96
+    n_test: int = 192
+    task_seed: int = 0  # the evaluation splits; kept apart from ``seed`` so zoo seeds compare
+    train_pool: int = 6000  # distinct training examples per task (never in search or test)
+    shape: ModelShape = ModelShape()
+    batch_size: int = 64
+    warmup: int = 30
+    base_steps: int = 1000
+    base_lr: float = 3e-3
+    base_mix: tuple[float, ...] = (0.6, 0.2, 0.2)
+    expert_steps: tuple[int, ...] = (400, 300, 200)  # aligned with tasks; add learns slowest
+    expert_lr: float = 1e-3
+    recycling: tuple[RecycleSpec, ...] = DEFAULT_RECYCLING
+    odd_task: str = "cipher"
+    odd_shape: ModelShape = ModelShape(hidden=96, intermediate=192)
+    odd_steps: int = 240
+    odd_lr: float = 3e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        k = len(self.tasks)
+        unknown = [t for t in self.tasks if t not in ZOO_TASK_KINDS]
+        if unknown or len(set(self.tasks)) != k or k == 0:
+            raise ConfigError(f"zoo.tasks: {self.tasks} must be distinct kinds of {ZOO_TASK_KINDS}")
+        if len(self.base_mix) != k or len(self.expert_steps) != k:
+            raise ConfigError(
+                f"zoo.base_mix and zoo.expert_steps need one entry per task {self.tasks}"
+            )
+        if self.odd_task not in self.tasks:
+            raise ConfigError(f"zoo.odd_task: {self.odd_task!r} is not one of {self.tasks}")
+        if len(self.recycling) < 2 or len({r.name for r in self.recycling}) != len(self.recycling):
+            raise ConfigError("zoo.recycling: needs at least 2 checkpoints with distinct names")
+        for r in self.recycling:
+            if not 0.0 < r.start <= 1.0 or (r.steps > 0 and len(r.mix) != k):
+                raise ConfigError(f"zoo.recycling[{r.name!r}]: start in (0, 1], mix of length {k}")
+        for key in ("base_steps", "odd_steps", "batch_size", "n_search", "n_test", "train_pool"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"zoo.{key}: must be >= 1, got {getattr(self, key)}")
+
+    @classmethod
+    def preset(cls, name: str) -> ZooConfig:
+        """Return the named preset: "default" (minutes on 2 CPU cores) or "tiny" (seconds)."""
+        if name not in _PRESETS:
+            raise ConfigError(f"zoo preset {name!r} unknown; expected one of {sorted(_PRESETS)}")
+        return _PRESETS[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as plain JSON-able data."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ZooConfig:
+        """Return the config written by ``to_dict``; an unknown key raises ConfigError."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        extra = set(data) - names
+        if extra:
+            raise ConfigError(f"zoo config: unknown keys {sorted(extra)}")
+        kw = dict(data)
+        for key in ("shape", "odd_shape"):
+            if key in kw:
+                kw[key] = ModelShape(**kw[key])
+        if "recycling" in kw:
+            kw["recycling"] = tuple(
+                RecycleSpec(**{**r, "mix": tuple(r.get("mix", ()))}) for r in kw["recycling"]
+            )
+        for key in ("tasks", "base_mix", "expert_steps"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
+        return cls(**kw)
+
+    def fingerprint(self) -> str:
+        """Return a hex digest of the settings, the task data they imply and the zoo code version."""
+        tasks = [
+            make_task(k, self.n_search, self.n_test, self.task_seed).fingerprint for k in self.tasks
+        ]
+        blob = json.dumps([ZOO_VERSION, self.to_dict(), tasks], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_PRESETS: dict[str, ZooConfig] = {
+    "default": ZooConfig(),
+    # Seconds to build: for tests and smoke runs. Too small to get answers exactly right, but each
+    # expert clearly beats the base on its own task in token accuracy.
+    "tiny": ZooConfig(
+        n_search=32,
+        n_test=48,
+        train_pool=1000,
+        shape=ModelShape(hidden=32, layers=2, heads=4, kv_heads=4, intermediate=64),
+        batch_size=32,
+        warmup=10,
+        base_steps=200,
+        base_lr=1e-2,
+        base_mix=(0.34, 0.33, 0.33),
+        expert_steps=(100, 200, 200),
+        expert_lr=5e-3,
+        recycling=tuple(
+            dataclasses.replace(r, steps=min(r.steps, 10)) for r in DEFAULT_RECYCLING[:6]
+        ),
+        odd_shape=ModelShape(hidden=48, layers=2, heads=4, kv_heads=4, intermediate=96),
+        odd_steps=40,
+        odd_lr=1e-2,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Zoo:
+    """A built zoo: checkpoint folders, the evaluation tasks and the shared tokenizer."""
+
+    root: Path
+    base: Path
+    experts: dict[str, Path]  # task name -> checkpoint dir
+    recycling: list[Path]
+    odd_expert: Path
+    odd_expert_task: str
+    tasks: list[Task]  # the evaluation tasks (search + test splits)
+    tokenizer_dir: Path
+    config: ZooConfig | None = field(default=None, compare=False)
+    build_seconds: float = field(default=0.0, compare=False)
+
+    def checkpoints(self) -> dict[str, Path]:
+        """Return every checkpoint dir by a display name: base, experts, odd expert, recycling."""
+        out = {"base": self.base}
+        out.update({f"expert:{k}": v for k, v in self.experts.items()})
+        out[f"odd:{self.odd_expert_task}"] = self.odd_expert
+        out.update({f"recycle:{p.name}": p for p in self.recycling})
+        return out
+
+
+def default_cache_dir() -> Path:
+    """Return $MERGEGYM_CACHE, else ~/.cache/mergegym."""
+    env = os.environ.get("MERGEGYM_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mergegym"
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """Encoded training examples of one task, right-padded to a common width."""
+
+    ids: torch.Tensor
+    labels: torch.Tensor  # _IGNORE on <s>, prompt and padding
+    mask: torch.Tensor
+
+
+def _encode_pool(tokenizer: Any, examples: Sequence[Example], width: int) -> _Pool:
+    """Return ``<s> prompt answer </s>`` rows with loss on answer and EOS, as the Evaluator scores."""
+    from merge_env.evaluate import Evaluator
+
+    encoded = Evaluator(tokenizer).encode(examples)
+    n = len(encoded)
+    ids = torch.full((n, width), int(tokenizer.pad_token_id), dtype=torch.long)
+    labels = torch.full((n, width), _IGNORE, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, enc in enumerate(encoded):
+        if len(enc.ids) > width:
+            raise ConfigError(f"zoo: example {examples[i].prompt!r} is longer than {width} tokens")
+        row = torch.tensor(enc.ids, dtype=torch.long)
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+        labels[i, enc.n_prompt : len(row)] = row[enc.n_prompt :]
+    return _Pool(ids, labels, mask)
+
+
+def _sub_seed(seed: int, phase: str) -> int:
+    """Return a seed for one phase of the build, stable across runs and Python versions."""
+    return zlib.crc32(f"{seed}:{phase}".encode())
+
+
+def _lr_factor(step: int, steps: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    warm = min(1.0, (step + 1) / max(1, warmup))
+    return warm * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * step / steps)))
+
+
+def _batch(
+    pools: Sequence[_Pool], mix: torch.Tensor, size: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (ids, mask, labels) of ``size`` rows drawn by task weight, trimmed to the longest."""
+    counts = torch.bincount(torch.multinomial(mix, size, True, generator=gen), minlength=len(pools))
+    parts = []
+    for pool, c in zip(pools, counts.tolist()):
+        if c:
+            idx = torch.randint(len(pool.ids), (c,), generator=gen)
+            parts.append((pool.ids[idx], pool.mask[idx], pool.labels[idx]))
+    ids, mask, labels = (torch.cat(p) for p in zip(*parts))
+    width = int(mask.sum(1).max())
+    return ids[:, :width], mask[:, :width], labels[:, :width]
+
+
+def _train(
+    model: torch.nn.Module,
+    pools: Sequence[_Pool],
+    mix: Sequence[float],
+    steps: int,
+    lr: float,
+    *,
+    config: ZooConfig,
+    seed: int,
+    snapshot_at: Sequence[int] = (),
+    bar: Any = None,
+) -> dict[int, dict[str, torch.Tensor]]:
+    """Train with AdamW on the mixture; return state-dict copies taken after each ``snapshot_at`` step."""
+    weights = torch.tensor([float(w) for w in mix])
+    if steps < 1 or weights.sum() <= 0:
+        return {}
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+    snaps: dict[int, dict[str, torch.Tensor]] = {}
+    model.train()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * _lr_factor(step, steps, config.warmup)
+        ids, mask, labels = (t.to(device) for t in _batch(pools, weights, config.batch_size, gen))
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        if not torch.isfinite(loss):
+            raise ConfigError(f"zoo: training loss is {loss.item()} at step {step}; lower the lr")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step + 1 in snapshot_at:
+            snaps[step + 1] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if bar is not None:
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    model.eval()
+    return snaps
+
+
+def _new_model(shape: ModelShape, tokenizer: Any, seed: int, device: str) -> Any:
+    """Return a freshly initialised LlamaForCausalLM (seeded without touching the global RNG)."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        max_position_embeddings=shape.max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+        attention_dropout=0.0,
+    )
+    # Eager attention is faster than SDPA for these tiny shapes on CPU.
+    cfg._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=16,
+    )
+    return model.to(device)
+
+
+def _save(model: Any, tokenizer: Any, out: Path) -> Path:
+    """Write a loadable HF folder: safetensors weights, config, generation config, tokenizer."""
+    from transformers.utils import logging as hf_logging
+
+    # One "Writing model shards" bar per save would break up the build's own progress bar.
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out)
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+    tokenizer.save_pretrained(out)
+    return out
+
+
+# ---------------------------------------------------------------- building and loading
+
+
+def _one_hot(config: ZooConfig, task: str) -> tuple[float, ...]:
+    """Return the mixture that trains on ``task`` alone."""
+    return tuple(float(t == task) for t in config.tasks)
+
+
+def _build_into(tmp: Path, config: ZooConfig, progress: bool, device: str) -> dict[str, Any]:
+    """Train every checkpoint of the zoo into ``tmp``; return the manifest (paths relative)."""
+    from tqdm.auto import tqdm
+
+    from merge_env.tasks import training_examples
+
+    tok = char_tokenizer()
+    tok.save_pretrained(tmp / "tokenizer")
+    tasks = [make_task(k, config.n_search, config.n_test, config.task_seed) for k in config.tasks]
+    pools = [
+        _encode_pool(
+            tok,
+            training_examples(
+                t.name, config.train_pool, _sub_seed(config.seed, f"data:{t.name}"), t
+            ),
+            config.shape.max_positions,
+        )
+        for t in tasks
+    ]
+    steps = [config.base_steps, *config.expert_steps, *(r.steps for r in config.recycling)]
+    bar = tqdm(total=sum(steps) + config.odd_steps, disable=not progress, unit="step")
+
+    def fit(model: Any, mix: Sequence[float], steps: int, lr: float, phase: str, at=()) -> dict:
+        bar.set_description(f"zoo {phase}")
+        seed = _sub_seed(config.seed, phase)
+        return _train(
+            model, pools, mix, steps, lr, config=config, seed=seed, snapshot_at=at, bar=bar
+        )
+
+    def save(model: Any, rel: str) -> str:
+        _save(model, tok, tmp / rel)
+        return rel
+
+    with bar:
+        model = _new_model(config.shape, tok, _sub_seed(config.seed, "init"), device)
+        start = {r.name: max(1, round(r.start * config.base_steps)) for r in config.recycling}
+        snaps = fit(
+            model,
+            config.base_mix,
+            config.base_steps,
+            config.base_lr,
+            "base",
+            at=sorted(set(start.values())),
+        )
+        snaps[config.base_steps] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        save(model, "base")
+        experts = {}
+        for task, n in zip(config.tasks, config.expert_steps):
+            model.load_state_dict(snaps[config.base_steps])
+            fit(model, _one_hot(config, task), n, config.expert_lr, f"expert:{task}")
+            experts[task] = save(model, f"experts/{task}")
+        recycling = []
+        for spec in config.recycling:
+            model.load_state_dict(snaps[start[spec.name]])
+            fit(model, spec.mix, spec.steps, spec.lr, f"recycle:{spec.name}")
+            recycling.append(save(model, f"recycling/{spec.name}"))
+        odd = _new_model(config.odd_shape, tok, _sub_seed(config.seed, "odd-init"), device)
+        fit(odd, _one_hot(config, config.odd_task), config.odd_steps, config.odd_lr, "odd")
+        save(odd, "odd_expert")
+    return _manifest(config, tasks, experts, recycling)
+
+
+def _manifest(
+    config: ZooConfig, tasks: Sequence[Task], experts: dict[str, str], recycling: list[str]
+) -> dict[str, Any]:
+    """Return zoo.json's content: the config, folder names relative to the root, the task data."""
+    return {
+        "format": "mergegym-zoo",
+        "version": ZOO_VERSION,
+        "fingerprint": config.fingerprint(),
+        "config": config.to_dict(),
+        "base": "base",
+        "experts": experts,
+        "recycling": recycling,
+        "odd_expert": "odd_expert",
+        "odd_expert_task": config.odd_task,
+        "tokenizer": "tokenizer",
+        "tasks": [
+            {
+                "name": t.name,
+                "metric": t.metric,
+                "fingerprint": t.fingerprint,
+                "search": [[ex.prompt, ex.answer] for ex in t.search],
+                "test": [[ex.prompt, ex.answer] for ex in t.test],
+            }
+            for t in tasks
+        ],
+    }
+
+
+def build_zoo(
+    config: ZooConfig,
+    cache_dir: str | Path | None = None,
+    *,
+    progress: bool = True,
+    device: str = "cpu",
+) -> Zoo:
+    """Return the zoo for ``config``, from ``<cache_dir>/zoo-<fingerprint>`` or trained there now."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache / f"zoo-{config.fingerprint()}"
+    if (root / MANIFEST).is_file():
+        logger.info("zoo found in cache: %s", root)
+        return load_zoo(root)
+    cache.mkdir(parents=True, exist_ok=True)
+    # A killed build leaves only a dot-folder behind, never a half zoo under the final name.
+    tmp = cache / f".tmp-{root.name}-{uuid.uuid4().hex[:8]}"
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(TRAIN_THREADS)
+        start = time.perf_counter()
+        manifest = _build_into(tmp, config, progress, device)
+        manifest["build_seconds"] = round(time.perf_counter() - start, 2)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        try:
+            os.rename(tmp, root)
+        except OSError as err:
+            if not (root / MANIFEST).is_file():
+                raise CheckpointError(f"{root}: exists but holds no {MANIFEST}; remove it") from err
+            logger.info("another process finished %s first; using its zoo", root)
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    logger.info("zoo built in %.1f s: %s", manifest["build_seconds"], root)
+    return load_zoo(root)
+
+
+def load_zoo(root: str | Path) -> Zoo:
+    """Return the zoo described by ``<root>/zoo.json``; a missing or broken part raises CheckpointError."""
+    root = Path(root)
+    path = root / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: cannot read the zoo manifest ({err})") from err
+    if data.get("format") != "mergegym-zoo":
+        raise CheckpointError(
+            f"{path}: not a MergeGym zoo manifest (format {data.get('format')!r})"
+        )
+    try:
+        tasks = [
+            Task(
+                t["name"],
+                tuple(Example(p, a) for p, a in t["search"]),
+                tuple(Example(p, a) for p, a in t["test"]),
+                t["metric"],
+            )
+            for t in data["tasks"]
+        ]
+        dirs = {
+            "base": root / data["base"],
+            "odd_expert": root / data["odd_expert"],
+            "tokenizer": root / data["tokenizer"],
+        }
+        experts = {k: root / v for k, v in data["experts"].items()}
+        recycling = [root / p for p in data["recycling"]]
+        config = ZooConfig.from_dict(data["config"])
+    except (KeyError, TypeError, ValueError, ConfigError) as err:
+        raise CheckpointError(f"{path}: malformed zoo manifest ({err!r})") from err
+    for d in [dirs["base"], dirs["odd_expert"], *experts.values(), *recycling]:
+        if not (d / "config.json").is_file():
+            raise CheckpointError(f"{d}: zoo checkpoint missing (no config.json)")
+    if not (dirs["tokenizer"] / "tokenizer.json").is_file():
+        raise CheckpointError(f"{dirs['tokenizer']}: zoo tokenizer missing (no tokenizer.json)")
+    return Zoo(
+        root=root,
+        base=dirs["base"],
+        experts=experts,
+        recycling=recycling,
+        odd_expert=dirs["odd_expert"],
+        odd_expert_task=str(data["odd_expert_task"]),
+        tasks=tasks,
+        tokenizer_dir=dirs["tokenizer"],
+        config=config,
+        build_seconds=float(data.get("build_seconds", 0.0)),
+    )

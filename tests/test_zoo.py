@@ -1,0 +1,168 @@
+"""Tests for merge_env.zoo: the tiny zoo builds, loads, is deterministic, caches, and has trade-offs."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from merge_env import zoo as zoo_module
+from merge_env.errors import CheckpointError, ConfigError
+from merge_env.zoo import ZooConfig, build_zoo, default_cache_dir, load_zoo
+
+
+def _all_dirs(zoo) -> list[Path]:
+    return list(zoo.checkpoints().values())
+
+
+def test_tiny_zoo_layout(tiny_zoo):
+    config = ZooConfig.preset("tiny")
+    assert set(tiny_zoo.experts) == set(config.tasks)
+    assert [t.name for t in tiny_zoo.tasks] == list(config.tasks)
+    assert len(tiny_zoo.recycling) >= 6
+    assert tiny_zoo.odd_expert_task in config.tasks
+    assert tiny_zoo.root.name == f"zoo-{config.fingerprint()}"
+    for task in tiny_zoo.tasks:
+        assert len(task.search) == config.n_search and len(task.test) == config.n_test
+    manifest = json.loads((tiny_zoo.root / "zoo.json").read_text())
+    assert ZooConfig.from_dict(manifest["config"]) == config
+    assert load_zoo(tiny_zoo.root) == tiny_zoo
+
+
+def test_every_dir_loads_as_hf_checkpoint(tiny_zoo):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(tiny_zoo.tokenizer_dir)
+    prompt = tiny_zoo.tasks[0].test[0].prompt
+    widths = set()
+    for path in _all_dirs(tiny_zoo):
+        for name in ("model.safetensors", "config.json", "generation_config.json"):
+            assert (path / name).is_file(), f"{path} lacks {name}"
+        model = AutoModelForCausalLM.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path)
+        assert model.config.model_type == "llama"
+        assert tok(prompt)["input_ids"] == reference(prompt)["input_ids"]
+        assert model.config.vocab_size == len(tok)
+        assert model.generation_config.eos_token_id == tok.eos_token_id
+        widths.add(model.config.hidden_size)
+    odd = AutoModelForCausalLM.from_pretrained(tiny_zoo.odd_expert).config
+    base = AutoModelForCausalLM.from_pretrained(tiny_zoo.base).config
+    assert (odd.hidden_size, odd.num_hidden_layers) != (base.hidden_size, base.num_hidden_layers)
+    assert len(widths) == 2
+
+
+def test_same_seed_gives_identical_tensors(tiny_zoo, tmp_path):
+    again = build_zoo(ZooConfig.preset("tiny"), tmp_path, progress=False)
+    assert again.root != tiny_zoo.root
+    for first, second in zip(_all_dirs(tiny_zoo), _all_dirs(again)):
+        a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{first.name}: {key} differs between builds"
+
+
+def test_checkpoints_differ_from_each_other(tiny_zoo):
+    key = "model.layers.0.mlp.down_proj.weight"
+    same_shape = [p for p in _all_dirs(tiny_zoo) if p != tiny_zoo.odd_expert]
+    values = [load_file(p / "model.safetensors")[key] for p in same_shape]
+    for i in range(len(values)):
+        for j in range(i + 1, len(values)):
+            assert not torch.equal(values[i], values[j]), (same_shape[i], same_shape[j])
+
+
+def test_second_build_comes_from_cache_without_training(tiny_zoo, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached zoo was trained again")
+
+    monkeypatch.setattr(zoo_module, "_train", no_training)
+    again = build_zoo(ZooConfig.preset("tiny"), tiny_zoo.root.parent, progress=False)
+    assert again == tiny_zoo
+
+
+def test_expert_beats_base_on_its_own_task(tiny_zoo):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from merge_env.evaluate import Evaluator
+
+    evaluator = Evaluator(AutoTokenizer.from_pretrained(tiny_zoo.tokenizer_dir))
+    tasks = {t.name: t for t in tiny_zoo.tasks}
+    base = AutoModelForCausalLM.from_pretrained(tiny_zoo.base)
+    for name, path in tiny_zoo.experts.items():
+        expert = AutoModelForCausalLM.from_pretrained(path)
+        own = evaluator.score(expert, tasks[name], "test").token_accuracy
+        assert own > evaluator.score(base, tasks[name], "test").token_accuracy, name
+
+
+def test_interrupted_build_leaves_no_zoo(tmp_path, monkeypatch):
+    config = dataclasses.replace(ZooConfig.preset("tiny"), base_steps=2, seed=7)
+    calls = []
+    real_save = zoo_module._save
+
+    def failing_save(model, tokenizer, out):
+        calls.append(out)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_save(model, tokenizer, out)
+
+    monkeypatch.setattr(zoo_module, "_save", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        build_zoo(config, tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_zoo_rejects_missing_or_broken_folders(tiny_zoo, tmp_path):
+    with pytest.raises(CheckpointError, match="zoo.json"):
+        load_zoo(tmp_path)
+    (tmp_path / "zoo.json").write_text(json.dumps({"format": "mergegym-zoo"}))
+    with pytest.raises(CheckpointError, match="malformed"):
+        load_zoo(tmp_path)
+    manifest = json.loads((tiny_zoo.root / "zoo.json").read_text())
+    (tmp_path / "zoo.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_zoo(tmp_path)
+
+
+def test_config_presets_and_validation():
+    assert ZooConfig.preset("default").shape.layers >= 4
+    with pytest.raises(ConfigError, match="huge"):
+        ZooConfig.preset("huge")
+    tiny = ZooConfig.preset("tiny")
+    assert ZooConfig.from_dict(tiny.to_dict()) == tiny
+    assert dataclasses.replace(tiny, seed=1).fingerprint() != tiny.fingerprint()
+    assert tiny.fingerprint() == ZooConfig.preset("tiny").fingerprint()
+    with pytest.raises(ConfigError, match="odd_task"):
+        dataclasses.replace(
+            tiny, odd_task="add", tasks=("reverse", "cipher"), base_mix=(1, 1), expert_steps=(1, 1)
+        )
+    with pytest.raises(ConfigError, match="base_mix"):
+        dataclasses.replace(tiny, base_mix=(1.0,))
+    with pytest.raises(ConfigError, match="unknown keys"):
+        ZooConfig.from_dict({"hidden": 3})
+
+
+def test_default_cache_dir_honours_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("MERGEGYM_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path
+    monkeypatch.delenv("MERGEGYM_CACHE")
+    assert default_cache_dir() == Path.home() / ".cache" / "mergegym"
+
+
+def test_build_zoo_cli_prints_table_from_cache(tiny_zoo):
+    from rich.console import Console
+
+    from experiments.build_zoo import run
+
+    out = io.StringIO()
+    zoo = run(
+        "tiny", cache_dir=tiny_zoo.root.parent, progress=False, console=Console(file=out, width=200)
+    )
+    text = out.getvalue()
+    assert zoo == tiny_zoo
+    assert "found in cache" in text
+    for row in ["base", "expert:add", f"odd:{zoo.odd_expert_task}", "recycle:stage80"]:
+        assert row in text
