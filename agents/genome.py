@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.base import Agent, Budget, BudgetExhausted
+from agents.base import Agent, Budget
 from merge_env.env import DEFAULT_COEFFICIENTS
 from merge_env.errors import ConfigError, MergeError
 from merge_env.ops import get_operator
@@ -308,22 +308,27 @@ class GenomeAgent(Agent):
     ) -> list[Scored]:
         """Score genomes in order; the list is cut short where the budget cannot pay the next one.
 
-        One recipe at a time for now; the loop is the seam where a parallel back-end
-        (``problem.score_many``) will score the affordable prefix of a batch at once.
+        The affordable prefix of the batch goes to ``problem.score_many`` at once, so a parallel
+        back-end scores it together; it holds exactly the recipes one-by-one scoring would have
+        paid for (cached ones and repeats within the batch are free).
         """
-        out: list[Scored] = []
         cap = self.proposal_cap(budget)
+        cost, spend = problem.cost("full"), budget.used
+        recipes, seen = [], set()
         for x in X:
             if self.proposed >= cap:
                 log.warning("%s: %d genomes proposed, stopping (recipe space exhausted?)",
                             self.name, cap)  # fmt: skip
                 break
             self.proposed += 1
-            try:
-                out.append(self.evaluate(problem, budget, genome.decode(x)))
-            except BudgetExhausted:
-                break
-        return out
+            recipe = genome.decode(x)
+            if recipe.hash not in seen and not problem.is_cached(recipe):
+                if spend + cost > budget.budget + 1e-9:  # Budget.exhausted, counted ahead
+                    break
+                spend += cost
+            seen.add(recipe.hash)
+            recipes.append(recipe)
+        return problem.score_many(recipes, source=self.name) if recipes else []
 
     def start(self, problem: MergeProblem, budget: float) -> tuple[Budget, Genome]:
         """Open a search: the budget, the codec, a fresh proposal count."""

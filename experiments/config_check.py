@@ -23,6 +23,10 @@ TARGET_GROUPS = ("pool", "tasks", "agent", "logger")
 EVALUATOR_KEYS = {
     "batch_size": int, "max_examples": (int, type(None)), "cheap_examples": (int, type(None)),
     "metric": (str, type(None)),
+    # evaluator=ray (merge_env/parallel.py)
+    "backend": str, "num_workers": int, "num_gpus_per_worker": (int, float),
+    "num_cpus_per_worker": (int, float), "address": (str, type(None)),
+    "runtime_env": (dict, type(None)), "max_resends": int,
 }  # fmt: skip
 TOP_LEVEL = {
     "seed": int, "budget": (int, float), "device": str, "preference": (list, type(None)),

@@ -27,6 +27,7 @@ from experiments import report
 from experiments.config_check import validate_run_config
 from experiments.tracking import Tracker
 from merge_env.errors import ConfigError, MergeGymError
+from merge_env.parallel import RAY_OPTIONS, use_backend
 from merge_env.pareto import sample_preferences
 from merge_env.pools import tasks_or_pool
 from merge_env.problem import MergeProblem, build_problem
@@ -67,12 +68,17 @@ def make_problem(cfg: DictConfig, run_dir: Path) -> MergeProblem:
     tasks = instantiate(cfg.tasks) if cfg.get("tasks") else None
     tasks = tasks_or_pool(pool, tasks)
     ev = cfg.evaluator
-    return build_problem(
+    problem = build_problem(
         pool.sources, tasks, pool.tokenizer_dir,
         archive_path=run_dir / "archive.jsonl", cache_path=run_dir / "eval_cache.sqlite",
         device=cfg.device, batch_size=ev.batch_size, max_examples=ev.max_examples,
         cheap_examples=ev.cheap_examples, metric=ev.metric,
     )  # fmt: skip
+    # evaluator=ray: recipes are scored on Ray actors; the archive and cache stay here
+    options = OmegaConf.to_container(ev, resolve=True)
+    ray_options = {k: v for k, v in options.items() if k in RAY_OPTIONS}  # type: ignore[union-attr]
+    use_backend(problem, pool.tokenizer_dir, ev.get("backend", "local"), **ray_options)
+    return problem
 
 
 def run(cfg: DictConfig) -> float:
@@ -120,6 +126,9 @@ def run(cfg: DictConfig) -> float:
     console.print(f"run folder: {run_dir}   wall {time.perf_counter() - t0:.1f} s   "
                   f"evaluations {problem.spent:.1f} (cache hits {problem.cache_hits})")  # fmt: skip
     tracker.finish()
+    close = getattr(problem.backend, "close", None)  # a RayBackend's actors
+    if close is not None:
+        close()
     return hv
 
 
