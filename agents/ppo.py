@@ -1,0 +1,370 @@
+"""Preference-conditioned PPO over MergeEnv: HM3's offline pre-training, then online fine-tuning.
+
+HM3 (DESIGN §1.1) trains PPO (Schulman et al., 2017, arXiv:1707.06347) with a GRU path encoder,
+pre-trained offline on cheaply scored candidate paths. The paper re-trains one policy per
+preference; here one policy takes the preference as input and covers the whole front:
+
+1. Offline: propose candidates (agents/ppo_offline.py), score each once at ``fidelity="cheap"``
+   (charged at its fraction of a full evaluation), relabel every score vector for every sampled
+   preference, imitate the best candidate per preference, regress the value on the rewards.
+2. Online: stable-baselines3 PPO on full-fidelity rewards, one preference per episode (or the
+   user's), stopped by a callback before an evaluation it could not afford.
+3. Sweep: the deterministic policy rolled out over a simplex lattice of preferences, so the front
+   is covered; any budget left after it goes back to online training.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
+
+from agents.base import Agent, Budget, BudgetExhausted
+from agents.path_encoder import PathEncoder
+from agents.ppo_offline import (
+    build_dataset,
+    candidate_actions,
+    pretrain,
+    propose_candidates,
+    relabel,
+)
+from merge_env.env import MergeEnv, weight_lattice
+from merge_env.errors import ConfigError
+from merge_env.evaluate import Evaluator
+from merge_env.pareto import Archive, non_dominated, sample_preferences
+from merge_env.problem import MergeProblem
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("both", "param", "arch")
+
+
+class StopAtOnce(gym.ActionWrapper):
+    """Parameter level only: every episode STOPs at its first step, so only the merge is chosen."""
+
+    def __init__(self, env: MergeEnv) -> None:
+        if env.mode != "free":
+            raise ConfigError("level='param' needs env mode 'free' (aligned paths cannot STOP)")
+        super().__init__(env)
+
+    def action(self, action: np.ndarray) -> np.ndarray:
+        """The same merge choice, with STOP as the source."""
+        action = np.array(action, dtype=np.int64)
+        action[1] = len(self.env.unwrapped.sources)
+        return action
+
+
+class RepeatPenalty(gym.Wrapper):
+    """Online shaping: a recipe already scored earns ``penalty`` less, since it adds nothing to
+    the archive; without it the policy settles on a few recipes and stops spending the budget."""
+
+    def __init__(self, env: gym.Env, penalty: float) -> None:
+        super().__init__(env)
+        self.penalty = float(penalty)
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        """As the env's step, minus the penalty at the end of a repeated recipe."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if terminated and info.get("cached"):
+            reward = float(reward) - self.penalty
+        return obs, reward, terminated, truncated, info
+
+
+class BudgetCallback(BaseCallback):
+    """Stops PPO before a step that could cost more than the budget has left (minus a reserve),
+    or after ``max_repeats`` episodes in a row that only re-scored cached recipes."""
+
+    def __init__(self, budget: Budget, reserve: float = 0.0, max_repeats: int = 64) -> None:
+        super().__init__()
+        self.budget = budget
+        self.reserve = reserve
+        self.max_repeats = max_repeats
+        self.episodes = 0
+        self.repeats = 0
+
+    def affordable(self) -> bool:
+        """Whether one more uncached full evaluation fits (a step scores at most one recipe)."""
+        return self.budget.remaining - self.reserve >= self.budget.problem.cost("full") - 1e-9
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", []):
+            if "vector" in info:
+                self.episodes += 1
+                self.logger.record("merge/spent", self.budget.used)
+                self.logger.record("merge/cached", float(info["cached"]))
+                self.repeats = self.repeats + 1 if info["cached"] else 0
+        return self.affordable() and not self.stalled
+
+    @property
+    def stalled(self) -> bool:
+        """Whether the policy has only re-scored cached recipes for ``max_repeats`` episodes."""
+        return self.repeats >= self.max_repeats
+
+
+class PPOAgent(Agent):
+    """HM3's PPO agent: offline pre-training on relabelled cheap scores, then PPO and a sweep."""
+
+    name = "ppo"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        level: str = "both",
+        mode: str = "free",
+        param_mode: str = "policy",
+        beta: float = 0.02,
+        scalarisation: str = "tchebycheff",
+        preference: Sequence[float] | None = None,
+        lattice_steps: int = 3,
+        merge_method: str = "dare_ties",
+        density: float = 0.5,
+        t_max: int | None = None,
+        coefficients: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5),
+        offline_samples: int = 200,
+        offline_fraction: float = 0.2,
+        cheap_examples: int | None = 16,
+        n_preferences: int = 256,
+        value_extra: int = 2,
+        bc_epochs: int = 30,
+        bc_lr: float = 1e-3,
+        bc_batch_size: int = 64,
+        learning_rate: float = 3e-4,
+        n_steps: int = 64,
+        batch_size: int = 32,
+        n_epochs: int = 4,
+        gamma: float = 1.0,
+        gae_lambda: float = 0.95,
+        clip_range: float = 0.2,
+        ent_coef: float = 0.01,
+        embed_dim: int = 32,
+        hidden_dim: int = 64,
+        net_arch: Sequence[int] = (64, 64),
+        sweep_fraction: float = 0.1,
+        sweep_preferences: int = 15,
+        repeat_penalty: float = 0.1,
+        max_repeats: int = 64,
+        pretrained: str | None = None,
+        save_path: str | None = None,
+        device: str = "cpu",
+    ) -> None:
+        super().__init__(seed)
+        if level not in LEVELS:
+            raise ConfigError(f"agent.level must be one of {LEVELS}, got {level!r}")
+        if not 0.0 <= offline_fraction < 1.0 or not 0.0 <= sweep_fraction < 1.0:
+            raise ConfigError("agent.offline_fraction and agent.sweep_fraction must be in [0, 1)")
+        self.level = level
+        self.env_kwargs: dict[str, Any] = dict(
+            mode=mode, beta=beta, scalarisation=scalarisation, preference=preference,
+            lattice_steps=lattice_steps, merge_method=merge_method, density=density,
+            t_max=t_max, coefficients=tuple(coefficients),
+            param_mode="fixed" if level == "arch" else param_mode,
+        )  # fmt: skip
+        self.offline_samples = offline_samples
+        self.offline_fraction = offline_fraction
+        self.cheap_examples = cheap_examples
+        self.n_preferences = n_preferences
+        self.value_extra = value_extra
+        self.bc = dict(epochs=bc_epochs, lr=bc_lr, batch_size=bc_batch_size)
+        self.ppo_kwargs: dict[str, Any] = dict(
+            learning_rate=learning_rate, n_steps=n_steps, batch_size=batch_size,
+            n_epochs=n_epochs, gamma=gamma, gae_lambda=gae_lambda, clip_range=clip_range,
+            ent_coef=ent_coef, device=device,
+        )  # fmt: skip
+        self.policy_kwargs = dict(
+            features_extractor_class=PathEncoder,
+            features_extractor_kwargs=dict(embed_dim=embed_dim, hidden_dim=hidden_dim),
+            net_arch=list(net_arch),
+        )
+        self.sweep_fraction = sweep_fraction
+        self.sweep_preferences = sweep_preferences
+        self.repeat_penalty = repeat_penalty
+        self.max_repeats = max_repeats
+        self.pretrained = pretrained
+        self.save_path = save_path
+        self.model: PPO | None = None
+        self.sb3_output: Any | None = None  # an SB3 KVWriter, set by the runner's tracker
+        self.pretrain_history: list[dict[str, float]] = []
+        self.offline: dict[str, Any] = {}
+
+    # -- wiring ------------------------------------------------------------------------------
+    def make_env(self, problem: MergeProblem, *, train: bool = False) -> gym.Env:
+        """A MergeEnv over ``problem`` with this agent's settings (wrapped for level='param';
+        with the repeat penalty for training)."""
+        env: gym.Env = MergeEnv(problem, **self.env_kwargs)
+        env = StopAtOnce(env) if self.level == "param" else env
+        return RepeatPenalty(env, self.repeat_penalty) if train and self.repeat_penalty else env
+
+    def build_model(self, env: gym.Env, weights: str | Path | None = None) -> PPO:
+        """A fresh (seeded) SB3 PPO over ``env``; its parameters loaded from ``weights`` (default
+        ``pretrained``) when given."""
+        model = PPO(
+            "MultiInputPolicy", env, policy_kwargs=self.policy_kwargs, seed=self.seed,
+            verbose=0, **self.ppo_kwargs,
+        )  # fmt: skip
+        if self.sb3_output is not None:
+            model.set_logger(Logger(folder=None, output_formats=[self.sb3_output]))
+        weights = weights if weights is not None else self.pretrained
+        if weights is not None:
+            path = Path(weights)
+            if not path.exists() and not path.with_suffix(".zip").exists():
+                raise ConfigError(f"agent.pretrained: no saved policy at {path}")
+            try:
+                model.set_parameters(str(path), exact_match=False, device=model.device)
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise ConfigError(
+                    f"agent.pretrained: {path} does not fit this env ({exc})"
+                ) from exc
+        return model
+
+    def save_policy(self, path: str | Path) -> Path:
+        """Save the policy (SB3 zip) for ``PPOAgent(pretrained=path)``; returns the file written."""
+        if self.model is None:
+            raise ConfigError("save_policy: the agent has no policy yet; run search() first")
+        self.model.save(str(path))
+        p = Path(path)
+        return p if p.suffix == ".zip" else p.with_suffix(".zip")
+
+    # -- the search --------------------------------------------------------------------------
+    def search(self, problem: MergeProblem, budget: float) -> Archive:
+        """Offline pre-training (unless pretrained), PPO within the budget, then the sweep."""
+        b = Budget(problem, budget)
+        env = self.make_env(problem, train=True)
+        # a resumed run continues from the policy it saved, instead of pre-training again
+        saved = None if self.workdir is None else Path(self.workdir) / "policy.zip"
+        resume = saved if saved is not None and saved.is_file() else None
+        self.model = self.build_model(env, resume)
+        if self.pretrained is None and resume is None and self.offline_samples > 0:
+            self.pretrain_offline(problem, b)
+        # the pre-trained policy's pick per preference first, then PPO, then the final picks
+        self.sweep(problem, b)
+        stalled = self.learn(b, self.sweep_fraction * budget)
+        self.sweep(problem, b)
+        if not stalled:
+            self.learn(b, 0.0)
+        self.promote(problem, b)
+        if self.save_path is not None:
+            self.save_policy(self.save_path)
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            self.save_policy(saved)
+        log.info(
+            "ppo: spent %.2f of %.0f evaluations; archive %d", b.used, budget, len(problem.archive)
+        )
+        return problem.archive
+
+    def pretrain_offline(self, problem: MergeProblem, budget: Budget) -> None:
+        """Score candidates cheaply, relabel them for sampled preferences, pre-train the policy."""
+        rng = np.random.default_rng(self.seed)
+        ensure_cheap(problem, self.cheap_examples)
+        scratch: MergeEnv = self.make_env(problem).unwrapped
+        cost = problem.cost("cheap")
+        n = int(min(self.offline_samples, self.offline_fraction * budget.budget // cost))
+        candidates = propose_candidates(scratch, n, rng)
+        if self.level == "param":
+            candidates = [c for c in candidates if not c.slots]
+        scored, vectors = [], []
+        for cand in candidates:
+            try:
+                result = self.evaluate(problem, budget, cand.recipe(scratch), fidelity="cheap")
+            except BudgetExhausted:
+                break
+            scored.append(cand)
+            vectors.append(result.vector)
+        if not scored:
+            log.warning("ppo: no budget for the offline phase; skipping pre-training")
+            return
+        prefs = sample_preferences(self.n_preferences, scratch.k, rng)
+        lengths = [c.length(scratch) for c in scored]
+        rewards = relabel(scratch, np.stack(vectors), lengths, prefs)
+        data = build_dataset(scratch, scored, rewards, prefs, rng, self.value_extra)
+        gen = torch.Generator().manual_seed(self.seed)
+        self.pretrain_history = pretrain(self.model.policy, data, generator=gen, **self.bc)
+        for row in self.pretrain_history if self.sb3_output is not None else []:
+            for key in ("imitation_loss", "value_loss"):
+                self.model.logger.record(f"pretrain/{key}", row[key])
+            self.model.logger.dump(step=int(row["epoch"]))
+        self.offline = dict(candidates=scored, vectors=np.stack(vectors), preferences=prefs,
+                            rewards=rewards, spent=budget.used)  # fmt: skip
+        log.info("ppo: offline phase scored %d candidates for %.2f evaluations", len(scored),
+                 budget.used)  # fmt: skip
+
+    def learn(self, budget: Budget, reserve: float) -> bool:
+        """PPO on full-fidelity rewards until only ``reserve`` (plus less than one eval) is left;
+        returns whether it stopped because the policy only repeated itself."""
+        assert self.model is not None
+        callback = BudgetCallback(budget, reserve, self.max_repeats)
+        if not callback.affordable():
+            return False
+        # an upper bound only: the callback ends training when the budget is spent
+        t_max = self.model.observation_space["path"].shape[0]
+        steps = int(np.ceil(budget.remaining)) * t_max * 20
+        self.model.learn(steps, callback=callback, reset_num_timesteps=False)
+        if callback.stalled:
+            log.info("ppo: %d repeated recipes in a row; online phase stopped", callback.repeats)
+        return callback.stalled
+
+    def promote(self, problem: MergeProblem, budget: Budget) -> None:
+        """Spend what is left on the offline candidates, front by front of their cheap scores."""
+        if not self.offline or budget.exhausted(problem.cost("full")):
+            return
+        scratch: MergeEnv = self.make_env(problem).unwrapped
+        f = problem.normalised(self.offline["vectors"])
+        left = np.arange(len(f))
+        while len(left) and not budget.exhausted(problem.cost("full")):
+            layer = left[non_dominated(f[left])]
+            for i in layer:
+                try:
+                    self.evaluate(problem, budget, self.offline["candidates"][i].recipe(scratch))
+                except BudgetExhausted:
+                    return
+            left = np.setdiff1d(left, layer)
+
+    def sweep(self, problem: MergeProblem, budget: Budget) -> None:
+        """Roll the deterministic policy out over a simplex lattice of preferences."""
+        assert self.model is not None
+        env = self.make_env(problem)
+        base: MergeEnv = env.unwrapped
+        prefs = _lattice(base.k, self.sweep_preferences)
+        if self.env_kwargs["preference"] is not None:
+            prefs = [np.asarray(self.env_kwargs["preference"], float)]
+        for pref in prefs:
+            obs, _ = env.reset(options={"preference": pref})
+            done = False
+            while not done:
+                if budget.exhausted(problem.cost("full")):
+                    return
+                action, _ = self.model.predict(obs, deterministic=True)
+                obs, _, done, _, _ = env.step(action)
+
+
+def _lattice(k: int, n: int) -> list[np.ndarray]:
+    """The densest simplex lattice with at most ``n`` points (at least the k vertices)."""
+    steps = 1
+    while len(weight_lattice(k, steps + 1)) <= n:
+        steps += 1
+    return [np.asarray(p) for p in weight_lattice(k, steps)]
+
+
+def ensure_cheap(problem: MergeProblem, examples: int | None) -> None:
+    """Give ``problem`` a cheap evaluator of ``examples`` per task if it has none."""
+    if problem.cheap_evaluator is not None:
+        return
+    if examples is None:
+        raise ConfigError("agent.cheap_examples: the problem has no cheap fidelity; set a number")
+    ev = problem.evaluator
+    problem.cheap_evaluator = Evaluator(
+        ev.tokenizer, device=ev.device, batch_size=ev.batch_size, max_examples=examples,
+        cache=ev.cache, dtype=ev.dtype,
+    )  # fmt: skip
+
+
+__all__ = ["BudgetCallback", "PPOAgent", "StopAtOnce", "candidate_actions", "ensure_cheap"]

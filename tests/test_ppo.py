@@ -1,0 +1,157 @@
+"""PPOAgent and its offline phase on the tiny zoo: budget, pre-training, relabelling, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from agents.path_encoder import PathEncoder
+from agents.ppo import PPOAgent
+from agents.ppo_offline import (
+    Candidate,
+    candidate_actions,
+    propose_candidates,
+    relabel,
+    trajectory_observations,
+)
+from merge_env.env import MergeEnv
+
+# small everything: the tiny zoo scores a recipe in a fraction of a second
+FAST = dict(
+    offline_samples=24, offline_fraction=0.3, cheap_examples=4, n_preferences=32,
+    bc_epochs=12, n_steps=16, batch_size=16, n_epochs=2, sweep_preferences=6,
+)  # fmt: skip
+
+
+@pytest.fixture
+def problem(make_problem):
+    return make_problem(cheap_examples=4)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_zoo, tmp_path_factory):
+    """Two searches with the same seed, each on a fresh problem (own archive and cache)."""
+    from merge_env.problem import build_problem
+    from merge_env.recipe import BASE
+
+    out = []
+    for i in range(2):
+        d = tmp_path_factory.mktemp(f"ppo-run-{i}")
+        problem = build_problem(
+            {BASE: tiny_zoo.base, **tiny_zoo.experts}, tiny_zoo.tasks, tiny_zoo.tokenizer_dir,
+            archive_path=d / "archive.jsonl", cache_path=d / "cache.sqlite", cheap_examples=4,
+        )  # fmt: skip
+        agent = PPOAgent(seed=3, **FAST)
+        archive = agent.search(problem, budget=12)
+        out.append((agent, problem, archive))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["free", "aligned"])
+def test_env_checkers_pass(problem, mode):
+    gym_check_env(MergeEnv(problem, mode=mode), skip_render_check=True)
+    sb3_check_env(MergeEnv(problem, mode=mode), warn=True)
+
+
+def test_budget_respected_exactly_and_archive_filled(runs):
+    for agent, problem, archive in runs:
+        assert 12 - 1 < problem.spent <= 12 + 1e-9
+        assert len(archive) > 0
+        assert all(e.evaluations <= 12 for e in archive)
+        assert agent.offline["spent"] > 0  # the cheap phase was charged
+        assert {e.source for e in archive} <= {"env", "ppo"}
+
+
+def test_same_seed_same_archive(runs):
+    (_, _, a), (_, _, b) = runs
+    assert [e.recipe_hash for e in a] == [e.recipe_hash for e in b]
+    np.testing.assert_array_equal(a.score_matrix(), b.score_matrix())
+
+
+def test_pretraining_lowers_imitation_and_value_losses(runs):
+    history = runs[0][0].pretrain_history
+    assert len(history) == FAST["bc_epochs"]
+    assert history[-1]["imitation_loss"] < 0.5 * history[0]["imitation_loss"]
+    assert history[-1]["value_loss"] < 0.5 * history[0]["value_loss"]
+
+
+def test_saved_policy_reloads_and_acts_identically(runs, problem, tmp_path):
+    agent = runs[0][0]
+    path = agent.save_policy(tmp_path / "policy")
+    assert path.is_file()
+    again = PPOAgent(seed=99, pretrained=str(path), **FAST)
+    model = again.build_model(again.make_env(problem))
+    env = MergeEnv(problem)
+    obs = [env.reset(seed=s)[0] for s in range(8)]
+    batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
+    a1, _ = agent.model.predict(batch, deterministic=True)
+    a2, _ = model.predict(batch, deterministic=True)
+    np.testing.assert_array_equal(a1, a2)
+    fresh = PPOAgent(seed=99, **FAST).build_model(again.make_env(problem))
+    p1 = agent.model.policy.state_dict()
+    assert any(not torch.equal(p1[k], v) for k, v in fresh.policy.state_dict().items())
+
+
+@pytest.mark.parametrize("kind", ["tchebycheff", "weighted_sum"])
+def test_relabelling_matches_env_reward(problem, kind):
+    env = MergeEnv(problem, scalarisation=kind, beta=0.05)
+    rng = np.random.default_rng(0)
+    vectors = rng.uniform(0, 1, (5, env.k))
+    lengths = [env.L, 2, 7, 1, env.L]
+    prefs = rng.dirichlet(np.ones(env.k), 4)
+    rewards = relabel(env, vectors, lengths, prefs)
+    assert rewards.shape == (4, 5)
+    for i, pref in enumerate(prefs):
+        env.reset(options={"preference": pref})
+        for j, (v, n) in enumerate(zip(vectors, lengths)):
+            assert rewards[i, j] == pytest.approx(env.reward_of(v, n), rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["free", "aligned"])
+def test_candidate_actions_rebuild_the_recipe(problem, mode):
+    env = MergeEnv(problem, mode=mode, t_max=5 if mode == "free" else None)
+    cands = propose_candidates(env, 12, np.random.default_rng(1))
+    assert len({c.recipe(env).hash for c in cands}) == len(cands)
+    if mode == "free":
+        assert Candidate(0) in cands  # STOP at once: the plain parameter merge
+    pref = np.full(env.k, 1.0 / env.k)
+    for cand in [cands[0], cands[-1]]:
+        actions, mask = candidate_actions(env, cand)
+        assert mask.shape == actions.shape and mask[0, :2].all()
+        scratch = MergeEnv(problem, mode=mode, t_max=env.t_max)
+        expected = trajectory_observations(scratch, actions, pref)
+        obs, _ = env.reset(options={"preference": pref})
+        for t, a in enumerate(actions):
+            for key in obs:
+                np.testing.assert_array_equal(obs[key], expected[t][key])
+            obs, _, done, _, info = env.step(a)
+        assert done and info["recipe_hash"] == cand.recipe(env).hash
+        assert info["length"] == cand.length(env)
+
+
+def test_path_encoder_ignores_empty_rows(problem):
+    env = MergeEnv(problem)
+    enc = PathEncoder(env.observation_space)
+    from stable_baselines3.common.preprocessing import preprocess_obs
+
+    obs, _ = env.reset(seed=0)
+    obs, *_ = env.step(np.array([0, 1, 1, 2]))
+    batch = {k: torch.as_tensor(np.asarray(v))[None] for k, v in obs.items()}
+    f1 = enc(preprocess_obs(batch, env.observation_space))
+    batch["path"][0, -1] = torch.tensor([0.0, 2.0, 3.0])  # garbage in an empty row
+    f2 = enc(preprocess_obs(batch, env.observation_space))
+    assert f1.shape == (1, enc.features_dim)
+    torch.testing.assert_close(f1, f2)
+    batch["path"][0, 0, 1] = 2.0  # a different layer in the filled slot changes the feature
+    assert not torch.allclose(f1, enc(preprocess_obs(batch, env.observation_space)))
+
+
+def test_parameter_level_only_never_builds_a_path(problem):
+    agent = PPOAgent(seed=0, level="param", **FAST)
+    archive = agent.search(problem, budget=6)
+    assert len(archive) > 0
+    assert all(e.recipe["path"] is None for e in archive)
+    assert problem.spent <= 6 + 1e-9
