@@ -1,0 +1,371 @@
+"""MergeME: Mixtral build, training-free routers, perplexity routing, heterogeneous experts."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from merge_env.errors import CheckpointError, ConfigError, MergeError
+from merge_env.moe import build_mixtral, shared_merge
+from merge_env.moe_hetero import HeteroMoE, build_hetero, check_hetero_shapes, train_hetero
+from merge_env.moe_ppl import ForcedExpert, PplRoutedMoE, ppl_moe_merged, ppl_moe_separate
+from merge_env.moe_router import router_rows, token_routing_share
+from merge_env.moe_seq import encode_prompts, pad_right, routing_confusion
+from merge_env.param_merge import MergeEngine
+from merge_env.tasks import Example, char_tokenizer
+
+
+def _load(path):
+    return AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def _logits(model, ids, mask=None):
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask)
+    return out.logits
+
+
+def _tok():
+    """A character tokenizer whose 33 ids fit the tiny models' vocabularies."""
+    return char_tokenizer("abcdefghijklmnop=+0123456789 ")
+
+
+IDS = torch.randint(4, 64, (3, 11), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def trio(tiny_factory):
+    """A tiny base and two distinct fine-tunes of it."""
+    base = tiny_factory(seed=0)
+    return (
+        base,
+        tiny_factory(seed=1, like=base, noise=0.1),
+        tiny_factory(seed=2, like=base, noise=0.1),
+    )
+
+
+# ------------------------------------------------------------------ homogeneous Mixtral
+
+
+def test_mixtral_with_one_expert_reproduces_it(trio, tmp_path):
+    base, e1, _ = trio
+    out = build_mixtral(
+        base, {"a": e1}, tmp_path / "mx", router_rows("random", [e1]),
+        shared=shared_merge(base, [e1], "linear"), top_k=1, progress=False,
+    )  # fmt: skip
+    mx = _load(out)
+    assert type(mx).__name__ == "MixtralForCausalLM"
+    torch.testing.assert_close(_logits(mx, IDS), _logits(_load(e1), IDS), atol=1e-5, rtol=1e-5)
+    assert token_routing_share(mx, _tok(), [["ab=", "cd="]]) == [1.0]
+
+
+def test_mixtral_layout_after_loading(trio, tmp_path):
+    """Expert e's w1/w3/w2 land in gate_up_proj[e] / down_proj[e]; shared tensors are the merge."""
+    base, e1, e2 = trio
+    router = router_rows("random", [e1, e2], seed=5)
+    spec = shared_merge(base, [e1, e2], "ties", {"density": 0.5})
+    mx = _load(build_mixtral(base, {"a": e1, "b": e2}, tmp_path / "mx", router, shared=spec,
+                             top_k=2, progress=False))  # fmt: skip
+    dense = [_load(e1).state_dict(), _load(e2).state_dict()]
+    state = mx.state_dict()
+    for layer in range(2):
+        p = f"model.layers.{layer}.mlp"
+        torch.testing.assert_close(state[f"{p}.gate.weight"], router[layer])
+        for e, sd in enumerate(dense):
+            gate_up = torch.cat([sd[f"{p}.gate_proj.weight"], sd[f"{p}.up_proj.weight"]])
+            torch.testing.assert_close(state[f"{p}.experts.gate_up_proj"][e], gate_up)
+            torch.testing.assert_close(
+                state[f"{p}.experts.down_proj"][e], sd[f"{p}.down_proj.weight"]
+            )
+    name = "model.layers.1.self_attn.q_proj.weight"
+    torch.testing.assert_close(state[name], MergeEngine(spec).merged_tensor(name))
+    assert not torch.equal(state[name], dense[0][name])
+
+
+@pytest.mark.parametrize("router", ["random", "hidden_mean"])
+def test_identical_experts_equal_the_dense_model(tiny_factory, tmp_path, router):
+    base = tiny_factory(seed=0)
+    expert = tiny_factory(seed=1, like=base, noise=0.1)
+    copies = []
+    for i in range(3):
+        copies.append(tmp_path / f"copy{i}")
+        shutil.copytree(expert, copies[-1])
+    tok = _tok()
+    prompts = [["ab=", "cd="], ["xy=", "zz="], ["q=", "rst="]]
+    rows = router_rows(router, copies, prompts, tok, seed=3)
+    if router == "random":
+        rows = rows * 100  # sharp, arbitrary routing
+    spec = shared_merge(base, copies, "ties", {"density": 1.0})
+    ref = _logits(_load(expert), IDS)
+    for top_k in (1, 2):
+        out = build_mixtral(base, {f"c{i}": p for i, p in enumerate(copies)}, tmp_path / f"mx{top_k}",
+                            rows, shared=spec, top_k=top_k, progress=False)  # fmt: skip
+        torch.testing.assert_close(_logits(_load(out), IDS), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_mixtral_rejects_bad_inputs(trio, tiny_factory, tmp_path):
+    base, e1, e2 = trio
+    with pytest.raises(MergeError, match="router has shape"):
+        build_mixtral(
+            base, {"a": e1, "b": e2}, tmp_path / "x", torch.zeros(2, 3, 32), progress=False
+        )
+    with pytest.raises(MergeError, match="top_k"):
+        build_mixtral(
+            base, {"a": e1}, tmp_path / "y", torch.zeros(2, 1, 32), top_k=2, progress=False
+        )
+    gpt2 = tiny_factory("gpt2")
+    with pytest.raises(MergeError, match="gpt2"):
+        build_mixtral(gpt2, {"a": gpt2}, tmp_path / "z", torch.zeros(2, 1, 32), progress=False)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_router_rows_shapes_and_seeding(trio):
+    _, e1, e2 = trio
+    tok = _tok()
+    prompts = [["add 1+2=", "add 3+4="], ["rev abc=", "rev xyz="]]
+    for method in ("hidden_mean", "hidden_last", "embedding"):
+        rows = router_rows(method, [e1, e2], prompts, tok)
+        assert rows.shape == (2, 2, 32)
+        torch.testing.assert_close(rows.sum(dim=1), torch.zeros(2, 32), atol=1e-5, rtol=0)
+    assert not torch.allclose(router_rows("hidden_mean", [e1, e2], prompts, tok),
+                              router_rows("hidden_last", [e1, e2], prompts, tok))  # fmt: skip
+    assert torch.equal(
+        router_rows("random", [e1, e2], seed=1), router_rows("random", [e1, e2], seed=1)
+    )
+    assert not torch.equal(
+        router_rows("random", [e1, e2], seed=1), router_rows("random", [e1, e2], seed=2)
+    )
+
+
+# ------------------------------------------------------------------ perplexity routing
+
+
+@pytest.mark.parametrize("attention", ["separate", "merged"])
+def test_ppl_module_is_causal_generates_and_round_trips(trio, tmp_path, attention):
+    base, e1, e2 = trio
+    experts = {"a": e1, "b": e2}
+    for top_k in (1, 2):
+        if attention == "separate":
+            moe = ppl_moe_separate(experts, top_k=top_k)
+        else:
+            moe = ppl_moe_merged(base, experts, top_k=top_k,
+                                 shared=shared_merge(base, [e1, e2], "ties", {"density": 0.5}))  # fmt: skip
+        mask = torch.ones_like(IDS)
+        mask[1, 8:] = 0
+        with torch.no_grad():
+            full = moe(input_ids=IDS, attention_mask=mask)
+            prefix = moe(input_ids=IDS[:, :6], attention_mask=mask[:, :6])
+            torch.testing.assert_close(prefix.logits, full.logits[:, :6])
+            torch.testing.assert_close(full.routing.sum(-1), torch.ones(3, 11))
+            assert int((full.routing > 0).sum(-1).max()) == top_k
+            gen = moe.generate(IDS[:1, :5], max_new_tokens=4)
+            assert torch.equal(moe(input_ids=gen).logits[0, 4:-1].argmax(-1), gen[0, 5:])
+        moe.save(tmp_path / f"{attention}{top_k}")
+        again = PplRoutedMoE.load(tmp_path / f"{attention}{top_k}")
+        with torch.no_grad():
+            torch.testing.assert_close(
+                again(input_ids=IDS, attention_mask=mask).logits, full.logits
+            )
+    with pytest.raises(CheckpointError, match="expected 'hetero'"):
+        HeteroMoE.load(tmp_path / f"{attention}1")
+
+
+def test_ppl_routing_over_identical_experts_is_the_dense_model(tiny_factory, tmp_path):
+    base = tiny_factory(seed=0)
+    expert = tiny_factory(seed=1, like=base, noise=0.1)
+    copies = {}
+    for i in range(3):
+        copies[f"c{i}"] = shutil.copytree(expert, tmp_path / f"copy{i}")
+    ref = torch.log_softmax(_logits(_load(expert), IDS), -1)
+    spec = shared_merge(base, list(copies.values()), "ties", {"density": 1.0})
+    for top_k in (1, 2):
+        for moe in (ppl_moe_separate(copies, top_k=top_k),
+                    ppl_moe_merged(base, copies, shared=spec, top_k=top_k)):  # fmt: skip
+            with torch.no_grad():
+                got = torch.log_softmax(moe(input_ids=IDS).logits, -1)
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_ppl_routing_with_one_expert_is_that_expert(trio):
+    _, e1, e2 = trio
+    moe = ppl_moe_separate({"a": e1})
+    with torch.no_grad():
+        got = torch.log_softmax(moe(input_ids=IDS).logits, -1)
+        torch.testing.assert_close(got, torch.log_softmax(_logits(_load(e1), IDS), -1))
+        forced = ForcedExpert(ppl_moe_separate({"a": e1, "b": e2}), 1)(input_ids=IDS)
+        torch.testing.assert_close(forced.logits, _logits(_load(e2), IDS))
+        assert forced.routing[..., 1].eq(1).all() and forced.routing[..., 0].eq(0).all()
+    with pytest.raises(MergeError, match="expert index 2"):
+        ForcedExpert(moe, 2)
+
+
+def _full_text_expert(base, task, tok, out, *, steps=60, seed=0):
+    """Fine-tune ``base`` on ``task``'s training text with the loss on every token, prompt
+    included (how MergeME's experts are trained). The zoo's own experts learn answers only, so
+    their prompt perplexity carries no task signal (see experiments/moe.py's confusion matrix).
+    """
+    from merge_env.evaluate import Evaluator
+    from merge_env.tasks import training_examples
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    encoded = Evaluator(tok).encode(training_examples(task.name, 512, seed, task))
+    ids, mask = pad_right([e.ids for e in encoded], tok.pad_token_id)
+    labels = ids.masked_fill(mask == 0, -100)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        pick = torch.randint(len(ids), (32,), generator=gen)
+        loss = model(input_ids=ids[pick], attention_mask=mask[pick], labels=labels[pick]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(out)
+    return out
+
+
+def test_ppl_routing_picks_the_task_expert_on_tiny_zoo(tiny_zoo, tmp_path):
+    """Experts fine-tuned from the tiny zoo's base on one task each: 1/PPL of a test prompt
+    sends it to the expert of its task (separate attention: each expert scores with its own)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_zoo.tokenizer_dir)
+    experts = {
+        t.name: _full_text_expert(tiny_zoo.base, t, tok, tmp_path / t.name, seed=i)
+        for i, t in enumerate(tiny_zoo.tasks)
+    }
+    prompts = {t.name: [ex.prompt for ex in t.test[:32]] for t in tiny_zoo.tasks}
+    confusion = routing_confusion(ppl_moe_separate(experts), tok, prompts)
+    assert set(confusion) == set(experts), confusion
+    for task, counts in confusion.items():
+        assert counts[task] >= 0.9 * sum(counts.values()), confusion
+
+
+# ------------------------------------------------------------------ heterogeneous experts
+
+
+@pytest.fixture
+def hetero_experts(tiny_factory):
+    """Two fine-tunes of one base and an 'odd' expert of another width and depth (vocab 40)."""
+    base = tiny_factory(seed=0, vocab=40)
+    return {
+        "a": tiny_factory(seed=1, like=base, noise=0.1),
+        "b": tiny_factory(seed=2, like=base, noise=0.1),
+        "odd": tiny_factory(seed=3, vocab=40, hidden=48, layers=3),
+    }
+
+
+def test_hetero_shapes_and_exact_start(hetero_experts):
+    assert check_hetero_shapes(hetero_experts) == {
+        "a": (40, 32, 2),
+        "b": (40, 32, 2),
+        "odd": (40, 48, 3),
+    }
+    moe = build_hetero(hetero_experts, init="lstsq")
+    assert moe.embed.weight.shape == (40, 48) and moe.proj_in[0].weight.shape == (32, 48)
+    ids = IDS.clamp(max=39)  # exact when vocab (40) <= the shared width (48)
+    with torch.no_grad():
+        for k, path in enumerate(hetero_experts.values()):  # forced routing = that expert alone
+            moe.router.bias.zero_()
+            moe.router.bias[k] = 50.0
+            torch.testing.assert_close(moe(input_ids=ids).logits, _logits(_load(path), ids),
+                                       atol=1e-3, rtol=1e-3)  # fmt: skip
+
+
+def test_hetero_rejects_a_bad_pair(hetero_experts, tiny_factory, tmp_path):
+    other = tiny_factory(seed=4, vocab=64, hidden=48)
+    with pytest.raises(MergeError, match="different vocabularies.*64"):
+        check_hetero_shapes({"a": hetero_experts["a"], "other": other})
+    with pytest.raises(MergeError, match="at least two"):
+        build_hetero({"a": hetero_experts["a"]})
+    for name, alphabet in (
+        ("x", "abcdefghijklmnopqrstuvwxyz"),
+        ("y", "zyxwvutsrqponmlkjihgfedcba"),
+    ):
+        tok = char_tokenizer(alphabet)
+        shutil.copytree(hetero_experts["a"], tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    with pytest.raises(MergeError, match="different tokenizers"):
+        check_hetero_shapes({"x": tmp_path / "x", "y": tmp_path / "y"})
+
+
+def test_hetero_training_is_seeded_and_round_trips(hetero_experts, tmp_path):
+    tok = _tok()
+    examples = [Example(f"ab{c}=", c * 2) for c in "abcdefgh"] + [
+        Example(f"{d}+1=", d) for d in "1234"
+    ]
+    runs = []
+    for _ in range(2):
+        moe = build_hetero(hetero_experts)
+        runs.append(
+            (moe, train_hetero(moe, examples, tok, steps=6, batch_size=8, seed=3, progress=False))
+        )
+    assert runs[0][1] == runs[1][1]
+    assert runs[0][1][-1] < runs[0][1][0]
+    moe = runs[0][0]
+    ids, mask = pad_right(encode_prompts(tok, ["abc=", "1+1=", "ab="]), tok.pad_token_id)
+    moe.save(tmp_path / "het", tokenizer_dir=None)
+    again = HeteroMoE.load(tmp_path / "het")
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids, attention_mask=mask).logits,
+                                   moe(input_ids=ids, attention_mask=mask).logits)  # fmt: skip
+        assert again.route(ids, mask).shape == (3, 3)
+
+
+def test_hetero_training_can_freeze_projections(hetero_experts):
+    tok = _tok()
+    examples = [Example(f"ab{c}=", c * 2) for c in "abcdefgh"]
+    moe = build_hetero(hetero_experts)
+    before = [p.detach().clone() for p in moe.proj_in.parameters()]
+    router = moe.router.weight.detach().clone()
+    train_hetero(moe, examples, tok, steps=3, batch_size=4, proj_lr=0.0, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, moe.proj_in.parameters()))
+    assert not torch.equal(router, moe.router.weight)
+    with pytest.raises(ConfigError, match="router_loss"):
+        train_hetero(moe, examples, tok, steps=1, router_loss=0.0, progress=False)
+
+
+# ------------------------------------------------------------------ the experiment
+
+
+def test_experiment_runs_on_the_tiny_zoo(tiny_zoo, tmp_path, monkeypatch):
+    """``python -m experiments.moe pool=tiny`` end to end (few examples, short training)."""
+    import json
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from experiments.moe import run
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    monkeypatch.chdir(tmp_path)  # the run folder is outputs/moe outside a Hydra run
+    overrides = [
+        "pool=tiny", f"pool.cache_dir={tiny_zoo.root.parent}", "max_examples=6",
+        "router_prompts=4", "routers=[hidden_mean,random]", "hetero.steps=3",
+        "hetero.batch_size=4", "hetero.train_examples=4",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        best = run(compose("moe", overrides=overrides))
+    out = json.loads((tmp_path / "outputs/moe/moe_results.json").read_text())
+    names = [t.name for t in tiny_zoo.tasks]
+    assert out["tasks"] == names and out["split"] == "test"
+    expected = ["base", "dense ties", "mixtral (dare, hidden_mean)", "mixtral (ties, random)",
+                "ppl separate-attn", "ppl merged-attn (ties)", "oracle route, merged-attn (ties)",
+                f"hetero ({tiny_zoo.odd_expert_task}=odd, lstsq)"]  # fmt: skip
+    assert set(expected) <= set(out["scores"]), sorted(out["scores"])
+    assert all(s[n]["n"] == 6 for s in out["scores"].values() for n in names)
+    for conf_m in out["confusion"].values():
+        assert sorted(conf_m) == sorted(names)
+        assert all(sum(c.values()) == 6 for c in conf_m.values())
+    assert {o["claim"] for o in out["ordering"]} >= {
+        "ppl separate-attn >= ppl merged-attn (ties) >= dense ties"
+    }
+    moe_rows = [r for r in out["scores"] if r.startswith(("mixtral", "ppl", "hetero"))]
+    assert best == max(out["macro"][r]["exact_match"] for r in moe_rows)
+    table = (tmp_path / "outputs/moe/moe_table.md").read_text()
+    assert "| ppl separate-attn |" in table and "prompts per (task, chosen expert)" in table
+    assert not (tmp_path / "outputs/moe/moe_models").exists()  # checkpoints removed
