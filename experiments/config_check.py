@@ -37,7 +37,7 @@ TOP_LEVEL = {
 def _plain(node: Any, key: str) -> Any:
     try:
         return (
-            OmegaConf.to_container(node, resolve=True)
+            OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
             if isinstance(node, DictConfig | ListConfig)
             else node
         )

@@ -1,8 +1,9 @@
 """Recipe -> runnable model, sharing every referenced layer, and materialise() to a checkpoint.
 
-The pool's models stay resident. An assembled model is a fresh transformers shell built on the
-meta device (so it allocates nothing) whose embeddings, final norm, rotary tables and head are the
-shell source's own modules, and whose layer list holds one ``SlotLayer`` per path slot. A SlotLayer
+The pool's models stay resident. An assembled model is a shallow clone of the shell source's
+model (new module objects only along the path to the layer list, so it allocates no tensors and
+costs well under a millisecond): its embeddings, final norm, rotary tables and head are the shell
+source's own modules, and its layer list holds one ``SlotLayer`` per path slot. A SlotLayer
 wraps a *shared* decoder layer: for the duration of its call it gives the layer's attention the
 slot's KV-cache index (a layer used twice keeps two cache entries) and scales the residual branches
 with forward hooks, so the shared weights are never touched.
@@ -82,7 +83,8 @@ class ModelPool:
     """Named source models (``base`` and the fine-tunes), resident on one device, plus merges.
 
     Merged models are built once per parameter setting (keyed by the merge's canonical form) and
-    kept in a small LRU so that memory does not grow with the number of candidates.
+    kept in an LRU bounded by ``merged_cache_bytes``, so memory does not grow with the number of
+    candidates.
     """
 
     def __init__(
@@ -91,7 +93,8 @@ class ModelPool:
         *,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-        merged_cache_size: int = 4,
+        merged_cache_size: int | None = None,
+        merged_cache_bytes: int = 2 * 2**30,
     ) -> None:
         if BASE not in sources:
             raise MergeError(f"the pool needs a source named {BASE!r}; got {sorted(sources)}")
@@ -109,7 +112,13 @@ class ModelPool:
             name: self._load(path) for name, path in self.paths.items()
         }
         self._merged: OrderedDict[str, PreTrainedModel] = OrderedDict()
-        self.merged_cache_size = merged_cache_size
+        # merged models kept: as many as fit in merged_cache_bytes (at least 2, at most 64), so
+        # a search over a lattice of merge settings does not rebuild each one over and over
+        model_bytes = sum(
+            t.numel() * t.element_size() for t in self.models[BASE].state_dict().values()
+        )
+        fit = int(merged_cache_bytes // max(model_bytes, 1))
+        self.merged_cache_size = merged_cache_size or max(2, min(64, fit))
         self.merges_built = 0
         self._fingerprint: str | None = None
 
@@ -215,21 +224,16 @@ class ModelPool:
         path = recipe.resolved_path(self.num_layers)
         config = copy.deepcopy(shell.config)
         _set_num_layers(config, [s.layer for s in path])
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-        layers_path = self.arch.layers_prefix.rstrip(".")
-        _share_except(model, shell, layers_path)
         residual_out = self.arch.family.residual_out
         slots = [
             SlotLayer(self._layers(self.source_model(s.source, recipe.merge))[s.layer], t, s.scale,
                       residual_out)
             for t, s in enumerate(path)
         ]  # fmt: skip
-        parent, _, attr = layers_path.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, nn.ModuleList(slots))
-        leftovers = [n for n, t in model.state_dict().items() if t.is_meta]
-        if leftovers:
-            raise MergeError(f"assembly left tensors unset (first: {leftovers[0]!r})")
+        model = _shallow_clone(shell, self.arch.layers_prefix.rstrip("."), nn.ModuleList(slots))
+        for module in (model, *_along(model, self.arch.layers_prefix.rstrip("."))):
+            if getattr(module, "config", None) is shell.config:
+                module.config = config
         return model.eval()
 
     # -- materialisation ---------------------------------------------------------------------
@@ -286,20 +290,47 @@ def _set_num_layers_dict(config: dict[str, Any], layer_map: list[int]) -> None:
         config["layer_types"] = [config["layer_types"][i] for i in layer_map]
 
 
-def _share_except(target: nn.Module, source: nn.Module, skip: str, prefix: str = "") -> None:
-    """Point every submodule of ``target`` outside ``skip`` at the same module of ``source``."""
-    for name, _child in list(target.named_children()):
-        full = f"{prefix}{name}"
-        if full == skip:
-            continue
-        if skip.startswith(full + "."):
-            _share_except(getattr(target, name), getattr(source, name), skip, full + ".")
-        else:
-            setattr(target, name, getattr(source, name))
-    for name, _ in list(target.named_parameters(recurse=False)):
-        setattr(target, name, getattr(source, name))
-    for name, _ in list(target.named_buffers(recurse=False)):
-        target.register_buffer(name, getattr(source, name))
+_HOOK_DICTS = (
+    "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
+    "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+)  # fmt: skip
+
+
+def _shallow(module: nn.Module) -> nn.Module:
+    """A new module object sharing ``module``'s parameters, buffers and children (not copied);
+    its own child table and hook tables, so changing them leaves ``module`` as it was."""
+    clone = copy.copy(module)
+    clone._modules = dict(module._modules)
+    for name in _HOOK_DICTS:
+        if name in module.__dict__:
+            setattr(clone, name, OrderedDict(module.__dict__[name]))
+    return clone
+
+
+def _shallow_clone(root: nn.Module, path: str, leaf: nn.Module) -> nn.Module:
+    """``root`` with the submodule at dotted ``path`` replaced by ``leaf``: the modules along the
+    path are shallow clones, everything else is ``root``'s own (shared, never copied). Building
+    it costs microseconds, where a fresh ``from_config`` shell costs tens of milliseconds."""
+    *parents, last = path.split(".")
+    clone = _shallow(root)
+    node = clone
+    for name in parents:
+        child = _shallow(node._modules[name])
+        node._modules[name] = child
+        node = child
+    node._modules[last] = leaf
+    return clone
+
+
+def _along(root: nn.Module, path: str) -> list[nn.Module]:
+    """The modules strictly between ``root`` and the submodule at ``path``."""
+    out, node = [], root
+    for name in path.split(".")[:-1]:
+        node = node._modules[name]
+        out.append(node)
+    return out
 
 
 def _readme(recipe: Recipe, paths: Mapping[str, Path]) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 from gymnasium import spaces
 
 from merge_env.errors import ConfigError
+from merge_env.ops import get_operator
 from merge_env.param_merge import ParamMerge
 from merge_env.pareto import scalarise
 from merge_env.problem import MergeProblem
@@ -88,6 +89,7 @@ class MergeEnv(gym.Env):
         fixed_merge: ParamMerge | None = None,
         fidelity: str = "full",
         zoo: str = "default",
+        defer_scoring: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"env.mode must be one of {MODES}, got {mode!r}")
@@ -105,6 +107,9 @@ class MergeEnv(gym.Env):
         self.scalarisation = scalarisation
         self.param_mode = param_mode
         self.fidelity = fidelity
+        # deferred: a finished episode returns reward 0 and info["pending"] = the recipe, for a
+        # vectorised wrapper to score many episodes' recipes in one batch (agents/vec_env.py)
+        self.defer_scoring = bool(defer_scoring)
         self.k = len(self.problem.objectives)
         self.sources = [MERGED, *pool.names]
         self.merges = self._merge_options(merge_method, density, lattice_steps, fixed_merge)
@@ -134,13 +139,17 @@ class MergeEnv(gym.Env):
         self, method: str, density: float, steps: int, fixed: ParamMerge | None
     ) -> list[ParamMerge]:
         experts = self.problem.pool.experts
-        if self.param_mode == "fixed":
-            if fixed is None:
-                fixed = param_merge(method, {e: 1.0 for e in experts}, density=density)
+        if self.param_mode == "fixed" and fixed is not None:
             return [fixed]
-        base = None if method in ("linear", "slerp") else BASE
+        op = get_operator(method)
+        if op.param("weight") is None:
+            raise ConfigError(f"env.merge_method {method!r} takes no per-model weight")
+        base = BASE if op.needs_base else None
+        dens = density if op.param("density") is not None else None  # linear takes none
+        if self.param_mode == "fixed":
+            return [param_merge(method, {e: 1.0 for e in experts}, base=base, density=dens)]
         return [
-            param_merge(method, dict(zip(experts, w)), base=base, density=density)
+            param_merge(method, dict(zip(experts, w)), base=base, density=dens)
             for w in weight_lattice(len(experts), steps)
         ]
 
@@ -206,28 +215,43 @@ class MergeEnv(gym.Env):
         merge = self.merges[self._merge_idx or 0]
         return Recipe(merge=merge, path=tuple(self._slots) if self._slots else None)
 
-    def reward_of(self, vector: np.ndarray, length: int) -> float:
-        """Scalarised normalised score minus the length penalty."""
+    def reward_of(
+        self, vector: np.ndarray, length: int, preference: np.ndarray | None = None
+    ) -> float:
+        """Scalarised normalised score (for ``preference``, default the episode's) minus the
+        length penalty."""
         f = self.problem.normalised(vector)
-        value = scalarise(f, self._pref, np.ones(self.k), self.scalarisation)
+        pref = self._pref if preference is None else np.asarray(preference, float)
+        value = scalarise(f, pref, np.ones(self.k), self.scalarisation)
         return float(value) - self.beta * length / self.L
+
+    def scored_info(self, recipe: Recipe, vector: np.ndarray, cached: bool) -> dict[str, Any]:
+        """The ``info`` of a finished episode once its recipe is scored."""
+        return {
+            "scores": dict(zip(self.problem.objectives, np.asarray(vector).tolist())),
+            "vector": vector,
+            "recipe": recipe,
+            "recipe_hash": recipe.hash,
+            "cached": cached,
+            "length": len(recipe.resolved_path(self.L)),
+            "preference": self._pref.copy(),
+        }
 
     def _finish(self) -> tuple[dict[str, Any], float, bool, bool, dict]:
         recipe = self.recipe()
+        if self.defer_scoring:
+            info = {"pending": recipe, "preference": self._pref.copy(),
+                    "length": len(recipe.resolved_path(self.L))}  # fmt: skip
+            return self._get_obs(), 0.0, True, False, info
         scored = self.problem.score(recipe, fidelity=self.fidelity, source="env")
-        length = len(recipe.resolved_path(self.L))
-        info = {
-            "scores": dict(zip(self.problem.objectives, scored.vector.tolist())),
-            "vector": scored.vector,
-            "recipe": recipe,
-            "recipe_hash": recipe.hash,
-            "cached": scored.cached,
-            "length": length,
-        }
-        return self._get_obs(), self._final_reward(scored.vector, length), True, False, info
+        info = self.scored_info(recipe, scored.vector, scored.cached)
+        return self._get_obs(), self.final_reward(scored.vector, info["length"]), True, False, info
 
-    def _final_reward(self, vector: np.ndarray, length: int) -> Any:
-        return self.reward_of(vector, length)
+    def final_reward(
+        self, vector: np.ndarray, length: int, preference: np.ndarray | None = None
+    ) -> Any:
+        """The reward at the end of an episode whose recipe scored ``vector``."""
+        return self.reward_of(vector, length, preference)
 
 
 class MOMergeEnv(MergeEnv):
@@ -240,11 +264,14 @@ class MOMergeEnv(MergeEnv):
     def step(self, action: np.ndarray) -> tuple[dict[str, Any], Any, bool, bool, dict]:
         """As MergeEnv.step, with a zero vector before the end."""
         obs, reward, term, trunc, info = super().step(action)
-        if not term:
+        if not term or "pending" in info:
             reward = np.zeros(self.k, np.float32)
         return obs, reward, term, trunc, info
 
-    def _final_reward(self, vector: np.ndarray, length: int) -> Any:
+    def final_reward(
+        self, vector: np.ndarray, length: int, preference: np.ndarray | None = None
+    ) -> Any:
+        """The normalised score vector minus the length penalty (no preference needed)."""
         f = self.problem.normalised(vector) - self.beta * length / self.L
         return f.astype(np.float32)
 

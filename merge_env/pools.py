@@ -82,3 +82,18 @@ def jsonl_tasks(
     if not files:
         raise ConfigError("tasks.files: name at least one task (name: path.jsonl)")
     return [load_jsonl(path, name, n_test, seed, metric=metric) for name, path in files.items()]
+
+
+def reasoning_gym_tasks(
+    datasets: Sequence[str],
+    n_search: int = 64,
+    n_test: int = 128,
+    seed: int = 0,
+    metric: str = "exact_match",
+) -> list[Task]:
+    """Tasks from seeded reasoning-gym generators (easy settings), one per dataset name."""
+    from merge_env.tasks import reasoning_gym_task
+
+    if not datasets:
+        raise ConfigError("tasks.datasets: name at least one reasoning-gym dataset")
+    return [reasoning_gym_task(d, n_search, n_test, seed, metric=metric) for d in datasets]

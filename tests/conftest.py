@@ -74,10 +74,15 @@ def tiny_factory(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory):
-    """The tiny zoo, built once per test session (seconds)."""
+    """The tiny zoo, built once per test session (seconds).
+
+    ``MERGEGYM_TEST_ZOO_CACHE=DIR`` keeps it between sessions (the zoo cache is keyed by its
+    settings, so a changed preset is rebuilt); unset, each session builds its own.
+    """
     from merge_env.zoo import ZooConfig, build_zoo
 
-    return build_zoo(ZooConfig.preset("tiny"), tmp_path_factory.mktemp("zoo"), progress=False)
+    cache = os.environ.get("MERGEGYM_TEST_ZOO_CACHE") or tmp_path_factory.mktemp("zoo")
+    return build_zoo(ZooConfig.preset("tiny"), cache, progress=False)
 
 
 @pytest.fixture

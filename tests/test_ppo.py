@@ -155,3 +155,44 @@ def test_parameter_level_only_never_builds_a_path(problem):
     assert len(archive) > 0
     assert all(e.recipe["path"] is None for e in archive)
     assert problem.spent <= 6 + 1e-9
+
+
+def test_vectorised_ppo_scores_episodes_in_batches_within_budget(make_problem):
+    """n_envs=3: finished episodes' recipes reach the back-end together; the budget holds."""
+    problem = make_problem(cheap_examples=4)
+    calls: list[int] = []
+    inner = problem.backend
+
+    def spy(recipes, evaluator, split):
+        calls.append(len(recipes))
+        return inner(recipes, evaluator, split)
+
+    problem.backend = spy
+    agent = PPOAgent(seed=0, n_envs=3, **{**FAST, "offline_samples": 0, "sweep_fraction": 0.0})
+    agent.search(problem, budget=10)
+    assert problem.spent <= 10 + 1e-9
+    assert len(problem.archive) > 0
+    assert max(calls) > 1, f"never more than one recipe per back-end call: {calls}"
+
+
+def test_deferred_env_reward_equals_direct_reward(make_problem):
+    """A deferred episode scored by the batching VecEnv earns what the plain env pays."""
+    from agents.vec_env import batch_scoring_env
+
+    problem = make_problem()
+    direct = MergeEnv(problem, preference=[0.5, 0.3, 0.2])
+    action = np.array([1, 0, 0, 2])  # merged source, layer 0, then STOP
+    stop = np.array([1, len(direct.sources), 0, 0])
+    direct.reset(seed=0)
+    direct.step(action)
+    _, r_direct, _, _, info_direct = direct.step(stop)
+    vec = batch_scoring_env(
+        lambda: MergeEnv(problem, preference=[0.5, 0.3, 0.2], defer_scoring=True), 2, problem, 0.0
+    )
+    vec.reset()
+    vec.step(np.stack([action, action]))
+    _, rewards, dones, infos = vec.step(np.stack([stop, stop]))
+    assert dones.all()
+    assert rewards[0] == pytest.approx(r_direct) and rewards[1] == pytest.approx(r_direct)
+    assert infos[0]["recipe_hash"] == info_direct["recipe_hash"]
+    assert "pending" not in infos[0]
