@@ -137,6 +137,9 @@ def _tracker_kwargs(node: DictConfig, cfg: DictConfig, run_dir: Path, run_id: st
     if not target.endswith("WandbTracker"):
         return {}
     return {
+        # not recursive: run_config holds the logger's own node, whose _target_ Hydra would
+        # otherwise instantiate as a second, folder-less W&B run
+        "_recursive_": False,
         "name": cfg.run_name, "dir": str(run_dir), "run_id": run_id,
         "run_config": OmegaConf.to_container(cfg, resolve=True),
     }  # fmt: skip

@@ -68,6 +68,10 @@ class WandbTracker(Tracker):
                 "(or choose logger=none)"
             ) from exc
         self._wandb = wandb
+        if run_config is not None and not isinstance(run_config, dict):
+            from omegaconf import OmegaConf  # a DictConfig when instantiated non-recursively
+
+            run_config = OmegaConf.to_container(run_config, resolve=True)  # type: ignore[assignment]
         mode = mode or os.environ.get("WANDB_MODE") or ("online" if _logged_in() else "offline")
         if dir is not None:
             Path(dir).mkdir(parents=True, exist_ok=True)

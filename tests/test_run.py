@@ -113,5 +113,10 @@ def test_resume_after_kill_loses_and_repeats_nothing(zoo_cache):
 def test_wandb_offline_writes_a_run_folder(zoo_cache):
     pytest.importorskip("wandb")
     tmp_path = zoo_cache
+    cwd = Path.cwd()
+    before = set((cwd / "wandb").glob("offline-run-*")) if (cwd / "wandb").is_dir() else set()
     run(_cfg(tmp_path, "logger=wandb", "logger.mode=offline", "budget=3"))
-    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs  # one W&B run per job, in the run folder
+    after = set((cwd / "wandb").glob("offline-run-*")) if (cwd / "wandb").is_dir() else set()
+    assert after == before, "a second, folder-less W&B run was started"
