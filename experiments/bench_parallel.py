@@ -34,12 +34,12 @@ console = Console()
 
 GPU_NOTE = (
     "Per GPU (not measured on this CPU machine): an actor scores one candidate at a time, "
-    "assembling it (a parameter merge is built once per weight setting, LRU of 4) and running one "
+    "assembling it (a parameter merge is built once per weight setting, kept in an LRU bounded by merged_cache_bytes) and running one "
     "batched forward sweep over every task, so candidates/min grow about linearly with actors "
     "while a candidate takes far longer than the driver's share (proposing it, writing its "
     "SQLite row: milliseconds). A zoo-sized model leaves an H100 mostly idle: "
     "num_gpus_per_worker=0.5 or 0.25 packs 2-4 actors on it. Each actor holds the whole pool "
-    "plus up to 4 merged copies, which must fit in its share of GPU memory."
+    "plus an LRU of merged copies (2 GiB by default), which must fit in its share of GPU memory."
 )
 
 
