@@ -59,7 +59,12 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class RecycleSpec:
-    """One recycling checkpoint: a base-run snapshot, optionally trained further on a mixture."""
+    """One recycling checkpoint: a base-run snapshot, optionally trained further on a mixture.
+
+    A branch restarts AdamW with ``_train``'s warm-up and cosine decay to 10% of ``lr``, so it
+    ends annealed, like the base run; a bare snapshot (``steps=0``) with ``start < 1`` holds the
+    run's weights mid-schedule, before the anneal.
+    """
 
     name: str
     start: float  # fraction of the base run at which the branch starts (1.0 = the final base)
@@ -68,16 +73,25 @@ class RecycleSpec:
     lr: float = 1e-3
 
 
-# Stages of the base run, branches from late stages on skewed mixtures, and branches from the
-# final base at a hotter and a cooler learning rate: each trades the tasks off differently.
+# One trajectory family, as the leftovers Khalifa et al. 2024 recycle: short fine-tunes of the base
+# run (five from its final weights, one from its 90% stage) that vary the data mixture and the
+# learning rate (1.5e-3 to 3e-3, at most the base run's peak), and the run's bare 80% snapshot
+# (taken mid-schedule, before the anneal, so weak alone: a leftover a blind uniform merge pays for).
+# Every mixture keeps every task (a zero share forgets that task outright, so such a checkpoint
+# is no generalist), and every branch has the same length (else the longest simply dominates).
+# Branches from one base stay linearly connected: on the search split the uniform merge of the five
+# final-base branches scores at least as well as the best of them, and the lines between the pairs
+# tried show no barrier. Mixtures are (add, reverse, cipher); cipher is half or more of each, as add
+# barely moves in 80 steps at any share and cipher is where a branch gains most, so the branches
+# differ in which of add and reverse they trade for it.
 DEFAULT_RECYCLING: tuple[RecycleSpec, ...] = (
     RecycleSpec("stage80", start=0.8),
-    RecycleSpec("stage90", start=0.9),
-    RecycleSpec("add_heavy", start=0.9, steps=120, mix=(0.8, 0.1, 0.1), lr=1.5e-3),
-    RecycleSpec("rev_heavy", start=0.8, steps=100, mix=(0.1, 0.8, 0.1), lr=2e-3),
-    RecycleSpec("enc_heavy", start=0.8, steps=100, mix=(0.1, 0.1, 0.8), lr=2e-3),
-    RecycleSpec("words_hot_lr", start=1.0, steps=80, mix=(0.0, 0.5, 0.5), lr=3e-3),
-    RecycleSpec("mix_cool_lr", start=1.0, steps=80, mix=(0.4, 0.3, 0.3), lr=5e-4),
+    RecycleSpec("cipher_mix", start=1.0, steps=80, mix=(0.2, 0.2, 0.6), lr=2e-3),
+    RecycleSpec("add_mix", start=1.0, steps=80, mix=(0.35, 0.15, 0.5), lr=2e-3),
+    RecycleSpec("reverse_mix_hot", start=1.0, steps=80, mix=(0.15, 0.35, 0.5), lr=3e-3),
+    RecycleSpec("cipher_mix_hot", start=1.0, steps=80, mix=(0.2, 0.2, 0.6), lr=3e-3),
+    RecycleSpec("broad_mix_cool", start=1.0, steps=80, mix=(0.25, 0.25, 0.5), lr=1.5e-3),
+    RecycleSpec("stage90_cipher_mix", start=0.9, steps=80, mix=(0.2, 0.2, 0.6), lr=2e-3),
 )
 
 
