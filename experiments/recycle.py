@@ -54,7 +54,13 @@ from rich.table import Table  # noqa: E402
 
 from experiments import report  # noqa: E402
 from experiments.config_check import validate_run_config  # noqa: E402
-from experiments.run import _state, _tracker_kwargs, run_dir_of, seed_everything  # noqa: E402
+from experiments.run import (  # noqa: E402
+    _state,
+    _tracker_kwargs,
+    check_same_pool,
+    run_dir_of,
+    seed_everything,
+)
 from experiments.tracking import Tracker  # noqa: E402
 from merge_env.errors import ConfigError, MergeGymError, RecipeError  # noqa: E402
 from merge_env.parallel import RAY_OPTIONS, use_backend  # noqa: E402
@@ -149,6 +155,7 @@ def run(cfg: DictConfig) -> float:
     tracker: Tracker = instantiate(cfg.logger, **_tracker_kwargs(cfg.logger, cfg, run_dir, run_id))
     t0 = time.perf_counter()
     problem, names = make_problem(cfg, run_dir)
+    check_same_pool(run_dir, problem)
     problem.ideal  # noqa: B018 - singles and the uniform merge, before the search, uncharged
     problem.listeners.append(
         lambda e: tracker.log_entry(e, problem.hypervolume_of(problem.archive.score_matrix()))

@@ -62,6 +62,21 @@ def _state(run_dir: Path) -> dict[str, Any]:
     return state
 
 
+def check_same_pool(run_dir: Path, problem: MergeProblem) -> None:
+    """Refuse to resume a run folder whose archive was scored on another pool (the pool's
+    fingerprint covers every source checkpoint); record the pool of a new run."""
+    f = run_dir / "run_state.json"
+    state = json.loads(f.read_text()) if f.is_file() else {}
+    fingerprint = problem.pool.fingerprint
+    if state.get("pool") not in (None, fingerprint) and len(problem.archive):
+        raise ConfigError(
+            f"{run_dir}: its archive was scored on another pool (fingerprint {state['pool']}, "
+            f"now {fingerprint}); choose another run_name or delete the folder"
+        )
+    state["pool"] = fingerprint
+    f.write_text(json.dumps(state))
+
+
 def make_problem(cfg: DictConfig, run_dir: Path) -> MergeProblem:
     """Pool and tasks from their groups, evaluator settings, archive and cache in the run dir."""
     pool = instantiate(cfg.pool)
@@ -101,6 +116,7 @@ def run(cfg: DictConfig) -> float:
     )
     t0 = time.perf_counter()
     problem = make_problem(cfg, run_dir)
+    check_same_pool(run_dir, problem)
     resumed = len(problem.archive)
     if resumed:
         console.print(f"[bold]resuming[/bold] {run_dir}: {resumed} scored recipes, "

@@ -120,3 +120,17 @@ def test_wandb_offline_writes_a_run_folder(zoo_cache):
     assert len(runs) == 1, runs  # one W&B run per job, in the run folder
     after = set((cwd / "wandb").glob("offline-run-*")) if (cwd / "wandb").is_dir() else set()
     assert after == before, "a second, folder-less W&B run was started"
+
+
+def test_resume_refuses_a_run_scored_on_another_pool(zoo_cache):
+    tmp_path = zoo_cache
+    run(_cfg(tmp_path, "budget=3"))
+    state_file = tmp_path / "run" / "run_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["pool"]  # the pool's fingerprint is recorded with the run
+    state["pool"] = "0123456789abcdef"  # as if the pool's checkpoints had changed since
+    state_file.write_text(json.dumps(state))
+    before = (tmp_path / "run" / "archive.jsonl").read_text()
+    with pytest.raises(ConfigError, match="scored on another pool"):
+        run(_cfg(tmp_path, "budget=6"))
+    assert (tmp_path / "run" / "archive.jsonl").read_text() == before
