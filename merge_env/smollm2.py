@@ -27,7 +27,6 @@ import importlib.util
 import json
 import logging
 import math
-import os
 import shutil
 import time
 import uuid
@@ -43,7 +42,7 @@ from merge_env.errors import CheckpointError, ConfigError
 from merge_env.pools import PoolSpec
 from merge_env.recipe import BASE
 from merge_env.tasks import ZOO_TAGS, ZOO_TASK_KINDS, Example, Task, make_task
-from merge_env.zoo import default_cache_dir
+from merge_env.zoo import default_cache_dir, publish_build
 
 logger = logging.getLogger(__name__)
 
@@ -168,17 +167,6 @@ def save_hf_folder(model: Any, tokenizer: Any, out: Path) -> Path:
     return out
 
 
-def _publish(tmp: Path, root: Path, manifest: str) -> None:
-    """Rename a finished build into place; if another process won the race, keep theirs."""
-    try:
-        os.rename(tmp, root)
-    except OSError as err:
-        if not (root / manifest).is_file():
-            raise CheckpointError(f"{root}: exists but holds no {manifest}; remove it") from err
-        logger.info("another process finished %s first; using its copy", root)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def converted_base(
     gguf_file: str | Path | None = None, cache_dir: str | Path | None = None
 ) -> Path:
@@ -206,7 +194,7 @@ def converted_base(
         seconds = round(time.perf_counter() - start, 2)
         info = {"source": str(source), "digest": digest, "seconds": seconds}
         (tmp / CONVERTED_MANIFEST).write_text(json.dumps(info, indent=1))
-        _publish(tmp, root, CONVERTED_MANIFEST)
+        publish_build(tmp, root, CONVERTED_MANIFEST)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -533,7 +521,7 @@ def build_smollm2_pool(
             manifest = _build_experts(tmp, base, config, progress, device)
             manifest["finetune_seconds"] = round(time.perf_counter() - start, 2)
             (tmp / POOL_MANIFEST).write_text(json.dumps(manifest, indent=1))
-            _publish(tmp, root, POOL_MANIFEST)
+            publish_build(tmp, root, POOL_MANIFEST)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

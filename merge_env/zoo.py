@@ -504,13 +504,7 @@ def build_zoo(
         manifest = _build_into(tmp, config, progress, device)
         manifest["build_seconds"] = round(time.perf_counter() - start, 2)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        try:
-            os.rename(tmp, root)
-        except OSError as err:
-            if not (root / MANIFEST).is_file():
-                raise CheckpointError(f"{root}: exists but holds no {MANIFEST}; remove it") from err
-            logger.info("another process finished %s first; using its zoo", root)
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish_build(tmp, root, MANIFEST)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -518,6 +512,18 @@ def build_zoo(
         torch.set_num_threads(threads)
     logger.info("zoo built in %.1f s: %s", manifest["build_seconds"], root)
     return load_zoo(root)
+
+
+def publish_build(tmp: Path, root: Path, manifest: str) -> None:
+    """Rename a finished build (``tmp``, holding ``manifest``) to ``root``; if another process
+    won the race, keep theirs. Shared by every cached build (zoo, SmolLM2 pool)."""
+    try:
+        os.rename(tmp, root)
+    except OSError as err:
+        if not (root / manifest).is_file():
+            raise CheckpointError(f"{root}: exists but holds no {manifest}; remove it") from err
+        logger.info("another process finished %s first; using its copy", root)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_zoo(root: str | Path) -> Zoo:
