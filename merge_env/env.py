@@ -147,7 +147,10 @@ class MergeEnv(gym.Env):
         base = BASE if op.needs_base else None
         dens = density if op.param("density") is not None else None  # linear takes none
         if self.param_mode == "fixed":
-            return [param_merge(method, {e: 1.0 for e in experts}, base=base, density=dens)]
+            # uniform weights on the simplex: the lattice's centre, and the merge the flat genome's
+            # level="arch" fixes (agents/genome.py), so the ablation compares like with like
+            uniform = {e: 1.0 / len(experts) for e in experts}
+            return [param_merge(method, uniform, base=base, density=dens)]
         return [
             param_merge(method, dict(zip(experts, w)), base=base, density=dens)
             for w in weight_lattice(len(experts), steps)

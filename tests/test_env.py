@@ -89,6 +89,14 @@ def test_registered_with_kwargs(problem):
     assert isinstance(env.unwrapped, MergeEnv) and env.unwrapped.mode == "aligned"
 
 
+def test_fixed_merge_is_the_uniform_simplex_merge(problem):
+    env = MergeEnv(problem, param_mode="fixed")
+    (merge,) = env.merges
+    weights = [m.parameters["weight"] for m in merge.models]
+    k = len(problem.pool.experts)
+    assert weights == pytest.approx([1.0 / k] * k)  # as the flat genome's level="arch"
+
+
 def test_lattice_and_bad_config(problem):
     assert len(weight_lattice(3, 3)) == 10
     assert all(abs(sum(w) - 1) < 1e-9 for w in weight_lattice(3, 3))
