@@ -11,6 +11,10 @@ preference; here one policy takes the preference as input and covers the whole f
    user's), stopped by a callback before an evaluation it could not afford.
 3. Sweep: the deterministic policy rolled out over a simplex lattice of preferences, so the front
    is covered; any budget left after it goes back to online training.
+4. If PPO stalls (it only re-samples recipes already scored) budget may be left: it goes to the
+   offline candidates at full fidelity, front by front of their cheap scores ("promote"), then to
+   epsilon-uniform episodes of the stochastic policy that score only new recipes ("explore").
+   ``phase_spend`` records what each phase cost.
 """
 
 from __future__ import annotations
@@ -158,6 +162,7 @@ class PPOAgent(Agent):
         bc_epochs: int = 30,
         bc_lr: float = 1e-3,
         bc_batch_size: int = 64,
+        bc_ent_coef: float = 0.1,
         learning_rate: float = 3e-4,
         n_steps: int = 64,
         batch_size: int = 32,
@@ -173,6 +178,7 @@ class PPOAgent(Agent):
         sweep_preferences: int = 15,
         repeat_penalty: float = 0.1,
         max_repeats: int = 64,
+        explore_epsilon: float = 0.3,
         pretrained: str | None = None,
         save_path: str | None = None,
         device: str = "cpu",
@@ -196,7 +202,7 @@ class PPOAgent(Agent):
         self.cheap_examples = cheap_examples
         self.n_preferences = n_preferences
         self.value_extra = value_extra
-        self.bc = dict(epochs=bc_epochs, lr=bc_lr, batch_size=bc_batch_size)
+        self.bc = dict(epochs=bc_epochs, lr=bc_lr, batch_size=bc_batch_size, ent_coef=bc_ent_coef)
         self.ppo_kwargs: dict[str, Any] = dict(
             learning_rate=learning_rate, n_steps=n_steps, batch_size=batch_size,
             n_epochs=n_epochs, gamma=gamma, gae_lambda=gae_lambda, clip_range=clip_range,
@@ -211,6 +217,7 @@ class PPOAgent(Agent):
         self.sweep_preferences = sweep_preferences
         self.repeat_penalty = repeat_penalty
         self.max_repeats = max_repeats
+        self.explore_epsilon = float(explore_epsilon)
         self.pretrained = pretrained
         self.save_path = save_path
         self.progress = progress
@@ -221,6 +228,8 @@ class PPOAgent(Agent):
         self.sb3_output: Any | None = None  # an SB3 KVWriter, set by the runner's tracker
         self.pretrain_history: list[dict[str, float]] = []
         self.offline: dict[str, Any] = {}
+        # evaluations charged per phase (offline / sweep / online / promote) in the last search
+        self.phase_spend: dict[str, float] = {}
 
     # -- wiring ------------------------------------------------------------------------------
     def make_env(
@@ -250,8 +259,9 @@ class PPOAgent(Agent):
             "MultiInputPolicy", env, policy_kwargs=self.policy_kwargs, seed=self.seed,
             verbose=0, **self.ppo_kwargs,
         )  # fmt: skip
-        if self.sb3_output is not None:
-            model.set_logger(Logger(folder=None, output_formats=[self.sb3_output]))
+        # always our own logger: SB3's default makes an empty SB3-<date> folder in /tmp per learn()
+        outputs = [self.sb3_output] if self.sb3_output is not None else []
+        model.set_logger(Logger(folder=None, output_formats=outputs))
         weights = weights if weights is not None else self.pretrained
         if weights is not None:
             path = Path(weights)
@@ -282,15 +292,27 @@ class PPOAgent(Agent):
         saved = None if self.workdir is None else Path(self.workdir) / "policy.zip"
         resume = saved if saved is not None and saved.is_file() else None
         self.model = self.build_model(env, resume)
+        self.phase_spend = {}
+        mark = b.used
         if self.pretrained is None and resume is None and self.offline_samples > 0:
             self.pretrain_offline(problem, b)
+        mark = self._charge("offline", b, mark)
         # the pre-trained policy's pick per preference first, then PPO, then the final picks
         self.sweep(problem, b)
+        mark = self._charge("sweep", b, mark)
         stalled = self.learn(b, self.sweep_fraction * budget)
+        mark = self._charge("online", b, mark)
         self.sweep(problem, b)
+        mark = self._charge("sweep", b, mark)
         if not stalled:
             self.learn(b, 0.0)
+        mark = self._charge("online", b, mark)
         self.promote(problem, b)
+        mark = self._charge("promote", b, mark)
+        self.explore(problem, b)
+        self._charge("explore", b, mark)
+        log.info("ppo: evaluations per phase %s",
+                 {k: round(v, 2) for k, v in self.phase_spend.items()})  # fmt: skip
         if self.save_path is not None:
             self.save_policy(self.save_path)
         if saved is not None:
@@ -300,6 +322,11 @@ class PPOAgent(Agent):
             "ppo: spent %.2f of %.0f evaluations; archive %d", b.used, budget, len(problem.archive)
         )
         return problem.archive
+
+    def _charge(self, phase: str, budget: Budget, mark: float) -> float:
+        """Add what was spent since ``mark`` to ``phase_spend[phase]``; returns the new mark."""
+        self.phase_spend[phase] = self.phase_spend.get(phase, 0.0) + budget.used - mark
+        return budget.used
 
     def pretrain_offline(self, problem: MergeProblem, budget: Budget) -> None:
         """Score candidates cheaply, relabel them for sampled preferences, pre-train the policy."""
@@ -368,6 +395,32 @@ class PPOAgent(Agent):
                 except BudgetExhausted:
                     return
             left = np.setdiff1d(left, layer)
+
+    def explore(self, problem: MergeProblem, budget: Budget) -> None:
+        """Spend what is still left once PPO has stalled and the offline candidates are scored:
+        episodes of the stochastic policy, each action replaced by a uniform one with probability
+        ``explore_epsilon``, scoring only recipes not scored yet."""
+        assert self.model is not None
+        if budget.exhausted(problem.cost("full")):
+            return
+        env = self.make_env(problem, defer=True)
+        rng = np.random.default_rng(self.seed + 1)
+        env.action_space.seed(self.seed + 1)
+        misses = 0
+        while not budget.exhausted(problem.cost("full")) and misses < 200:
+            obs, _ = env.reset(seed=int(rng.integers(2**31)))
+            done, info = False, {}
+            while not done:
+                if rng.random() < self.explore_epsilon:
+                    action = env.action_space.sample()
+                else:
+                    action, _ = self.model.predict(obs, deterministic=False)
+                obs, _, done, _, info = env.step(action)
+            if problem.is_cached(info["pending"]):
+                misses += 1
+                continue
+            misses = 0
+            self.evaluate(problem, budget, info["pending"])
 
     def sweep(self, problem: MergeProblem, budget: Budget) -> None:
         """Roll the deterministic policy out over a simplex lattice of preferences."""

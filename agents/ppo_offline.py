@@ -4,9 +4,9 @@ HM3 (DESIGN §1.1) scores many candidate inference paths once on a cheap subset 
 pre-trains the policy by imitating the best path for each sampled preference and the value net by
 regressing the scalarised reward. A scored path carries its whole score vector, so the scalarised
 reward of *every* preference is known for free (hindsight relabelling, as in HER: Andrychowicz
-et al., NeurIPS 2017). Candidates start from the identity path over a parameter merge -- the plain
-merge itself -- and apply a few random edits: swap a slot's source, repeat or drop a layer,
-rescale a slot, hand a run of layers to one source.
+et al., NeurIPS 2017). Candidates are the plain merges and the pool's models, then paths that
+interleave layers of a merge and of the base (a few from fine-tunes) with a few random edits: swap
+a slot's source, repeat or drop a layer, rescale a slot, hand a run of layers to one source.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from merge_env.env import MergeEnv
 from merge_env.errors import ConfigError
 from merge_env.pareto import scalarise
-from merge_env.recipe import MERGED, Recipe, Slot
+from merge_env.recipe import BASE, MERGED, Recipe, Slot
 
 log = logging.getLogger(__name__)
 
@@ -101,28 +101,50 @@ def trajectory_observations(
 
 
 # ----------------------------------------------------------------------------- candidates
-def propose_candidates(env: MergeEnv, n: int, rng: np.random.Generator) -> list[Candidate]:
-    """Up to ``n`` distinct candidates: each merge's identity path first, then random edits of it."""
+def propose_candidates(
+    env: MergeEnv, n: int, rng: np.random.Generator, mix: float = 0.3, expert_rate: float = 0.1
+) -> list[Candidate]:
+    """Up to ``n`` distinct candidates: the anchors, then random interleavings.
+
+    Anchors: each merge's plain merge (STOP at once; the identity path in aligned mode) and each
+    pool model alone. Interleavings: the identity path over the merged model or the base (even
+    odds), each slot handed to the other of the two with probability ``mix`` and to a random
+    fine-tune with probability ``expert_rate``, then a few random edits (swap, repeat, drop,
+    rescale, a run of layers to one source). Keeping some layers of the base inside a merge is the
+    move that most often rescues a merge whose experts drifted apart (layer-wise / partial merging),
+    and one random edit of the merged identity path alone rarely makes it twice.
+    """
     merges = range(len(env.merges))
-    identity = {m: _identity(env, m) for m in merges}
     out: dict[str, Candidate] = {}
     for m in merges:
-        cand = identity[m] if env.mode == "aligned" else Candidate(m)
+        cand = _identity(env, m) if env.mode == "aligned" else Candidate(m)
         out.setdefault(cand.recipe(env).hash, cand)
+    for source in env.sources[1:]:
+        out.setdefault(_identity(env, 0, source).recipe(env).hash, _identity(env, 0, source))
+    anchors = [s for s in (MERGED, BASE) if s in env.sources]
+    experts = [s for s in env.sources if s not in anchors]
     tries = 0
     while len(out) < n and tries < 20 * n:
         tries += 1
         m = int(rng.integers(len(env.merges)))
-        slots = list(identity[m].slots)
-        for _ in range(1 + int(rng.geometric(0.5))):
+        back = anchors[int(rng.integers(len(anchors)))]
+        slots = []
+        for s in _identity(env, m, back).slots:
+            u = rng.random()
+            if u < expert_rate and experts:
+                s = Slot(experts[int(rng.integers(len(experts)))], s.layer, s.scale)
+            elif u < expert_rate + mix and len(anchors) > 1:
+                s = Slot(anchors[1 - anchors.index(back)], s.layer, s.scale)
+            slots.append(s)
+        for _ in range(int(rng.geometric(0.5)) - 1):
             slots = _edit(env, slots, rng)
         cand = Candidate(m, tuple(slots))
         out.setdefault(cand.recipe(env).hash, cand)
     return list(out.values())[:n]
 
 
-def _identity(env: MergeEnv, merge: int) -> Candidate:
-    return Candidate(merge, tuple(Slot(MERGED, layer, 1.0) for layer in range(env.L)))
+def _identity(env: MergeEnv, merge: int, source: str = MERGED) -> Candidate:
+    return Candidate(merge, tuple(Slot(source, layer, 1.0) for layer in range(env.L)))
 
 
 def _edit(env: MergeEnv, slots: list[Slot], rng: np.random.Generator) -> list[Slot]:
@@ -226,8 +248,9 @@ def build_dataset(
 
 def policy_outputs(
     policy: ActorCriticPolicy, obs: dict[str, torch.Tensor], actions: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-component log-probabilities (batch, n_components) of ``actions`` and values (batch,).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-component log-probabilities and entropies (batch, n_components) of ``actions``, and
+    values (batch,).
 
     ``obs`` are raw observation tensors (SB3's ``extract_features`` one-hot encodes them).
     """
@@ -241,7 +264,8 @@ def policy_outputs(
     logp = torch.stack(
         [d.log_prob(a) for d, a in zip(dist.distribution, torch.unbind(actions, dim=1))], dim=1
     )
-    return logp, policy.value_net(latent_vf).flatten()
+    entropy = torch.stack([d.entropy() for d in dist.distribution], dim=1)
+    return logp, entropy, policy.value_net(latent_vf).flatten()
 
 
 def pretrain(
@@ -252,9 +276,15 @@ def pretrain(
     lr: float,
     batch_size: int,
     value_coef: float = 1.0,
+    ent_coef: float = 0.0,
     generator: torch.Generator,
 ) -> list[dict[str, float]]:
-    """Behaviour cloning + value regression; returns the mean losses of each epoch."""
+    """Behaviour cloning + value regression; returns the mean losses of each epoch.
+
+    ``ent_coef`` rewards the entropy of the components the imitated actions read, so cloning does
+    not make the policy deterministic before the online phase has explored (a collapsed policy
+    only re-samples recipes it has already scored).
+    """
     device = policy.device
     obs = {k: torch.as_tensor(v, device=device) for k, v in data.obs.items()}
     actions = torch.as_tensor(data.actions, device=device)
@@ -270,12 +300,14 @@ def pretrain(
         for start in range(0, len(data), batch_size):
             idx = order[start : start + batch_size]
             batch = {k: v[idx] for k, v in obs.items()}
-            logp, values = policy_outputs(policy, batch, actions[idx])
+            logp, entropy, values = policy_outputs(policy, batch, actions[idx])
             rows = imitate[idx]
-            nll = -((logp * mask[idx]).sum(1) * rows).sum() / rows.sum().clamp(min=1.0)
+            n_rows = rows.sum().clamp(min=1.0)
+            nll = -((logp * mask[idx]).sum(1) * rows).sum() / n_rows
+            ent = ((entropy * mask[idx]).sum(1) * rows).sum() / n_rows
             vloss = torch.nn.functional.mse_loss(values, target[idx])
             opt.zero_grad()
-            (nll + value_coef * vloss).backward()
+            (nll - ent_coef * ent + value_coef * vloss).backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
             opt.step()
             sums += [nll.item() * len(idx), vloss.item() * len(idx)]

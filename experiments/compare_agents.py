@@ -80,6 +80,7 @@ def run_one(
         "front": front.tolist(), "objectives": problem.objectives,
         "references": {k: v.tolist() for k, v in problem.references().items()},
         "ideal": problem.ideal.tolist(),
+        "phases": dict(getattr(agent, "phase_spend", {}) or {}),
     }  # fmt: skip
 
 
@@ -230,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                     overrides, label)  # fmt: skip
         console.print(f"  hv {r['hv']:.5f}  spent {r['spent']:.2f}  entries {r['entries']}  "
                       f"wall {r['wall_s']:.0f} s")  # fmt: skip
+        if r["phases"]:
+            console.print("  evaluations per phase: " + ", ".join(
+                f"{k} {v:.1f}" for k, v in r["phases"].items()))  # fmt: skip
         results.append(r)
         store.write_text(json.dumps(results))
     results = [r for r in results if r["budget"] == args.budget and r["agent"] in labels]

@@ -12,12 +12,16 @@ from agents.path_encoder import PathEncoder
 from agents.ppo import PPOAgent
 from agents.ppo_offline import (
     Candidate,
+    build_dataset,
     candidate_actions,
+    policy_outputs,
+    pretrain,
     propose_candidates,
     relabel,
     trajectory_observations,
 )
 from merge_env.env import MergeEnv
+from merge_env.recipe import BASE, MERGED
 
 # small everything: the tiny zoo scores a recipe in a fraction of a second
 FAST = dict(
@@ -63,6 +67,18 @@ def test_budget_respected_exactly_and_archive_filled(runs):
         assert all(e.evaluations <= 12 for e in archive)
         assert agent.offline["spent"] > 0  # the cheap phase was charged
         assert {e.source for e in archive} <= {"env", "ppo"}
+
+
+def test_stalled_search_still_spends_its_budget_on_new_recipes(problem):
+    # a policy that gives up at the first repeat, and only 4 offline candidates to promote:
+    # the rest of the budget goes to epsilon-uniform policy episodes, never to a repeat
+    fast = {**FAST, "offline_samples": 4, "max_repeats": 1}
+    agent = PPOAgent(seed=0, **fast)
+    archive = agent.search(problem, budget=10)
+    assert 10 - 1 < problem.spent <= 10 + 1e-9
+    assert agent.phase_spend["explore"] > 0
+    assert sum(agent.phase_spend.values()) == pytest.approx(problem.spent)
+    assert len({e.recipe_hash for e in archive}) == len(archive)
 
 
 def test_same_seed_same_archive(runs):
@@ -130,6 +146,49 @@ def test_candidate_actions_rebuild_the_recipe(problem, mode):
             obs, _, done, _, info = env.step(a)
         assert done and info["recipe_hash"] == cand.recipe(env).hash
         assert info["length"] == cand.length(env)
+
+
+def test_candidates_hold_the_anchors_and_interleave_merge_and_base(problem):
+    env = MergeEnv(problem)
+    cands = propose_candidates(env, 80, np.random.default_rng(0))
+    hashes = {c.recipe(env).hash for c in cands}
+    assert len(hashes) == len(cands) == 80
+    for m in range(len(env.merges)):
+        assert Candidate(m) in cands  # every plain parameter merge
+    for source in env.sources[1:]:  # every pool model alone (base, each fine-tune)
+        assert any(c.slots and {s.source for s in c.slots} == {source} for c in cands)
+    mixed = [c for c in cands if {MERGED, BASE} <= {s.source for s in c.slots}]
+    assert len(mixed) >= 10  # layers of a merge and of the base in one path (tiny zoo: 2 layers)
+
+
+def _mean_entropy(policy, data):
+    obs = {k: torch.as_tensor(v) for k, v in data.obs.items()}
+    with torch.no_grad():
+        _, entropy, _ = policy_outputs(policy, obs, torch.as_tensor(data.actions))
+    mask = torch.as_tensor(data.mask, dtype=torch.float32)
+    rows = torch.as_tensor(data.imitate, dtype=torch.float32)
+    return float(((entropy * mask).sum(1) * rows).sum() / rows.sum())
+
+
+def test_entropy_bonus_keeps_the_cloned_policy_stochastic(problem):
+    env = MergeEnv(problem)
+    rng = np.random.default_rng(0)
+    cands = propose_candidates(env, 30, rng)
+    prefs = rng.dirichlet(np.ones(env.k), 16)
+    rewards = rng.uniform(-1, 0, (len(prefs), len(cands)))  # no scoring needed to clone
+    data = build_dataset(env, cands, rewards, prefs, rng, value_extra=0)
+    out = {}
+    for coef in (0.0, 0.5):
+        agent = PPOAgent(seed=0, **FAST)
+        model = agent.build_model(agent.make_env(problem))
+        before = _mean_entropy(model.policy, data)
+        hist = pretrain(model.policy, data, epochs=15, lr=3e-3, batch_size=64, ent_coef=coef,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+        assert hist[-1]["imitation_loss"] < hist[0]["imitation_loss"]
+        out[coef] = (before, _mean_entropy(model.policy, data))
+    assert out[0.0][0] == pytest.approx(out[0.5][0])  # same seed, same start
+    assert out[0.0][1] < out[0.0][0]  # cloning alone sharpens the policy
+    assert out[0.5][1] > out[0.0][1] + 0.1  # the bonus keeps it from collapsing
 
 
 def test_path_encoder_ignores_empty_rows(problem):
