@@ -13,7 +13,7 @@ from pathlib import Path
 
 from merge_env.errors import ConfigError
 from merge_env.recipe import BASE
-from merge_env.tasks import Task
+from merge_env.tasks import Task, chat_task
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,10 @@ class PoolSpec:
     tokenizer_dir: Path
     tasks: Sequence[Task] = field(default_factory=tuple)
     extra: Mapping[str, object] = field(default_factory=dict)  # e.g. the zoo's recycling pool
+    # a chat model: configured task sets are rendered through the tokenizer's chat template
+    # (with ``system`` as the system prompt) before scoring; the pool's own tasks already are
+    chat_template: bool = False
+    system: str | None = None
 
     def __post_init__(self) -> None:
         if BASE not in self.sources:
@@ -53,24 +57,45 @@ def zoo_pool(preset: str = "default", seed: int = 0, cache_dir: str | None = Non
 
 
 def local_pool(
-    base: str, experts: Mapping[str, str], tokenizer: str | None = None, name: str = "local"
+    base: str,
+    experts: Mapping[str, str],
+    tokenizer: str | None = None,
+    name: str = "local",
+    chat_template: bool = False,
+    system: str | None = None,
 ) -> PoolSpec:
-    """Any local HF causal-LM folders: a base and named fine-tunes of it."""
+    """Any local HF causal-LM folders: a base and named fine-tunes of it; ``chat_template`` for
+    chat models (task prompts rendered through the tokenizer's template, ``system`` prompt)."""
     if not experts:
         raise ConfigError("pool.experts: name at least one fine-tune (name: path)")
     sources = {
         BASE: Path(base).expanduser(),
         **{k: Path(v).expanduser() for k, v in experts.items()},
     }
-    return PoolSpec(name=name, sources=sources, tokenizer_dir=Path(tokenizer or base).expanduser())
+    return PoolSpec(
+        name=name, sources=sources, tokenizer_dir=Path(tokenizer or base).expanduser(),
+        chat_template=chat_template, system=system,
+    )  # fmt: skip
 
 
 def tasks_or_pool(pool: PoolSpec, tasks: Sequence[Task] | None) -> list[Task]:
-    """The tasks a run uses: the configured ones, else the pool's own."""
-    chosen = list(tasks) if tasks else list(pool.tasks)
-    if not chosen:
-        raise ConfigError(f"pool {pool.name!r} brings no tasks: choose a tasks config")
-    return chosen
+    """The tasks a run uses: the configured ones (through the pool's chat template if it has
+    ``chat_template``), else the pool's own."""
+    if not tasks:
+        if not pool.tasks:
+            raise ConfigError(f"pool {pool.name!r} brings no tasks: choose a tasks config")
+        return list(pool.tasks)
+    if not pool.chat_template:
+        return list(tasks)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(pool.tokenizer_dir))
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            f"pool {pool.name!r}: chat_template is on but the tokenizer in {pool.tokenizer_dir} "
+            "has no chat template"
+        )
+    return [chat_task(tokenizer, t, pool.system) for t in tasks]
 
 
 def jsonl_tasks(

@@ -41,7 +41,15 @@ import torch
 from merge_env.errors import CheckpointError, ConfigError
 from merge_env.pools import PoolSpec
 from merge_env.recipe import BASE
-from merge_env.tasks import ZOO_TAGS, ZOO_TASK_KINDS, Example, Task, make_task
+from merge_env.tasks import (  # noqa: F401 - chat_prompt / chat_examples re-exported
+    ZOO_TAGS,
+    ZOO_TASK_KINDS,
+    Example,
+    Task,
+    chat_examples,
+    chat_prompt,
+    make_task,
+)
 from merge_env.zoo import default_cache_dir, publish_build
 
 logger = logging.getLogger(__name__)
@@ -213,16 +221,6 @@ def conversion_seconds(base_dir: Path) -> float:
 # ---------------------------------------------------------------- chat-templated tasks
 
 
-def chat_prompt(tokenizer: Any, user: str, system: str | None) -> str:
-    """Return the chat template's text for (system, user) with the assistant turn opened."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError(f"tokenizer {type(tokenizer).__name__} has no chat template")
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": user}
-    ]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
 def _zoo_question(kind: str, prompt: str) -> str:
     """Return the instruction for a zoo prompt such as ``add 12+7=``."""
     head = f"{ZOO_TAGS[kind]} "
@@ -262,11 +260,6 @@ def question_examples(
     drawn = _rg_examples(name, n_train + len(held), train_seed) if n_train else ()
     train = [ex for ex in drawn if ex.prompt not in banned][:n_train]
     return list(held[:n_search]), list(held[n_search:]), train
-
-
-def chat_examples(tokenizer: Any, examples: Iterable[Example], system: str | None) -> list[Example]:
-    """Return the examples with each prompt rendered through the chat template."""
-    return [Example(chat_prompt(tokenizer, ex.prompt, system), ex.answer) for ex in examples]
 
 
 def chat_tasks(
@@ -591,6 +584,9 @@ def smollm2_pool(
         sources={BASE: pool.base, **pool.experts},
         tokenizer_dir=pool.base,
         tasks=tuple(dataclasses.replace(t, metric=metric) for t in pool.tasks),
+        # outside task sets (tasks=jsonl, tasks=reasoning_gym) get the experts' chat template too
+        chat_template=True,
+        system=config.system,
         extra={"root": pool.root, "convert_seconds": pool.convert_seconds,
                "finetune_seconds": pool.finetune_seconds},
     )  # fmt: skip

