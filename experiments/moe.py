@@ -24,7 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -34,7 +33,8 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from merge_env.errors import ConfigError, MergeGymError
+from experiments.cli import hydra_entry
+from merge_env.errors import ConfigError
 from merge_env.evaluate import Evaluator, TaskScore
 from merge_env.moe import build_mixtral, merged_dense_model, shared_merge
 from merge_env.moe_hetero import build_hetero, train_hetero
@@ -370,14 +370,7 @@ def _print(b: Bench, ordering: list[dict[str, Any]]) -> None:
         console.print(line, markup=False, soft_wrap=True)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="moe")
-def main(cfg: DictConfig) -> float:
-    """Hydra entry point."""
-    try:
-        return run(cfg)
-    except MergeGymError as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from None
+main = hydra_entry("moe", run, log)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import hydra
 import matplotlib
 import torch
 
@@ -53,6 +52,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from experiments import report  # noqa: E402
+from experiments.cli import hydra_entry  # noqa: E402
 from experiments.config_check import validate_run_config  # noqa: E402
 from experiments.run import (  # noqa: E402
     _state,
@@ -62,7 +62,7 @@ from experiments.run import (  # noqa: E402
     seed_everything,
 )
 from experiments.tracking import Tracker  # noqa: E402
-from merge_env.errors import ConfigError, MergeGymError, RecipeError  # noqa: E402
+from merge_env.errors import ConfigError, RecipeError  # noqa: E402
 from merge_env.parallel import RAY_OPTIONS, use_backend  # noqa: E402
 from merge_env.pareto import Entry  # noqa: E402
 from merge_env.pools import tasks_or_pool  # noqa: E402
@@ -336,14 +336,7 @@ def weights_plot(
     return path
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="recycle")
-def main(cfg: DictConfig) -> float:
-    """Hydra entry point."""
-    try:
-        return run(cfg)
-    except MergeGymError as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from None
+main = hydra_entry("recycle", run, log)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -24,9 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from experiments import report
+from experiments.cli import hydra_entry
 from experiments.config_check import validate_run_config
 from experiments.tracking import Tracker
-from merge_env.errors import ConfigError, MergeGymError
+from merge_env.errors import ConfigError
 from merge_env.parallel import RAY_OPTIONS, use_backend
 from merge_env.pareto import sample_preferences
 from merge_env.pools import tasks_or_pool
@@ -234,14 +234,7 @@ def _report(
     return hv
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Hydra entry point."""
-    try:
-        return run(cfg)
-    except MergeGymError as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from None
+main = hydra_entry("config", run, log)
 
 
 if __name__ == "__main__":
