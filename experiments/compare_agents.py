@@ -59,7 +59,8 @@ def run_one(
     label = label or name
     folder = out / "runs" / f"{zoo}__{label}__{level}__{seed}"
     folder.mkdir(parents=True, exist_ok=True)
-    for f in ("archive.jsonl", "cache.sqlite"):
+    # a fresh run: the ledger too, or a rerun would start with the last run's spending
+    for f in ("archive.jsonl", "cache.sqlite", "ledger.jsonl"):
         (folder / f).unlink(missing_ok=True)
     problem = zoo_problem(
         zoo, archive_path=folder / "archive.jsonl", cache_path=folder / "cache.sqlite",
