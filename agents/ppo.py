@@ -149,7 +149,7 @@ class PPOAgent(Agent):
         beta: float = 0.02,
         scalarisation: str = "tchebycheff",
         preference: Sequence[float] | None = None,
-        lattice_steps: int = 3,
+        lattice_steps: int = 6,
         merge_method: str = "dare_ties",
         density: float = 0.5,
         t_max: int | None = None,

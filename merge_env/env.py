@@ -85,7 +85,7 @@ class MergeEnv(gym.Env):
         param_mode: str = "policy",
         merge_method: str = "dare_ties",
         density: float = 0.5,
-        lattice_steps: int = 3,
+        lattice_steps: int = 6,
         fixed_merge: ParamMerge | None = None,
         fidelity: str = "full",
         zoo: str = "default",

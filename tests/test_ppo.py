@@ -72,7 +72,13 @@ def test_budget_respected_exactly_and_archive_filled(runs):
 def test_stalled_search_still_spends_its_budget_on_new_recipes(problem):
     # a policy that gives up at the first repeat, and only 4 offline candidates to promote:
     # the rest of the budget goes to epsilon-uniform policy episodes, never to a repeat
-    fast = {**FAST, "offline_samples": 4, "max_repeats": 1}
+    fast = {
+        **FAST,
+        "offline_samples": 4,
+        "max_repeats": 1,
+        "lattice_steps": 1,
+        "sweep_preferences": 3,
+    }
     agent = PPOAgent(seed=0, **fast)
     archive = agent.search(problem, budget=10)
     assert 10 - 1 < problem.spent <= 10 + 1e-9
