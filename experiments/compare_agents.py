@@ -82,7 +82,19 @@ def run_one(
         "references": {k: v.tolist() for k, v in problem.references().items()},
         "ideal": problem.ideal.tolist(),
         "phases": dict(getattr(agent, "phase_spend", {}) or {}),
+        "hv_by_source": hv_by_source(problem),
     }  # fmt: skip
+
+
+def hv_by_source(problem: Any) -> dict[str, float]:
+    """Hypervolume of the archive entries each source scored, alone (PPO: ``env`` = its policy's
+    episodes, ``ppo`` = promoted offline candidates and explore episodes)."""
+    entries = list(problem.archive)
+    out = {}
+    for source in sorted({e.source for e in entries}):
+        vectors = [e.vector(problem.objectives) for e in entries if e.source == source]
+        out[source] = problem.hypervolume_of(np.array(vectors))
+    return out
 
 
 def curve_on_grid(curve: Sequence[Sequence[float]], grid: np.ndarray) -> np.ndarray:
@@ -232,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                     overrides, label)  # fmt: skip
         console.print(f"  hv {r['hv']:.5f}  spent {r['spent']:.2f}  entries {r['entries']}  "
                       f"wall {r['wall_s']:.0f} s")  # fmt: skip
+        if len(r["hv_by_source"]) > 1:
+            console.print("  hypervolume by archive source: " + ", ".join(
+                f"{k} {v:.5f}" for k, v in r["hv_by_source"].items()))  # fmt: skip
         if r["phases"]:
             console.print("  evaluations per phase: " + ", ".join(
                 f"{k} {v:.1f}" for k, v in r["phases"].items()))  # fmt: skip

@@ -19,3 +19,5 @@ def test_rerun_in_the_same_folder_starts_from_nothing(tiny_zoo, tmp_path, monkey
     assert again["spent"] == first["spent"]
     assert again["curve"] == first["curve"]
     assert max(evals for evals, _ in again["curve"]) <= 4
+    assert set(again["hv_by_source"]) == {"random"}
+    assert again["hv_by_source"]["random"] == again["hv"]
