@@ -1,0 +1,179 @@
+"""Sparsifiers of task vectors, in place on 1-D deltas, with mergekit 0.1.5's numerics.
+
+TIES' magnitude trim, Model Breadcrumbs' outlier trim and DARE's random drop, each optionally
+rescaled back to the delta's L1 norm; ``sparsify_each`` runs one over every model's delta (large
+rows in parallel threads, random drops in model order so a seeded generator matches mergekit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor
+
+PARALLEL_MIN_NUMEL = 1 << 16  # below this, threads cost more than they save
+
+ParamDict = Mapping[str, float]
+Params = Sequence[ParamDict]
+
+
+@dataclass(frozen=True)
+class SparsifyContext:
+    """What every sparsifier needs besides the delta and its model's parameters."""
+
+    rescale: bool
+    generator: torch.Generator | None
+    exact_ties: bool
+
+
+def _magnitudes(flat: Tensor) -> Tensor:
+    """|x| in the dtype mergekit ranks in (float32 on CPU), so equal values stay equal."""
+    mag = flat.abs()
+    return mag.float() if mag.device.type == "cpu" else mag
+
+
+def _ties_likely(key: Tensor, size: int = 4096) -> bool:
+    """Whether equal non-zero keys are common enough that a cut almost surely splits some.
+
+    Judged from a strided sample of s keys: a value shared by m of the n keys shows up as about
+    s·(m s/n)/2 equal neighbours in the sorted sample, so m ≈ 2·pairs·n/s². Half-precision
+    deltas, and float32 ones from small updates, have m ≫ 1; then selecting first is wasted.
+    """
+    n = key.numel()
+    sample = key[:: max(1, n // size)]
+    values = sample[sample != 0].sort().values
+    pairs = int(torch.count_nonzero(values[1:] == values[:-1]))
+    return 2 * pairs * n >= sample.numel() ** 2
+
+
+def _rank_window(key: Tensor, lo: int, hi: int, exact: bool) -> Tensor | None:
+    """Mask of the entries whose rank in ascending (key, position) order lies in [lo, hi).
+
+    Entries strictly between the two cut values are in. Where a cut splits a group of equal
+    non-zero keys, mergekit's unstable sort decides which survive: with ``exact`` we return None
+    so the caller runs that same sort; otherwise the lower positions rank first. (Tied zeros
+    add nothing wherever they are kept.)
+    """
+    n = key.numel()
+    keep = torch.ones_like(key, dtype=torch.bool)
+    if hi <= lo:
+        return keep.zero_()
+    if exact and 0 < lo + (n - hi) and n >= PARALLEL_MIN_NUMEL and _ties_likely(key):
+        return None
+    cuts = []
+    if lo > 0:
+        cuts.append(torch.kthvalue(key, lo + 1).values)
+        keep &= key > cuts[-1]
+    if hi < n:
+        cuts.append(torch.kthvalue(key, hi).values)
+        keep &= key < cuts[-1]
+    for cut in cuts:  # both cuts may fall in one group of equal keys: the same assignment twice
+        tied = key == cut
+        first, count = int(torch.count_nonzero(key < cut)), int(torch.count_nonzero(tied))
+        if lo <= first and first + count <= hi:
+            keep |= tied
+        elif lo < first + count and first < hi:  # the cut splits the tied entries
+            if exact and cut != 0:
+                return None
+            rank = torch.arange(first, first + count, device=key.device)
+            keep[tied.nonzero().view(-1)] = (rank >= lo) & (rank < hi)
+    return keep
+
+
+def _mask_from(indices: Tensor, like: Tensor) -> Tensor:
+    """A boolean mask that is True at ``indices``."""
+    keep = torch.zeros_like(like, dtype=torch.bool)
+    keep[indices] = True
+    return keep
+
+
+def _mask_and_rescale(flat: Tensor, mask: Tensor, rescale: bool) -> None:
+    """flat *= mask; with ``rescale`` restore the L1 norm, as mergekit's RescaleNorm.l1."""
+    if not rescale:
+        flat.mul_(mask)
+        return
+    before = flat.abs().sum()
+    flat.mul_(mask)
+    after = flat.abs().sum()
+    if before >= 1e-7 and after >= 1e-7:
+        flat.mul_(before / after)
+
+
+def trim_magnitude(flat: Tensor, p: ParamDict, ctx: SparsifyContext) -> None:
+    """TIES trim (Yadav et al. 2023, §3 step 1): keep the top ``density`` fraction by |x|."""
+    density, n = p["density"], flat.numel()
+    if density >= 1:
+        return
+    if density <= 0 or n == 0:
+        flat.zero_()
+        return
+    k = max(1, int(density * n))
+    mag = _magnitudes(flat)
+    # the top k of |x| (equal ones by position) are the ascending ranks [0, k) of -|x|
+    keep = _rank_window(torch.neg(mag), 0, k, ctx.exact_ties)
+    if keep is None:  # equal magnitudes straddle the cut: let mergekit's own sort choose
+        keep = _mask_from(torch.argsort(mag, descending=True)[:k], mag)
+    _mask_and_rescale(flat, keep, ctx.rescale)
+
+
+def trim_outliers(flat: Tensor, p: ParamDict, ctx: SparsifyContext) -> None:
+    """Model Breadcrumbs (Davari & Belilovsky 2023, §3): drop the top ``gamma`` and the smallest.
+
+    ``density`` is the fraction kept; ``gamma`` the fraction of largest magnitudes removed,
+    reduced when both together exceed the tensor (mergekit's magnitude_outliers).
+    """
+    density = p["density"]
+    if density >= 1:
+        return
+    n = flat.numel()
+    target = int(density * n)
+    bottom = max(0, n - target - int(p["gamma"] * n))
+    mag = _magnitudes(flat)
+    keep = _rank_window(mag, bottom, bottom + target, ctx.exact_ties)
+    if keep is None:
+        keep = _mask_from(torch.sort(mag, descending=False).indices[bottom : bottom + target], mag)
+    _mask_and_rescale(flat, keep, ctx.rescale)
+
+
+def drop_random(flat: Tensor, p: ParamDict, ctx: SparsifyContext) -> None:
+    """DARE (Yu et al. 2023, Eq. 2): keep each entry with probability ``density``.
+
+    With ``rescale`` the survivors are scaled back to the delta's L1 norm (mergekit 0.1.5) rather
+    than by the paper's 1/density; the two agree for large tensors. Draws as mergekit does (a
+    bernoulli over a full probability tensor), so a generator seeded s reproduces mergekit run
+    after torch.manual_seed(s).
+    """
+    density = p["density"]
+    if density >= 1:
+        return
+    # mergekit draws in float32 on CPU (no half-precision bernoulli there) except for bfloat16
+    on_cpu = flat.device.type == "cpu" and flat.dtype != torch.bfloat16
+    mask_dtype = torch.float32 if on_cpu else flat.dtype
+    probs = torch.full_like(flat, density, dtype=mask_dtype)
+    _mask_and_rescale(flat, torch.bernoulli(probs, generator=ctx.generator), ctx.rescale)
+
+
+Sparsifier = Callable[[Tensor, ParamDict, SparsifyContext], None]
+
+
+def sparsify_each(
+    sparsify: Sparsifier, deltas: Tensor, params: Params, ctx: SparsifyContext
+) -> None:
+    """Sparsify every model's delta row in place.
+
+    torch sorts and selects on one core, so large rows run in parallel threads; random drops
+    stay sequential so the generator's draws keep mergekit's model order.
+    """
+    jobs = [partial(sparsify, deltas[i].view(-1), p, ctx) for i, p in enumerate(params)]
+    workers = min(len(jobs), torch.get_num_threads())
+    if sparsify is drop_random or workers < 2 or deltas[0].numel() < PARALLEL_MIN_NUMEL:
+        for job in jobs:
+            job()
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(job) for job in jobs]:
+            future.result()
