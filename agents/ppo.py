@@ -51,6 +51,8 @@ from merge_env.problem import MergeProblem
 log = logging.getLogger(__name__)
 
 LEVELS = ("both", "param", "arch")
+# explore gives up after this many episodes in a row of recipes already scored (space exhausted)
+EXPLORE_MISSES = 200
 
 
 class StopAtOnce(gym.ActionWrapper):
@@ -228,7 +230,7 @@ class PPOAgent(Agent):
         self.sb3_output: Any | None = None  # an SB3 KVWriter, set by the runner's tracker
         self.pretrain_history: list[dict[str, float]] = []
         self.offline: dict[str, Any] = {}
-        # evaluations charged per phase (offline / sweep / online / promote) in the last search
+        # evaluations charged per phase (offline / sweep / online / promote / explore), last search
         self.phase_spend: dict[str, float] = {}
 
     # -- wiring ------------------------------------------------------------------------------
@@ -407,7 +409,7 @@ class PPOAgent(Agent):
         rng = np.random.default_rng(self.seed + 1)
         env.action_space.seed(self.seed + 1)
         misses = 0
-        while not budget.exhausted(problem.cost("full")) and misses < 200:
+        while not budget.exhausted(problem.cost("full")) and misses < EXPLORE_MISSES:
             obs, _ = env.reset(seed=int(rng.integers(2**31)))
             done, info = False, {}
             while not done:
