@@ -47,7 +47,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -58,14 +58,14 @@ from experiments.run import (  # noqa: E402
     _state,
     _tracker_kwargs,
     check_same_pool,
+    pool_and_tasks,
     run_dir_of,
+    scoring_problem,
     seed_everything,
 )
 from experiments.tracking import Tracker  # noqa: E402
 from merge_env.errors import ConfigError, RecipeError  # noqa: E402
-from merge_env.parallel import RAY_OPTIONS, use_backend  # noqa: E402
 from merge_env.pareto import Entry  # noqa: E402
-from merge_env.pools import tasks_or_pool  # noqa: E402
 from merge_env.problem import MergeProblem  # noqa: E402
 from merge_env.recycle import (  # noqa: E402
     Candidate,
@@ -88,19 +88,9 @@ console = Console()
 
 def make_problem(cfg: DictConfig, run_dir: Path) -> tuple[MergeProblem, list[str]]:
     """The recycling problem of the configured pool and tasks, archive and cache in the run dir."""
-    pool = instantiate(cfg.pool)
+    pool, tasks = pool_and_tasks(cfg)
     checkpoints = recycling_checkpoints(pool)
-    tasks = tasks_or_pool(pool, instantiate(cfg.tasks) if cfg.get("tasks") else None)
-    ev = cfg.evaluator
-    problem = recycling_problem(
-        checkpoints, tasks, pool.tokenizer_dir,
-        archive_path=run_dir / "archive.jsonl", cache_path=run_dir / "eval_cache.sqlite",
-        device=cfg.device, batch_size=ev.batch_size, max_examples=ev.max_examples,
-        cheap_examples=ev.cheap_examples, metric=ev.metric,
-    )  # fmt: skip
-    options = OmegaConf.to_container(ev, resolve=True)
-    ray_options = {k: v for k, v in options.items() if k in RAY_OPTIONS}  # type: ignore[union-attr]
-    use_backend(problem, pool.tokenizer_dir, ev.get("backend", "local"), **ray_options)
+    problem = scoring_problem(recycling_problem, checkpoints, tasks, pool, cfg, run_dir)
     return problem, list(checkpoints)
 
 

@@ -12,6 +12,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,10 @@ from experiments.tracking import Tracker
 from merge_env.errors import ConfigError
 from merge_env.parallel import RAY_OPTIONS, use_backend
 from merge_env.pareto import sample_preferences
-from merge_env.pools import tasks_or_pool
+from merge_env.pools import PoolSpec, tasks_or_pool
 from merge_env.problem import MergeProblem, build_problem
 from merge_env.recipe import Recipe
+from merge_env.tasks import Task
 
 log = logging.getLogger("mergegym.run")
 console = Console()
@@ -77,14 +79,25 @@ def check_same_pool(run_dir: Path, problem: MergeProblem) -> None:
     f.write_text(json.dumps(state))
 
 
-def make_problem(cfg: DictConfig, run_dir: Path) -> MergeProblem:
-    """Pool and tasks from their groups, evaluator settings, archive and cache in the run dir."""
+def pool_and_tasks(cfg: DictConfig) -> tuple[PoolSpec, list[Task]]:
+    """The configured pool and the tasks a run scores (the tasks group, else the pool's own)."""
     pool = instantiate(cfg.pool)
-    tasks = instantiate(cfg.tasks) if cfg.get("tasks") else None
-    tasks = tasks_or_pool(pool, tasks)
+    return pool, tasks_or_pool(pool, instantiate(cfg.tasks) if cfg.get("tasks") else None)
+
+
+def scoring_problem(
+    build: Callable[..., MergeProblem],
+    sources: Mapping[str, Path],
+    tasks: list[Task],
+    pool: PoolSpec,
+    cfg: DictConfig,
+    run_dir: Path,
+) -> MergeProblem:
+    """``build(sources, tasks, tokenizer_dir, ...)`` with the evaluator group's settings, archive
+    and cache in the run dir, on the configured scoring back-end."""
     ev = cfg.evaluator
-    problem = build_problem(
-        pool.sources, tasks, pool.tokenizer_dir,
+    problem = build(
+        sources, tasks, pool.tokenizer_dir,
         archive_path=run_dir / "archive.jsonl", cache_path=run_dir / "eval_cache.sqlite",
         device=cfg.device, batch_size=ev.batch_size, max_examples=ev.max_examples,
         cheap_examples=ev.cheap_examples, metric=ev.metric,
@@ -94,6 +107,12 @@ def make_problem(cfg: DictConfig, run_dir: Path) -> MergeProblem:
     ray_options = {k: v for k, v in options.items() if k in RAY_OPTIONS}  # type: ignore[union-attr]
     use_backend(problem, pool.tokenizer_dir, ev.get("backend", "local"), **ray_options)
     return problem
+
+
+def make_problem(cfg: DictConfig, run_dir: Path) -> MergeProblem:
+    """Pool and tasks from their groups, evaluator settings, archive and cache in the run dir."""
+    pool, tasks = pool_and_tasks(cfg)
+    return scoring_problem(build_problem, pool.sources, tasks, pool, cfg, run_dir)
 
 
 def run(cfg: DictConfig) -> float:
