@@ -27,9 +27,7 @@ import importlib.util
 import json
 import logging
 import math
-import shutil
 import time
-import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +48,7 @@ from merge_env.tasks import (  # noqa: F401 - chat_prompt / chat_examples re-exp
     chat_prompt,
     make_task,
 )
-from merge_env.zoo import default_cache_dir, publish_build
+from merge_env.zoo import build_atomically, default_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -187,10 +185,8 @@ def converted_base(
     root = cache / f"gguf-{digest}"
     if (root / CONVERTED_MANIFEST).is_file():
         return root
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".tmp-{root.name}-{uuid.uuid4().hex[:8]}"
-    try:
-        start = time.perf_counter()
+
+    def convert(tmp: Path) -> dict[str, Any]:
         logger.info("converting %s to an HF folder (once)", source)
         gguf_model, tokenizer = load_gguf(source)
         model = unquantized_copy(gguf_model)
@@ -199,13 +195,9 @@ def converted_base(
         if not float(gap) <= 1e-4:
             raise CheckpointError(f"{source}: converted model's logits differ by {float(gap)}")
         save_hf_folder(model, tokenizer, tmp)
-        seconds = round(time.perf_counter() - start, 2)
-        info = {"source": str(source), "digest": digest, "seconds": seconds}
-        (tmp / CONVERTED_MANIFEST).write_text(json.dumps(info, indent=1))
-        publish_build(tmp, root, CONVERTED_MANIFEST)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return {"source": str(source), "digest": digest}
+
+    seconds = build_atomically(root, CONVERTED_MANIFEST, convert, "seconds")["seconds"]
     logger.info("converted in %.1f s: %s", seconds, root)
     return root
 
@@ -508,16 +500,10 @@ def build_smollm2_pool(
         if (root / POOL_MANIFEST).is_file():
             logger.info("SmolLM2 pool found in cache: %s", root)
             return load_smollm2_pool(root)
-        tmp = cache / f".tmp-{root.name}-{uuid.uuid4().hex[:8]}"
-        try:
-            start = time.perf_counter()
-            manifest = _build_experts(tmp, base, config, progress, device)
-            manifest["finetune_seconds"] = round(time.perf_counter() - start, 2)
-            (tmp / POOL_MANIFEST).write_text(json.dumps(manifest, indent=1))
-            publish_build(tmp, root, POOL_MANIFEST)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        manifest = build_atomically(
+            root, POOL_MANIFEST, lambda tmp: _build_experts(tmp, base, config, progress, device),
+            "finetune_seconds",
+        )  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     logger.info("SmolLM2 experts fine-tuned in %.1f s: %s", manifest["finetune_seconds"], root)

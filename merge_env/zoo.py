@@ -24,7 +24,7 @@ import shutil
 import time
 import uuid
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -494,36 +494,46 @@ def build_zoo(
     if (root / MANIFEST).is_file():
         logger.info("zoo found in cache: %s", root)
         return load_zoo(root)
-    cache.mkdir(parents=True, exist_ok=True)
-    # A killed build leaves only a dot-folder behind, never a half zoo under the final name.
-    tmp = cache / f".tmp-{root.name}-{uuid.uuid4().hex[:8]}"
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(TRAIN_THREADS)
-        start = time.perf_counter()
-        manifest = _build_into(tmp, config, progress, device)
-        manifest["build_seconds"] = round(time.perf_counter() - start, 2)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        publish_build(tmp, root, MANIFEST)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        manifest = build_atomically(
+            root, MANIFEST, lambda tmp: _build_into(tmp, config, progress, device), "build_seconds"
+        )
     finally:
         torch.set_num_threads(threads)
     logger.info("zoo built in %.1f s: %s", manifest["build_seconds"], root)
     return load_zoo(root)
 
 
-def publish_build(tmp: Path, root: Path, manifest: str) -> None:
-    """Rename a finished build (``tmp``, holding ``manifest``) to ``root``; if another process
-    won the race, keep theirs. Shared by every cached build (zoo, SmolLM2 pool)."""
+def build_atomically(
+    root: Path, manifest: str, build: Callable[[Path], dict[str, Any]], seconds_key: str
+) -> dict[str, Any]:
+    """Run ``build(tmp)`` in a dot-folder beside ``root``, then publish the folder as ``root``.
+
+    The dict ``build`` returns, with its wall time under ``seconds_key``, is written to
+    ``tmp/<manifest>`` before the rename; if another process published ``root`` first, its copy
+    is kept. A failed or killed build leaves only a dot-folder, never a half build under
+    ``root``. Shared by every cached build (the zoo, SmolLM2's conversion and its experts).
+    """
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".tmp-{root.name}-{uuid.uuid4().hex[:8]}"
     try:
-        os.rename(tmp, root)
-    except OSError as err:
-        if not (root / manifest).is_file():
-            raise CheckpointError(f"{root}: exists but holds no {manifest}; remove it") from err
-        logger.info("another process finished %s first; using its copy", root)
+        start = time.perf_counter()
+        info = build(tmp)
+        info[seconds_key] = round(time.perf_counter() - start, 2)
+        (tmp / manifest).write_text(json.dumps(info, indent=1))
+        try:
+            os.rename(tmp, root)
+        except OSError as err:
+            if not (root / manifest).is_file():
+                raise CheckpointError(f"{root}: exists but holds no {manifest}; remove it") from err
+            logger.info("another process finished %s first; using its copy", root)
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
 
 
 def load_zoo(root: str | Path) -> Zoo:
