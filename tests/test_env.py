@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from merge_env.env import MergeEnv, MOMergeEnv, weight_lattice
 from merge_env.errors import ConfigError
-from merge_env.registration import ENV_ID
+from merge_env.registration import ENV_ID, MO_ENV_ID
 
 
 @pytest.fixture
@@ -87,6 +89,20 @@ def test_mo_variant_returns_vector_reward(problem):
 def test_registered_with_kwargs(problem):
     env = gym.make(ENV_ID, problem=problem, mode="aligned")
     assert isinstance(env.unwrapped, MergeEnv) and env.unwrapped.mode == "aligned"
+
+
+def test_mo_variant_made_by_id_steps_without_checker_warnings(problem):
+    # Gymnasium's passive checker wants a float reward; the MO spec turns it off, MO-Gymnasium style
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        env = gym.make(MO_ENV_ID, problem=problem)
+        env.reset(seed=0)
+        for _ in range(3):
+            _, reward, term, trunc, _ = env.step(env.action_space.sample())
+            assert np.shape(reward) == (len(problem.objectives),)
+            if term or trunc:
+                env.reset()
+    assert gym.spec(MO_ENV_ID).disable_env_checker
 
 
 def test_fixed_merge_is_the_uniform_simplex_merge(problem):
