@@ -1,8 +1,9 @@
 """Run tracking: Weights & Biases (offline unless logged in) or nothing.
 
-W&B is imported only when the wandb logger is chosen, so ``logger=none`` works without it.
+W&B is imported only when the wandb logger is chosen, so ``logger=none`` starts no W&B process.
 Metrics are namespaced: ``merge/`` per evaluation, ``charts/`` for curves, SB3's own keys as
-SB3 names them (``train/``, ``rollout/``), all in the same run.
+SB3 names them (``train/``, ``rollout/``), all in the same run, and every chart's x axis is
+``merge/evaluations`` (evaluations spent), the budget the agents are compared on.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from merge_env.pareto import Entry
 
 log = logging.getLogger(__name__)
 
+STEP_METRIC = "merge/evaluations"
+
 
 class Tracker:
     """Does nothing; the interface every tracker follows."""
 
-    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Record scalar metrics."""
+    def log(self, metrics: Mapping[str, Any], step: float | None = None) -> None:
+        """Record scalar metrics at ``step`` evaluations spent (None: where the run is now)."""
 
     def log_entry(self, entry: Entry, hypervolume: float) -> None:
         """Record one scored recipe and the hypervolume after it."""
@@ -62,10 +65,9 @@ class WandbTracker(Tracker):
     ) -> None:
         try:
             import wandb
-        except ImportError as exc:
+        except ImportError as exc:  # a core dependency, but an environment may still lack it
             raise ConfigError(
-                "logger=wandb needs the wandb package: pip install 'mergegym[wandb]' "
-                "(or choose logger=none)"
+                "logger=wandb needs the wandb package: pip install wandb (or choose logger=none)"
             ) from exc
         self._wandb = wandb
         if run_config is not None and not isinstance(run_config, dict):
@@ -80,18 +82,25 @@ class WandbTracker(Tracker):
             config=dict(run_config or {}), dir=str(dir) if dir else None, resume="allow",
             id=run_id,
         )  # fmt: skip
+        # every chart against evaluations spent; a row logged without it takes the last value
+        self.run.define_metric(STEP_METRIC)
+        self.run.define_metric("*", step_metric=STEP_METRIC)
         log.info("W&B run %s (%s) in %s", self.run.name, mode, self.run.dir)
 
-    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Record scalar metrics."""
-        self.run.log(dict(metrics))
+    def log(self, metrics: Mapping[str, Any], step: float | None = None) -> None:
+        """Record scalar metrics at ``step`` evaluations spent (None: where the run is now)."""
+        row = dict(metrics)
+        if step is not None:
+            # the x axis is a metric, not W&B's own step, which must only ever grow
+            row[STEP_METRIC] = step
+        self.run.log(row)
 
     def log_entry(self, entry: Entry, hypervolume: float) -> None:
         """Record one scored recipe (scores, evaluations, source) and the hypervolume."""
         metrics = {f"merge/{k}": v for k, v in entry.scores.items()}
         metrics.update(
             {
-                "merge/evaluations": entry.evaluations,
+                STEP_METRIC: entry.evaluations,
                 "merge/index": entry.index,
                 "charts/hypervolume": hypervolume,
             }
