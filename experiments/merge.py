@@ -1,7 +1,8 @@
 """Apply a mergekit-style recipe: ``python -m experiments.merge recipe.yaml OUT [--shard-size 2GB]``.
 
 An existing mergekit YAML in the ``models:`` form runs unchanged. Errors in the recipe or the
-checkpoints print one line and exit with status 2.
+checkpoints, and system errors (permission denied, disk full), print one line and exit with
+status 2.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import logging
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from merge_env.errors import MergeGymError
+from merge_env.errors import ConfigError, MergeGymError
 from merge_env.param_merge import ParamMerge, run_merge
 
 _UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -53,6 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_out_is_not_an_input(spec: ParamMerge, out: str | Path) -> None:
+    """ConfigError if ``out`` is one of the recipe's input folders or holds one: writing
+    there (``--overwrite`` replaces the folder) would delete an input."""
+    target = Path(out).expanduser().resolve()
+    inputs = [spec.base_model, *(m.model for m in spec.models)]
+    for name in dict.fromkeys(i for i in inputs if i):
+        source = Path(name).expanduser().resolve()
+        if source == target or target in source.parents:
+            raise ConfigError(
+                f"{out}: is the input model {name!r} or holds it; write the merge elsewhere"
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad recipe or checkpoint)."""
     args = build_parser().parse_args(argv)
@@ -64,12 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = ParamMerge.load_yaml(args.recipe)
         if args.fast_ties:
             spec = dataclasses.replace(spec, exact_ties=False)
+        check_out_is_not_an_input(spec, args.out)
         out = run_merge(
             spec, args.out, shard_size=args.shard_size, progress=not args.no_progress,
             overwrite=args.overwrite, workers=args.workers,
         )  # fmt: skip
     except MergeGymError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # permission denied, disk full, ...: the system's words, one line
+        print(f"error: {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)

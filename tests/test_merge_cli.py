@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from experiments import merge as merge_cli
 from experiments.merge import main, parse_size
 from merge_env.checkpoint import Checkpoint
 from merge_env.param_merge import MergeEngine, ParamMerge
@@ -100,6 +102,34 @@ def test_cli_bad_recipe_is_one_line_exit_2(recipe_file, tmp_path):
     assert len(lines) == 1 and "Traceback" not in proc.stderr
     assert str(recipe_file) in lines[0] and "models[1]" in lines[0] and "'densty'" in lines[0]
     assert not out.exists()
+
+
+def test_cli_refuses_to_write_onto_an_input(recipe_file, tmp_path, capsys):
+    base = Path(yaml.safe_load(recipe_file.read_text())["base_model"])
+    before = sorted(p.name for p in base.iterdir())
+    for out in (base, base.parent):  # the input itself, or a folder holding it
+        assert main([str(recipe_file), str(out), "--no-progress", "--overwrite"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(out) in err and "input" in err
+    assert sorted(p.name for p in base.iterdir()) == before
+    Checkpoint(base)  # still readable
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device", "/disk/merged/model.safetensors"),
+        PermissionError(errno.EACCES, "Permission denied", "/disk/merged"),
+    ],
+)
+def test_cli_system_error_is_one_line_exit_2(recipe_file, tmp_path, capsys, monkeypatch, error):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(merge_cli, "run_merge", fail)
+    assert main([str(recipe_file), str(tmp_path / "merged"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {error.filename}: {error.strerror}"
 
 
 def test_cli_unreadable_yaml(tmp_path, capsys):
