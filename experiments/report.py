@@ -13,7 +13,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -101,21 +100,35 @@ def write_best_recipes(
     out_dir: Path,
     scalarisation: str = "tchebycheff",
 ) -> list[tuple[np.ndarray, Entry]]:
-    """For each preference the archive's best recipe: YAML, and mergekit YAML where expressible."""
+    """For each preference the archive's best recipe: YAML, and mergekit config where expressible.
+
+    The mergekit file is named for the command that runs it: ``pref_NN.mergekit.yaml``
+    (mergekit-yaml) or ``pref_NN.mergekit-multi.yaml`` (a parameter merge plus an inference path,
+    as mergekit-multi's named stages); its first lines give the command, run in ``out_dir``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: str(p) for name, p in problem.pool.paths.items()}
+    # absolute, so the exported commands run from the recipes folder whatever the launch folder
+    paths = {name: str(Path(p).resolve()) for name, p in problem.pool.paths.items()}
+    residual_out = problem.pool.arch.family.residual_out
     best = []
     for i, pref in enumerate(preferences):
         entry = problem.archive.best(pref, problem.ideal, scalarisation)
         recipe = Recipe.from_dict(entry.recipe)
-        header = f"# preference {np.round(pref, 3).tolist()}  recipe {entry.recipe_hash}\n"
-        (out_dir / f"pref_{i:02d}.yaml").write_text(header + recipe.to_yaml())
+        stem = f"pref_{i:02d}"
+        title = f"preference {np.round(pref, 3).tolist()}  recipe {entry.recipe_hash}"
+        (out_dir / f"{stem}.yaml").write_text(f"# {title}\n" + recipe.to_yaml())
+        for old in (".mergekit.yaml", ".mergekit-multi.yaml", ".mergekit.txt"):
+            (out_dir / f"{stem}{old}").unlink(missing_ok=True)  # a resumed run's other form
         try:
-            stages = recipe.to_mergekit(paths, problem.pool.num_layers)
-            text = yaml.safe_dump_all(stages, sort_keys=False)
-            (out_dir / f"pref_{i:02d}.mergekit.yaml").write_text(header + text)
+            export = recipe.mergekit_export(paths, problem.pool.num_layers, residual_out)
         except RecipeError as exc:
-            (out_dir / f"pref_{i:02d}.mergekit.txt").write_text(f"not expressible: {exc}\n")
+            (out_dir / f"{stem}.mergekit.txt").write_text(f"not expressible: {exc}\n")
+        else:
+            name = stem + export.suffix
+            text = export.text(
+                name, f"{stem}.merged", header=[title, "the command runs in this folder"]
+            )
+            (out_dir / name).write_text(text)
         best.append((pref, entry))
     return best
 
