@@ -32,6 +32,8 @@ from merge_env.tasks import Task
 log = logging.getLogger(__name__)
 
 FIDELITIES = ("full", "cheap")
+# headline metrics below zero (normalised from a nadir, not as f / z*; see MergeProblem.nadir)
+NEGATIVE_METRICS = ("loglik",)
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,9 @@ class MergeProblem:
         # every charge is appended to a ledger, so a resumed run knows what it has spent
         # (cheap evaluations never reach the archive)
         self.ledger_path = Path(ledger_path) if ledger_path is not None else None
+        # (model key, fidelity) of every charge in the ledger: a recipe charged by a process
+        # killed before it cached the scores is recomputed on resume but not charged again
+        self._paid: set[tuple[str, str]] = set()
         self.spent = self._read_ledger()
         self.cache_hits = 0
         self.reference_evaluations = 0
@@ -95,6 +100,8 @@ class MergeProblem:
         # called with each new archive Entry (loggers, progress bars); never with cache hits
         self.listeners: list[Callable[[Entry], None]] = []
         self._ideal: np.ndarray | None = None
+        self._nadir: np.ndarray | None = None
+        self._top: np.ndarray | None = None
         self._references: dict[str, np.ndarray] | None = None
 
     # -- scoring -----------------------------------------------------------------------------
@@ -171,38 +178,52 @@ class MergeProblem:
         wall = (time.perf_counter() - t0) / max(1, len(todo))
         out = []
         for i, recipe in enumerate(recipes):
-            if i in computed:
-                for task in self.tasks:
-                    if evaluator.cache is not None:
-                        evaluator.cache.put(
-                            evaluator.cache_key(keys[i], task, split), computed[i][task.name]
-                        )
+            fresh = i in computed
+            if fresh:
                 details = computed[i]
+                # The charge is made durable before the scores are cached: a kill between the two
+                # leaves a charged recipe that is not cached, which the ledger then marks as paid
+                # (see _charge); the other order would leave a cached recipe never charged.
+                cost = self._charge(keys[i], fidelity, split, charge)
+                if evaluator.cache is not None:
+                    for task in self.tasks:
+                        evaluator.cache.put(evaluator.cache_key(keys[i], task, split),
+                                            details[task.name])  # fmt: skip
             else:  # a cache hit (or a repeat within this batch, now cached)
+                self.cache_hits += 1
+                cost = 0.0
                 details = (
                     evaluator.score_tasks(None, self.tasks, split, model_key=keys[i])
                     if evaluator.cache is not None
                     else computed[keys.index(keys[i])]
                 )
-            out.append(self._account(recipe, keys[i], details, i in computed, split, fidelity,
-                                     source, record, charge, wall))  # fmt: skip
+            out.append(self._record(recipe, details, fresh, cost, split, fidelity, source,
+                                    record and charge, wall))  # fmt: skip
         return out
 
-    def _account(
-        self, recipe: Recipe, key: str, details: dict[str, TaskScore], fresh: bool, split: str,
-        fidelity: str, source: str, record: bool, charge: bool, wall: float,
+    def _charge(self, key: str, fidelity: str, split: str, charge: bool) -> float:
+        """Charge one freshly computed score (ledger line first); returns the evaluations charged."""
+        if split == "test":
+            self.test_evaluations += 1
+            return 0.0
+        if not charge or split != "search":
+            return 0.0
+        if self.evaluator.cache is not None and (key, fidelity) in self._paid:
+            # a fresh score of a recipe the ledger has paid for: an earlier process was killed
+            # between the charge and the cache (with a cache, nothing else recomputes it)
+            self._paid.discard((key, fidelity))
+            return 0.0
+        cost = self.cost(fidelity)
+        self._write_ledger(key, fidelity, cost)
+        self.spent += cost
+        return cost
+
+    def _record(
+        self, recipe: Recipe, details: dict[str, TaskScore], fresh: bool, cost: float,
+        split: str, fidelity: str, source: str, record: bool, wall: float,
     ) -> Scored:  # fmt: skip
         vector = np.array([self.headline(t, details[t.name]) for t in self.tasks])
-        cost = 0.0
-        if not fresh:
-            self.cache_hits += 1
-        elif charge and split == "search":
-            cost = self.cost(fidelity)
-            self.spent += cost
-            self._write_ledger(key, fidelity, cost)
-        elif split == "test":
-            self.test_evaluations += 1
-        if record and split == "search" and fidelity == "full" and charge:
+        if record and split == "search" and fidelity == "full":
             if self.archive.get(recipe.hash) is None:
                 entry = self.archive.add(
                     recipe.hash, recipe.to_dict(), dict(zip(self.objectives, vector.tolist())),
@@ -225,22 +246,48 @@ class MergeProblem:
         return out
 
     def _read_ledger(self) -> float:
+        """Sum the ledger's charges and note what they paid for; a torn last line is cut off.
+
+        Lines are appended with one write each, so a kill leaves at most a prefix of the last
+        line: it is dropped and truncated here, so the next charge starts on a clean line.
+        """
         if self.ledger_path is None or not self.ledger_path.is_file():
             return float(max((e.evaluations for e in self.archive), default=0))
+        data = self.ledger_path.read_bytes()
+        complete, _, tail = data.rpartition(b"\n")
+        lines = complete.split(b"\n") if complete else []
         spent = 0.0
-        for line in self.ledger_path.read_text().splitlines():
+        for number, raw in enumerate([*lines, tail], start=1):
+            if not raw.strip():
+                continue
             try:
-                spent += float(json.loads(line)["cost"])
+                charge = json.loads(raw)
+                spent += float(charge["cost"])
+                self._paid.add((str(charge["key"]), str(charge["fidelity"])))
             except (ValueError, KeyError, TypeError):
-                log.warning("%s: skipping a torn ledger line", self.ledger_path)
+                if number <= len(lines):  # not a torn write (those only hit the last line)
+                    log.warning("%s: skipping unreadable line %d", self.ledger_path, number)
+                    continue
+                log.warning("%s: cutting off a torn last line (%d bytes)",
+                            self.ledger_path, len(tail))  # fmt: skip
+                with open(self.ledger_path, "r+b") as fh:
+                    fh.truncate(len(data) - len(tail))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                return spent
+        if tail:  # the whole last line landed but not its newline
+            with open(self.ledger_path, "ab") as fh:
+                fh.write(b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
         return spent
 
     def _write_ledger(self, key: str, fidelity: str, cost: float) -> None:
         if self.ledger_path is None:
             return
         line = json.dumps({"key": key, "fidelity": fidelity, "cost": cost}) + "\n"
-        with open(self.ledger_path, "a") as fh:
-            fh.write(line)
+        with open(self.ledger_path, "ab") as fh:
+            fh.write(line.encode())  # one write: a kill leaves a prefix, cut off on reopening
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -275,18 +322,62 @@ class MergeProblem:
 
     @property
     def ideal(self) -> np.ndarray:
-        """z*: the best single pool model per task (search split), floored to stay positive."""
+        """z*: the best single pool model per task (search split), as scored (never floored)."""
         if self._ideal is None:
             singles = [v for n, v in self.references().items() if n.startswith("model:")]
-            self._ideal = np.maximum(ideal_point(np.stack(singles)), 1e-6)
+            self._ideal = ideal_point(np.stack(singles))
         return self._ideal
 
+    @property
+    def nadir(self) -> np.ndarray:
+        """The score that normalises to 0 on each task: what a model that knows nothing scores.
+
+        0 for exact match and token accuracy (nothing right). A log-likelihood is negative, so
+        f / z* would reverse its order: its zero is the uniform guess over the vocabulary, −ln V
+        (or the worst single model, where one scores below that), so that a merged model's
+        normalised log-likelihood is positive where it beats guessing and 1 at z*.
+        """
+        if self._nadir is None:
+            metrics = [self.metric or t.metric for t in self.tasks]
+            guess = -math.log(self._vocab_size())
+            worst = np.min(np.stack([v for n, v in self.references().items()
+                                     if n.startswith("model:")]), axis=0)  # fmt: skip
+            self._nadir = np.array([min(guess, w) if m in NEGATIVE_METRICS else 0.0
+                                    for m, w in zip(metrics, worst)])  # fmt: skip
+        return self._nadir
+
+    @property
+    def top(self) -> np.ndarray:
+        """The score that normalises to 1 on each task: z*, or nadir + 1 where z* == nadir.
+
+        z* == nadir means no single model does better than knowing nothing (e.g. every model
+        scores 0 exact match); dividing by z* there would blow one correct answer up to ~1e4,
+        so that task keeps the metric's own scale (exact match: the fraction right).
+        """
+        if self._top is None:
+            flat = np.isclose(self.ideal, self.nadir, rtol=0.0, atol=1e-12)
+            if np.any(flat):
+                log.warning(
+                    "no single model scores above %s on task(s) %s; their scores are not "
+                    "divided by z* but kept on the metric's own scale",
+                    self.nadir[flat].tolist(),
+                    [o for o, f in zip(self.objectives, flat) if f],
+                )
+            self._top = np.where(flat, self.nadir + 1.0, self.ideal)
+        return self._top
+
+    def _vocab_size(self) -> int:
+        """Entries of the models' output distribution (the base's config, else the tokenizer)."""
+        config = self.pool.checkpoints[self.pool.names[0]].config
+        size = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
+        return int(size or len(self.evaluator.tokenizer))
+
     def normalised(self, vector: np.ndarray) -> np.ndarray:
-        """Scores divided by the ideal point."""
-        return normalise(np.asarray(vector, float), self.ideal)
+        """Scores as (f − nadir) / (top − nadir): f / z* for exact match and token accuracy."""
+        return normalise(np.asarray(vector, float), self.top, self.nadir)
 
     def hypervolume_of(self, vectors: np.ndarray) -> float:
-        """Hypervolume of the non-dominated subset of raw score vectors (normalised by z*)."""
+        """Hypervolume of the non-dominated subset of raw score vectors (normalised as above)."""
         pts = self.normalised(np.atleast_2d(vectors))
         if len(pts) == 0:
             return 0.0
@@ -294,7 +385,11 @@ class MergeProblem:
 
     def hypervolume_curve(self) -> list[tuple[int, float]]:
         """(evaluations spent, hypervolume of the archive's front so far)."""
-        return self.archive.hypervolume_curve(self.ideal, self.reference_point)
+        return self.archive.hypervolume_curve(self.top, self.reference_point, self.nadir)
+
+    def best(self, preference: np.ndarray, kind: str = "tchebycheff") -> Entry:
+        """The archive's best entry for a preference, on the normalised search scores."""
+        return self.archive.best(preference, self.top, kind, self.nadir)
 
 
 def build_problem(
