@@ -356,6 +356,7 @@ class CheckpointWriter:
             fh.flush()
             os.fsync(fh.fileno())
             fh.close()
+        synced = set(self._files)
         self._files.clear()
         (self.tmp_dir / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
         if self.side_files_from is not None:
@@ -363,13 +364,22 @@ class CheckpointWriter:
                 src = self.side_files_from / fname
                 if src.is_file():
                     shutil.copy2(src, self.tmp_dir / fname)
+        # Every file's data, then the folder's entries, must be on disk before the rename
+        # publishes the folder: otherwise a power cut can leave a published checkpoint whose
+        # config.json or tokenizer is empty.
+        for file in sorted(self.tmp_dir.iterdir()):
+            if file not in synced:
+                _fsync_path(file)
+        _fsync_path(self.tmp_dir)
         if self.out_dir.exists():  # overwrite: swap in, then drop the old folder
             trash = self.out_dir.parent / f".{self.out_dir.name}.old-{uuid.uuid4().hex[:8]}"
             self.out_dir.rename(trash)
             self.tmp_dir.rename(self.out_dir)
+            _fsync_path(self.out_dir.parent)  # the rename itself survives a power cut
             shutil.rmtree(trash, ignore_errors=True)
         else:
             self.tmp_dir.rename(self.out_dir)
+            _fsync_path(self.out_dir.parent)
 
     def _abort(self) -> None:
         for fh in self._files.values():
@@ -390,6 +400,15 @@ class CheckpointWriter:
         except BaseException:
             self._abort()
             raise
+
+
+def _fsync_path(path: Path) -> None:
+    """Flush a file's data, or a folder's entries, to disk (a read-only descriptor suffices)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(

@@ -87,3 +87,43 @@ def test_failed_write_leaves_nothing(tiny_factory, tmp_path):
     assert list(tmp_path.iterdir()) == [p for p in tmp_path.iterdir() if p.name != "out"]
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_every_file_and_the_folder_are_synced_around_the_publishing_rename(
+    tiny_factory, tmp_path, monkeypatch
+):
+    """A power cut after the rename must find config.json and side files whole: each is fsynced
+    before the folder is published, and the parent folder after (its new entry)."""
+    import os
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc to name a file descriptor")
+    src = tiny_factory("llama")
+    (src / "tokenizer_config.json").write_text("{}")
+    ckpt = Checkpoint(src)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(a, b, **kw):
+        events.append(("rename", str(a)))
+        real_rename(a, b, **kw)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    out = save_checkpoint(
+        ckpt.state_dict(), tmp_path / "out", config=ckpt.config, side_files_from=src,
+        shard_size=20_000,
+    )  # fmt: skip
+    monkeypatch.undo()
+    (publish,) = [i for i, (kind, _) in enumerate(events) if kind == "rename"]
+    tmp_dir = os.path.realpath(events[publish][1])  # /proc names resolved paths
+    before = {path for kind, path in events[:publish] if kind == "fsync"}
+    files = sorted(p.name for p in out.iterdir())
+    assert {"config.json", "tokenizer_config.json", "model.safetensors.index.json"} <= set(files)
+    assert {f"{tmp_dir}/{name}" for name in files} <= before
+    assert tmp_dir in before  # the folder's entries
+    assert ("fsync", os.path.realpath(tmp_path)) in events[publish + 1 :]  # the rename
