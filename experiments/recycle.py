@@ -57,10 +57,11 @@ from experiments.config_check import validate_run_config  # noqa: E402
 from experiments.run import (  # noqa: E402
     _state,
     _tracker_kwargs,
-    check_same_pool,
+    check_same_search,
     pool_and_tasks,
     run_dir_of,
     scoring_problem,
+    search_settings,
     seed_everything,
 )
 from experiments.tracking import Tracker  # noqa: E402
@@ -141,11 +142,11 @@ def run(cfg: DictConfig) -> float:
     fitness = objective if use_objective(agent, objective) else None
     if fitness is not None:
         log.info("%s maximises the %s objective", agent.name, fitness)
-    run_id = _state(run_dir)["run_id"]
-    tracker: Tracker = instantiate(cfg.logger, **_tracker_kwargs(cfg.logger, cfg, run_dir, run_id))
     t0 = time.perf_counter()
     problem, names = make_problem(cfg, run_dir)
-    check_same_pool(run_dir, problem)
+    check_same_search(run_dir, problem, search_settings(cfg, problem))
+    run_id = _state(run_dir)["run_id"]
+    tracker: Tracker = instantiate(cfg.logger, **_tracker_kwargs(cfg.logger, cfg, run_dir, run_id))
     problem.ideal  # noqa: B018 - singles and the uniform merge, before the search, uncharged
     problem.listeners.append(
         lambda e: tracker.log_entry(e, problem.hypervolume_of(problem.archive.score_matrix()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 import uuid
@@ -55,28 +56,119 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(f"outputs/{cfg.run_name}")
 
 
-def _state(run_dir: Path) -> dict[str, Any]:
-    f = run_dir / "run_state.json"
-    state = json.loads(f.read_text()) if f.is_file() else {}
-    if "run_id" not in state:
-        state["run_id"] = uuid.uuid4().hex[:12]
-        f.write_text(json.dumps(state))
+STATE_FILE = "run_state.json"
+# Settings that change neither what a run scores nor how it searches: where it runs and logs,
+# how fast it scores, what it reports afterwards. The pool and tasks count by their content's
+# fingerprints (a moved checkpoint folder is the same pool). Every other setting must match for
+# a run folder to be resumed.
+NOT_SEARCH = {
+    "logger", "run_name", "run_dir", "resume", "device", "threads", "preference",
+    "n_report_preferences", "materialise", "pool", "tasks", "hydra",
+}  # fmt: skip
+NOT_SEARCH_IN = {
+    "agent": {"device", "progress", "save_path"},
+    "evaluator": {"batch_size", "backend", *RAY_OPTIONS},
+}
+
+
+def read_state(run_dir: Path) -> dict[str, Any]:
+    """The run folder's run_state.json ({} if none); ConfigError naming it if unreadable."""
+    f = run_dir / STATE_FILE
+    if not f.is_file():
+        return {}
+    try:
+        state = json.loads(f.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        state = exc
+    if not isinstance(state, dict):
+        raise ConfigError(
+            f"{f}: unreadable ({state}); it holds the run's id and search settings: delete it "
+            "to resume without checking them, or choose another run_name"
+        )
     return state
 
 
-def check_same_pool(run_dir: Path, problem: MergeProblem) -> None:
-    """Refuse to resume a run folder whose archive was scored on another pool (the pool's
-    fingerprint covers every source checkpoint); record the pool of a new run."""
-    f = run_dir / "run_state.json"
-    state = json.loads(f.read_text()) if f.is_file() else {}
-    fingerprint = problem.pool.fingerprint
-    if state.get("pool") not in (None, fingerprint) and len(problem.archive):
-        raise ConfigError(
-            f"{run_dir}: its archive was scored on another pool (fingerprint {state['pool']}, "
-            f"now {fingerprint}); choose another run_name or delete the folder"
-        )
-    state["pool"] = fingerprint
-    f.write_text(json.dumps(state))
+def write_state(run_dir: Path, state: dict[str, Any]) -> None:
+    """Replace run_state.json atomically: a kill leaves the old file or the new, never a torn one."""
+    f = run_dir / STATE_FILE
+    tmp = run_dir / f".{STATE_FILE}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(state, indent=2) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, f)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(run_dir, os.O_RDONLY)  # the rename itself survives a power cut
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _state(run_dir: Path) -> dict[str, Any]:
+    state = read_state(run_dir)
+    if "run_id" not in state:
+        state["run_id"] = uuid.uuid4().hex[:12]
+        write_state(run_dir, state)
+    return state
+
+
+def search_settings(cfg: DictConfig, problem: MergeProblem) -> dict[str, Any]:
+    """Every setting that changes what a run scores or how it searches, as {dotted key: value}:
+    the config less NOT_SEARCH, plus the pool's and each task's fingerprint."""
+    flat: dict[str, Any] = {}
+
+    def add(key: str, value: Any, skip: set[str] | frozenset = frozenset()) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k not in skip:
+                    add(f"{key}.{k}", v)
+        else:
+            flat[key] = value
+
+    for key in cfg:
+        if key not in NOT_SEARCH:
+            node = cfg[key]
+            value = (
+                OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+            )
+            add(str(key), value, NOT_SEARCH_IN.get(str(key), frozenset()))
+    flat["pool"] = problem.pool.fingerprint
+    flat.update({f"tasks.{t.name}": t.fingerprint for t in problem.tasks})
+    return json.loads(json.dumps(flat))  # as run_state.json will hold it (tuples as lists)
+
+
+def check_same_search(run_dir: Path, problem: MergeProblem, settings: dict[str, Any]) -> None:
+    """Refuse to resume a run folder whose archive or ledger was made with other search settings,
+    naming each differing key; record the settings of a new run."""
+    state = read_state(run_dir)
+    recorded = state.get("search")
+    if recorded is None and "pool" in state:  # a run folder from before settings were recorded
+        recorded, keys = {"pool": state["pool"]}, ["pool"]
+    else:
+        keys = sorted(set(recorded or {}) | set(settings))
+    if recorded is not None and (len(problem.archive) or problem.spent > 0):
+        missing = "(unset)"
+        diffs = [
+            f"{k}: {_short(recorded.get(k, missing))} -> {_short(settings.get(k, missing))}"
+            for k in keys
+            if recorded.get(k, missing) != settings.get(k, missing)
+        ]
+        if diffs:
+            raise ConfigError(
+                f"{run_dir}: resume refused, its archive was scored with other search settings "
+                f"({'; '.join(diffs)}); choose another run_name or delete the folder"
+            )
+    if state.get("search") != settings:
+        state.pop("pool", None)
+        write_state(run_dir, {**state, "search": settings})
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def pool_and_tasks(cfg: DictConfig) -> tuple[PoolSpec, list[Task]]:
@@ -128,14 +220,14 @@ def run(cfg: DictConfig) -> float:
     seed_everything(cfg.seed)
     agent = instantiate(cfg.agent)  # cheap, and fails fast on a bad agent config
     agent.workdir = run_dir / "agent"
+    t0 = time.perf_counter()
+    problem = make_problem(cfg, run_dir)
+    check_same_search(run_dir, problem, search_settings(cfg, problem))
     state = _state(run_dir)
     tracker: Tracker = instantiate(
         cfg.logger,
         **_tracker_kwargs(cfg.logger, cfg, run_dir, state["run_id"]),
     )
-    t0 = time.perf_counter()
-    problem = make_problem(cfg, run_dir)
-    check_same_pool(run_dir, problem)
     resumed = len(problem.archive)
     if resumed:
         console.print(f"[bold]resuming[/bold] {run_dir}: {resumed} scored recipes, "
@@ -225,7 +317,7 @@ def _report(
         pref = np.asarray(list(cfg.preference), float)
         if pref.shape != (len(problem.objectives),) or (pref < 0).any() or pref.sum() <= 0:
             raise ConfigError(f"preference: need {len(problem.objectives)} non-negative weights")
-        entry = archive.best(pref / pref.sum(), problem.ideal, scalarisation)
+        entry = problem.best(pref / pref.sum(), scalarisation)
         out = problem.pool.materialise(
             Recipe.from_dict(entry.recipe), run_dir / "checkpoint", overwrite=True
         )

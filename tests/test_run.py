@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import io
 import json
 import os
 import signal
@@ -10,12 +12,16 @@ import sys
 import time
 from pathlib import Path
 
+import moocore
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM
 
-from experiments.run import run
+from experiments.run import _state, run
 from merge_env.errors import ConfigError
+from merge_env.problem import build_problem
+from merge_env.recipe import BASE, Recipe
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,11 +46,34 @@ def zoo_cache(tiny_zoo, tmp_path):
     return tmp_path
 
 
-def test_runs_end_to_end_and_leaves_its_outputs(zoo_cache):
+def _independent_hypervolume(points: np.ndarray, ideal: np.ndarray) -> float:
+    """HV above the origin of points / ideal, straight from moocore (no MergeGym code)."""
+    f = points / ideal
+    f = f[np.all(f > 0, axis=1)]
+    return float(moocore.hypervolume(f, ref=np.zeros(len(ideal)), maximise=True)) if len(f) else 0.0
+
+
+def test_runs_end_to_end_and_leaves_its_outputs(zoo_cache, tiny_zoo):
     tmp_path = zoo_cache
-    hv = run(_cfg(tmp_path, "preference=[0.6,0.2,0.2]"))
+    # token accuracy: the tiny zoo's experts barely reach exact matches, so HV would be 0
+    hv = run(_cfg(tmp_path, "preference=[0.6,0.2,0.2]", "evaluator.metric=token_accuracy"))
     out = tmp_path / "run"
-    assert hv >= 0
+    # the reported hypervolume is the one of the archive's scores over the best single models
+    sources = {BASE: tiny_zoo.base, **tiny_zoo.experts}
+    cached = build_problem(sources, tiny_zoo.tasks, tiny_zoo.tokenizer_dir,
+                           cache_path=out / "eval_cache.sqlite", metric="token_accuracy")  # fmt: skip
+    singles = np.stack([cached.score(Recipe.single(n), record=False, charge=False).vector
+                        for n in sources])  # fmt: skip
+    ideal = singles.max(axis=0)
+    archive = np.array([[e["scores"][t.name] for t in tiny_zoo.tasks] for e in
+                        map(json.loads, (out / "archive.jsonl").read_text().splitlines())])  # fmt: skip
+    assert hv > 0 and hv == pytest.approx(_independent_hypervolume(archive, ideal), rel=1e-9)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["hypervolume_search"] == hv
+    best_single = max(_independent_hypervolume(v[None], ideal) for v in singles)
+    assert summary["reference_hypervolume_search"]["best single model"] == pytest.approx(
+        best_single, rel=1e-9
+    )
     for name in [
         "archive.jsonl",
         "front_test.json",
@@ -54,7 +83,6 @@ def test_runs_end_to_end_and_leaves_its_outputs(zoo_cache):
     ]:
         assert (out / name).is_file(), name
     assert list((out / "recipes").glob("pref_*.yaml"))
-    summary = json.loads((out / "summary.json").read_text())
     assert summary["evaluations"] <= 6 + 1e-9
     model = AutoModelForCausalLM.from_pretrained(out / "checkpoint")
     assert model.config.num_hidden_layers >= 1
@@ -127,10 +155,73 @@ def test_resume_refuses_a_run_scored_on_another_pool(zoo_cache):
     run(_cfg(tmp_path, "budget=3"))
     state_file = tmp_path / "run" / "run_state.json"
     state = json.loads(state_file.read_text())
-    assert state["pool"]  # the pool's fingerprint is recorded with the run
-    state["pool"] = "0123456789abcdef"  # as if the pool's checkpoints had changed since
+    assert state["search"]["pool"]  # the pool's fingerprint is recorded with the run
+    state["search"]["pool"] = "0123456789abcdef"  # as if the pool's checkpoints had changed since
     state_file.write_text(json.dumps(state))
     before = (tmp_path / "run" / "archive.jsonl").read_text()
-    with pytest.raises(ConfigError, match="scored on another pool"):
-        run(_cfg(tmp_path, "budget=6"))
+    with pytest.raises(ConfigError, match=r"other search settings \(pool: \"0123456789abcdef\" ->"):
+        run(_cfg(tmp_path, "budget=3"))
     assert (tmp_path / "run" / "archive.jsonl").read_text() == before
+
+
+def test_resume_refuses_other_search_settings_naming_each_key(zoo_cache):
+    tmp_path = zoo_cache
+    run(_cfg(tmp_path, "budget=3"))
+    archive = tmp_path / "run" / "archive.jsonl"
+    before = archive.read_text()
+    with pytest.raises(ConfigError) as err:
+        run(_cfg(tmp_path, "budget=4", "env.beta=0.05", "agent.batch_size=4"))
+    message = str(err.value)
+    assert "resume refused" in message and "\n" not in message
+    for key in ("budget: 3 -> 4", "env.beta: 0.02 -> 0.05", "agent.batch_size: 8 -> 4"):
+        assert key in message
+    assert "n_report_preferences" not in message
+    assert archive.read_text() == before
+    # settings that change neither scoring nor search (reporting, logging) resume as before
+    run(_cfg(tmp_path, "budget=3", "n_report_preferences=1", "preference=null"))
+    assert archive.read_text() == before
+
+
+def test_a_torn_run_state_is_one_clear_error(zoo_cache):
+    tmp_path = zoo_cache
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run_state.json").write_text('{"run_id": "0123')
+    with pytest.raises(ConfigError, match=r"run_state.json: unreadable"):
+        run(_cfg(tmp_path))
+
+
+class Killed(BaseException):
+    """What the fault-injection hook raises in place of SIGKILL."""
+
+
+def test_a_kill_while_writing_run_state_leaves_a_readable_one(tmp_path, monkeypatch):
+    real_open = builtins.open
+
+    class Torn:
+        """A file that takes half of what is written to it, then the process dies."""
+
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, data):
+            self.fh.write(data[: len(data) // 2])
+            self.fh.flush()
+            raise Killed
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    def tearing_open(file, mode="r", *args, **kwargs):
+        fh = real_open(file, mode, *args, **kwargs)
+        return Torn(fh) if "run_state" in os.fspath(file) and "w" in mode else fh
+
+    with monkeypatch.context() as m:
+        m.setattr(builtins, "open", tearing_open)
+        m.setattr(io, "open", tearing_open)  # pathlib opens through io.open
+        with pytest.raises(Killed):
+            _state(tmp_path)
+    assert _state(tmp_path)["run_id"]  # no torn file was left behind to trip on
+    assert [p.name for p in tmp_path.iterdir()] == ["run_state.json"]
