@@ -14,8 +14,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,42 @@ from merge_env.param_merge import MergeEngine, ParamMerge
 from merge_env.recipe import BASE, MERGED, Recipe
 
 log = logging.getLogger(__name__)
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_restore = False
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence transformers' per-checkpoint "Loading weights" bar while the block runs.
+
+    A run loads dozens of checkpoints and each load would draw its own bar over MergeGym's
+    output. The bar setting is global in transformers, so nested and concurrent blocks share
+    one count and the user's own setting comes back when the last block ends.
+    """
+    from transformers.utils import logging as hf_logging
+
+    global _quiet_depth, _quiet_restore
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_restore = hf_logging.is_progress_bar_enabled()
+            if _quiet_restore:
+                hf_logging.disable_progress_bar()
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0 and _quiet_restore:
+                hf_logging.enable_progress_bar()
+
+
+def load_causal_lm(path: str | Path, dtype: torch.dtype | None = None, **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained(path, dtype=dtype)`` without its progress bar."""
+    with quiet_loading():
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
 
 
 class SlotLayer(nn.Module):
@@ -142,7 +180,7 @@ class ModelPool:
                     )
 
     def _load(self, path: Path) -> PreTrainedModel:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
+        model = load_causal_lm(path, dtype=self.dtype)
         return model.to(self.device).eval().requires_grad_(False)
 
     @property
