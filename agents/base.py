@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
 
 from merge_env.errors import ConfigError
 from merge_env.pareto import Archive
@@ -45,6 +48,38 @@ class Budget:
     def exhausted(self, cost: float = 1.0) -> bool:
         """Whether a call costing ``cost`` evaluations would overrun the budget."""
         return self.used + cost > self.budget + 1e-9
+
+
+class BudgetBar:
+    """One progress bar per search, in evaluations spent out of the budget (as PPO's).
+
+    Off when ``enabled`` is false (``agent.progress=false``), and, tqdm's rule, when stderr is
+    not a terminal (log files, CI, Slurm jobs), where it would only add noise.
+    """
+
+    def __init__(self, budget: Budget, desc: str, enabled: bool = True) -> None:
+        self.budget = budget
+        self.bar = tqdm(
+            total=_count(budget.budget), desc=desc, unit="eval", leave=False,
+            disable=None if enabled else True,
+        )  # fmt: skip
+
+    def update(self, **postfix: Any) -> None:
+        """Move the bar to the evaluations spent so far; ``postfix`` is shown beside it."""
+        self.bar.update(_count(self.budget.used - self.bar.n))
+        if postfix:
+            self.bar.set_postfix(postfix)
+
+    def __enter__(self) -> BudgetBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
+def _count(evaluations: float) -> float:
+    """Evaluations as the bar shows them: whole numbers as ints (4, not 4.0), else 2 decimals."""
+    return int(evaluations) if float(evaluations).is_integer() else round(evaluations, 2)
 
 
 class Agent(ABC):

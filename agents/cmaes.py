@@ -9,7 +9,7 @@ starts from the uniform merge (agents/genome.py, ``Genome.identity``). The fitne
 over tasks of score / z* (z* = best single pool model per task), the published macro-average.
 
 Every generation is told, the last partial one too, as long as it holds at least mu solutions
-(``cma`` refuses fewer). Cache hits are free, so a converged strategy could sample only cached
+and at least 3 with ``cma``'s mirrored samples (``cma`` refuses fewer). Cache hits are free, so a converged strategy could sample only cached
 recipes for ever: after ``patience`` generations without a new evaluation, or when ``cma`` stops
 on its own criteria, the strategy restarts from the start point with a fresh random stream.
 """
@@ -23,6 +23,7 @@ from typing import Any
 import cma
 import numpy as np
 
+from agents.base import BudgetBar
 from agents.genome import Genome, GenomeAgent
 from merge_env.errors import ConfigError
 from merge_env.pareto import Archive
@@ -44,6 +45,7 @@ class CMAESAgent(GenomeAgent):
         popsize: int | None = None,
         random_init: bool = False,
         patience: int = 10,
+        progress: bool = True,
         **genome_options: Any,
     ) -> None:
         super().__init__(seed, **genome_options)
@@ -57,6 +59,7 @@ class CMAESAgent(GenomeAgent):
         self.popsize = popsize
         self.random_init = bool(random_init)
         self.patience = int(patience)
+        self.progress = bool(progress)
         self.best_recipe: Recipe | None = None
         self.best_value = -np.inf
         self.generations = 0
@@ -91,25 +94,28 @@ class CMAESAgent(GenomeAgent):
         problem.ideal  # noqa: B018 - the reference scores, outside the budget, before the first tell
         es = self._strategy(genome, rng)
         stall = 0
-        while True:
-            solutions = es.ask()
-            scored = self.evaluate_genomes(problem, budget_, genome, np.asarray(solutions))
-            values = [self.fitness(problem, s.vector) for s in scored]
-            for s, v in zip(scored, values):
-                if v > self.best_value:
-                    self.best_recipe, self.best_value = s.recipe, v
-            if len(scored) >= es.sp.weights.mu:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # a partial last generation is intended
-                    es.tell(solutions[: len(scored)], [-v for v in values])
-                self.generations += 1
-            log.info("cmaes: generation %d, best macro-average %.4f, %.1f/%.1f spent",
-                     self.generations, self.best_value, budget_.used, budget_.budget)  # fmt: skip
-            if self.done(budget_, scored, len(solutions)):
-                return problem.archive
-            stall = 0 if any(s.cost > 0 for s in scored) else stall + 1
-            if stall >= self.patience or es.stop():
-                log.info("cmaes: restart %d (%s)", self.restarts + 1,
-                         "stalled on cached recipes" if stall else dict(es.stop()))  # fmt: skip
-                es, stall = self._strategy(genome, rng), 0
-                self.restarts += 1
+        with BudgetBar(budget_, "cmaes (evaluations)", self.progress) as bar:
+            while True:
+                solutions = es.ask()
+                scored = self.evaluate_genomes(problem, budget_, genome, np.asarray(solutions))
+                values = [self.fitness(problem, s.vector) for s in scored]
+                for s, v in zip(scored, values):
+                    if v > self.best_value:
+                        self.best_recipe, self.best_value = s.recipe, v
+                # cma refuses a generation under mu, or under 3 counting its mirrored samples
+                if len(scored) >= max(es.sp.weights.mu, 3 - es.sp.lam_mirr):
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # a partial last generation is intended
+                        es.tell(solutions[: len(scored)], [-v for v in values])
+                    self.generations += 1
+                log.info("cmaes: generation %d, best macro-average %.4f, %.1f/%.1f spent",
+                         self.generations, self.best_value, budget_.used, budget_.budget)  # fmt: skip
+                bar.update(generation=self.generations, best=f"{self.best_value:.4f}")
+                if self.done(budget_, scored, len(solutions)):
+                    return problem.archive
+                stall = 0 if any(s.cost > 0 for s in scored) else stall + 1
+                if stall >= self.patience or es.stop():
+                    log.info("cmaes: restart %d (%s)", self.restarts + 1,
+                             "stalled on cached recipes" if stall else dict(es.stop()))  # fmt: skip
+                    es, stall = self._strategy(genome, rng), 0
+                    self.restarts += 1

@@ -20,6 +20,7 @@ from pymoo.core.problem import Problem
 from pymoo.core.termination import NoTermination
 from pymoo.problems.static import StaticProblem
 
+from agents.base import BudgetBar
 from agents.genome import GenomeAgent
 from merge_env.errors import ConfigError
 from merge_env.pareto import Archive
@@ -36,11 +37,14 @@ class NSGA2Agent(GenomeAgent):
 
     name = "nsga2"
 
-    def __init__(self, seed: int = 0, pop_size: int = 16, **genome_options: Any) -> None:
+    def __init__(
+        self, seed: int = 0, pop_size: int = 16, progress: bool = True, **genome_options: Any
+    ) -> None:
         super().__init__(seed, **genome_options)
         if pop_size < 2:
             raise ConfigError(f"agent.pop_size must be >= 2, got {pop_size}")
         self.pop_size = int(pop_size)
+        self.progress = bool(progress)
         self.generations = 0
 
     def search(self, problem: MergeProblem, budget: float) -> Archive:
@@ -51,16 +55,18 @@ class NSGA2Agent(GenomeAgent):
         # pymoo 0.6.2 draws every random number from a Generator seeded here, not from numpy.random
         algorithm.setup(box, termination=NoTermination(), seed=self.seed, verbose=False)
         self.generations = 0
-        while True:
-            pop = algorithm.ask()
-            X = pop.get("X")
-            scored = self.evaluate_genomes(problem, budget_, genome, X)
-            if len(scored) == len(X):
-                F = -np.stack([s.vector for s in scored])
-                Evaluator().eval(StaticProblem(box, F=F), pop)
-                algorithm.tell(infills=pop)
-                self.generations += 1
-            log.info("nsga2: generation %d, %.1f/%.1f evaluations spent",
-                     self.generations, budget_.used, budget_.budget)  # fmt: skip
-            if self.done(budget_, scored, len(X)):
-                return problem.archive
+        with BudgetBar(budget_, "nsga2 (evaluations)", self.progress) as bar:
+            while True:
+                pop = algorithm.ask()
+                X = pop.get("X")
+                scored = self.evaluate_genomes(problem, budget_, genome, X)
+                if len(scored) == len(X):
+                    F = -np.stack([s.vector for s in scored])
+                    Evaluator().eval(StaticProblem(box, F=F), pop)
+                    algorithm.tell(infills=pop)
+                    self.generations += 1
+                log.info("nsga2: generation %d, %.1f/%.1f evaluations spent",
+                         self.generations, budget_.used, budget_.budget)  # fmt: skip
+                bar.update(generation=self.generations)
+                if self.done(budget_, scored, len(X)):
+                    return problem.archive

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.base import BudgetBar
 from agents.genome import GenomeAgent
 from merge_env.errors import ConfigError
 from merge_env.pareto import Archive
@@ -25,20 +26,25 @@ class RandomSearch(GenomeAgent):
 
     name = "random"
 
-    def __init__(self, seed: int = 0, batch_size: int = 8, **genome_options: Any) -> None:
+    def __init__(
+        self, seed: int = 0, batch_size: int = 8, progress: bool = True, **genome_options: Any
+    ) -> None:
         super().__init__(seed, **genome_options)
         if batch_size < 1:
             raise ConfigError(f"agent.batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
+        self.progress = bool(progress)
 
     def search(self, problem: MergeProblem, budget: float) -> Archive:
         """Score uniform random recipes until the next uncached one would overrun the budget."""
         budget_, genome = self.start(problem, budget)
         rng = np.random.default_rng(self.seed)
-        while True:
-            X = genome.sample(rng, self.batch_size)
-            scored = self.evaluate_genomes(problem, budget_, genome, X)
-            log.info("random: %d scored, %.1f/%.1f evaluations spent",
-                     len(scored), budget_.used, budget_.budget)  # fmt: skip
-            if self.done(budget_, scored, len(X)):
-                return problem.archive
+        with BudgetBar(budget_, "random (evaluations)", self.progress) as bar:
+            while True:
+                X = genome.sample(rng, self.batch_size)
+                scored = self.evaluate_genomes(problem, budget_, genome, X)
+                log.info("random: %d scored, %.1f/%.1f evaluations spent",
+                         len(scored), budget_.used, budget_.budget)  # fmt: skip
+                bar.update()
+                if self.done(budget_, scored, len(X)):
+                    return problem.archive

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +153,31 @@ def test_agent_configs_instantiate(name, cls):
     assert type(agent) is cls and agent.name == name and agent.seed == 3
     assert agent.genome_options["density"] == 0.4  # the genome reads the env's recipe space
     assert agent.genome_options["coefficients"] == tuple(cfg.env.coefficients)
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so that tqdm draws."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("name", list(AGENTS))
+def test_a_search_shows_one_bar_in_evaluations_and_no_loading_bars(
+    fresh_problem, name, monkeypatch
+):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    problem = fresh_problem()  # loads every pool model: transformers' bars would show here
+    AGENTS[name](0).search(problem, 4)
+    shown = terminal.getvalue()
+    assert "Loading weights" not in shown
+    assert f"{name} (evaluations)" in shown and "/4 " in shown and "eval" in shown
+
+
+@pytest.mark.parametrize("name", list(AGENTS))
+def test_no_bar_when_off_or_not_on_a_terminal(problem, name, monkeypatch):
+    for stream, kwargs in ((_Terminal(), {"progress": False}), (io.StringIO(), {})):
+        monkeypatch.setattr(sys, "stderr", stream)
+        AGENTS[name](0, **kwargs).search(problem, 2)
+        assert "(evaluations)" not in stream.getvalue()
