@@ -196,7 +196,7 @@ def test_recycling_problem_references_are_the_checkpoints(junk_pool, tiny_zoo, t
         dict.fromkeys(junk_pool, 1 / 3)
     )
     singles = np.stack([v for k, v in problem.references().items() if k.startswith("model:")])
-    assert problem.ideal == pytest.approx(np.maximum(singles.max(axis=0), 1e-6))
+    np.testing.assert_array_equal(problem.ideal, singles.max(axis=0))  # as scored, unfloored
     assert problem.spent == 0 and len(problem.archive) == 0
 
 
@@ -306,3 +306,21 @@ def test_own_checkpoints_and_jsonl_tasks_are_a_config_away(tiny_zoo, tmp_path):
     for name in ("model.embed_tokens.weight", "model.layers.1.mlp.up_proj.weight"):
         expected = sum(alpha[k] * states[k][name].double() for k in ckpts)
         torch.testing.assert_close(merged[name].double(), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_recycle_resume_refuses_another_objective(tiny_zoo, tmp_path):
+    from experiments.recycle import run
+
+    def cfg(*overrides):
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            return compose("recycle", overrides=[
+                "pool=tiny", f"pool.cache_dir={tiny_zoo.root.parent}", "agent=random", "budget=3",
+                "agent.batch_size=3", "evaluator.metric=token_accuracy", "run_name=r",
+                f"run_dir={tmp_path / 'run'}", *overrides,
+            ])  # fmt: skip
+
+    run(cfg())
+    before = (tmp_path / "run" / "archive.jsonl").read_text()
+    with pytest.raises(ConfigError, match='resume refused.*objective: "macro" -> "normalised"'):
+        run(cfg("objective=normalised"))
+    assert (tmp_path / "run" / "archive.jsonl").read_text() == before
