@@ -78,13 +78,13 @@ def read_state(run_dir: Path) -> dict[str, Any]:
         return {}
     try:
         state = json.loads(f.read_bytes())
+        if not isinstance(state, dict):
+            raise ValueError(f"a JSON {type(state).__name__}, not an object")
     except (ValueError, UnicodeDecodeError) as exc:
-        state = exc
-    if not isinstance(state, dict):
         raise ConfigError(
-            f"{f}: unreadable ({state}); it holds the run's id and search settings: delete it "
+            f"{f}: unreadable ({exc}); it holds the run's id and search settings: delete it "
             "to resume without checking them, or choose another run_name"
-        )
+        ) from None
     return state
 
 
@@ -150,7 +150,7 @@ def check_same_search(run_dir: Path, problem: MergeProblem, settings: dict[str, 
     else:
         keys = sorted(set(recorded or {}) | set(settings))
     if recorded is not None and (len(problem.archive) or problem.spent > 0):
-        missing = "(unset)"
+        missing = _UNSET
         diffs = [
             f"{k}: {_short(recorded.get(k, missing))} -> {_short(settings.get(k, missing))}"
             for k in keys
@@ -166,7 +166,12 @@ def check_same_search(run_dir: Path, problem: MergeProblem, settings: dict[str, 
         write_state(run_dir, {**state, "search": settings})
 
 
+_UNSET = object()  # a setting one of the two configs does not have
+
+
 def _short(value: Any) -> str:
+    if value is _UNSET:
+        return "(unset)"
     text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
