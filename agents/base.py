@@ -14,9 +14,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from merge_env.errors import ConfigError
-from merge_env.pareto import Archive
-from merge_env.problem import MergeProblem, Scored
-from merge_env.recipe import Recipe
+from merge_env.search.archive import Archive
+from merge_env.search.problem import MergeProblem, Scored
+from merge_env.search.recipe import Recipe
 
 log = logging.getLogger(__name__)
 

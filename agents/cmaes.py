@@ -26,9 +26,9 @@ import numpy as np
 from agents.base import BudgetBar
 from agents.genome import Genome, GenomeAgent
 from merge_env.errors import ConfigError
-from merge_env.pareto import Archive
-from merge_env.problem import MergeProblem
-from merge_env.recipe import Recipe
+from merge_env.search.archive import Archive
+from merge_env.search.problem import MergeProblem
+from merge_env.search.recipe import Recipe
 
 log = logging.getLogger(__name__)
 

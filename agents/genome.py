@@ -37,10 +37,10 @@ import numpy as np
 from agents.base import Agent, Budget
 from merge_env.env import DEFAULT_COEFFICIENTS
 from merge_env.errors import ConfigError, MergeError
-from merge_env.ops import get_operator
-from merge_env.param_merge import ParamMerge
-from merge_env.problem import MergeProblem, Scored
-from merge_env.recipe import BASE, MERGED, Recipe, Slot, param_merge
+from merge_env.merging.methods.registry import get_operator
+from merge_env.merging.plan import ParamMerge
+from merge_env.search.problem import MergeProblem, Scored
+from merge_env.search.recipe import BASE, MERGED, Recipe, Slot, param_merge
 
 log = logging.getLogger(__name__)
 

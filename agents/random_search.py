@@ -15,8 +15,8 @@ import numpy as np
 from agents.base import BudgetBar
 from agents.genome import GenomeAgent
 from merge_env.errors import ConfigError
-from merge_env.pareto import Archive
-from merge_env.problem import MergeProblem
+from merge_env.search.archive import Archive
+from merge_env.search.problem import MergeProblem
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from merge_env.evaluate import Evaluator, TaskScore
+from merge_env.scoring.evaluate import Evaluator, TaskScore
 from merge_env.smollm2 import SmolConfig, SmolPool
 from merge_env.zoo import Zoo, ZooConfig, build_zoo
 

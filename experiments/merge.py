@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from merge_env.errors import ConfigError, MergeGymError
-from merge_env.param_merge import ParamMerge, run_merge
+from merge_env.merging.engine import run_merge
+from merge_env.merging.plan import ParamMerge
 
 _UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 

@@ -35,15 +35,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from experiments.cli import hydra_entry
 from merge_env.errors import ConfigError
-from merge_env.evaluate import Evaluator, TaskScore
-from merge_env.moe import build_mixtral, merged_dense_model, shared_merge
-from merge_env.moe_hetero import build_hetero, train_hetero
-from merge_env.moe_ppl import ForcedExpert, ppl_moe_merged, ppl_moe_separate
-from merge_env.moe_router import router_rows, token_routing_share
-from merge_env.moe_seq import routing_confusion
-from merge_env.param_merge import ParamMerge
-from merge_env.pools import PoolSpec
-from merge_env.recipe import BASE
+from merge_env.merging.plan import ParamMerge
+from merge_env.methods.moe.hetero import build_hetero, train_hetero
+from merge_env.methods.moe.mixtral import build_mixtral, merged_dense_model, shared_merge
+from merge_env.methods.moe.ppl import ForcedExpert, ppl_moe_merged, ppl_moe_separate
+from merge_env.methods.moe.routers import router_rows, token_routing_share
+from merge_env.methods.moe.sequence import routing_confusion
+from merge_env.pools.spec import PoolSpec
+from merge_env.scoring.evaluate import Evaluator, TaskScore
+from merge_env.search.recipe import BASE
 
 log = logging.getLogger("mergegym.moe")
 console = Console(width=None if sys.stdout.isatty() else 120)

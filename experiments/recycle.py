@@ -42,6 +42,8 @@ from pathlib import Path
 import matplotlib
 import torch
 
+from merge_env.search.mergekit_export import to_mergekit
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -66,9 +68,7 @@ from experiments.run import (  # noqa: E402
 )
 from experiments.tracking import Tracker  # noqa: E402
 from merge_env.errors import ConfigError, RecipeError  # noqa: E402
-from merge_env.pareto import Entry  # noqa: E402
-from merge_env.problem import MergeProblem  # noqa: E402
-from merge_env.recycle import (  # noqa: E402
+from merge_env.methods.recycle import (  # noqa: E402
     Candidate,
     active_count,
     baselines,
@@ -82,6 +82,8 @@ from merge_env.recycle import (  # noqa: E402
     recycling_problem,
     use_objective,
 )
+from merge_env.search.archive import Entry  # noqa: E402
+from merge_env.search.problem import MergeProblem  # noqa: E402
 
 log = logging.getLogger("mergegym.recycle")
 console = Console()
@@ -297,7 +299,7 @@ def _write_recipe(problem: MergeProblem, weights: Mapping[str, float], run_dir: 
     (run_dir / "optimised.yaml").write_text(recipe.to_yaml())
     paths = {name: str(p) for name, p in problem.pool.paths.items()}
     try:
-        stages = recipe.to_mergekit(paths, problem.pool.num_layers)
+        stages = to_mergekit(recipe, paths, problem.pool.num_layers)
         (run_dir / "optimised.mergekit.yaml").write_text(
             yaml.safe_dump_all(stages, sort_keys=False)
         )

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import matplotlib
 
+from merge_env.search.mergekit_export import mergekit_export
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -17,9 +19,10 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from merge_env.errors import RecipeError  # noqa: E402
-from merge_env.pareto import Entry, non_dominated  # noqa: E402
-from merge_env.problem import MergeProblem  # noqa: E402
-from merge_env.recipe import Recipe  # noqa: E402
+from merge_env.search.archive import Entry  # noqa: E402
+from merge_env.search.pareto import non_dominated  # noqa: E402
+from merge_env.search.problem import MergeProblem  # noqa: E402
+from merge_env.search.recipe import Recipe  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +123,7 @@ def write_best_recipes(
         for old in (".mergekit.yaml", ".mergekit-multi.yaml", ".mergekit.txt"):
             (out_dir / f"{stem}{old}").unlink(missing_ok=True)  # a resumed run's other form
         try:
-            export = recipe.mergekit_export(paths, problem.pool.num_layers, residual_out)
+            export = mergekit_export(recipe, paths, problem.pool.num_layers, residual_out)
         except RecipeError as exc:
             (out_dir / f"{stem}.mergekit.txt").write_text(f"not expressible: {exc}\n")
         else:

@@ -29,11 +29,11 @@ from experiments.cli import hydra_entry
 from experiments.config_check import validate_run_config
 from experiments.tracking import Tracker
 from merge_env.errors import ConfigError
-from merge_env.parallel import RAY_OPTIONS, use_backend
-from merge_env.pareto import sample_preferences
-from merge_env.pools import PoolSpec, tasks_or_pool
-from merge_env.problem import MergeProblem, build_problem
-from merge_env.recipe import Recipe
+from merge_env.pools.spec import PoolSpec, tasks_or_pool
+from merge_env.scoring.parallel import RAY_OPTIONS, use_backend
+from merge_env.search.pareto import sample_preferences
+from merge_env.search.problem import MergeProblem, build_problem
+from merge_env.search.recipe import Recipe
 from merge_env.tasks import Task
 
 log = logging.getLogger("mergegym.run")

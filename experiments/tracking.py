@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from merge_env.errors import ConfigError
-from merge_env.pareto import Entry
+from merge_env.search.archive import Entry
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,12 @@ import numpy as np
 from gymnasium import spaces
 
 from merge_env.errors import ConfigError
-from merge_env.ops import get_operator
-from merge_env.param_merge import ParamMerge
-from merge_env.pareto import scalarise
-from merge_env.problem import MergeProblem
-from merge_env.recipe import BASE, MERGED, Recipe, Slot, param_merge
+from merge_env.merging.methods.registry import get_operator
+from merge_env.merging.plan import ParamMerge
 from merge_env.registration import ENV_ID, MO_ENV_ID  # noqa: F401 - re-exported
+from merge_env.search.pareto import scalarise
+from merge_env.search.problem import MergeProblem
+from merge_env.search.recipe import BASE, MERGED, Recipe, Slot, param_merge
 
 MODES = ("free", "aligned")
 PARAM_MODES = ("policy", "preference", "fixed")
@@ -288,6 +288,6 @@ def _simplex(pref: Sequence[float], k: int) -> np.ndarray:
 
 def default_problem(zoo: str = "default") -> MergeProblem:
     """The MergeProblem over a zoo preset (built and cached on first use)."""
-    from merge_env.problem import zoo_problem
+    from merge_env.search.problem import zoo_problem
 
     return zoo_problem(zoo)

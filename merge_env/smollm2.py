@@ -37,8 +37,8 @@ from typing import Any
 import torch
 
 from merge_env.errors import CheckpointError, ConfigError
-from merge_env.pools import PoolSpec
-from merge_env.recipe import BASE
+from merge_env.pools.spec import PoolSpec
+from merge_env.search.recipe import BASE
 from merge_env.tasks import (  # noqa: F401 - chat_prompt / chat_examples re-exported
     ZOO_TAGS,
     ZOO_TASK_KINDS,
@@ -290,7 +290,7 @@ class TrainRows:
 
 def encode_rows(tokenizer: Any, examples: Sequence[Example]) -> TrainRows:
     """Return examples encoded exactly as the Evaluator scores them: prompt + answer + EOS."""
-    from merge_env.evaluate import Evaluator
+    from merge_env.scoring.evaluate import Evaluator
 
     encoded = Evaluator(tokenizer).encode(examples)
     width = max(len(e.ids) for e in encoded)

@@ -249,7 +249,7 @@ class _Pool:
 
 def _encode_pool(tokenizer: Any, examples: Sequence[Example], width: int) -> _Pool:
     """Return ``<s> prompt answer </s>`` rows with loss on answer and EOS, as the Evaluator scores."""
-    from merge_env.evaluate import Evaluator
+    from merge_env.scoring.evaluate import Evaluator
 
     encoded = Evaluator(tokenizer).encode(examples)
     n = len(encoded)

@@ -88,8 +88,8 @@ def tiny_zoo(tmp_path_factory):
 @pytest.fixture
 def make_problem(tiny_zoo, tmp_path):
     """A function building a fresh MergeProblem over the tiny zoo (own archive and cache)."""
-    from merge_env.problem import build_problem
-    from merge_env.recipe import BASE
+    from merge_env.search.problem import build_problem
+    from merge_env.search.recipe import BASE
 
     counter = iter(range(10_000))
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from merge_env.assemble import ModelPool
 from merge_env.errors import MergeError, RecipeError
-from merge_env.recipe import MERGED, Recipe, Slot, param_merge
+from merge_env.search.assemble import ModelPool
+from merge_env.search.recipe import MERGED, Recipe, Slot, param_merge
 
 
 @pytest.fixture(params=["llama", "gpt2"])

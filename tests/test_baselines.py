@@ -15,8 +15,8 @@ from agents.cmaes import CMAESAgent
 from agents.nsga2 import NSGA2Agent
 from agents.random_search import RandomSearch
 from merge_env.errors import ConfigError
-from merge_env.problem import MergeProblem, build_problem
-from merge_env.recipe import BASE, Recipe
+from merge_env.search.problem import MergeProblem, build_problem
+from merge_env.search.recipe import BASE, Recipe
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

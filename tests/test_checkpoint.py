@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from merge_env.checkpoint import Checkpoint, save_checkpoint
 from merge_env.errors import CheckpointError
+from merge_env.merging.checkpoint import Checkpoint, save_checkpoint
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gpt2"])
@@ -78,7 +78,7 @@ def test_failed_write_leaves_nothing(tiny_factory, tmp_path):
     state = ckpt.state_dict()
     bad = dict(state)
     name = next(iter(bad))
-    from merge_env.checkpoint import CheckpointWriter, TensorSpec
+    from merge_env.merging.checkpoint import CheckpointWriter, TensorSpec
 
     specs = [TensorSpec(n, t.dtype, tuple(t.shape)) for n, t in state.items()]
     with pytest.raises(CheckpointError, match="never written"):

@@ -15,7 +15,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from merge_env.errors import ConfigError
-from merge_env.evaluate import EvalCache, Evaluator, TaskScore
+from merge_env.scoring.cache import EvalCache
+from merge_env.scoring.evaluate import Evaluator, TaskScore
 from merge_env.tasks import Example, Task, char_tokenizer, make_task, training_examples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,7 +187,7 @@ def test_prompt_answer_boundary_falls_back_when_a_merge_crosses_it(caplog):
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[("a", "b")]))
     bpe = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="<pad>")
     ev = Evaluator(bpe)
-    with caplog.at_level(logging.WARNING, logger="merge_env.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="merge_env.scoring.evaluate"):
         plain, crossing = ev.encode([Example("x", "ab"), Example("xa", "b")])
     assert (plain.ids, plain.n_prompt) == ((2, 5, 1), 1)  # the joint tail: "ab" as one token
     assert (crossing.ids, crossing.n_prompt) == ((2, 3, 4, 1), 2)  # prompt kept as generate sees it

@@ -11,7 +11,7 @@ import pytest
 from agents.genome import Genome, PoolFacts, pool_facts
 from merge_env.env import DEFAULT_COEFFICIENTS, weight_lattice
 from merge_env.errors import ConfigError
-from merge_env.recipe import BASE, MERGED, Recipe, Slot, param_merge
+from merge_env.search.recipe import BASE, MERGED, Recipe, Slot, param_merge
 
 EXPERTS = ("math", "code", "lex")
 L = 4

@@ -15,8 +15,9 @@ import yaml
 
 from experiments import merge as merge_cli
 from experiments.merge import main, parse_size
-from merge_env.checkpoint import Checkpoint
-from merge_env.param_merge import MergeEngine, ParamMerge
+from merge_env.merging.checkpoint import Checkpoint
+from merge_env.merging.engine import MergeEngine
+from merge_env.merging.plan import ParamMerge
 
 REPO = Path(__file__).resolve().parents[1]
 

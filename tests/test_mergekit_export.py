@@ -18,10 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from merge_env.assemble import ModelPool
-from merge_env.ops import OPERATORS
-from merge_env.param_merge import ModelRef, ParamMerge
-from merge_env.recipe import BASE, MERGED, MergekitExport, Recipe, Slot
+from merge_env.merging.methods.registry import OPERATORS
+from merge_env.merging.plan import ModelRef, ParamMerge
+from merge_env.search.assemble import ModelPool
+from merge_env.search.mergekit_export import MergekitExport, mergekit_export
+from merge_env.search.recipe import BASE, MERGED, Recipe, Slot
 from tests.conftest import build_tiny
 
 pytest.importorskip(
@@ -81,7 +82,8 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def _max_diff(pool: ModelPool, recipe: Recipe, tmp_path: Path) -> tuple[MergekitExport, float]:
     """Export, run mergekit, materialise with MergeGym; the largest |difference| of any tensor."""
-    export = recipe.mergekit_export(
+    export = mergekit_export(
+        recipe,
         {n: str(p) for n, p in pool.paths.items()},
         pool.num_layers,
         residual_out=pool.arch.family.residual_out,

@@ -9,12 +9,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from merge_env.errors import CheckpointError, ConfigError, MergeError
-from merge_env.moe import build_mixtral, shared_merge
-from merge_env.moe_hetero import HeteroMoE, build_hetero, check_hetero_shapes, train_hetero
-from merge_env.moe_ppl import ForcedExpert, PplRoutedMoE, ppl_moe_merged, ppl_moe_separate
-from merge_env.moe_router import router_rows, token_routing_share
-from merge_env.moe_seq import encode_prompts, pad_right, routing_confusion
-from merge_env.param_merge import MergeEngine
+from merge_env.merging.engine import MergeEngine
+from merge_env.methods.moe.hetero import HeteroMoE, build_hetero, check_hetero_shapes, train_hetero
+from merge_env.methods.moe.mixtral import build_mixtral, shared_merge
+from merge_env.methods.moe.ppl import ForcedExpert, PplRoutedMoE, ppl_moe_merged, ppl_moe_separate
+from merge_env.methods.moe.routers import router_rows, token_routing_share
+from merge_env.methods.moe.sequence import encode_prompts, pad_right, routing_confusion
 from merge_env.tasks import Example, char_tokenizer
 
 
@@ -207,7 +207,7 @@ def _full_text_expert(base, task, tok, out, *, steps=60, seed=0):
     included (how MergeME's experts are trained). The zoo's own experts learn answers only, so
     their prompt perplexity carries no task signal (see experiments/moe.py's confusion matrix).
     """
-    from merge_env.evaluate import Evaluator
+    from merge_env.scoring.evaluate import Evaluator
     from merge_env.tasks import training_examples
 
     torch.manual_seed(seed)

@@ -8,13 +8,8 @@ import pytest
 import torch
 
 from merge_env.errors import MergeError, RecipeError
-from merge_env.ops import (
-    OPERATORS,
-    get_operator,
-    merge_tensors,
-    resolve_value,
-    validate_params,
-)
+from merge_env.merging.methods.params import resolve_value, validate_params
+from merge_env.merging.methods.registry import OPERATORS, get_operator, merge_tensors
 
 ALL = ["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "breadcrumbs",
        "breadcrumbs_ties"]  # fmt: skip

@@ -12,9 +12,9 @@ import pytest
 
 from agents.random_search import RandomSearch
 from merge_env.errors import ConfigError, MergeGymError
-from merge_env.parallel import RayBackend, attach_ray, use_backend
-from merge_env.problem import build_problem
-from merge_env.recipe import BASE, MERGED, Recipe, Slot, param_merge
+from merge_env.scoring.parallel import RayBackend, attach_ray, use_backend
+from merge_env.search.problem import build_problem
+from merge_env.search.recipe import BASE, MERGED, Recipe, Slot, param_merge
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXAMPLES = 8  # per task: the scheduling is under test, not the scores

@@ -11,10 +11,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from merge_env.checkpoint import Checkpoint
 from merge_env.errors import CheckpointError, MergeError, RecipeError
-from merge_env.ops import OPERATORS
-from merge_env.param_merge import RECIPE_FILE, MergeEngine, ParamMerge, run_merge
+from merge_env.merging.checkpoint import Checkpoint
+from merge_env.merging.engine import MergeEngine, run_merge
+from merge_env.merging.methods.registry import OPERATORS
+from merge_env.merging.plan import RECIPE_FILE, ParamMerge
 from tests.conftest import build_tiny
 
 METHOD_PARAMS = {

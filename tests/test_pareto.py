@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from merge_env.errors import ConfigError
-from merge_env.pareto import (
-    Archive,
-    Entry,
+from merge_env.search.archive import Archive, Entry
+from merge_env.search.pareto import (
     hypervolume,
     ideal_point,
     non_dominated,
@@ -71,7 +70,7 @@ def test_ideal_and_normalise():
 
 
 def test_normalise_guards_zero_and_negative_ideal(caplog):
-    with caplog.at_level(logging.WARNING, logger="merge_env.pareto"):
+    with caplog.at_level(logging.WARNING, logger="merge_env.search.pareto"):
         f = normalise(np.array([[0.5, 0.0], [0.25, 0.0]]), np.array([0.5, 0.0]))
     np.testing.assert_array_equal(f, [[1.0, 0.0], [0.5, 0.0]])
     assert "zero range" in caplog.text
@@ -239,7 +238,7 @@ def test_archive_drops_torn_last_line_and_appends_after(tmp_path, caplog):
     full = path.read_bytes()
     with open(path, "ab") as fh:  # what a kill in the middle of the 5th write leaves
         fh.write(b'{"index":4,"recipe_hash":"h4","recipe":{"merge":{"meth')
-    with caplog.at_level(logging.WARNING, logger="merge_env.pareto"):
+    with caplog.at_level(logging.WARNING, logger="merge_env.search.archive"):
         arch = Archive.load(path)
     assert arch.dropped_tail and "line 5" in caplog.text
     assert len(arch) == 4 and path.read_bytes() == full  # repaired in place
@@ -280,7 +279,7 @@ def test_archive_garbled_middle_line_is_an_error(tmp_path):
 _WRITER = textwrap.dedent(
     """
     import sys
-    import merge_env.pareto as pareto
+    import merge_env.search.archive as pareto
 
     class Tearing:  # writes half of the line, then waits on stdin for the parent's SIGKILL
         def __init__(self, fh):

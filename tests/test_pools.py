@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from merge_env.errors import ConfigError
-from merge_env.pools import PoolSpec, local_pool, tasks_or_pool
+from merge_env.pools.spec import PoolSpec, local_pool, tasks_or_pool
 from merge_env.tasks import Example, Task, char_tokenizer, chat_prompt
 
 # a chat template for the char tokenizer: the shape of a real one, plain characters only

@@ -8,9 +8,9 @@ import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from agents.path_encoder import PathEncoder
-from agents.ppo import PPOAgent
-from agents.ppo_offline import (
+from agents.ppo.agent import PPOAgent
+from agents.ppo.encoder import PathEncoder
+from agents.ppo.offline import (
     Candidate,
     build_dataset,
     candidate_actions,
@@ -21,7 +21,7 @@ from agents.ppo_offline import (
     trajectory_observations,
 )
 from merge_env.env import MergeEnv
-from merge_env.recipe import BASE, MERGED
+from merge_env.search.recipe import BASE, MERGED
 
 # small everything: the tiny zoo scores a recipe in a fraction of a second
 FAST = dict(
@@ -38,8 +38,8 @@ def problem(make_problem):
 @pytest.fixture(scope="module")
 def runs(tiny_zoo, tmp_path_factory):
     """Two searches with the same seed, each on a fresh problem (own archive and cache)."""
-    from merge_env.problem import build_problem
-    from merge_env.recipe import BASE
+    from merge_env.search.problem import build_problem
+    from merge_env.search.recipe import BASE
 
     out = []
     for i in range(2):
@@ -242,7 +242,7 @@ def test_vectorised_ppo_scores_episodes_in_batches_within_budget(make_problem):
 
 def test_deferred_env_reward_equals_direct_reward(make_problem):
     """A deferred episode scored by the batching VecEnv earns what the plain env pays."""
-    from agents.vec_env import batch_scoring_env
+    from agents.ppo.vec_env import batch_scoring_env
 
     problem = make_problem()
     direct = MergeEnv(problem, preference=[0.5, 0.3, 0.2])

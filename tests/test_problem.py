@@ -10,9 +10,9 @@ import moocore
 import numpy as np
 import pytest
 
-from merge_env.evaluate import EvalCache
-from merge_env.problem import MergeProblem, build_problem
-from merge_env.recipe import BASE, Recipe, param_merge
+from merge_env.scoring.cache import EvalCache
+from merge_env.search.problem import MergeProblem, build_problem
+from merge_env.search.recipe import BASE, Recipe, param_merge
 from merge_env.tasks import Example, Task
 
 

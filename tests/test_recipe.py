@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from merge_env.arch import FAMILIES
 from merge_env.errors import RecipeError
-from merge_env.recipe import MERGED, Recipe, Slot, param_merge
+from merge_env.merging.arch import FAMILIES
+from merge_env.search.mergekit_export import mergekit_export, to_mergekit
+from merge_env.search.recipe import MERGED, Recipe, Slot, param_merge
 
 
 def _recipe() -> Recipe:
@@ -70,7 +71,7 @@ def _scaled(c: float, filters: tuple[str, ...]) -> dict:
 
 
 def test_mergekit_export_is_mergekit_multi_stages():
-    export = _recipe().mergekit_export(PATHS, num_layers=2, residual_out=LLAMA_OUT)
+    export = mergekit_export(_recipe(), PATHS, num_layers=2, residual_out=LLAMA_OUT)
     merge, passthrough = export.stages
     assert merge == {
         "name": MERGED,  # referenced by name from the passthrough; no MergeGym-only keys
@@ -111,7 +112,7 @@ def test_mergekit_export_is_mergekit_multi_stages():
 
 def test_mergekit_export_single_stage_runs_with_mergekit_yaml():
     merge = param_merge("ties", {"add": 0.5, "rev": 0.25}, density=0.5, seed=3)
-    export = Recipe(merge=merge).mergekit_export(PATHS, num_layers=2)
+    export = mergekit_export(Recipe(merge=merge), PATHS, num_layers=2)
     assert export.tool == "mergekit-yaml" and export.suffix == ".mergekit.yaml"
     assert export.notes == ()  # deterministic: mergekit gives MergeGym's tensors
     (stage,) = export.stages
@@ -119,7 +120,7 @@ def test_mergekit_export_single_stage_runs_with_mergekit_yaml():
     text = export.text("p.yaml", "out")
     assert yaml.safe_load(text) == stage  # one YAML document, as mergekit-yaml reads
     assert "# run: mergekit-yaml p.yaml out\n" in text
-    single = Recipe.single("add").mergekit_export(PATHS, num_layers=2)
+    single = mergekit_export(Recipe.single("add"), PATHS, num_layers=2)
     assert single.stages == (
         {"merge_method": "passthrough",
          "slices": [{"sources": [{"model": "/m/add", "layer_range": [0, 2]}]}]},
@@ -128,20 +129,20 @@ def test_mergekit_export_single_stage_runs_with_mergekit_yaml():
 
 def test_mergekit_export_scales_use_the_family_names():
     recipe = Recipe(path=(Slot("add", 0, 2.0), Slot("base", 1)), shell="base")
-    export = recipe.mergekit_export(PATHS, 2, residual_out=FAMILIES["gpt2"].residual_out)
+    export = mergekit_export(recipe, PATHS, 2, residual_out=FAMILIES["gpt2"].residual_out)
     first = export.stages[0]["slices"][1]["sources"][0]  # after the base's zero-layer slice
     assert first["parameters"] == _scaled(2.0, (".attn.c_proj.", ".mlp.c_proj."))
     with pytest.raises(RecipeError, match="residual-branch"):
-        recipe.to_mergekit(PATHS, 2)  # scales without the family's names are never dropped
+        to_mergekit(recipe, PATHS, 2)  # scales without the family's names are never dropped
 
 
 def test_mergekit_export_leaves_out_an_unused_merge():
     merge = param_merge("ties", {"add": 0.5}, density=0.5)
     recipe = Recipe(merge=merge, path=(Slot("add", 0), Slot("base", 1)), shell="base")
-    (stage,) = recipe.to_mergekit(PATHS, 2)
+    (stage,) = to_mergekit(recipe, PATHS, 2)
     assert stage["merge_method"] == "passthrough"
 
 
 def test_mergekit_export_names_a_missing_checkpoint():
     with pytest.raises(RecipeError, match="no checkpoint path for source 'rev'"):
-        _recipe().to_mergekit({"base": "/m/base", "add": "/m/add"}, 2, LLAMA_OUT)
+        to_mergekit(_recipe(), {"base": "/m/base", "add": "/m/add"}, 2, LLAMA_OUT)

@@ -14,8 +14,7 @@ from agents.cmaes import CMAESAgent
 from agents.genome import Genome, PoolFacts
 from agents.nsga2 import NSGA2Agent
 from merge_env.errors import ConfigError, RecipeError
-from merge_env.recipe import Recipe, param_merge
-from merge_env.recycle import (
+from merge_env.methods.recycle import (
     active_count,
     baselines,
     checkpoint_folders,
@@ -29,6 +28,7 @@ from merge_env.recycle import (
     recycling_problem,
     use_objective,
 )
+from merge_env.search.recipe import Recipe, param_merge
 from tests.conftest import build_tiny
 
 torch.set_num_threads(1)
@@ -277,7 +277,7 @@ def test_unknown_objective_is_a_config_error(tmp_path):
 def test_own_checkpoints_and_jsonl_tasks_are_a_config_away(tiny_zoo, tmp_path):
     """pool=recycling + tasks=jsonl, as documented; the optimised merge written as Σ α_i θ_i."""
     from experiments.recycle import run
-    from merge_env.checkpoint import Checkpoint
+    from merge_env.merging.checkpoint import Checkpoint
 
     files = {}
     for task in tiny_zoo.tasks[:2]:

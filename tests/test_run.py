@@ -20,8 +20,8 @@ from transformers import AutoModelForCausalLM
 
 from experiments.run import _state, run
 from merge_env.errors import ConfigError
-from merge_env.problem import build_problem
-from merge_env.recipe import BASE, Recipe
+from merge_env.search.problem import build_problem
+from merge_env.search.recipe import BASE, Recipe
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 ROOT = Path(__file__).resolve().parents[1]

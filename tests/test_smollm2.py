@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 from merge_env import smollm2
 from merge_env.errors import CheckpointError, ConfigError
-from merge_env.evaluate import Evaluator
-from merge_env.recipe import BASE
+from merge_env.scoring.evaluate import Evaluator
+from merge_env.search.recipe import BASE
 from merge_env.smollm2 import SmolConfig, build_smollm2_pool, load_smollm2_pool
 from merge_env.tasks import char_tokenizer
 

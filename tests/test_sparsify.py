@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from merge_env.sparsify import SparsifyContext, drop_random, trim_magnitude, trim_outliers
+from merge_env.merging.sparsify import SparsifyContext, drop_random, trim_magnitude, trim_outliers
 
 PLAIN = SparsifyContext(rescale=False, generator=None, exact_ties=False)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from experiments.tracking import STEP_METRIC, WandbTracker
-from merge_env.pareto import Entry
+from merge_env.search.archive import Entry
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -87,7 +87,7 @@ def test_second_build_comes_from_cache_without_training(tiny_zoo, monkeypatch):
 def test_expert_beats_base_on_its_own_task(tiny_zoo):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from merge_env.evaluate import Evaluator
+    from merge_env.scoring.evaluate import Evaluator
 
     evaluator = Evaluator(AutoTokenizer.from_pretrained(tiny_zoo.tokenizer_dir))
     tasks = {t.name: t for t in tiny_zoo.tasks}

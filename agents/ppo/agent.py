@@ -1,0 +1,467 @@
+"""Preference-conditioned PPO over MergeEnv: HM3's offline pre-training, then online fine-tuning.
+
+HM3 (DESIGN §1.1) trains PPO (Schulman et al., 2017, arXiv:1707.06347) with a GRU path encoder,
+pre-trained offline on cheaply scored candidate paths. The paper re-trains one policy per
+preference; here one policy takes the preference as input and covers the whole front:
+
+1. Offline: propose candidates (agents/ppo_offline.py), score each once at ``fidelity="cheap"``
+   (charged at its fraction of a full evaluation), relabel every score vector for every sampled
+   preference, imitate the best candidate per preference, regress the value on the rewards.
+2. Online: stable-baselines3 PPO on full-fidelity rewards, one preference per episode (or the
+   user's), stopped by a callback before an evaluation it could not afford.
+3. Sweep: the deterministic policy rolled out over a simplex lattice of preferences, so the front
+   is covered; any budget left after it goes back to online training.
+4. If PPO stalls (it only re-samples recipes already scored) budget may be left: it goes to the
+   offline candidates at full fidelity, front by front of their cheap scores ("promote"), then to
+   epsilon-uniform episodes of the stochastic policy that score only new recipes ("explore").
+   ``phase_spend`` records what each phase cost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
+from tqdm.auto import tqdm
+
+from agents.base import Agent, Budget, BudgetExhausted
+from agents.ppo.encoder import PathEncoder
+from agents.ppo.offline import (
+    build_dataset,
+    candidate_actions,
+    pretrain,
+    propose_candidates,
+    relabel,
+)
+from agents.ppo.vec_env import BatchScoringVecEnv, batch_scoring_env
+from merge_env.env import MergeEnv, weight_lattice
+from merge_env.errors import ConfigError
+from merge_env.scoring.evaluate import Evaluator
+from merge_env.search.archive import Archive
+from merge_env.search.pareto import non_dominated, sample_preferences
+from merge_env.search.problem import MergeProblem
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("both", "param", "arch")
+# explore gives up after this many episodes in a row of recipes already scored (space exhausted)
+EXPLORE_MISSES = 200
+
+
+class StopAtOnce(gym.ActionWrapper):
+    """Parameter level only: every episode STOPs at its first step, so only the merge is chosen."""
+
+    def __init__(self, env: MergeEnv) -> None:
+        if env.mode != "free":
+            raise ConfigError("level='param' needs env mode 'free' (aligned paths cannot STOP)")
+        super().__init__(env)
+
+    def action(self, action: np.ndarray) -> np.ndarray:
+        """The same merge choice, with STOP as the source."""
+        action = np.array(action, dtype=np.int64)
+        action[1] = len(self.env.unwrapped.sources)
+        return action
+
+
+class RepeatPenalty(gym.Wrapper):
+    """Online shaping: a recipe already scored earns ``penalty`` less, since it adds nothing to
+    the archive; without it the policy settles on a few recipes and stops spending the budget."""
+
+    def __init__(self, env: gym.Env, penalty: float) -> None:
+        super().__init__(env)
+        self.penalty = float(penalty)
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        """As the env's step, minus the penalty at the end of a repeated recipe."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if terminated and info.get("cached"):
+            reward = float(reward) - self.penalty
+        return obs, reward, terminated, truncated, info
+
+
+class BudgetCallback(BaseCallback):
+    """Stops PPO before a step that could cost more than the budget has left (minus a reserve),
+    or after ``max_repeats`` episodes in a row that only re-scored cached recipes."""
+
+    def __init__(
+        self, budget: Budget, reserve: float = 0.0, max_repeats: int = 64, progress: bool = False,
+        per_step: int = 1,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.per_step = per_step  # recipes one vector step may score (n_envs)
+        self.budget = budget
+        self.reserve = reserve
+        self.max_repeats = max_repeats
+        self.episodes = 0
+        self.repeats = 0
+        self.progress = progress
+        self.bar: Any = None
+
+    def _on_training_start(self) -> None:
+        if self.progress:
+            self.bar = tqdm(total=round(self.budget.budget, 2), initial=round(self.budget.used, 2),
+                            desc="ppo online (evaluations)", unit="eval", leave=False)  # fmt: skip
+
+    def _on_training_end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def affordable(self) -> bool:
+        """Whether the next step's evaluations fit (a vector step scores at most n_envs recipes)."""
+        need = self.per_step * self.budget.problem.cost("full")
+        return self.budget.remaining - self.reserve >= need - 1e-9
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", []):
+            if "vector" in info:
+                self.episodes += 1
+                self.logger.record("merge/spent", self.budget.used)
+                self.logger.record("merge/cached", float(info["cached"]))
+                self.repeats = self.repeats + 1 if info["cached"] else 0
+                if self.bar is not None:
+                    self.bar.update(round(self.budget.used - self.bar.n, 2))
+                    self.bar.set_postfix(episodes=self.episodes, repeats=self.repeats)
+        return self.affordable() and not self.stalled
+
+    @property
+    def stalled(self) -> bool:
+        """Whether the policy has only re-scored cached recipes for ``max_repeats`` episodes."""
+        return self.repeats >= self.max_repeats
+
+
+class PPOAgent(Agent):
+    """HM3's PPO agent: offline pre-training on relabelled cheap scores, then PPO and a sweep."""
+
+    name = "ppo"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        level: str = "both",
+        mode: str = "free",
+        param_mode: str = "policy",
+        beta: float = 0.02,
+        scalarisation: str = "tchebycheff",
+        preference: Sequence[float] | None = None,
+        lattice_steps: int = 6,
+        merge_method: str = "dare_ties",
+        density: float = 0.5,
+        t_max: int | None = None,
+        coefficients: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5),
+        offline_samples: int = 200,
+        offline_fraction: float = 0.2,
+        cheap_examples: int | None = 16,
+        n_preferences: int = 256,
+        value_extra: int = 2,
+        bc_epochs: int = 30,
+        bc_lr: float = 1e-3,
+        bc_batch_size: int = 64,
+        bc_ent_coef: float = 0.1,
+        learning_rate: float = 3e-4,
+        n_steps: int = 64,
+        batch_size: int = 32,
+        n_epochs: int = 4,
+        gamma: float = 1.0,
+        gae_lambda: float = 0.95,
+        clip_range: float = 0.2,
+        ent_coef: float = 0.01,
+        embed_dim: int = 32,
+        hidden_dim: int = 64,
+        net_arch: Sequence[int] = (64, 64),
+        sweep_fraction: float = 0.1,
+        sweep_preferences: int = 15,
+        repeat_penalty: float = 0.1,
+        max_repeats: int = 64,
+        explore_epsilon: float = 0.3,
+        pretrained: str | None = None,
+        save_path: str | None = None,
+        device: str = "cpu",
+        progress: bool = True,
+        n_envs: int = 1,
+    ) -> None:
+        super().__init__(seed)
+        if level not in LEVELS:
+            raise ConfigError(f"agent.level must be one of {LEVELS}, got {level!r}")
+        if not 0.0 <= offline_fraction < 1.0 or not 0.0 <= sweep_fraction < 1.0:
+            raise ConfigError("agent.offline_fraction and agent.sweep_fraction must be in [0, 1)")
+        self.level = level
+        self.env_kwargs: dict[str, Any] = dict(
+            mode=mode, beta=beta, scalarisation=scalarisation, preference=preference,
+            lattice_steps=lattice_steps, merge_method=merge_method, density=density,
+            t_max=t_max, coefficients=tuple(coefficients),
+            param_mode="fixed" if level == "arch" else param_mode,
+        )  # fmt: skip
+        self.offline_samples = offline_samples
+        self.offline_fraction = offline_fraction
+        self.cheap_examples = cheap_examples
+        self.n_preferences = n_preferences
+        self.value_extra = value_extra
+        self.bc = dict(epochs=bc_epochs, lr=bc_lr, batch_size=bc_batch_size, ent_coef=bc_ent_coef)
+        self.ppo_kwargs: dict[str, Any] = dict(
+            learning_rate=learning_rate, n_steps=n_steps, batch_size=batch_size,
+            n_epochs=n_epochs, gamma=gamma, gae_lambda=gae_lambda, clip_range=clip_range,
+            ent_coef=ent_coef, device=device,
+        )  # fmt: skip
+        self.policy_kwargs = dict(
+            features_extractor_class=PathEncoder,
+            features_extractor_kwargs=dict(embed_dim=embed_dim, hidden_dim=hidden_dim),
+            net_arch=list(net_arch),
+        )
+        self.sweep_fraction = sweep_fraction
+        self.sweep_preferences = sweep_preferences
+        self.repeat_penalty = repeat_penalty
+        self.max_repeats = max_repeats
+        self.explore_epsilon = float(explore_epsilon)
+        self.pretrained = pretrained
+        self.save_path = save_path
+        self.progress = progress
+        if n_envs < 1:
+            raise ConfigError(f"agent.n_envs must be >= 1, got {n_envs}")
+        self.n_envs = int(n_envs)
+        self.model: PPO | None = None
+        self.sb3_output: Any | None = None  # an SB3 KVWriter, set by the runner's tracker
+        self.pretrain_history: list[dict[str, float]] = []
+        self.offline: dict[str, Any] = {}
+        # evaluations charged per phase (offline / sweep / online / promote / explore), last search
+        self.phase_spend: dict[str, float] = {}
+
+    # -- wiring ------------------------------------------------------------------------------
+    def make_env(
+        self, problem: MergeProblem, *, train: bool = False, defer: bool = False
+    ) -> gym.Env:
+        """A MergeEnv over ``problem`` with this agent's settings (wrapped for level='param';
+        with the repeat penalty for training; ``defer``: scoring left to a batching VecEnv)."""
+        env: gym.Env = MergeEnv(problem, defer_scoring=defer, **self.env_kwargs)
+        env = StopAtOnce(env) if self.level == "param" else env
+        if train and self.repeat_penalty and not defer:
+            env = RepeatPenalty(env, self.repeat_penalty)
+        return env
+
+    def make_train_env(self, problem: MergeProblem) -> gym.Env | BatchScoringVecEnv:
+        """The training env: one MergeEnv, or ``n_envs`` whose finished recipes are scored in
+        one batch per step (so an evaluator back-end such as Ray scores them in parallel)."""
+        if self.n_envs == 1:
+            return self.make_env(problem, train=True)
+        return batch_scoring_env(
+            lambda: self.make_env(problem, defer=True), self.n_envs, problem, self.repeat_penalty
+        )
+
+    def build_model(self, env: gym.Env, weights: str | Path | None = None) -> PPO:
+        """A fresh (seeded) SB3 PPO over ``env``; its parameters loaded from ``weights`` (default
+        ``pretrained``) when given."""
+        model = PPO(
+            "MultiInputPolicy", env, policy_kwargs=self.policy_kwargs, seed=self.seed,
+            verbose=0, **self.ppo_kwargs,
+        )  # fmt: skip
+        # always our own logger: SB3's default makes an empty SB3-<date> folder in /tmp per learn()
+        outputs = [self.sb3_output] if self.sb3_output is not None else []
+        model.set_logger(Logger(folder=None, output_formats=outputs))
+        weights = weights if weights is not None else self.pretrained
+        if weights is not None:
+            path = Path(weights)
+            if not path.exists() and not path.with_suffix(".zip").exists():
+                raise ConfigError(f"agent.pretrained: no saved policy at {path}")
+            try:
+                model.set_parameters(str(path), exact_match=False, device=model.device)
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise ConfigError(
+                    f"agent.pretrained: {path} does not fit this env ({exc})"
+                ) from exc
+        return model
+
+    def save_policy(self, path: str | Path) -> Path:
+        """Save the policy (SB3 zip) for ``PPOAgent(pretrained=path)``; returns the file written."""
+        if self.model is None:
+            raise ConfigError("save_policy: the agent has no policy yet; run search() first")
+        self.model.save(str(path))
+        p = Path(path)
+        return p if p.suffix == ".zip" else p.with_suffix(".zip")
+
+    # -- the search --------------------------------------------------------------------------
+    def search(self, problem: MergeProblem, budget: float) -> Archive:
+        """Offline pre-training (unless pretrained), PPO within the budget, then the sweep."""
+        b = Budget(problem, budget)
+        env = self.make_train_env(problem)
+        # a resumed run continues from the policy it saved, instead of pre-training again
+        saved = None if self.workdir is None else Path(self.workdir) / "policy.zip"
+        resume = saved if saved is not None and saved.is_file() else None
+        self.model = self.build_model(env, resume)
+        self.phase_spend = {}
+        mark = b.used
+        if self.pretrained is None and resume is None and self.offline_samples > 0:
+            self.pretrain_offline(problem, b)
+        mark = self._charge("offline", b, mark)
+        # the pre-trained policy's pick per preference first, then PPO, then the final picks
+        self.sweep(problem, b)
+        mark = self._charge("sweep", b, mark)
+        stalled = self.learn(b, self.sweep_fraction * budget)
+        mark = self._charge("online", b, mark)
+        self.sweep(problem, b)
+        mark = self._charge("sweep", b, mark)
+        if not stalled:
+            self.learn(b, 0.0)
+        mark = self._charge("online", b, mark)
+        self.promote(problem, b)
+        mark = self._charge("promote", b, mark)
+        self.explore(problem, b)
+        self._charge("explore", b, mark)
+        log.info("ppo: evaluations per phase %s",
+                 {k: round(v, 2) for k, v in self.phase_spend.items()})  # fmt: skip
+        if self.save_path is not None:
+            self.save_policy(self.save_path)
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            self.save_policy(saved)
+        log.info(
+            "ppo: spent %.2f of %.0f evaluations; archive %d", b.used, budget, len(problem.archive)
+        )
+        return problem.archive
+
+    def _charge(self, phase: str, budget: Budget, mark: float) -> float:
+        """Add what was spent since ``mark`` to ``phase_spend[phase]``; returns the new mark."""
+        self.phase_spend[phase] = self.phase_spend.get(phase, 0.0) + budget.used - mark
+        return budget.used
+
+    def pretrain_offline(self, problem: MergeProblem, budget: Budget) -> None:
+        """Score candidates cheaply, relabel them for sampled preferences, pre-train the policy."""
+        rng = np.random.default_rng(self.seed)
+        ensure_cheap(problem, self.cheap_examples)
+        scratch: MergeEnv = self.make_env(problem).unwrapped
+        cost = problem.cost("cheap")
+        n = int(min(self.offline_samples, self.offline_fraction * budget.budget // cost))
+        candidates = propose_candidates(scratch, n, rng)
+        if self.level == "param":
+            candidates = [c for c in candidates if not c.slots]
+        scored, vectors = [], []
+        for cand in tqdm(candidates, desc="ppo offline (cheap scores)", disable=not self.progress,
+                         leave=False):  # fmt: skip
+            try:
+                result = self.evaluate(problem, budget, cand.recipe(scratch), fidelity="cheap")
+            except BudgetExhausted:
+                break
+            scored.append(cand)
+            vectors.append(result.vector)
+        if not scored:
+            log.warning("ppo: no budget for the offline phase; skipping pre-training")
+            return
+        prefs = sample_preferences(self.n_preferences, scratch.k, rng)
+        lengths = [c.length(scratch) for c in scored]
+        rewards = relabel(scratch, np.stack(vectors), lengths, prefs)
+        data = build_dataset(scratch, scored, rewards, prefs, rng, self.value_extra)
+        gen = torch.Generator().manual_seed(self.seed)
+        self.pretrain_history = pretrain(self.model.policy, data, generator=gen, **self.bc)
+        for row in self.pretrain_history if self.sb3_output is not None else []:
+            for key in ("imitation_loss", "value_loss"):
+                self.model.logger.record(f"pretrain/{key}", row[key])
+            self.model.logger.dump(step=int(row["epoch"]))
+        self.offline = dict(candidates=scored, vectors=np.stack(vectors), preferences=prefs,
+                            rewards=rewards, spent=budget.used)  # fmt: skip
+        log.info("ppo: offline phase scored %d candidates for %.2f evaluations", len(scored),
+                 budget.used)  # fmt: skip
+
+    def learn(self, budget: Budget, reserve: float) -> bool:
+        """PPO on full-fidelity rewards until only ``reserve`` (plus less than one eval) is left;
+        returns whether it stopped because the policy only repeated itself."""
+        assert self.model is not None
+        callback = BudgetCallback(budget, reserve, self.max_repeats, self.progress, self.n_envs)
+        if not callback.affordable():
+            return False
+        # an upper bound only: the callback ends training when the budget is spent
+        t_max = self.model.observation_space["path"].shape[0]
+        steps = int(np.ceil(budget.remaining)) * t_max * 20
+        self.model.learn(steps, callback=callback, reset_num_timesteps=False)
+        if callback.stalled:
+            log.info("ppo: %d repeated recipes in a row; online phase stopped", callback.repeats)
+        return callback.stalled
+
+    def promote(self, problem: MergeProblem, budget: Budget) -> None:
+        """Spend what is left on the offline candidates, front by front of their cheap scores."""
+        if not self.offline or budget.exhausted(problem.cost("full")):
+            return
+        scratch: MergeEnv = self.make_env(problem).unwrapped
+        f = problem.normalised(self.offline["vectors"])
+        left = np.arange(len(f))
+        while len(left) and not budget.exhausted(problem.cost("full")):
+            layer = left[non_dominated(f[left])]
+            for i in layer:
+                try:
+                    self.evaluate(problem, budget, self.offline["candidates"][i].recipe(scratch))
+                except BudgetExhausted:
+                    return
+            left = np.setdiff1d(left, layer)
+
+    def explore(self, problem: MergeProblem, budget: Budget) -> None:
+        """Spend what is still left once PPO has stalled and the offline candidates are scored:
+        episodes of the stochastic policy, each action replaced by a uniform one with probability
+        ``explore_epsilon``, scoring only recipes not scored yet."""
+        assert self.model is not None
+        if budget.exhausted(problem.cost("full")):
+            return
+        env = self.make_env(problem, defer=True)
+        rng = np.random.default_rng(self.seed + 1)
+        env.action_space.seed(self.seed + 1)
+        misses = 0
+        while not budget.exhausted(problem.cost("full")) and misses < EXPLORE_MISSES:
+            obs, _ = env.reset(seed=int(rng.integers(2**31)))
+            done, info = False, {}
+            while not done:
+                if rng.random() < self.explore_epsilon:
+                    action = env.action_space.sample()
+                else:
+                    action, _ = self.model.predict(obs, deterministic=False)
+                obs, _, done, _, info = env.step(action)
+            if problem.is_cached(info["pending"]):
+                misses += 1
+                continue
+            misses = 0
+            self.evaluate(problem, budget, info["pending"])
+
+    def sweep(self, problem: MergeProblem, budget: Budget) -> None:
+        """Roll the deterministic policy out over a simplex lattice of preferences."""
+        assert self.model is not None
+        env = self.make_env(problem)
+        base: MergeEnv = env.unwrapped
+        prefs = _lattice(base.k, self.sweep_preferences)
+        if self.env_kwargs["preference"] is not None:
+            prefs = [np.asarray(self.env_kwargs["preference"], float)]
+        for pref in prefs:
+            obs, _ = env.reset(options={"preference": pref})
+            done = False
+            while not done:
+                if budget.exhausted(problem.cost("full")):
+                    return
+                action, _ = self.model.predict(obs, deterministic=True)
+                obs, _, done, _, _ = env.step(action)
+
+
+def _lattice(k: int, n: int) -> list[np.ndarray]:
+    """The densest simplex lattice with at most ``n`` points (at least the k vertices)."""
+    steps = 1
+    while len(weight_lattice(k, steps + 1)) <= n:
+        steps += 1
+    return [np.asarray(p) for p in weight_lattice(k, steps)]
+
+
+def ensure_cheap(problem: MergeProblem, examples: int | None) -> None:
+    """Give ``problem`` a cheap evaluator of ``examples`` per task if it has none."""
+    if problem.cheap_evaluator is not None:
+        return
+    if examples is None:
+        raise ConfigError("agent.cheap_examples: the problem has no cheap fidelity; set a number")
+    ev = problem.evaluator
+    problem.cheap_evaluator = Evaluator(
+        ev.tokenizer, device=ev.device, batch_size=ev.batch_size, max_examples=examples,
+        cache=ev.cache, dtype=ev.dtype,
+    )  # fmt: skip
+
+
+__all__ = ["BudgetCallback", "PPOAgent", "StopAtOnce", "candidate_actions", "ensure_cheap"]

@@ -1,0 +1,324 @@
+"""HM3's offline phase: candidate paths, the recipe <-> action codec, relabelling, pre-training.
+
+HM3 (DESIGN §1.1) scores many candidate inference paths once on a cheap subset of the data, then
+pre-trains the policy by imitating the best path for each sampled preference and the value net by
+regressing the scalarised reward. A scored path carries its whole score vector, so the scalarised
+reward of *every* preference is known for free (hindsight relabelling, as in HER: Andrychowicz
+et al., NeurIPS 2017). Candidates are the plain merges and the pool's models, then paths that
+interleave layers of a merge and of the base (a few from fine-tunes) with a few random edits: swap
+a slot's source, repeat or drop a layer, rescale a slot, hand a run of layers to one source.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from stable_baselines3.common.policies import ActorCriticPolicy
+
+from merge_env.env import MergeEnv
+from merge_env.errors import ConfigError
+from merge_env.search.pareto import scalarise
+from merge_env.search.recipe import BASE, MERGED, Recipe, Slot
+
+log = logging.getLogger(__name__)
+
+EDITS = ("swap", "repeat", "drop", "scale", "block")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A path over one of the env's merges; no slots = STOP at once (the plain parameter merge)."""
+
+    merge: int
+    slots: tuple[Slot, ...] = ()
+
+    def recipe(self, env: MergeEnv) -> Recipe:
+        """The recipe the env builds when it is fed this candidate's actions."""
+        return Recipe(merge=env.merges[self.merge], path=self.slots or None)
+
+    def length(self, env: MergeEnv) -> int:
+        """Path length as the env's length penalty counts it (an empty path is the L-layer merge)."""
+        return len(self.slots) if self.slots else env.L
+
+
+# ----------------------------------------------------------------------------- codec
+def candidate_actions(env: MergeEnv, cand: Candidate) -> tuple[np.ndarray, np.ndarray]:
+    """The env's action sequence for a candidate, and a mask of the components the env reads.
+
+    Returns ``(actions, mask)``, both (n_steps, n_components); the merge component only counts at
+    step 0, and a STOP only reads the source component.
+    """
+    # outside "policy" mode the env ignores the choice (one category), so it is always 0
+    choice = cand.merge if env.param_mode == "policy" else 0
+    n_src = len(env.sources)
+    rows, masks = [], []
+    for t, slot in enumerate(cand.slots):
+        if slot.source not in env.sources:
+            raise ConfigError(f"candidate slot {t}: unknown source {slot.source!r}")
+        level = _level(env, slot.scale)
+        src = env.sources.index(slot.source)
+        if env.mode == "free":
+            rows.append([choice, src, slot.layer, level])
+        else:
+            if slot.layer != t:
+                raise ConfigError(f"aligned mode: slot {t} takes layer {slot.layer}, not {t}")
+            rows.append([choice, src, level])
+        masks.append([t == 0] + [True] * (len(rows[-1]) - 1))
+    if env.mode == "free" and len(cand.slots) < env.t_max:
+        rows.append([choice, n_src, 0, 0])
+        masks.append([not cand.slots, True, False, False])
+    if env.mode == "aligned" and len(cand.slots) != env.L:
+        raise ConfigError(f"aligned mode: a path has exactly {env.L} slots, got {len(cand.slots)}")
+    return np.asarray(rows, np.int64), np.asarray(masks, bool)
+
+
+def _level(env: MergeEnv, scale: float) -> int:
+    for i, c in enumerate(env.coefficients):
+        if abs(c - scale) < 1e-9:
+            return i
+    raise ConfigError(f"scale {scale} is not one of the env's coefficients {env.coefficients}")
+
+
+def trajectory_observations(
+    env: MergeEnv, actions: np.ndarray, preference: np.ndarray
+) -> list[dict[str, np.ndarray]]:
+    """Observations seen before each action; the last (scoring) action is never taken.
+
+    ``env`` must be a scratch env: its episode state is overwritten.
+    """
+    obs, _ = env.reset(options={"preference": preference})
+    out = [obs]
+    for a in actions[:-1]:
+        obs, _, terminated, _, _ = env.step(a)
+        if terminated:
+            raise ConfigError(f"action sequence ends early at {a.tolist()}")
+        out.append(obs)
+    return out
+
+
+# ----------------------------------------------------------------------------- candidates
+def propose_candidates(
+    env: MergeEnv, n: int, rng: np.random.Generator, mix: float = 0.3, expert_rate: float = 0.1
+) -> list[Candidate]:
+    """Up to ``n`` distinct candidates: the anchors, then random interleavings.
+
+    Anchors: each merge's plain merge (STOP at once; the identity path in aligned mode) and each
+    pool model alone. Interleavings: the identity path over the merged model or the base (even
+    odds), each slot handed to the other of the two with probability ``mix`` and to a random
+    fine-tune with probability ``expert_rate``, then a few random edits (swap, repeat, drop,
+    rescale, a run of layers to one source). Keeping some layers of the base inside a merge is the
+    move that most often rescues a merge whose experts drifted apart (layer-wise / partial merging),
+    and one random edit of the merged identity path alone rarely makes it twice.
+    """
+    merges = range(len(env.merges))
+    out: dict[str, Candidate] = {}
+    for m in merges:
+        cand = _identity(env, m) if env.mode == "aligned" else Candidate(m)
+        out.setdefault(cand.recipe(env).hash, cand)
+    for source in env.sources[1:]:
+        out.setdefault(_identity(env, 0, source).recipe(env).hash, _identity(env, 0, source))
+    anchors = [s for s in (MERGED, BASE) if s in env.sources]
+    experts = [s for s in env.sources if s not in anchors]
+    tries = 0
+    while len(out) < n and tries < 20 * n:
+        tries += 1
+        m = int(rng.integers(len(env.merges)))
+        back = anchors[int(rng.integers(len(anchors)))]
+        slots = []
+        for s in _identity(env, m, back).slots:
+            u = rng.random()
+            if u < expert_rate and experts:
+                s = Slot(experts[int(rng.integers(len(experts)))], s.layer, s.scale)
+            elif u < expert_rate + mix and len(anchors) > 1:
+                s = Slot(anchors[1 - anchors.index(back)], s.layer, s.scale)
+            slots.append(s)
+        for _ in range(int(rng.geometric(0.5)) - 1):
+            slots = _edit(env, slots, rng)
+        cand = Candidate(m, tuple(slots))
+        out.setdefault(cand.recipe(env).hash, cand)
+    return list(out.values())[:n]
+
+
+def _identity(env: MergeEnv, merge: int, source: str = MERGED) -> Candidate:
+    return Candidate(merge, tuple(Slot(source, layer, 1.0) for layer in range(env.L)))
+
+
+def _edit(env: MergeEnv, slots: list[Slot], rng: np.random.Generator) -> list[Slot]:
+    """One random edit; aligned mode keeps depth and layer order, so it only swaps and rescales."""
+    kinds = EDITS if env.mode == "free" else ("swap", "scale", "block")
+    kind = kinds[int(rng.integers(len(kinds)))]
+    i = int(rng.integers(len(slots)))
+    s = slots[i]
+    if kind == "swap":
+        others = [x for x in env.sources if x != s.source]
+        slots[i] = Slot(others[int(rng.integers(len(others)))], s.layer, s.scale)
+    elif kind == "scale":
+        others = [c for c in env.coefficients if c != s.scale]
+        slots[i] = Slot(s.source, s.layer, others[int(rng.integers(len(others)))])
+    elif kind == "repeat" and len(slots) < env.t_max:
+        slots.insert(i + 1, s)
+    elif kind == "drop" and len(slots) > 1:
+        del slots[i]
+    elif kind == "block":
+        src = env.sources[int(rng.integers(len(env.sources)))]
+        j = int(rng.integers(i, len(slots))) + 1
+        slots[i:j] = [Slot(src, x.layer, x.scale) for x in slots[i:j]]
+    return slots
+
+
+# ----------------------------------------------------------------------------- relabelling
+def relabel(
+    env: MergeEnv, vectors: np.ndarray, lengths: Sequence[int], preferences: np.ndarray
+) -> np.ndarray:
+    """Rewards (n_preferences, n_candidates): what the env pays each candidate under each preference.
+
+    The same formula as ``MergeEnv.reward_of`` (scalarised normalised score minus the length
+    penalty), broadcast over every (preference, candidate) pair.
+    """
+    f = env.problem.normalised(np.atleast_2d(vectors))
+    prefs = np.atleast_2d(np.asarray(preferences, float))
+    values = scalarise(f[None, :, :], prefs[:, None, :], np.ones(env.k), env.scalarisation)
+    return np.asarray(values) - env.beta * np.asarray(lengths, float)[None, :] / env.L
+
+
+def reachable(
+    env: MergeEnv, candidates: Sequence[Candidate], preferences: np.ndarray
+) -> np.ndarray:
+    """Mask (n_preferences, n_candidates): whether the env lets that preference pick that merge."""
+    merges = np.array([c.merge for c in candidates])
+    if env.param_mode != "preference":
+        return np.ones((len(preferences), len(candidates)), bool)
+    chosen = np.array([env.merge_for(0, np.asarray(p, float)) for p in preferences])
+    return chosen[:, None] == merges[None, :]
+
+
+# ----------------------------------------------------------------------------- pre-training
+@dataclass
+class OfflineData:
+    """Stacked observations with imitation targets (actions, mask) and value targets."""
+
+    obs: dict[str, np.ndarray]
+    actions: np.ndarray
+    mask: np.ndarray
+    imitate: np.ndarray  # whether the row is on a best-per-preference trajectory
+    value: np.ndarray
+
+    def __len__(self) -> int:
+        """Number of states."""
+        return len(self.value)
+
+
+def build_dataset(
+    env: MergeEnv,
+    candidates: Sequence[Candidate],
+    rewards: np.ndarray,
+    preferences: np.ndarray,
+    rng: np.random.Generator,
+    value_extra: int = 2,
+) -> OfflineData:
+    """States along the best candidate's trajectory per preference (imitated, value = its reward),
+    plus ``value_extra`` random candidates' trajectories per preference (value targets only)."""
+    obs: list[dict] = []
+    acts, masks, imitate, value = [], [], [], []
+    ok = reachable(env, candidates, preferences)
+    masked = np.where(ok, rewards, -np.inf)
+    for i, pref in enumerate(preferences):
+        picks = [(int(np.argmax(masked[i])), True)]
+        pool = np.flatnonzero(ok[i])
+        picks += [(int(j), False) for j in rng.choice(pool, min(value_extra, len(pool)), False)]
+        for j, best in picks:
+            a, m = candidate_actions(env, candidates[j])
+            traj = trajectory_observations(env, a, pref)
+            obs += traj
+            acts.append(a)
+            masks.append(m)
+            imitate += [best] * len(a)
+            value += [rewards[i, j]] * len(a)
+    width = max(x.shape[1] for x in acts)
+    stacked = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
+    return OfflineData(
+        stacked, np.concatenate(acts)[:, :width], np.concatenate(masks),
+        np.asarray(imitate), np.asarray(value, np.float32),
+    )  # fmt: skip
+
+
+def policy_outputs(
+    policy: ActorCriticPolicy, obs: dict[str, torch.Tensor], actions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-component log-probabilities and entropies (batch, n_components) of ``actions``, and
+    values (batch,).
+
+    ``obs`` are raw observation tensors (SB3's ``extract_features`` one-hot encodes them).
+    """
+    features = policy.extract_features(obs)
+    if policy.share_features_extractor:
+        latent_pi, latent_vf = policy.mlp_extractor(features)
+    else:
+        latent_pi = policy.mlp_extractor.forward_actor(features[0])
+        latent_vf = policy.mlp_extractor.forward_critic(features[1])
+    dist = policy._get_action_dist_from_latent(latent_pi)
+    logp = torch.stack(
+        [d.log_prob(a) for d, a in zip(dist.distribution, torch.unbind(actions, dim=1))], dim=1
+    )
+    entropy = torch.stack([d.entropy() for d in dist.distribution], dim=1)
+    return logp, entropy, policy.value_net(latent_vf).flatten()
+
+
+def pretrain(
+    policy: ActorCriticPolicy,
+    data: OfflineData,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    value_coef: float = 1.0,
+    ent_coef: float = 0.0,
+    generator: torch.Generator,
+) -> list[dict[str, float]]:
+    """Behaviour cloning + value regression; returns the mean losses of each epoch.
+
+    ``ent_coef`` rewards the entropy of the components the imitated actions read, so cloning does
+    not make the policy deterministic before the online phase has explored (a collapsed policy
+    only re-samples recipes it has already scored).
+    """
+    device = policy.device
+    obs = {k: torch.as_tensor(v, device=device) for k, v in data.obs.items()}
+    actions = torch.as_tensor(data.actions, device=device)
+    mask = torch.as_tensor(data.mask, device=device, dtype=torch.float32)
+    imitate = torch.as_tensor(data.imitate, device=device, dtype=torch.float32)
+    target = torch.as_tensor(data.value, device=device)
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    history = []
+    policy.set_training_mode(True)
+    for epoch in range(epochs):
+        order = torch.randperm(len(data), generator=generator).to(device)
+        sums = np.zeros(2)
+        for start in range(0, len(data), batch_size):
+            idx = order[start : start + batch_size]
+            batch = {k: v[idx] for k, v in obs.items()}
+            logp, entropy, values = policy_outputs(policy, batch, actions[idx])
+            rows = imitate[idx]
+            n_rows = rows.sum().clamp(min=1.0)
+            nll = -((logp * mask[idx]).sum(1) * rows).sum() / n_rows
+            ent = ((entropy * mask[idx]).sum(1) * rows).sum() / n_rows
+            vloss = torch.nn.functional.mse_loss(values, target[idx])
+            opt.zero_grad()
+            (nll - ent_coef * ent + value_coef * vloss).backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
+            opt.step()
+            sums += [nll.item() * len(idx), vloss.item() * len(idx)]
+        row = {
+            "epoch": epoch,
+            "imitation_loss": sums[0] / len(data),
+            "value_loss": sums[1] / len(data),
+        }
+        log.info(
+            "ppo pre-train epoch %d: imitation %.4f value %.5f", epoch, *list(row.values())[1:]
+        )
+        history.append(row)
+    policy.set_training_mode(False)
+    return history

@@ -1,0 +1,1 @@
+"""Merge operators, one module per family, and the registry that names them."""

@@ -1,0 +1,124 @@
+"""Pool specifications: where a problem's models, tasks and tokenizer come from.
+
+A PoolSpec is plain data (names -> checkpoint folders, optional tasks, a tokenizer folder), so
+the Hydra ``pool/`` group only picks a factory here; the default zoo, a local set of HF folders
+and the SmolLM2 pool are equal citizens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from merge_env.errors import ConfigError
+from merge_env.search.recipe import BASE
+from merge_env.tasks import Task, chat_task
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """Named checkpoint folders (``base`` + fine-tunes), their tasks (if any), a tokenizer."""
+
+    name: str
+    sources: Mapping[str, Path]
+    tokenizer_dir: Path
+    tasks: Sequence[Task] = field(default_factory=tuple)
+    extra: Mapping[str, object] = field(default_factory=dict)  # e.g. the zoo's recycling pool
+    # a chat model: configured task sets are rendered through the tokenizer's chat template
+    # (with ``system`` as the system prompt) before scoring; the pool's own tasks already are
+    chat_template: bool = False
+    system: str | None = None
+
+    def __post_init__(self) -> None:
+        if BASE not in self.sources:
+            raise ConfigError(f"pool {self.name!r}: needs a source named 'base'")
+        for name, path in self.sources.items():
+            if not (Path(path) / "config.json").is_file():
+                raise ConfigError(f"pool {self.name!r}: source {name!r}: {path} has no config.json")
+
+
+def zoo_pool(preset: str = "default", seed: int = 0, cache_dir: str | None = None) -> PoolSpec:
+    """The project's own zoo (built and cached on first use): base + one expert per task."""
+    import dataclasses
+
+    from merge_env.zoo import ZooConfig, build_zoo
+
+    config = dataclasses.replace(ZooConfig.preset(preset), seed=seed)
+    zoo = build_zoo(config, cache_dir)
+    return PoolSpec(
+        name=f"zoo-{preset}",
+        sources={BASE: zoo.base, **zoo.experts},
+        tokenizer_dir=zoo.tokenizer_dir,
+        tasks=tuple(zoo.tasks),
+        extra={"recycling": list(zoo.recycling), "odd_expert": zoo.odd_expert,
+               "odd_expert_task": zoo.odd_expert_task},
+    )  # fmt: skip
+
+
+def local_pool(
+    base: str,
+    experts: Mapping[str, str],
+    tokenizer: str | None = None,
+    name: str = "local",
+    chat_template: bool = False,
+    system: str | None = None,
+) -> PoolSpec:
+    """Any local HF causal-LM folders: a base and named fine-tunes of it; ``chat_template`` for
+    chat models (task prompts rendered through the tokenizer's template, ``system`` prompt)."""
+    if not experts:
+        raise ConfigError("pool.experts: name at least one fine-tune (name: path)")
+    sources = {
+        BASE: Path(base).expanduser(),
+        **{k: Path(v).expanduser() for k, v in experts.items()},
+    }
+    return PoolSpec(
+        name=name, sources=sources, tokenizer_dir=Path(tokenizer or base).expanduser(),
+        chat_template=chat_template, system=system,
+    )  # fmt: skip
+
+
+def tasks_or_pool(pool: PoolSpec, tasks: Sequence[Task] | None) -> list[Task]:
+    """The tasks a run uses: the configured ones (through the pool's chat template if it has
+    ``chat_template``), else the pool's own."""
+    if not tasks:
+        if not pool.tasks:
+            raise ConfigError(f"pool {pool.name!r} brings no tasks: choose a tasks config")
+        return list(pool.tasks)
+    if not pool.chat_template:
+        return list(tasks)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(pool.tokenizer_dir))
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            f"pool {pool.name!r}: chat_template is on but the tokenizer in {pool.tokenizer_dir} "
+            "has no chat template"
+        )
+    return [chat_task(tokenizer, t, pool.system) for t in tasks]
+
+
+def jsonl_tasks(
+    files: Mapping[str, str], n_test: float = 0.5, seed: int = 0, metric: str = "exact_match"
+) -> list[Task]:
+    """Tasks from JSONL files ({"prompt", "answer"} per line), one per name."""
+    from merge_env.tasks import load_jsonl
+
+    if not files:
+        raise ConfigError("tasks.files: name at least one task (name: path.jsonl)")
+    return [load_jsonl(path, name, n_test, seed, metric=metric) for name, path in files.items()]
+
+
+def reasoning_gym_tasks(
+    datasets: Sequence[str],
+    n_search: int = 64,
+    n_test: int = 128,
+    seed: int = 0,
+    metric: str = "exact_match",
+) -> list[Task]:
+    """Tasks from seeded reasoning-gym generators (easy settings), one per dataset name."""
+    from merge_env.tasks import reasoning_gym_task
+
+    if not datasets:
+        raise ConfigError("tasks.datasets: name at least one reasoning-gym dataset")
+    return [reasoning_gym_task(d, n_search, n_test, seed, metric=metric) for d in datasets]

@@ -1,0 +1,356 @@
+"""Teacher-forced scoring of a causal LM on tasks (its scores cached by ``scoring/cache.py``).
+
+Each example is ``prompt tokens + answer tokens + EOS``. One forward pass per batch gives, at every
+answer position, the log-probability of the reference token and whether it is the argmax. So
+exact match here is "greedy decoding from the prompt reproduces the answer and then stops", with
+no generation loop (tests check it equals ``model.generate(do_sample=False)``).
+
+Tokenisation (the prompt/answer boundary matters for BPE tokenizers): the prompt is encoded alone
+with the tokenizer's special tokens (exactly what ``generate`` would be given). The answer tokens
+are the tail of the joint encoding ``prompt + answer`` when that encoding starts with the prompt's
+own tokens (the usual case, and the one that gives the answer the tokens the model was trained to
+emit); otherwise a merge crosses the boundary (e.g. a prompt ending in a space) and the answer is
+encoded on its own, without specials, and a warning is logged once. Prompts should therefore not
+end in whitespace. Character-level tokenizers never hit the fallback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from merge_env.errors import ConfigError
+from merge_env.tasks import METRICS, Example, Task
+
+if TYPE_CHECKING:
+    from merge_env.scoring.cache import EvalCache
+
+logger = logging.getLogger(__name__)
+
+# Bump when the meaning of a score changes, so old cache rows stop matching.
+SCORING_VERSION = "teacher-forced-v1"
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """Scores of one model on one task split."""
+
+    exact_match: float  # fraction of examples whose every answer token (+EOS) is the argmax
+    token_accuracy: float  # fraction of answer tokens (+EOS) that are the argmax, over all tokens
+    loglik: float  # mean log-likelihood per answer token (+EOS), over all tokens
+    n: int  # examples scored
+
+    def get(self, metric: str) -> float:
+        """Return the value of ``metric`` ("exact_match", "token_accuracy" or "loglik")."""
+        if metric not in METRICS:
+            raise ConfigError(f"unknown metric {metric!r}; expected one of {METRICS}")
+        return float(getattr(self, metric))
+
+
+@dataclass(frozen=True)
+class ExampleScore:
+    """Teacher-forced result for one example."""
+
+    correct: bool  # every answer token (+EOS) is the argmax
+    n_tokens: int  # answer tokens including EOS
+    n_correct: int
+    loglik: float  # sum of the answer tokens' log-probabilities
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    """An example as token ids, and where its answer starts."""
+
+    ids: tuple[int, ...]  # prompt + answer + EOS
+    n_prompt: int
+
+
+def _tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Return a digest of what decides the token ids: vocabulary, specials, a probe's encoding."""
+    probe = tokenizer("add 12+7= Hello, world!")["input_ids"]
+    payload = [
+        type(tokenizer).__name__,
+        sorted(tokenizer.get_vocab().items()),
+        tokenizer.eos_token_id,
+        tokenizer.bos_token_id,
+        list(probe),
+    ]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+
+
+class Evaluator:
+    """Scores models on tasks by teacher forcing, batched, with an optional EvalCache."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        device: str | torch.device = "cpu",
+        batch_size: int = 64,
+        max_examples: int | None = None,
+        cache: EvalCache | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"evaluator: batch_size must be >= 1, got {batch_size}")
+        if max_examples is not None and max_examples < 1:
+            raise ConfigError(f"evaluator: max_examples must be >= 1 or None, got {max_examples}")
+        if tokenizer.eos_token_id is None:
+            raise ConfigError(f"evaluator: tokenizer {type(tokenizer).__name__} has no EOS token")
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.max_examples = max_examples
+        self.cache = cache
+        self.dtype = dtype  # autocast dtype for the forward; log-probs are always float32
+        self.forward_calls = 0
+        self._eos = int(tokenizer.eos_token_id)
+        pad = tokenizer.pad_token_id
+        self._pad = int(pad) if pad is not None else self._eos
+        # Specials some tokenizers append to every encoding; never BOS, PAD or UNK.
+        closers = (tokenizer.eos_token_id, getattr(tokenizer, "sep_token_id", None))
+        self._specials = {int(t) for t in closers if t is not None}
+        self._tok_fp = _tokenizer_fingerprint(tokenizer)
+        self._memo: dict[tuple[str, str, int | None], list[EncodedExample]] = {}
+        self._warned_boundary = False
+
+    # ------------------------------------------------------------ keys and encoding
+
+    def cache_key(self, model_key: str, task: Task, split: str) -> str:
+        """Return the cache key of (model, task split) under this evaluator's settings."""
+        task.split(split)
+        settings = [
+            SCORING_VERSION,
+            self._tok_fp,
+            str(self.dtype),
+            self.max_examples,
+            task.fingerprint,
+        ]
+        digest = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:24]
+        return f"{model_key}::{task.name}::{split}::{digest}"
+
+    def _strip_trailing_specials(self, ids: list[int]) -> list[int]:
+        """Drop end-of-text specials some tokenizers append (a prompt is not finished text)."""
+        while ids and ids[-1] in self._specials:
+            ids = ids[:-1]
+        return ids
+
+    def encode(self, examples: Sequence[Example]) -> list[EncodedExample]:
+        """Return each example as prompt + answer + EOS token ids (see the module docstring)."""
+        tok = self.tokenizer
+        p_ids = tok([ex.prompt for ex in examples], add_special_tokens=True)["input_ids"]
+        j_ids = tok([ex.prompt + ex.answer for ex in examples], add_special_tokens=True)[
+            "input_ids"
+        ]
+        out: list[EncodedExample] = []
+        for ex, p, j in zip(examples, p_ids, j_ids):
+            p = self._strip_trailing_specials(list(p))
+            j = self._strip_trailing_specials(list(j))
+            if not p:
+                raise ConfigError(f"evaluator: prompt {ex.prompt!r} encodes to no tokens")
+            if j[: len(p)] == p:
+                answer = j[len(p) :]
+            else:
+                if not self._warned_boundary:
+                    logger.warning(
+                        "a token crosses the prompt/answer boundary (prompt %r); encoding "
+                        "answers separately where this happens",
+                        ex.prompt[-20:],
+                    )
+                    self._warned_boundary = True
+                answer = list(tok(ex.answer, add_special_tokens=False)["input_ids"])
+            out.append(EncodedExample(tuple(p + answer + [self._eos]), len(p)))
+        return out
+
+    def _encoded_split(self, task: Task, split: str) -> list[EncodedExample]:
+        """Return the (memoised) encoding of the first ``max_examples`` examples of a split."""
+        key = (task.fingerprint, split, self.max_examples)
+        if key not in self._memo:
+            examples = task.split(split)[: self.max_examples]
+            if not examples:
+                raise ConfigError(f"task {task.name!r}: split {split!r} has no examples")
+            self._memo[key] = self.encode(examples)
+        return self._memo[key]
+
+    # ------------------------------------------------------------ the forward loop
+
+    def _batches(
+        self, encoded: Sequence[EncodedExample]
+    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+        """Yield (example indices, input_ids, attention_mask), right-padded, longest first."""
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            width = len(encoded[idx[0]].ids) - 1  # the final EOS is a target, never an input
+            inputs = torch.full((len(idx), width), self._pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids = encoded[i].ids[:-1]
+                inputs[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                mask[row, : len(ids)] = 1
+            yield idx, inputs, mask
+
+    def padded_batches(
+        self, tasks: Sequence[Task], split: str = "search"
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Return the (input_ids, attention_mask) batches that scoring ``tasks`` feeds the model."""
+        encoded = [e for t in tasks for e in self._encoded_split(t, split)]
+        return [(inp, mask) for _, inp, mask in self._batches(encoded)]
+
+    def _check_device(self, model: Any) -> None:
+        """Raise ConfigError if the model's parameters live on another device."""
+        param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+        if param is None:
+            return
+        dev = param.device
+        if dev.type != self.device.type or (
+            self.device.index is not None and dev.index != self.device.index
+        ):
+            raise ConfigError(
+                f"evaluator runs on {self.device} but the model is on {dev}; "
+                f"call model.to({str(self.device)!r}) first"
+            )
+
+    def _forward_kwargs(self, model: Any) -> set[str]:
+        """Return which optional keywords the model's forward takes (use_cache, logits_to_keep)."""
+        try:
+            params = inspect.signature(model.forward).parameters
+        except (TypeError, ValueError, AttributeError):
+            return set()
+        return {k for k in ("use_cache", "logits_to_keep") if k in params}
+
+    def _run(self, model: Any, encoded: Sequence[EncodedExample]) -> np.ndarray:
+        """Return per-example rows (n_tokens, n_correct, loglik_sum) from batched forwards."""
+        self._check_device(model)
+        stats = np.zeros((len(encoded), 3), dtype=np.float64)
+        accepts = self._forward_kwargs(model)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.dtype)
+            if self.dtype not in (None, torch.float32)
+            else contextlib.nullcontext()
+        )
+        was_training = bool(getattr(model, "training", False))
+        if hasattr(model, "eval"):
+            model.eval()  # dropout would make scores random
+        try:
+            with torch.inference_mode(), autocast:
+                for idx, inputs, mask in self._batches(encoded):
+                    batch = [encoded[i] for i in idx]
+                    stats[idx] = self._score_batch(model, batch, inputs, mask, accepts)
+        finally:
+            if was_training:
+                model.train()
+        return stats
+
+    def _score_batch(
+        self,
+        model: Any,
+        batch: list[EncodedExample],
+        inputs: torch.Tensor,
+        mask: torch.Tensor,
+        accepts: set[str],
+    ) -> np.ndarray:
+        """Return (n_tokens, n_correct, loglik_sum) rows for one right-padded batch."""
+        width = inputs.shape[1]
+        rows, cols, targets = [], [], []
+        for r, enc in enumerate(batch):
+            span = range(enc.n_prompt - 1, len(enc.ids) - 1)  # position t predicts token t + 1
+            rows.extend([r] * len(span))
+            cols.extend(span)
+            targets.extend(enc.ids[enc.n_prompt :])
+        kwargs: dict[str, Any] = {}
+        if "use_cache" in accepts:
+            kwargs["use_cache"] = False
+        if "logits_to_keep" in accepts:
+            # The head only runs on positions from the earliest answer start onwards.
+            kwargs["logits_to_keep"] = width - min(enc.n_prompt - 1 for enc in batch)
+        out = model(input_ids=inputs.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+        self.forward_calls += 1
+        logits = out.logits if hasattr(out, "logits") else out
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        offset = width - logits.shape[1]
+        row_t = torch.tensor(rows, device=self.device)
+        col_t = torch.tensor(cols, device=self.device) - offset
+        tgt_t = torch.tensor(targets, device=self.device)
+        # Gather the answer positions first: log_softmax over the vocab only where it is needed.
+        sel = logits[row_t, col_t].float()
+        logp = sel.gather(1, tgt_t[:, None]).squeeze(1) - torch.logsumexp(sel, dim=-1)
+        hit = (sel.argmax(dim=-1) == tgt_t).double()
+        per = torch.zeros(len(batch), 3, dtype=torch.float64, device=self.device)
+        per[:, 0].index_add_(0, row_t, torch.ones_like(hit))
+        per[:, 1].index_add_(0, row_t, hit)
+        per[:, 2].index_add_(0, row_t, logp.double())
+        return per.cpu().numpy()
+
+    # ------------------------------------------------------------ public scoring
+
+    def example_scores(self, model: Any, examples: Sequence[Example]) -> list[ExampleScore]:
+        """Return the per-example teacher-forced results (no cache)."""
+        if not examples:
+            return []
+        stats = self._run(model, self.encode(examples))
+        return [ExampleScore(bool(t == c), int(t), int(c), float(ll)) for t, c, ll in stats]
+
+    def score(
+        self, model: Any, task: Task, split: str = "search", *, model_key: str | None = None
+    ) -> TaskScore:
+        """Return the model's score on a task split; cached under ``model_key`` when given."""
+        return self.score_tasks(model, [task], split, model_key=model_key)[task.name]
+
+    def score_tasks(
+        self,
+        model: Any,
+        tasks: Sequence[Task],
+        split: str = "search",
+        *,
+        model_key: str | None = None,
+    ) -> dict[str, TaskScore]:
+        """Return {task name: score}; cache misses are scored together in one batched sweep."""
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"evaluator: task names repeat in {names}")
+        use_cache = self.cache is not None and model_key is not None
+        done: dict[str, TaskScore] = {}
+        pending: list[tuple[Task, str | None]] = []
+        for task in tasks:
+            key = self.cache_key(model_key, task, split) if use_cache else None  # type: ignore[arg-type]
+            hit = self.cache.get(key) if key is not None else None  # type: ignore[union-attr]
+            if hit is not None:
+                done[task.name] = hit
+            else:
+                pending.append((task, key))
+        if pending:
+            encoded: list[EncodedExample] = []
+            spans = []
+            for task, _ in pending:
+                part = self._encoded_split(task, split)
+                spans.append((len(encoded), len(encoded) + len(part)))
+                encoded.extend(part)
+            stats = self._run(model, encoded)
+            for (task, key), (a, b) in zip(pending, spans):
+                score = _aggregate(stats[a:b])
+                if key is not None:
+                    self.cache.put(key, score)  # type: ignore[union-attr]
+                done[task.name] = score
+        return {name: done[name] for name in names}
+
+
+def _aggregate(stats: np.ndarray) -> TaskScore:
+    """Return a TaskScore from per-example (n_tokens, n_correct, loglik_sum) rows."""
+    n_tok, n_cor, ll = stats[:, 0], stats[:, 1], stats[:, 2]
+    return TaskScore(
+        exact_match=float(np.mean(n_cor == n_tok)),
+        token_accuracy=float(n_cor.sum() / n_tok.sum()),
+        loglik=float(ll.sum() / n_tok.sum()),
+        n=int(len(stats)),
+    )

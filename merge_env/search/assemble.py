@@ -1,0 +1,386 @@
+"""Recipe -> runnable model, sharing every referenced layer, and materialise() to a checkpoint.
+
+The pool's models stay resident. An assembled model is a shallow clone of the shell source's
+model (new module objects only along the path to the layer list, so it allocates no tensors and
+costs well under a millisecond): its embeddings, final norm, rotary tables and head are the shell
+source's own modules, and its layer list holds one ``SlotLayer`` per path slot. A SlotLayer
+wraps a *shared* decoder layer: for the duration of its call it gives the layer's attention the
+slot's KV-cache index (a layer used twice keeps two cache entries) and scales the residual branches
+with forward hooks, so the shared weights are never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from merge_env.errors import MergeError
+from merge_env.merging.arch import ArchInfo
+from merge_env.merging.checkpoint import Checkpoint, CheckpointWriter, TensorSpec
+from merge_env.merging.engine import MergeEngine
+from merge_env.merging.plan import ParamMerge
+from merge_env.search.recipe import BASE, MERGED, Recipe
+
+log = logging.getLogger(__name__)
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_restore = False
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence transformers' per-checkpoint "Loading weights" bar while the block runs.
+
+    A run loads dozens of checkpoints and each load would draw its own bar over MergeGym's
+    output. The bar setting is global in transformers, so nested and concurrent blocks share
+    one count and the user's own setting comes back when the last block ends.
+    """
+    from transformers.utils import logging as hf_logging
+
+    global _quiet_depth, _quiet_restore
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_restore = hf_logging.is_progress_bar_enabled()
+            if _quiet_restore:
+                hf_logging.disable_progress_bar()
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0 and _quiet_restore:
+                hf_logging.enable_progress_bar()
+
+
+def load_causal_lm(path: str | Path, dtype: torch.dtype | None = None, **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained(path, dtype=dtype)`` without its progress bar."""
+    with quiet_loading():
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+
+
+class SlotLayer(nn.Module):
+    """A path slot: a shared decoder layer run under the slot's cache index and residual scale."""
+
+    def __init__(self, layer: nn.Module, slot: int, scale: float, residual_out: tuple[str, ...]):
+        super().__init__()
+        self.layer = layer
+        self.slot = slot
+        self.scale = float(scale)
+        self._attn = next((m for m in layer.modules() if hasattr(m, "layer_idx")), None)
+        self._outs = [layer.get_submodule(p) for p in residual_out] if self.scale != 1.0 else []
+
+    def _scale_output(self, _module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        return output * self.scale
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the shared layer as slot ``self.slot`` with its branches scaled."""
+        old = None if self._attn is None else self._attn.layer_idx
+        if self._attn is not None:
+            self._attn.layer_idx = self.slot
+        handles = [m.register_forward_hook(self._scale_output) for m in self._outs]
+        try:
+            return self.layer(*args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+            if self._attn is not None:
+                self._attn.layer_idx = old
+
+    def __getattr__(self, name: str) -> Any:
+        # transformers reads per-layer attributes (e.g. attention_type) off the layer list
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("layer"), name)
+
+
+def _set_num_layers(config: Any, layer_map: list[int]) -> None:
+    """Give an HF config a depth of len(layer_map), keeping per-layer lists consistent."""
+    n = len(layer_map)
+    if hasattr(config, "n_layer"):
+        config.n_layer = n
+    config.num_hidden_layers = n
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        config.layer_types = [layer_types[i] for i in layer_map]
+
+
+class ModelPool:
+    """Named source models (``base`` and the fine-tunes), resident on one device, plus merges.
+
+    Merged models are built once per parameter setting (keyed by the merge's canonical form) and
+    kept in an LRU bounded by ``merged_cache_bytes``, so memory does not grow with the number of
+    candidates.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, str | Path],
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        merged_cache_size: int | None = None,
+        merged_cache_bytes: int = 2 * 2**30,
+    ) -> None:
+        if BASE not in sources:
+            raise MergeError(f"the pool needs a source named {BASE!r}; got {sorted(sources)}")
+        if MERGED in sources:
+            raise MergeError(f"{MERGED!r} is reserved for the parameter-level merge")
+        self.paths = {name: Path(p) for name, p in sources.items()}
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.checkpoints = {name: Checkpoint(p) for name, p in self.paths.items()}
+        self._check_compatible()
+        base = self.checkpoints[BASE]
+        self.arch: ArchInfo = base.arch
+        self.config: dict[str, Any] = base.config
+        self.models: dict[str, PreTrainedModel] = {
+            name: self._load(path) for name, path in self.paths.items()
+        }
+        self._merged: OrderedDict[str, PreTrainedModel] = OrderedDict()
+        # merged models kept: as many as fit in merged_cache_bytes (at least 2, at most 64), so
+        # a search over a lattice of merge settings does not rebuild each one over and over
+        model_bytes = sum(
+            t.numel() * t.element_size() for t in self.models[BASE].state_dict().values()
+        )
+        fit = int(merged_cache_bytes // max(model_bytes, 1))
+        self.merged_cache_size = merged_cache_size or max(2, min(64, fit))
+        self.merges_built = 0
+        self._fingerprint: str | None = None
+
+    # -- set-up ------------------------------------------------------------------------------
+    def _check_compatible(self) -> None:
+        base = self.checkpoints[BASE]
+        for name, ckpt in self.checkpoints.items():
+            if ckpt.arch.family != base.arch.family or ckpt.arch.num_layers != base.arch.num_layers:
+                raise MergeError(
+                    f"source {name!r} ({ckpt.path}) is a {ckpt.arch.num_layers}-layer "
+                    f"{ckpt.arch.family.name}; the base is a {base.arch.num_layers}-layer "
+                    f"{base.arch.family.name}"
+                )
+            for tensor in base.names:
+                if tensor not in ckpt:
+                    raise MergeError(f"source {name!r} ({ckpt.path}) lacks tensor {tensor!r}")
+                if ckpt.info(tensor).shape != base.info(tensor).shape:
+                    raise MergeError(
+                        f"tensor {tensor!r}: shape {ckpt.info(tensor).shape} in {name!r} "
+                        f"({ckpt.path}) differs from the base's {base.info(tensor).shape}"
+                    )
+
+    def _load(self, path: Path) -> PreTrainedModel:
+        model = load_causal_lm(path, dtype=self.dtype)
+        return model.to(self.device).eval().requires_grad_(False)
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the pool's names and weight files: part of every evaluation-cache key."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for name in sorted(self.paths):
+                ckpt = self.checkpoints[name]
+                h.update(name.encode())
+                for file in sorted({i.file for i in map(ckpt.info, ckpt.names)}):
+                    h.update(f"{file.name}:{file.stat().st_size}".encode())
+                    with open(file, "rb") as fh:  # both ends: the header and the last tensors
+                        h.update(fh.read(1 << 20))
+                        fh.seek(max(0, file.stat().st_size - (1 << 20)))
+                        h.update(fh.read())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    @property
+    def names(self) -> list[str]:
+        """Source names in the pool (``base`` first)."""
+        return [BASE] + [n for n in self.paths if n != BASE]
+
+    @property
+    def experts(self) -> list[str]:
+        """The fine-tunes (every source but the base)."""
+        return [n for n in self.paths if n != BASE]
+
+    @property
+    def num_layers(self) -> int:
+        """Depth of the pool's models."""
+        return self.arch.num_layers
+
+    # -- sources -----------------------------------------------------------------------------
+    def merged_model(self, merge: ParamMerge) -> PreTrainedModel:
+        """The parameter-level merge as a model, built once per setting (LRU)."""
+        key = Recipe(merge=merge).canonical_json()
+        model = self._merged.get(key)
+        if model is not None:
+            self._merged.move_to_end(key)
+            return model
+        engine = MergeEngine(merge, resolve=self._resolve)
+        model = copy.deepcopy(self.models[BASE])
+        state = model.state_dict()
+        with torch.no_grad():
+            for spec in engine.output_specs():
+                state[spec.name].copy_(engine.merged_tensor(spec.name))
+        self.merges_built += 1
+        self._merged[key] = model
+        while len(self._merged) > self.merged_cache_size:
+            self._merged.popitem(last=False)
+        return model
+
+    def _resolve(self, name: str) -> Checkpoint:
+        try:
+            return self.checkpoints[name]
+        except KeyError:
+            raise MergeError(f"merge names unknown model {name!r}; known: {self.names}") from None
+
+    def source_model(self, name: str, merge: ParamMerge | None) -> PreTrainedModel:
+        """The model behind a source name (``merged`` needs the recipe's merge)."""
+        if name == MERGED:
+            if merge is None:
+                raise MergeError("source 'merged' used by a recipe without a parameter merge")
+            return self.merged_model(merge)
+        return self.models[name]
+
+    def _layers(self, model: nn.Module) -> nn.ModuleList:
+        return model.get_submodule(self.arch.layers_prefix.rstrip("."))
+
+    # -- assembly ----------------------------------------------------------------------------
+    def assemble(self, recipe: Recipe) -> PreTrainedModel:
+        """A runnable model for the recipe, sharing (never copying) every referenced layer."""
+        recipe.validate(self.names, self.num_layers)
+        shell = self.source_model(recipe.shell_source, recipe.merge)
+        if recipe.is_identity(self.num_layers):
+            return shell
+        path = recipe.resolved_path(self.num_layers)
+        config = copy.deepcopy(shell.config)
+        _set_num_layers(config, [s.layer for s in path])
+        residual_out = self.arch.family.residual_out
+        slots = [
+            SlotLayer(self._layers(self.source_model(s.source, recipe.merge))[s.layer], t, s.scale,
+                      residual_out)
+            for t, s in enumerate(path)
+        ]  # fmt: skip
+        model = _shallow_clone(shell, self.arch.layers_prefix.rstrip("."), nn.ModuleList(slots))
+        for module in (model, *_along(model, self.arch.layers_prefix.rstrip("."))):
+            if getattr(module, "config", None) is shell.config:
+                module.config = config
+        return model.eval()
+
+    # -- materialisation ---------------------------------------------------------------------
+    def materialise(
+        self,
+        recipe: Recipe,
+        out_dir: str | Path,
+        *,
+        shard_size: int = 5 * 2**30,
+        overwrite: bool = False,
+        out_dtype: torch.dtype | None = None,
+    ) -> Path:
+        """Write the recipe as an ordinary checkpoint (repeated layers duplicated, scales baked in)."""
+        recipe.validate(self.names, self.num_layers)
+        path = recipe.resolved_path(self.num_layers)
+        base_ckpt = self.checkpoints[BASE]
+        shell_state = self.source_model(recipe.shell_source, recipe.merge).state_dict()
+        dtype = out_dtype or self.dtype
+        plan: list[tuple[str, Any]] = []  # (output name, thunk producing the tensor)
+        for name in base_ckpt.names:
+            if self.arch.layer_of(name) is None:
+                plan.append((name, lambda n=name: shell_state[n]))
+        for t, slot in enumerate(path):
+            state = self.source_model(slot.source, recipe.merge).state_dict()
+            for name in base_ckpt.arch.layer_tensor_names(base_ckpt.names, slot.layer):
+                scale = slot.scale if self.arch.is_residual_out(name) else 1.0
+                plan.append(
+                    (self.arch.rename_layer(name, t), lambda n=name, c=scale, s=state: s[n] * c)
+                )
+        specs = [TensorSpec(n, dtype, base_ckpt.info(_orig(n, self.arch)).shape) for n, _ in plan]
+        config = dict(base_ckpt.config)
+        _set_num_layers_dict(config, [s.layer for s in path])
+        config["dtype"] = str(dtype).removeprefix("torch.")
+        with CheckpointWriter(
+            out_dir, specs, config=config, side_files_from=base_ckpt.path,
+            shard_size=shard_size, overwrite=overwrite,
+        ) as writer:  # fmt: skip
+            for name, thunk in plan:
+                writer.write(name, thunk().to(dtype))
+            writer.add_file("recipe.yaml", recipe.to_yaml())
+            writer.add_file("README.md", _readme(recipe, self.paths))
+        return Path(out_dir)
+
+
+def _orig(name: str, arch: ArchInfo) -> str:
+    """The base tensor a planned output name was shaped after (layer 0 stands for any layer)."""
+    return name if arch.layer_of(name) is None else arch.rename_layer(name, 0)
+
+
+def _set_num_layers_dict(config: dict[str, Any], layer_map: list[int]) -> None:
+    key = "n_layer" if "n_layer" in config else "num_hidden_layers"
+    config[key] = len(layer_map)
+    if config.get("layer_types"):
+        config["layer_types"] = [config["layer_types"][i] for i in layer_map]
+
+
+_HOOK_DICTS = (
+    "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
+    "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+)  # fmt: skip
+
+
+def _shallow(module: nn.Module) -> nn.Module:
+    """A new module object sharing ``module``'s parameters, buffers and children (not copied);
+    its own child table and hook tables, so changing them leaves ``module`` as it was."""
+    clone = copy.copy(module)
+    clone._modules = dict(module._modules)
+    for name in _HOOK_DICTS:
+        if name in module.__dict__:
+            setattr(clone, name, OrderedDict(module.__dict__[name]))
+    return clone
+
+
+def _shallow_clone(root: nn.Module, path: str, leaf: nn.Module) -> nn.Module:
+    """``root`` with the submodule at dotted ``path`` replaced by ``leaf``: the modules along the
+    path are shallow clones, everything else is ``root``'s own (shared, never copied). Building
+    it costs microseconds, where a fresh ``from_config`` shell costs tens of milliseconds."""
+    *parents, last = path.split(".")
+    clone = _shallow(root)
+    node = clone
+    for name in parents:
+        child = _shallow(node._modules[name])
+        node._modules[name] = child
+        node = child
+    node._modules[last] = leaf
+    return clone
+
+
+def _along(root: nn.Module, path: str) -> list[nn.Module]:
+    """The modules strictly between ``root`` and the submodule at ``path``."""
+    out, node = [], root
+    for name in path.split(".")[:-1]:
+        node = node._modules[name]
+        out.append(node)
+    return out
+
+
+def _readme(recipe: Recipe, paths: Mapping[str, Path]) -> str:
+    lines = [
+        "# MergeGym merge",
+        "",
+        f"Recipe hash `{recipe.hash}`; the recipe is in `recipe.yaml`.",
+        "",
+        "Sources:",
+        *[f"- `{n}`: `{p}`" for n, p in paths.items()],
+        "",
+        "Load with `AutoModelForCausalLM.from_pretrained(<this folder>)`.",
+    ]
+    return "\n".join(lines) + "\n"
