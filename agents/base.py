@@ -13,41 +13,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from merge_env.errors import ConfigError
 from merge_env.search.archive import Archive
+from merge_env.search.budget import Budget, BudgetExhausted
 from merge_env.search.problem import MergeProblem, Scored
 from merge_env.search.recipe import Recipe
 
 log = logging.getLogger(__name__)
-
-
-class BudgetExhausted(Exception):
-    """Raised inside an agent's loop when its evaluation budget is spent."""
-
-
-class Budget:
-    """Evaluations an agent may still spend on a problem (cache hits are free)."""
-
-    def __init__(self, problem: MergeProblem, budget: float) -> None:
-        if budget <= 0:
-            raise ConfigError(f"budget must be positive, got {budget}")
-        self.problem = problem
-        self.start = problem.spent
-        self.budget = float(budget)
-
-    @property
-    def used(self) -> float:
-        """Evaluations spent since this budget started."""
-        return self.problem.spent - self.start
-
-    @property
-    def remaining(self) -> float:
-        """Evaluations left (never negative)."""
-        return max(0.0, self.budget - self.used)
-
-    def exhausted(self, cost: float = 1.0) -> bool:
-        """Whether a call costing ``cost`` evaluations would overrun the budget."""
-        return self.used + cost > self.budget + 1e-9
 
 
 class BudgetBar:
@@ -86,6 +57,8 @@ class Agent(ABC):
     """Searches a MergeProblem; every recipe it scores lands in ``problem.archive``."""
 
     name: str = "agent"
+    # whether the search maximises the problem's scalar ``fitness`` (single-objective agents)
+    uses_fitness: bool = False
     # set by the runner: where an agent may keep its own state (e.g. a policy) for resuming
     workdir: Path | None = None
 

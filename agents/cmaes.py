@@ -5,8 +5,9 @@ Evolution Strategy: A Tutorial", arXiv:1604.00772) through the ``cma`` package, 
 mergekit-evolve and in the parameter-space search of Akiba et al. 2024 (Evolutionary Optimization
 of Model Merging Recipes). Defaults follow mergekit-evolve: the genome lives in [0, 1]^d (``cma``'s
 bound transform), sigma0 = 1/6, ``cma``'s default population 4 + floor(3 ln d), and the search
-starts from the uniform merge (agents/genome.py, ``Genome.identity``). The fitness is the mean
-over tasks of score / z* (z* = best single pool model per task), the published macro-average.
+starts from the uniform merge (agents/genome.py, ``Genome.identity``). The fitness is the
+problem's (``MergeProblem.fitness``): by default the mean over tasks of score / z* (z* = best
+single pool model per task), the published macro-average; the recycling problem states its own.
 
 Every generation is told, the last partial one too, as long as it holds at least mu solutions
 and at least 3 with ``cma``'s mirrored samples (``cma`` refuses fewer). Cache hits are free, so a converged strategy could sample only cached
@@ -37,6 +38,7 @@ class CMAESAgent(GenomeAgent):
     """CMA-ES over the flat genome, minimising minus the macro-average normalised score."""
 
     name = "cmaes"
+    uses_fitness = True  # ranks samples by problem.fitness
 
     def __init__(
         self,
@@ -64,11 +66,6 @@ class CMAESAgent(GenomeAgent):
         self.best_value = -np.inf
         self.generations = 0
         self.restarts = 0
-
-    @staticmethod
-    def fitness(problem: MergeProblem, vector: np.ndarray) -> float:
-        """Macro-average of the normalised task scores (higher is better)."""
-        return float(np.mean(problem.normalised(vector)))
 
     def _strategy(self, genome: Genome, rng: np.random.Generator) -> cma.CMAEvolutionStrategy:
         x0 = rng.random(genome.dim) if self.random_init else genome.identity()
@@ -98,7 +95,7 @@ class CMAESAgent(GenomeAgent):
             while True:
                 solutions = es.ask()
                 scored = self.evaluate_genomes(problem, budget_, genome, np.asarray(solutions))
-                values = [self.fitness(problem, s.vector) for s in scored]
+                values = [problem.fitness(s.vector) for s in scored]
                 for s, v in zip(scored, values):
                     if v > self.best_value:
                         self.best_recipe, self.best_value = s.recipe, v

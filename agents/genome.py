@@ -34,13 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from agents.base import Agent, Budget
+from agents.base import Agent
 from merge_env.env import DEFAULT_COEFFICIENTS
 from merge_env.errors import ConfigError, MergeError
 from merge_env.merging.methods.registry import get_operator
 from merge_env.merging.plan import ParamMerge
+from merge_env.search.budget import Budget
 from merge_env.search.problem import MergeProblem, Scored
-from merge_env.search.recipe import BASE, MERGED, Recipe, Slot, param_merge
+from merge_env.search.recipe import BASE, MERGED, Recipe, Slot, uniform_merge, weighted_merge
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +140,12 @@ class Genome:
         weight = op.param("weight")
         if weight is None or not weight.per_model:
             raise ConfigError(f"genome.merge_method {merge_method!r} takes no per-model weight")
-        self._base = BASE if op.needs_base else None
-        self._takes_density = op.param("density") is not None
         K = len(self.facts.experts)
         self.n_param = (2 * K if self.density_genes else K) if level != "arch" else 0
         self.candidates = self._candidates()
         self.n_arch = 2 * len(self.candidates) if level != "param" else 0
         self.dim = self.n_param + self.n_arch
-        self.uniform_merge = self._merge(np.full(K, 1.0 / K), None)
+        self.uniform_merge = uniform_merge(merge_method, self.facts.experts, density=self.density)
 
     def _candidates(self) -> list[tuple[int, int]]:
         """(layer, source index) per architecture gene pair: L for aligned, R*L*S for indicator."""
@@ -238,10 +237,8 @@ class Genome:
             density: float | dict[str, float] | None = self.density
         else:
             density = {e: float(d) for e, d in zip(experts, densities)}
-        if not self._takes_density:
-            density = None
         weights = {e: float(v) for e, v in zip(experts, w)}
-        return param_merge(self.merge_method, weights, base=self._base, density=density)
+        return weighted_merge(self.merge_method, weights, density=density)
 
     def _decode_path(self, genes: np.ndarray) -> tuple[Slot, ...] | None:
         pairs = genes.reshape(-1, 2)

@@ -30,7 +30,7 @@ from hydra.utils import instantiate  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from merge_env.search.problem import zoo_problem  # noqa: E402
+from merge_env.pools.spec import zoo_problem  # noqa: E402
 
 log = logging.getLogger("mergegym.compare")
 console = Console()

@@ -33,6 +33,7 @@ Checkpoints are named by folder name, or name them: ``'pool.checkpoints={early: 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -56,15 +57,15 @@ from rich.table import Table  # noqa: E402
 from experiments import report  # noqa: E402
 from experiments.cli import hydra_entry  # noqa: E402
 from experiments.config_check import validate_run_config  # noqa: E402
-from experiments.run import (  # noqa: E402
-    _state,
-    _tracker_kwargs,
+from experiments.jobs import (  # noqa: E402
     check_same_search,
     pool_and_tasks,
     run_dir_of,
+    run_state,
     scoring_problem,
     search_settings,
     seed_everything,
+    tracker_kwargs,
 )
 from experiments.tracking import Tracker  # noqa: E402
 from merge_env.errors import ConfigError, RecipeError  # noqa: E402
@@ -80,7 +81,6 @@ from merge_env.methods.recycle import (  # noqa: E402
     problem_objective,
     recycling_checkpoints,
     recycling_problem,
-    use_objective,
 )
 from merge_env.search.archive import Entry  # noqa: E402
 from merge_env.search.problem import MergeProblem  # noqa: E402
@@ -89,11 +89,15 @@ log = logging.getLogger("mergegym.recycle")
 console = Console()
 
 
-def make_problem(cfg: DictConfig, run_dir: Path) -> tuple[MergeProblem, list[str]]:
-    """The recycling problem of the configured pool and tasks, archive and cache in the run dir."""
+def make_problem(
+    cfg: DictConfig, run_dir: Path, objective: str = "macro"
+) -> tuple[MergeProblem, list[str]]:
+    """The recycling problem of the configured pool and tasks (its fitness ``objective``),
+    archive and cache in the run dir."""
     pool, tasks = pool_and_tasks(cfg)
     checkpoints = recycling_checkpoints(pool)
-    problem = scoring_problem(recycling_problem, checkpoints, tasks, pool, cfg, run_dir)
+    build = functools.partial(recycling_problem, objective=objective)
+    problem = scoring_problem(build, checkpoints, tasks, pool, cfg, run_dir)
     return problem, list(checkpoints)
 
 
@@ -140,15 +144,16 @@ def run(cfg: DictConfig) -> float:
     seed_everything(cfg.seed)
     agent = instantiate(cfg.agent)
     agent.workdir = run_dir / "agent"
-    # CMA-ES maximises the objective; multi-objective and random agents have no fitness
-    fitness = objective if use_objective(agent, objective) else None
+    # CMA-ES maximises the problem's fitness, the objective; multi-objective and random agents
+    # have none (the objective only picks their best merge)
+    fitness = objective if agent.uses_fitness else None
     if fitness is not None:
         log.info("%s maximises the %s objective", agent.name, fitness)
     t0 = time.perf_counter()
-    problem, names = make_problem(cfg, run_dir)
+    problem, names = make_problem(cfg, run_dir, objective)
     check_same_search(run_dir, problem, search_settings(cfg, problem))
-    run_id = _state(run_dir)["run_id"]
-    tracker: Tracker = instantiate(cfg.logger, **_tracker_kwargs(cfg.logger, cfg, run_dir, run_id))
+    run_id = run_state(run_dir)["run_id"]
+    tracker: Tracker = instantiate(cfg.logger, **tracker_kwargs(cfg.logger, cfg, run_dir, run_id))
     problem.ideal  # noqa: B018 - singles and the uniform merge, before the search, uncharged
     problem.listeners.append(
         lambda e: tracker.log_entry(e, problem.hypervolume_of(problem.archive.score_matrix()))

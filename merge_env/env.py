@@ -13,10 +13,9 @@ from gymnasium import spaces
 from merge_env.errors import ConfigError
 from merge_env.merging.methods.registry import get_operator
 from merge_env.merging.plan import ParamMerge
-from merge_env.registration import ENV_ID, MO_ENV_ID  # noqa: F401 - re-exported
 from merge_env.search.pareto import scalarise
 from merge_env.search.problem import MergeProblem
-from merge_env.search.recipe import BASE, MERGED, Recipe, Slot, param_merge
+from merge_env.search.recipe import MERGED, Recipe, Slot, uniform_merge, weighted_merge
 
 MODES = ("free", "aligned")
 PARAM_MODES = ("policy", "preference", "fixed")
@@ -64,7 +63,8 @@ class MergeEnv(gym.Env):
     Terminated at STOP, at ``t_max`` slots (free) or at ``L`` slots (aligned).
 
     ## Arguments
-    ``problem`` (a MergeProblem; None builds the default zoo's), ``mode``, ``t_max``,
+    ``problem`` (a MergeProblem; ``gym.make`` without one builds the default zoo's, see
+    registration.py), ``mode``, ``t_max``,
     ``coefficients``, ``beta``, ``scalarisation`` ("tchebycheff" | "weighted_sum"),
     ``preference``, ``param_mode`` ("policy" | "preference" | "fixed"), ``merge_method``,
     ``density``, ``lattice_steps``, ``fixed_merge``, ``fidelity`` ("full" | "cheap").
@@ -74,7 +74,7 @@ class MergeEnv(gym.Env):
 
     def __init__(
         self,
-        problem: MergeProblem | None = None,
+        problem: MergeProblem,
         *,
         mode: str = "free",
         t_max: int | None = None,
@@ -88,7 +88,6 @@ class MergeEnv(gym.Env):
         lattice_steps: int = 6,
         fixed_merge: ParamMerge | None = None,
         fidelity: str = "full",
-        zoo: str = "default",
         defer_scoring: bool = False,
     ) -> None:
         if mode not in MODES:
@@ -97,7 +96,7 @@ class MergeEnv(gym.Env):
             raise ConfigError(f"env.param_mode must be one of {PARAM_MODES}, got {param_mode!r}")
         if 1.0 not in coefficients:
             raise ConfigError(f"env.coefficients must contain 1.0, got {list(coefficients)}")
-        self.problem = problem if problem is not None else default_problem(zoo)
+        self.problem = problem
         pool = self.problem.pool
         self.mode = mode
         self.L = pool.num_layers
@@ -141,18 +140,14 @@ class MergeEnv(gym.Env):
         experts = self.problem.pool.experts
         if self.param_mode == "fixed" and fixed is not None:
             return [fixed]
-        op = get_operator(method)
-        if op.param("weight") is None:
+        if get_operator(method).param("weight") is None:
             raise ConfigError(f"env.merge_method {method!r} takes no per-model weight")
-        base = BASE if op.needs_base else None
-        dens = density if op.param("density") is not None else None  # linear takes none
         if self.param_mode == "fixed":
             # uniform weights on the simplex: the lattice's centre, and the merge the flat genome's
             # level="arch" fixes (agents/genome.py), so the ablation compares like with like
-            uniform = {e: 1.0 / len(experts) for e in experts}
-            return [param_merge(method, uniform, base=base, density=dens)]
+            return [uniform_merge(method, experts, density=density)]
         return [
-            param_merge(method, dict(zip(experts, w)), base=base, density=dens)
+            weighted_merge(method, dict(zip(experts, w)), density=density)
             for w in weight_lattice(len(experts), steps)
         ]
 
@@ -260,7 +255,7 @@ class MergeEnv(gym.Env):
 class MOMergeEnv(MergeEnv):
     """MergeEnv with a vector reward (normalised score per task), MO-Gymnasium style."""
 
-    def __init__(self, problem: MergeProblem | None = None, **kwargs: Any) -> None:
+    def __init__(self, problem: MergeProblem, **kwargs: Any) -> None:
         super().__init__(problem, **kwargs)
         self.reward_space = spaces.Box(-np.inf, np.inf, (self.k,), np.float32)
 
@@ -284,10 +279,3 @@ def _simplex(pref: Sequence[float], k: int) -> np.ndarray:
     if p.shape != (k,) or np.any(p < 0) or not np.isfinite(p).all() or p.sum() <= 0:
         raise ConfigError(f"preference must be {k} non-negative numbers, got {list(pref)}")
     return p / p.sum()
-
-
-def default_problem(zoo: str = "default") -> MergeProblem:
-    """The MergeProblem over a zoo preset (built and cached on first use)."""
-    from merge_env.search.problem import zoo_problem
-
-    return zoo_problem(zoo)

@@ -28,15 +28,14 @@ import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from tqdm.auto import tqdm
 
-from agents.base import Agent, Budget, BudgetExhausted
+from agents.base import Agent
+from agents.ppo.callbacks import BudgetCallback
 from agents.ppo.encoder import PathEncoder
 from agents.ppo.offline import (
     build_dataset,
-    candidate_actions,
     pretrain,
     propose_candidates,
     relabel,
@@ -44,97 +43,17 @@ from agents.ppo.offline import (
 from agents.ppo.vec_env import BatchScoringVecEnv, batch_scoring_env
 from merge_env.env import MergeEnv, weight_lattice
 from merge_env.errors import ConfigError
-from merge_env.scoring.evaluate import Evaluator
 from merge_env.search.archive import Archive
+from merge_env.search.budget import Budget, BudgetExhausted
 from merge_env.search.pareto import non_dominated, sample_preferences
 from merge_env.search.problem import MergeProblem
+from merge_env.wrappers import RepeatPenalty, StopAtOnce
 
 log = logging.getLogger(__name__)
 
 LEVELS = ("both", "param", "arch")
 # explore gives up after this many episodes in a row of recipes already scored (space exhausted)
 EXPLORE_MISSES = 200
-
-
-class StopAtOnce(gym.ActionWrapper):
-    """Parameter level only: every episode STOPs at its first step, so only the merge is chosen."""
-
-    def __init__(self, env: MergeEnv) -> None:
-        if env.mode != "free":
-            raise ConfigError("level='param' needs env mode 'free' (aligned paths cannot STOP)")
-        super().__init__(env)
-
-    def action(self, action: np.ndarray) -> np.ndarray:
-        """The same merge choice, with STOP as the source."""
-        action = np.array(action, dtype=np.int64)
-        action[1] = len(self.env.unwrapped.sources)
-        return action
-
-
-class RepeatPenalty(gym.Wrapper):
-    """Online shaping: a recipe already scored earns ``penalty`` less, since it adds nothing to
-    the archive; without it the policy settles on a few recipes and stops spending the budget."""
-
-    def __init__(self, env: gym.Env, penalty: float) -> None:
-        super().__init__(env)
-        self.penalty = float(penalty)
-
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
-        """As the env's step, minus the penalty at the end of a repeated recipe."""
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        if terminated and info.get("cached"):
-            reward = float(reward) - self.penalty
-        return obs, reward, terminated, truncated, info
-
-
-class BudgetCallback(BaseCallback):
-    """Stops PPO before a step that could cost more than the budget has left (minus a reserve),
-    or after ``max_repeats`` episodes in a row that only re-scored cached recipes."""
-
-    def __init__(
-        self, budget: Budget, reserve: float = 0.0, max_repeats: int = 64, progress: bool = False,
-        per_step: int = 1,
-    ) -> None:  # fmt: skip
-        super().__init__()
-        self.per_step = per_step  # recipes one vector step may score (n_envs)
-        self.budget = budget
-        self.reserve = reserve
-        self.max_repeats = max_repeats
-        self.episodes = 0
-        self.repeats = 0
-        self.progress = progress
-        self.bar: Any = None
-
-    def _on_training_start(self) -> None:
-        if self.progress:
-            self.bar = tqdm(total=round(self.budget.budget, 2), initial=round(self.budget.used, 2),
-                            desc="ppo online (evaluations)", unit="eval", leave=False)  # fmt: skip
-
-    def _on_training_end(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def affordable(self) -> bool:
-        """Whether the next step's evaluations fit (a vector step scores at most n_envs recipes)."""
-        need = self.per_step * self.budget.problem.cost("full")
-        return self.budget.remaining - self.reserve >= need - 1e-9
-
-    def _on_step(self) -> bool:
-        for info in self.locals.get("infos", []):
-            if "vector" in info:
-                self.episodes += 1
-                self.logger.record("merge/spent", self.budget.used)
-                self.logger.record("merge/cached", float(info["cached"]))
-                self.repeats = self.repeats + 1 if info["cached"] else 0
-                if self.bar is not None:
-                    self.bar.update(round(self.budget.used - self.bar.n, 2))
-                    self.bar.set_postfix(episodes=self.episodes, repeats=self.repeats)
-        return self.affordable() and not self.stalled
-
-    @property
-    def stalled(self) -> bool:
-        """Whether the policy has only re-scored cached recipes for ``max_repeats`` episodes."""
-        return self.repeats >= self.max_repeats
 
 
 class PPOAgent(Agent):
@@ -457,11 +376,7 @@ def ensure_cheap(problem: MergeProblem, examples: int | None) -> None:
         return
     if examples is None:
         raise ConfigError("agent.cheap_examples: the problem has no cheap fidelity; set a number")
-    ev = problem.evaluator
-    problem.cheap_evaluator = Evaluator(
-        ev.tokenizer, device=ev.device, batch_size=ev.batch_size, max_examples=examples,
-        cache=ev.cache, dtype=ev.dtype,
-    )  # fmt: skip
+    problem.enable_cheap(examples)
 
 
-__all__ = ["BudgetCallback", "PPOAgent", "StopAtOnce", "candidate_actions", "ensure_cheap"]
+__all__ = ["PPOAgent", "ensure_cheap"]

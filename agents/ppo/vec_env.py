@@ -20,13 +20,14 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnvWrapper
 
 from merge_env.env import MergeEnv
 from merge_env.search.problem import MergeProblem
+from merge_env.wrappers import repeat_penalised
 
 
 class BatchScoringVecEnv(VecEnvWrapper):
     """Scores the recipes of every episode that ended in this vector step in one batch.
 
     ``repeat_penalty`` is taken off the reward of a recipe that was already scored (the
-    vectorised form of agents.ppo.RepeatPenalty).
+    vectorised form of merge_env.wrappers.RepeatPenalty).
     """
 
     def __init__(
@@ -63,9 +64,7 @@ class BatchScoringVecEnv(VecEnvWrapper):
             info = infos[i]
             length, pref = info["length"], info["preference"]
             reward = env.final_reward(result.vector, length, pref)
-            if self.repeat_penalty and result.cached:
-                reward = reward - self.repeat_penalty
-            rewards[i] = reward
+            rewards[i] = repeat_penalised(reward, result.cached, self.repeat_penalty)
             recipe = info.pop("pending")
             info.update(env.scored_info(recipe, result.vector, result.cached))
             info["preference"] = pref  # the finished episode's, not the auto-reset one's

@@ -31,7 +31,8 @@ from rich.console import Console
 from rich.table import Table
 
 from merge_env.env import MergeEnv
-from merge_env.search.problem import MergeProblem, zoo_problem
+from merge_env.pools.spec import zoo_problem
+from merge_env.search.problem import MergeProblem
 from merge_env.search.recipe import MERGED, Recipe, Slot
 
 console = Console()

@@ -15,7 +15,8 @@ checkpoints and their uniform merge only, so nothing outside the N enters a merg
 The objective (the search's fitness, and what picks the optimised merge, the best single checkpoint
 and the greedy soup) is the plain macro-average of the task scores, as published; ``normalised``
 (the macro-average of score / z*, mergekit-evolve's and agents/cmaes.py's own fitness) is the
-alternative. CMA-ES is handed the objective through its ``fitness`` hook (``use_objective``).
+alternative. The problem states it through its ``fitness`` seam (``RecyclingProblem(objective=...)``),
+which a single-objective agent such as CMA-ES maximises.
 
 Baselines, scored by the same objective: every single checkpoint, the uniform merge (a uniform
 model soup) and the greedy soup of Wortsman et al. 2022 ("Model soups", ICML, Algorithm 1:
@@ -40,7 +41,6 @@ from merge_env.tasks import Task
 
 Weights = dict[str, float]
 Objective = Callable[[Mapping[str, float]], float]
-Fitness = Callable[[MergeProblem, np.ndarray], float]
 # "macro": mean task score (Khalifa et al. 2024); "normalised": mean of score / z* (mergekit-evolve)
 OBJECTIVES: tuple[str, ...] = ("macro", "normalised")
 
@@ -112,6 +112,14 @@ class RecyclingProblem(MergeProblem):
     (and cost evaluations). The ideal point z* is thus the best of the N checkpoints per task.
     """
 
+    def __init__(self, *args: Any, objective: str = "macro", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.objective = check_objective(objective)
+
+    def fitness(self, vector: np.ndarray) -> float:
+        """The recycling objective of a raw score vector (``objective_value``)."""
+        return objective_value(self, vector, self.objective)
+
     def reference_recipes(self) -> dict[str, Recipe]:
         """Every checkpoint alone (``model:<name>``) and the uniform merge (``merge:linear``)."""
         names = self.pool.experts
@@ -121,9 +129,15 @@ class RecyclingProblem(MergeProblem):
 
 
 def recycling_problem(
-    checkpoints: Mapping[str, Path], tasks: Sequence[Task], tokenizer_dir: str | Path, **kwargs: Any
+    checkpoints: Mapping[str, Path],
+    tasks: Sequence[Task],
+    tokenizer_dir: str | Path,
+    *,
+    objective: str = "macro",
+    **kwargs: Any,
 ) -> RecyclingProblem:
-    """The RecyclingProblem over N checkpoints (``build_problem`` keyword arguments pass through).
+    """The RecyclingProblem over N checkpoints, whose fitness is ``objective``
+    (``build_problem`` keyword arguments pass through).
 
     ``build_problem`` wires the pool, evaluator, cache, archive and ledger; the same parts are
     handed to a RecyclingProblem, so only the references differ from the main job's problem.
@@ -133,7 +147,7 @@ def recycling_problem(
     return RecyclingProblem(
         wired.pool, wired.tasks, wired.evaluator, wired.archive, metric=wired.metric,
         cheap_examples=cheap, reference_point=wired.reference_point,
-        ledger_path=wired.ledger_path,
+        ledger_path=wired.ledger.path, objective=objective,
     )  # fmt: skip
 
 
@@ -255,30 +269,6 @@ def objective_value(problem: MergeProblem, vector: np.ndarray, objective: str = 
     """The objective of a raw task-score vector: its macro-average, or that of score / z*."""
     check_objective(objective)
     return macro_average(problem.normalised(vector) if objective == "normalised" else vector)
-
-
-def fitness(objective: str = "macro") -> Fitness:
-    """The objective as a genome agent's fitness hook: (problem, raw score vector) -> value."""
-    check_objective(objective)
-
-    def value(problem: MergeProblem, vector: np.ndarray) -> float:
-        return objective_value(problem, vector, objective)
-
-    return value
-
-
-def use_objective(agent: Any, objective: str = "macro") -> bool:
-    """Make a single-objective agent maximise ``objective``; False for agents without a fitness.
-
-    CMA-ES ranks its samples by ``self.fitness(problem, vector)`` (a static method whose default
-    is the normalised macro-average); an instance attribute replaces it for this agent only.
-    Multi-objective and random agents have no fitness: the objective only picks their best merge.
-    """
-    check_objective(objective)
-    if not callable(getattr(agent, "fitness", None)):
-        return False
-    agent.fitness = fitness(objective)
-    return True
 
 
 def problem_objective(

@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from merge_env.errors import ConfigError
+from merge_env.search.problem import MergeProblem, build_problem
 from merge_env.search.recipe import BASE
 from merge_env.tasks import Task, chat_task
 
@@ -54,6 +56,13 @@ def zoo_pool(preset: str = "default", seed: int = 0, cache_dir: str | None = Non
         extra={"recycling": list(zoo.recycling), "odd_expert": zoo.odd_expert,
                "odd_expert_task": zoo.odd_expert_task},
     )  # fmt: skip
+
+
+def zoo_problem(preset: str = "default", *, seed: int = 0, **kwargs: Any) -> MergeProblem:
+    """The MergeProblem over a zoo preset's base and experts (the zoo is built on first use);
+    ``build_problem`` keyword arguments pass through."""
+    pool = zoo_pool(preset, seed)
+    return build_problem(pool.sources, pool.tasks, pool.tokenizer_dir, **kwargs)
 
 
 def local_pool(

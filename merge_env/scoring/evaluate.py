@@ -123,6 +123,14 @@ class Evaluator:
         self._memo: dict[tuple[str, str, int | None], list[EncodedExample]] = {}
         self._warned_boundary = False
 
+    def capped(self, max_examples: int) -> Evaluator:
+        """This evaluator (tokenizer, device, batch, cache, dtype) scoring at most
+        ``max_examples`` per task: a problem's cheap fidelity."""
+        return Evaluator(
+            self.tokenizer, device=self.device, batch_size=self.batch_size,
+            max_examples=max_examples, cache=self.cache, dtype=self.dtype,
+        )  # fmt: skip
+
     # ------------------------------------------------------------ keys and encoding
 
     def cache_key(self, model_key: str, task: Task, split: str) -> str:

@@ -98,7 +98,7 @@ def _entry_from_dict(d: Any, objectives: Sequence[str], where: str) -> Entry:
 
 
 def fsync_dir(path: Path) -> None:
-    # A new file's directory entry is only durable once the directory itself is synced.
+    """Sync a folder: a new file's directory entry is only durable once its folder is synced."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -107,7 +107,7 @@ def fsync_dir(path: Path) -> None:
 
 
 def append_durably(path: Path, data: bytes) -> None:
-    # One write call per line: a kill can leave only a prefix of it, which Archive.load drops.
+    """Append ``data`` in one write and fsync it: a kill can leave only a prefix of it."""
     with open(path, "ab") as fh:
         fh.write(data)
         fh.flush()

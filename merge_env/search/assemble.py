@@ -107,15 +107,15 @@ class SlotLayer(nn.Module):
             return getattr(super().__getattr__("layer"), name)
 
 
-def _set_num_layers(config: Any, layer_map: list[int]) -> None:
-    """Give an HF config a depth of len(layer_map), keeping per-layer lists consistent."""
-    n = len(layer_map)
-    if hasattr(config, "n_layer"):
-        config.n_layer = n
-    config.num_hidden_layers = n
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types:
-        config.layer_types = [layer_types[i] for i in layer_map]
+def _depth_fields(config: Mapping[str, Any], layer_map: list[int]) -> dict[str, Any]:
+    """The config fields that give a model len(layer_map) layers, per-layer lists kept consistent
+    (one function for a config.json dict and, through ``to_dict``, an HF config object)."""
+    out: dict[str, Any] = {
+        "n_layer" if "n_layer" in config else "num_hidden_layers": len(layer_map)
+    }
+    if config.get("layer_types"):
+        out["layer_types"] = [config["layer_types"][i] for i in layer_map]
+    return out
 
 
 class ModelPool:
@@ -262,7 +262,8 @@ class ModelPool:
             return shell
         path = recipe.resolved_path(self.num_layers)
         config = copy.deepcopy(shell.config)
-        _set_num_layers(config, [s.layer for s in path])
+        for key, value in _depth_fields(config.to_dict(), [s.layer for s in path]).items():
+            setattr(config, key, value)
         residual_out = self.arch.family.residual_out
         slots = [
             SlotLayer(self._layers(self.source_model(s.source, recipe.merge))[s.layer], t, s.scale,
@@ -304,7 +305,7 @@ class ModelPool:
                 )
         specs = [TensorSpec(n, dtype, base_ckpt.info(_orig(n, self.arch)).shape) for n, _ in plan]
         config = dict(base_ckpt.config)
-        _set_num_layers_dict(config, [s.layer for s in path])
+        config.update(_depth_fields(config, [s.layer for s in path]))
         config["dtype"] = str(dtype).removeprefix("torch.")
         with CheckpointWriter(
             out_dir, specs, config=config, side_files_from=base_ckpt.path,
@@ -320,13 +321,6 @@ class ModelPool:
 def _orig(name: str, arch: ArchInfo) -> str:
     """The base tensor a planned output name was shaped after (layer 0 stands for any layer)."""
     return name if arch.layer_of(name) is None else arch.rename_layer(name, 0)
-
-
-def _set_num_layers_dict(config: dict[str, Any], layer_map: list[int]) -> None:
-    key = "n_layer" if "n_layer" in config else "num_hidden_layers"
-    config[key] = len(layer_map)
-    if config.get("layer_types"):
-        config["layer_types"] = [config["layer_types"][i] for i in layer_map]
 
 
 _HOOK_DICTS = (

@@ -9,16 +9,12 @@ budget is spent only on what the agent asked for.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -27,8 +23,9 @@ from merge_env.scoring.cache import EvalCache
 from merge_env.scoring.evaluate import Evaluator, TaskScore
 from merge_env.search.archive import Archive, Entry
 from merge_env.search.assemble import ModelPool
+from merge_env.search.budget import Ledger
 from merge_env.search.pareto import hypervolume, ideal_point, non_dominated, normalise
-from merge_env.search.recipe import BASE, Recipe, param_merge
+from merge_env.search.recipe import Recipe, param_merge, uniform_merge
 from merge_env.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -79,17 +76,12 @@ class MergeProblem:
             )
         self.cheap_evaluator: Evaluator | None = None
         if cheap_examples is not None:
-            self.cheap_evaluator = Evaluator(
-                evaluator.tokenizer, device=evaluator.device, batch_size=evaluator.batch_size,
-                max_examples=cheap_examples, cache=evaluator.cache, dtype=evaluator.dtype,
-            )  # fmt: skip
+            self.enable_cheap(cheap_examples)
         # every charge is appended to a ledger, so a resumed run knows what it has spent
         # (cheap evaluations never reach the archive)
-        self.ledger_path = Path(ledger_path) if ledger_path is not None else None
-        # (model key, fidelity) of every charge in the ledger: a recipe charged by a process
-        # killed before it cached the scores is recomputed on resume but not charged again
-        self._paid: set[tuple[str, str]] = set()
-        self.spent = self._read_ledger()
+        self.ledger = Ledger(
+            ledger_path, fallback=max((e.evaluations for e in self.archive), default=0)
+        )
         self.cache_hits = 0
         self.reference_evaluations = 0
         self.test_evaluations = 0
@@ -210,15 +202,22 @@ class MergeProblem:
             return 0.0
         if not charge or split != "search":
             return 0.0
-        if self.evaluator.cache is not None and (key, fidelity) in self._paid:
+        if self.evaluator.cache is not None and self.ledger.settle(key, fidelity):
             # a fresh score of a recipe the ledger has paid for: an earlier process was killed
             # between the charge and the cache (with a cache, nothing else recomputes it)
-            self._paid.discard((key, fidelity))
             return 0.0
         cost = self.cost(fidelity)
-        self._write_ledger(key, fidelity, cost)
-        self.spent += cost
+        self.ledger.charge(key, fidelity, cost)
         return cost
+
+    @property
+    def spent(self) -> float:
+        """Evaluations charged so far, this process and every earlier one sharing the ledger."""
+        return self.ledger.spent
+
+    def enable_cheap(self, examples: int) -> None:
+        """Give the problem its cheap fidelity: the evaluator capped at ``examples`` per task."""
+        self.cheap_evaluator = self.evaluator.capped(examples)
 
     def _record(
         self, recipe: Recipe, details: dict[str, TaskScore], fresh: bool, cost: float,
@@ -247,60 +246,13 @@ class MergeProblem:
             out.append(evaluator.score_tasks(model, self.tasks, split, model_key=None))
         return out
 
-    def _read_ledger(self) -> float:
-        """Sum the ledger's charges and note what they paid for; a torn last line is cut off.
-
-        Lines are appended with one write each, so a kill leaves at most a prefix of the last
-        line: it is dropped and truncated here, so the next charge starts on a clean line.
-        """
-        if self.ledger_path is None or not self.ledger_path.is_file():
-            return float(max((e.evaluations for e in self.archive), default=0))
-        data = self.ledger_path.read_bytes()
-        complete, _, tail = data.rpartition(b"\n")
-        lines = complete.split(b"\n") if complete else []
-        spent = 0.0
-        for number, raw in enumerate([*lines, tail], start=1):
-            if not raw.strip():
-                continue
-            try:
-                charge = json.loads(raw)
-                spent += float(charge["cost"])
-                self._paid.add((str(charge["key"]), str(charge["fidelity"])))
-            except (ValueError, KeyError, TypeError):
-                if number <= len(lines):  # not a torn write (those only hit the last line)
-                    log.warning("%s: skipping unreadable line %d", self.ledger_path, number)
-                    continue
-                log.warning("%s: cutting off a torn last line (%d bytes)",
-                            self.ledger_path, len(tail))  # fmt: skip
-                with open(self.ledger_path, "r+b") as fh:
-                    fh.truncate(len(data) - len(tail))
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                return spent
-        if tail:  # the whole last line landed but not its newline
-            with open(self.ledger_path, "ab") as fh:
-                fh.write(b"\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-        return spent
-
-    def _write_ledger(self, key: str, fidelity: str, cost: float) -> None:
-        if self.ledger_path is None:
-            return
-        line = json.dumps({"key": key, "fidelity": fidelity, "cost": cost}) + "\n"
-        with open(self.ledger_path, "ab") as fh:
-            fh.write(line.encode())  # one write: a kill leaves a prefix, cut off on reopening
-            fh.flush()
-            os.fsync(fh.fileno())
-
     # -- references and the ideal point ------------------------------------------------------
     def reference_recipes(self) -> dict[str, Recipe]:
         """Every single model of the pool and the plain parameter merges, by name."""
         refs = {f"model:{name}": Recipe.single(name) for name in self.pool.names}
         experts = self.pool.experts
         if experts:
-            uniform = {e: 1.0 / len(experts) for e in experts}
-            refs["merge:linear"] = Recipe(merge=param_merge("linear", uniform, base=None))
+            refs["merge:linear"] = Recipe(merge=uniform_merge("linear", experts))
             refs["merge:task_arithmetic"] = Recipe(
                 merge=param_merge("task_arithmetic", {e: 1.0 for e in experts})
             )
@@ -378,6 +330,14 @@ class MergeProblem:
         """Scores as (f − nadir) / (top − nadir): f / z* for exact match and token accuracy."""
         return normalise(np.asarray(vector, float), self.top, self.nadir)
 
+    def fitness(self, vector: np.ndarray) -> float:
+        """The scalar a single-objective agent maximises: the macro-average normalised score.
+
+        The seam through which a problem states its own objective (``RecyclingProblem``
+        overrides it); agents read it here instead of defining their own.
+        """
+        return float(np.mean(self.normalised(vector)))
+
     def hypervolume_of(self, vectors: np.ndarray) -> float:
         """Hypervolume of the non-dominated subset of raw score vectors (normalised as above)."""
         pts = self.normalised(np.atleast_2d(vectors))
@@ -423,13 +383,3 @@ def build_problem(
         pool, tasks, evaluator, archive, metric=metric, cheap_examples=cheap_examples,
         ledger_path=ledger,
     )  # fmt: skip
-
-
-def zoo_problem(preset: str = "default", *, seed: int = 0, **kwargs: Any) -> MergeProblem:
-    """The MergeProblem over a zoo preset's base and experts (the zoo is built on first use)."""
-    from merge_env.zoo import ZooConfig, build_zoo
-
-    zoo = build_zoo(ZooConfig.preset(preset) if seed == 0 else
-                    dataclasses.replace(ZooConfig.preset(preset), seed=seed))  # fmt: skip
-    sources = {BASE: zoo.base, **zoo.experts}
-    return build_problem(sources, zoo.tasks, zoo.tokenizer_dir, **kwargs)

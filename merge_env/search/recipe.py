@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from merge_env.errors import RecipeError
+from merge_env.merging.methods.registry import get_operator
 from merge_env.merging.plan import ModelRef, ParamMerge
 
 MERGED = "merged"
@@ -233,3 +234,21 @@ def param_merge(
         parameters=dict(parameters or {}),
         seed=seed,
     )
+
+
+def weighted_merge(
+    method: str, weights: Mapping[str, float], *, density: float | Mapping[str, float] | None = None
+) -> ParamMerge:
+    """A ParamMerge of ``method`` with these per-model weights, over the base where the operator
+    needs one and with ``density`` where it takes one (linear takes none)."""
+    op = get_operator(method)
+    base = BASE if op.needs_base else None
+    return param_merge(method, weights, base=base,
+                       density=density if op.param("density") is not None else None)  # fmt: skip
+
+
+def uniform_merge(
+    method: str, experts: Sequence[str], *, density: float | None = None
+) -> ParamMerge:
+    """The merge of ``method`` with equal weights 1/K on the K experts."""
+    return weighted_merge(method, {e: 1.0 / len(experts) for e in experts}, density=density)

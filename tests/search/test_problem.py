@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from merge_env.scoring.cache import EvalCache
+from merge_env.search.budget import Ledger
 from merge_env.search.problem import MergeProblem, build_problem
 from merge_env.search.recipe import BASE, Recipe, param_merge
 from merge_env.tasks import Example, Task
@@ -22,7 +23,7 @@ def _merge(problem: MergeProblem, weights: tuple[float, ...]) -> Recipe:
 
 
 def _ledger(problem: MergeProblem) -> list[dict]:
-    return [json.loads(x) for x in problem.ledger_path.read_text().splitlines()]
+    return [json.loads(x) for x in problem.ledger.path.read_text().splitlines()]
 
 
 def _hv(points: np.ndarray) -> float:
@@ -139,7 +140,7 @@ def test_a_kill_while_scoring_neither_loses_nor_repeats_the_charge(
     recipe = _merge(problem, (0.5, 0.25, 0.25))
     with monkeypatch.context() as m:
         if instant == "before the charge":
-            m.setattr(MergeProblem, "_write_ledger", _kill)
+            m.setattr(Ledger, "charge", _kill)
         else:
             m.setattr(EvalCache, "put", _kill)
         with pytest.raises(Killed):
@@ -157,16 +158,16 @@ def test_a_torn_ledger_line_is_cut_off_so_the_next_charge_survives(make_problem,
     paths = {"archive_path": tmp_path / "a.jsonl", "cache_path": tmp_path / "c.sqlite"}
     problem = make_problem(**paths)
     problem.score(_merge(problem, (0.5, 0.25, 0.25)))
-    clean = problem.ledger_path.read_bytes()
-    with open(problem.ledger_path, "ab") as fh:
+    clean = problem.ledger.path.read_bytes()
+    with open(problem.ledger.path, "ab") as fh:
         fh.write(b'{"key": "abc:123", "fidel')  # a kill in the middle of an append
     resumed = make_problem(**paths)
     assert resumed.spent == 1.0
-    assert resumed.ledger_path.read_bytes() == clean
+    assert resumed.ledger.path.read_bytes() == clean
     resumed.score(_merge(resumed, (0.25, 0.5, 0.25)))
     assert make_problem(**paths).spent == 2.0
     # a whole last line whose newline did not land is kept, and the next one starts clean
-    whole = problem.ledger_path.read_bytes()
-    problem.ledger_path.write_bytes(whole.rstrip(b"\n"))
+    whole = problem.ledger.path.read_bytes()
+    problem.ledger.path.write_bytes(whole.rstrip(b"\n"))
     again = make_problem(**paths)
-    assert again.spent == 2.0 and again.ledger_path.read_bytes() == whole
+    assert again.spent == 2.0 and again.ledger.path.read_bytes() == whole

@@ -12,7 +12,7 @@ import pytest
 from experiments.tracking import STEP_METRIC, WandbTracker
 from merge_env.search.archive import Entry
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class _Run:

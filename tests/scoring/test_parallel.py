@@ -16,7 +16,7 @@ from merge_env.scoring.parallel import RayBackend, attach_ray, use_backend
 from merge_env.search.problem import build_problem
 from merge_env.search.recipe import BASE, MERGED, Recipe, Slot, param_merge
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 EXAMPLES = 8  # per task: the scheduling is under test, not the scores
 HALF = 0.5  # CPUs per actor: 1 + 2 + 1 actors live at once on a 2-CPU local Ray
 
@@ -140,7 +140,7 @@ def test_a_killed_actor_loses_no_score_and_repeats_none(local_ray, backends, fre
         np.testing.assert_allclose(s.vector, want, atol=1e-6)
         assert not s.cached
     assert problem.spent == 6
-    ledger = [json.loads(line)["key"] for line in problem.ledger_path.read_text().splitlines()]
+    ledger = [json.loads(line)["key"] for line in problem.ledger.path.read_text().splitlines()]
     assert sorted(ledger) == sorted(problem.model_key(r) for r in recipes)  # each charged once
     assert [e.recipe_hash for e in problem.archive] == [r.hash for r in recipes]
     again = problem.score_many(recipes)  # all cached now: nothing is sent again

@@ -19,7 +19,7 @@ from merge_env.scoring.cache import EvalCache
 from merge_env.scoring.evaluate import Evaluator, TaskScore
 from merge_env.tasks import Example, Task, char_tokenizer, make_task, training_examples
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM
 
-from experiments.run import _state, run
+from experiments.jobs import run_state
+from experiments.run import run
 from merge_env.errors import ConfigError
 from merge_env.search.problem import build_problem
 from merge_env.search.recipe import BASE, Recipe
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
-ROOT = Path(__file__).resolve().parents[1]
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cfg(tmp_path: Path, *overrides: str):
@@ -222,6 +223,6 @@ def test_a_kill_while_writing_run_state_leaves_a_readable_one(tmp_path, monkeypa
         m.setattr(builtins, "open", tearing_open)
         m.setattr(io, "open", tearing_open)  # pathlib opens through io.open
         with pytest.raises(Killed):
-            _state(tmp_path)
-    assert _state(tmp_path)["run_id"]  # no torn file was left behind to trip on
+            run_state(tmp_path)
+    assert run_state(tmp_path)["run_id"]  # no torn file was left behind to trip on
     assert [p.name for p in tmp_path.iterdir()] == ["run_state.json"]

@@ -18,7 +18,7 @@ from merge_env.errors import ConfigError
 from merge_env.search.problem import MergeProblem, build_problem
 from merge_env.search.recipe import BASE, Recipe
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 # populations of 3 so that a budget of 5 spans two generations, the second one cut short
 AGENTS = {
@@ -115,7 +115,7 @@ def test_cmaes_starts_at_the_uniform_merge_tells_partial_generations_and_tracks_
     agent.search(problem, 5)
     assert agent.generations == 2  # 3 + a partial 2 (>= mu = 1), told as well
     new = problem.archive.entries[n_before:]
-    values = [agent.fitness(problem, e.vector(problem.objectives)) for e in new]
+    values = [problem.fitness(e.vector(problem.objectives)) for e in new]
     assert agent.best_value == pytest.approx(max(values))
     # sigma0 = 1/6 around the identity genome: every sample stays near the uniform weights
     first = Recipe.from_dict(new[0].recipe)

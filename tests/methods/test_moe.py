@@ -341,7 +341,7 @@ def test_experiment_runs_on_the_tiny_zoo(tiny_zoo, tmp_path, monkeypatch):
 
     from experiments.moe import run
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = Path(__file__).resolve().parents[2] / "conf"
     monkeypatch.chdir(tmp_path)  # the run folder is outputs/moe outside a Hydra run
     overrides = [
         "pool=tiny", f"pool.cache_dir={tiny_zoo.root.parent}", "max_examples=6",

@@ -19,7 +19,7 @@ from merge_env.merging.checkpoint import Checkpoint
 from merge_env.merging.engine import MergeEngine
 from merge_env.merging.plan import ParamMerge
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # A researcher's mergekit YAML: gradients, filters, per-model and top-level parameters, dtype.
 RECIPE = """\

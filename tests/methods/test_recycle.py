@@ -15,6 +15,7 @@ from agents.genome import Genome, PoolFacts
 from agents.nsga2 import NSGA2Agent
 from merge_env.errors import ConfigError, RecipeError
 from merge_env.methods.recycle import (
+    RecyclingProblem,
     active_count,
     baselines,
     checkpoint_folders,
@@ -26,13 +27,13 @@ from merge_env.methods.recycle import (
     problem_objective,
     recycling_checkpoints,
     recycling_problem,
-    use_objective,
 )
+from merge_env.search.problem import MergeProblem
 from merge_env.search.recipe import Recipe, param_merge
 from tests.conftest import build_tiny
 
 torch.set_num_threads(1)
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
 NAMES = ["a", "b", "c", "d"]
 
 
@@ -113,6 +114,9 @@ class _Ideal:
 
     ideal = np.array([0.5, 0.2])
 
+    def __init__(self, objective: str = "macro") -> None:
+        self.objective = objective
+
     def normalised(self, vector):
         return np.asarray(vector, float) / self.ideal
 
@@ -124,14 +128,14 @@ def test_objectives_and_the_cmaes_fitness_hook():
     with pytest.raises(ConfigError, match="objective"):
         objective_value(_Ideal(), vector, "hypervolume")
     agent = CMAESAgent(seed=0, level="param", merge_method="linear")
-    # CMA-ES's own fitness is the normalised macro-average; the job hands it the plain one
-    assert agent.fitness(_Ideal(), vector) == pytest.approx(0.65)
-    assert use_objective(agent, "macro")
-    assert agent.fitness(_Ideal(), vector) == pytest.approx(0.25)
-    assert CMAESAgent.fitness(_Ideal(), vector) == pytest.approx(0.65)  # other agents untouched
-    assert use_objective(agent, "normalised")
-    assert agent.fitness(_Ideal(), vector) == pytest.approx(0.65)
-    assert not use_objective(NSGA2Agent(seed=0), "macro")  # multi-objective: no fitness to set
+    # CMA-ES ranks by the problem's fitness: by default the normalised macro-average; the
+    # recycling problem hands it the job's objective, the plain one unless told otherwise
+    assert agent.uses_fitness
+    assert MergeProblem.fitness(_Ideal(), vector) == pytest.approx(0.65)
+    assert RecyclingProblem.fitness(_Ideal("macro"), vector) == pytest.approx(0.25)
+    assert MergeProblem.fitness(_Ideal(), vector) == pytest.approx(0.65)  # other problems untouched
+    assert RecyclingProblem.fitness(_Ideal("normalised"), vector) == pytest.approx(0.65)
+    assert not NSGA2Agent(seed=0).uses_fitness  # multi-objective: no fitness to use
 
 
 # -- real pools ----------------------------------------------------------------------------------
@@ -157,7 +161,7 @@ def test_dominant_checkpoint_gets_the_largest_weight_within_budget(junk_pool, ti
     problem = _problem(junk_pool, tiny_zoo, tmp_path)
     assert problem.pool.experts == ["junk1", "good", "junk2"]
     agent = CMAESAgent(seed=0, level="param", merge_method="linear", weights="simplex", popsize=6)
-    use_objective(agent, "macro")
+    assert problem.objective == "macro"  # the problem's fitness, which CMA-ES maximises
     agent.search(problem, 30)
     # CMA-ES ranked by the plain macro-average: its best is the archive's best by that number
     plain = [float(np.mean(e.vector(problem.objectives))) for e in problem.archive]
