@@ -1,8 +1,10 @@
 """Check a composed run config before any work starts: every key known, every value typed.
 
 Hydra already refuses an override of a key that does not exist; this catches the rest — a key
-added with ``+``, a value of the wrong type, a missing ``???`` — against the signature of the
-callable each group instantiates, and names the key in one ConfigError.
+added with ``+``, a value of the wrong type, a missing ``???``, a setting outside its choices or
+range (``env.scalarisation=foo``, ``env.lattice_steps=0``, ``device=tpu``) — against the
+signature of the callable each group instantiates and the choices the library declares, and
+names the key in one ConfigError, before any model is loaded.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_object
@@ -132,6 +135,89 @@ def check_against(
             raise ConfigError(f"{group}.{name}: required by {target.__qualname__} but not set")
 
 
+def check_top_level(cfg: DictConfig, config_file: str | Path) -> None:
+    """Every top-level key is declared in ``config_file`` (a key or a defaults group there):
+    ``+key=value`` adds one that no code reads, so a misspelt setting would be silently ignored."""
+    declared = OmegaConf.load(config_file)
+    known = {str(k) for k in declared if k != "defaults"} | {"hydra"}
+    for entry in declared.get("defaults", []):
+        if isinstance(entry, DictConfig):
+            known.update(str(k).split("@")[0] for k in entry if not str(k).startswith("override"))
+    for key in cfg:
+        if key not in known:
+            raise ConfigError(
+                f"{key}: not a setting of {Path(config_file).name} (added with +?); "
+                f"known: {', '.join(sorted(known - {'hydra'}))}"
+            )
+
+
+def check_device(device: str, key: str = "device") -> None:
+    """``device`` names a torch device this machine has (cpu, cuda, cuda:N, mps)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(
+            f"{key}: {device!r} is not a device; use cpu, cuda, cuda:N or mps"
+        ) from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0 or (parsed.index or 0) >= count:
+            raise ConfigError(f"{key}: {device!r} but this machine has {count} CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{key}: {device!r} but MPS is not available here")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{key}: {device!r} is not supported; use cpu, cuda, cuda:N or mps")
+
+
+def _choice(value: Any, choices: Sequence[Any], key: str) -> None:
+    if value not in choices:
+        shown = ", ".join("null" if c is None else str(c) for c in choices)
+        raise ConfigError(f"{key}: {value!r} is not one of {shown}")
+
+
+def _at_least(value: Any, low: float, key: str, nullable: bool = False) -> None:
+    if value is None and nullable:
+        return
+    if value is None or value < low:
+        raise ConfigError(f"{key}: must be >= {low}{' or null' if nullable else ''}, got {value!r}")
+
+
+def check_env_settings(env: Mapping[str, Any]) -> None:
+    """The recipe space's settings: choices MergeEnv declares, ranges it would only discover late."""
+    from merge_env.env import MODES, PARAM_MODES
+    from merge_env.ops import OPERATORS
+    from merge_env.pareto import SCALARISATIONS
+
+    _choice(env.get("mode", "free"), MODES, "env.mode")
+    _choice(env.get("param_mode", "policy"), PARAM_MODES, "env.param_mode")
+    _choice(env.get("scalarisation", "tchebycheff"), SCALARISATIONS, "env.scalarisation")
+    method = env.get("merge_method", "dare_ties")
+    _choice(method, sorted(OPERATORS), "env.merge_method")
+    if OPERATORS[method].param("weight") is None:
+        raise ConfigError(f"env.merge_method: {method!r} takes no per-model weight")
+    _at_least(env.get("lattice_steps", 1), 1, "env.lattice_steps")
+    _at_least(env.get("t_max"), 1, "env.t_max", nullable=True)
+    _at_least(env.get("beta", 0.0), 0.0, "env.beta")
+    density = env.get("density", 0.5)
+    if not 0.0 < density <= 1.0:
+        raise ConfigError(f"env.density: must be in (0, 1], got {density!r}")
+    coefficients = env.get("coefficients", [1.0])
+    if 1.0 not in coefficients:
+        raise ConfigError(f"env.coefficients: must contain 1.0, got {list(coefficients)}")
+
+
+def check_evaluator_settings(evaluator: Mapping[str, Any]) -> None:
+    """Scoring settings: a metric tasks know, positive sizes."""
+    from merge_env.tasks import METRICS
+
+    _choice(evaluator.get("metric"), (None, *METRICS), "evaluator.metric")
+    _at_least(evaluator.get("batch_size", 1), 1, "evaluator.batch_size")
+    for key in ("max_examples", "cheap_examples"):
+        _at_least(evaluator.get(key), 1, f"evaluator.{key}", nullable=True)
+
+
 def validate_run_config(cfg: DictConfig) -> None:
     """Raise one ConfigError naming the first wrong key of a composed run config."""
     for key, expected in TOP_LEVEL.items():
@@ -156,7 +242,9 @@ def validate_run_config(cfg: DictConfig) -> None:
     from merge_env.env import MergeEnv
 
     check_against(env, MergeEnv, "env", skip=("problem", "zoo", "fixed_merge", "preference"))
-    for key, value in _plain(cfg.evaluator, "evaluator").items():
+    check_env_settings(env)
+    evaluator = _plain(cfg.evaluator, "evaluator")
+    for key, value in evaluator.items():
         if key.startswith("_"):
             continue
         if key not in EVALUATOR_KEYS:
@@ -164,3 +252,6 @@ def validate_run_config(cfg: DictConfig) -> None:
                 f"evaluator.{key}: unknown option; known: {', '.join(EVALUATOR_KEYS)}"
             )
         _check_type(value, EVALUATOR_KEYS[key], f"evaluator.{key}")
+    check_evaluator_settings(evaluator)
+    if "device" in cfg:
+        check_device(cfg.device)

@@ -252,7 +252,15 @@ def load_jsonl(
 ) -> Task:
     """Return a Task from lines {"prompt": ..., "answer": ...}, test split drawn with ``seed``."""
     path = Path(path)
-    search, test = _split_examples(_read_jsonl(path), n_test, seed, str(path))
+    examples = _read_jsonl(path)
+    if not examples:
+        raise ConfigError(f"{path}: task {name!r}: the file holds no examples")
+    search, test = _split_examples(examples, n_test, seed, str(path))
+    if not search:
+        raise ConfigError(
+            f"{path}: task {name!r}: {len(examples)} example(s), all in the test split "
+            f"(n_test={n_test}); the search split needs at least one"
+        )
     return Task(name, tuple(search), tuple(test), metric)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
-from experiments.config_check import validate_run_config
+from experiments.config_check import check_top_level, validate_run_config
 from merge_env.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -44,6 +46,44 @@ def test_a_misspelt_key_in_a_new_group_option_is_named():
     cfg = _compose("tasks=reasoning_gym", "+tasks.n_serach=3")
     with pytest.raises(ConfigError, match="tasks.n_serach: unknown option"):
         validate_run_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("env.lattice_steps=0", "env.lattice_steps: must be >= 1, got 0"),
+        ("env.scalarisation=chebyshev", "env.scalarisation: 'chebyshev' is not one of"),
+        ("env.mode=tree", "env.mode: 'tree' is not one of free, aligned"),
+        ("env.param_mode=learned", "env.param_mode: 'learned' is not one of"),
+        ("env.merge_method=model_soup", "env.merge_method: 'model_soup' is not one of"),
+        ("env.density=0", "env.density: must be in"),
+        ("evaluator.metric=accuracy", "evaluator.metric: 'accuracy' is not one of"),
+        ("evaluator.batch_size=0", "evaluator.batch_size: must be >= 1"),
+        ("device=tpu", "device: 'tpu' is not a device"),
+    ],
+)
+def test_a_setting_outside_its_choices_or_range_is_named_before_any_work(override, named):
+    # all of these used to surface late: in the report (CMA-ES), in torch, or never (lattice 0)
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        validate_run_config(_compose("agent=cmaes", override))
+
+
+def test_cuda_without_a_cuda_device_is_named():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="device: 'cuda' but this machine has 0 CUDA"):
+        validate_run_config(_compose("device=cuda"))
+
+
+@pytest.mark.parametrize("config_name", ["config", "recycle", "moe"])
+def test_top_level_keys_are_those_the_config_file_declares(config_name):
+    def compose_job(*overrides: str):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name, overrides=list(overrides))
+
+    check_top_level(compose_job(), CONF / f"{config_name}.yaml")
+    with pytest.raises(ConfigError, match=f"^budgett: not a setting of {config_name}.yaml"):
+        check_top_level(compose_job("+budgett=3"), CONF / f"{config_name}.yaml")
 
 
 @pytest.mark.skipif(
