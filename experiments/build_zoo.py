@@ -23,9 +23,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from merge_env.pools.smollm2 import SmolConfig, SmolPool
+from merge_env.pools.zoo import Zoo, ZooConfig, build_zoo
 from merge_env.scoring.evaluate import Evaluator, TaskScore
-from merge_env.smollm2 import SmolConfig, SmolPool
-from merge_env.zoo import Zoo, ZooConfig, build_zoo
 
 log = logging.getLogger("mergegym.build_zoo")
 
@@ -148,7 +148,7 @@ def run_smollm2(
 
     ``config`` defaults to the pool's defaults with ``seed``.
     """
-    from merge_env.smollm2 import build_smollm2_pool
+    from merge_env.pools.smollm2 import build_smollm2_pool
 
     console = console or Console()
     config = config or SmolConfig(seed=seed)

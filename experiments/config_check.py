@@ -26,7 +26,7 @@ TARGET_GROUPS = ("pool", "tasks", "agent", "logger")
 EVALUATOR_KEYS = {
     "batch_size": int, "max_examples": (int, type(None)), "cheap_examples": (int, type(None)),
     "metric": (str, type(None)),
-    # evaluator=ray (merge_env/parallel.py)
+    # evaluator=ray (merge_env/scoring/parallel.py)
     "backend": str, "num_workers": int, "num_gpus_per_worker": (int, float),
     "num_cpus_per_worker": (int, float), "address": (str, type(None)),
     "runtime_env": (dict, type(None)), "max_resends": int,
@@ -187,8 +187,8 @@ def _at_least(value: Any, low: float, key: str, nullable: bool = False) -> None:
 def check_env_settings(env: Mapping[str, Any]) -> None:
     """The recipe space's settings: choices MergeEnv declares, ranges it would only discover late."""
     from merge_env.env import MODES, PARAM_MODES
-    from merge_env.ops import OPERATORS
-    from merge_env.pareto import SCALARISATIONS
+    from merge_env.merging.methods.registry import OPERATORS
+    from merge_env.search.pareto import SCALARISATIONS
 
     _choice(env.get("mode", "free"), MODES, "env.mode")
     _choice(env.get("param_mode", "policy"), PARAM_MODES, "env.param_mode")
@@ -210,7 +210,7 @@ def check_env_settings(env: Mapping[str, Any]) -> None:
 
 def check_evaluator_settings(evaluator: Mapping[str, Any]) -> None:
     """Scoring settings: a metric tasks know, positive sizes."""
-    from merge_env.tasks import METRICS
+    from merge_env.scoring.tasks.task import METRICS
 
     _choice(evaluator.get("metric"), (None, *METRICS), "evaluator.metric")
     _at_least(evaluator.get("batch_size", 1), 1, "evaluator.batch_size")

@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from merge_env.errors import ConfigError
 from merge_env.pools.spec import PoolSpec, tasks_or_pool
 from merge_env.scoring.parallel import RAY_OPTIONS, use_backend
+from merge_env.scoring.tasks.task import Task
 from merge_env.search.problem import MergeProblem
-from merge_env.tasks import Task
 
 
 def seed_everything(seed: int) -> None:

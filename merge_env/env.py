@@ -107,7 +107,7 @@ class MergeEnv(gym.Env):
         self.param_mode = param_mode
         self.fidelity = fidelity
         # deferred: a finished episode returns reward 0 and info["pending"] = the recipe, for a
-        # vectorised wrapper to score many episodes' recipes in one batch (agents/vec_env.py)
+        # vectorised wrapper to score many episodes' recipes in one batch (agents/ppo/vec_env.py)
         self.defer_scoring = bool(defer_scoring)
         self.k = len(self.problem.objectives)
         self.sources = [MERGED, *pool.names]

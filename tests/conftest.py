@@ -79,7 +79,7 @@ def tiny_zoo(tmp_path_factory):
     ``MERGEGYM_TEST_ZOO_CACHE=DIR`` keeps it between sessions (the zoo cache is keyed by its
     settings, so a changed preset is rebuilt); unset, each session builds its own.
     """
-    from merge_env.zoo import ZooConfig, build_zoo
+    from merge_env.pools.zoo import ZooConfig, build_zoo
 
     cache = os.environ.get("MERGEGYM_TEST_ZOO_CACHE") or tmp_path_factory.mktemp("zoo")
     return build_zoo(ZooConfig.preset("tiny"), cache, progress=False)

@@ -4,7 +4,7 @@ HM3 (DESIGN §1.1) trains PPO (Schulman et al., 2017, arXiv:1707.06347) with a G
 pre-trained offline on cheaply scored candidate paths. The paper re-trains one policy per
 preference; here one policy takes the preference as input and covers the whole front:
 
-1. Offline: propose candidates (agents/ppo_offline.py), score each once at ``fidelity="cheap"``
+1. Offline: propose candidates (agents/ppo/offline.py), score each once at ``fidelity="cheap"``
    (charged at its fraction of a full evaluation), relabel every score vector for every sampled
    preference, imitate the best candidate per preference, regress the value on the rewards.
 2. Online: stable-baselines3 PPO on full-fidelity rewards, one preference per episode (or the

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from merge_env.scoring.evaluate import Evaluator
-from merge_env.tasks import ZOO_TASK_KINDS, char_tokenizer, make_task
+from merge_env.scoring.tasks.synthetic import ZOO_TASK_KINDS, char_tokenizer, make_task
 
 
 def random_llama(device: torch.device, seed: int) -> tuple[Any, Any]:
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     if args.pool == "smollm2":
-        from merge_env.smollm2 import chat_tasks, converted_base
+        from merge_env.pools.gguf import converted_base
+        from merge_env.pools.smollm2 import chat_tasks
 
         args.model = str(converted_base())
         model, tok = load_model(args.model, device, dtype)

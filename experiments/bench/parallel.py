@@ -25,10 +25,10 @@ from rich.table import Table
 from transformers.utils import logging as hf_logging
 
 from agents.genome import Genome
+from merge_env.pools.zoo import ZooConfig, build_zoo
 from merge_env.scoring.parallel import RayBackend, ray_init
 from merge_env.search.problem import MergeProblem, build_problem
 from merge_env.search.recipe import BASE, Recipe
-from merge_env.zoo import ZooConfig, build_zoo
 
 console = Console()
 

@@ -35,7 +35,7 @@ _KEYS = (
     "exact_ties",
 )  # fmt: skip
 _UNSUPPORTED = {
-    "slices": "layer slices are inference paths here: use a Recipe (merge_env/recipe.py)",
+    "slices": "layer slices are inference paths here: use a Recipe (merge_env/search/recipe.py)",
     "modules": "multi-module merges are not supported",
     "tokenizer": "tokenizer surgery is not supported; the base model's tokenizer is copied",
     "tokenizer_source": "only 'base' is supported (the base model's tokenizer is copied)",

@@ -35,9 +35,9 @@ import numpy as np
 
 from merge_env.errors import ConfigError, RecipeError
 from merge_env.pools.spec import PoolSpec
+from merge_env.scoring.tasks.task import Task
 from merge_env.search.problem import MergeProblem, build_problem
 from merge_env.search.recipe import BASE, MERGED, Recipe, param_merge
-from merge_env.tasks import Task
 
 Weights = dict[str, float]
 Objective = Callable[[Mapping[str, float]], float]

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from merge_env.errors import ConfigError
+from merge_env.scoring.tasks.chat import chat_task
+from merge_env.scoring.tasks.task import Task
 from merge_env.search.problem import MergeProblem, build_problem
 from merge_env.search.recipe import BASE
-from merge_env.tasks import Task, chat_task
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def zoo_pool(preset: str = "default", seed: int = 0, cache_dir: str | None = Non
     """The project's own zoo (built and cached on first use): base + one expert per task."""
     import dataclasses
 
-    from merge_env.zoo import ZooConfig, build_zoo
+    from merge_env.pools.zoo import ZooConfig, build_zoo
 
     config = dataclasses.replace(ZooConfig.preset(preset), seed=seed)
     zoo = build_zoo(config, cache_dir)
@@ -111,7 +112,7 @@ def jsonl_tasks(
     files: Mapping[str, str], n_test: float = 0.5, seed: int = 0, metric: str = "exact_match"
 ) -> list[Task]:
     """Tasks from JSONL files ({"prompt", "answer"} per line), one per name."""
-    from merge_env.tasks import load_jsonl
+    from merge_env.scoring.tasks.jsonl import load_jsonl
 
     if not files:
         raise ConfigError("tasks.files: name at least one task (name: path.jsonl)")
@@ -126,7 +127,7 @@ def reasoning_gym_tasks(
     metric: str = "exact_match",
 ) -> list[Task]:
     """Tasks from seeded reasoning-gym generators (easy settings), one per dataset name."""
-    from merge_env.tasks import reasoning_gym_task
+    from merge_env.scoring.tasks.reasoning_gym import reasoning_gym_task
 
     if not datasets:
         raise ConfigError("tasks.datasets: name at least one reasoning-gym dataset")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from merge_env.errors import ConfigError
-from merge_env.tasks import METRICS, Example, Task
+from merge_env.scoring.tasks.task import METRICS, Example, Task
 
 if TYPE_CHECKING:
     from merge_env.scoring.cache import EvalCache

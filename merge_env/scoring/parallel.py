@@ -1,6 +1,6 @@
 """Score many recipes at once on a Ray actor pool: one actor per device, the pool resident on it.
 
-``RayBackend`` plugs into ``MergeProblem.backend`` (the seam in merge_env/problem.py): the problem
+``RayBackend`` plugs into ``MergeProblem.backend`` (the seam in merge_env/search/problem.py): the problem
 hands it a batch of *uncached* recipes, the backend spreads them over its actors and returns one
 ``{task: TaskScore}`` per recipe, in order. The driver stays the single writer of the evaluation
 cache, the ledger and the archive, so an actor that dies loses nothing: the backend replaces it
@@ -30,8 +30,8 @@ import torch
 
 from merge_env.errors import ConfigError, MergeGymError
 from merge_env.scoring.evaluate import Evaluator, TaskScore
+from merge_env.scoring.tasks.task import Task
 from merge_env.search.recipe import Recipe
-from merge_env.tasks import Task
 
 log = logging.getLogger(__name__)
 

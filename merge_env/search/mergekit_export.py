@@ -176,7 +176,7 @@ def _scale_filters(path: Sequence[Slot], residual_out: Sequence[str] | None) -> 
     if not residual_out:
         raise RecipeError(
             "cannot export residual scales: pass the family's residual-branch modules "
-            "(merge_env.arch.Family.residual_out)"
+            "(merge_env.merging.arch.Family.residual_out)"
         )
     # mergekit matches a filter as a substring of the tensor name; the dots keep
     # "attn.c_proj" from matching inside another module's name

@@ -21,12 +21,12 @@ import numpy as np
 from merge_env.errors import ConfigError
 from merge_env.scoring.cache import EvalCache
 from merge_env.scoring.evaluate import Evaluator, TaskScore
+from merge_env.scoring.tasks.task import Task
 from merge_env.search.archive import Archive, Entry
 from merge_env.search.assemble import ModelPool
 from merge_env.search.budget import Ledger
 from merge_env.search.pareto import hypervolume, ideal_point, non_dominated, normalise
 from merge_env.search.recipe import Recipe, param_merge, uniform_merge
-from merge_env.tasks import Task
 
 log = logging.getLogger(__name__)
 

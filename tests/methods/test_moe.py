@@ -15,7 +15,8 @@ from merge_env.methods.moe.mixtral import build_mixtral, shared_merge
 from merge_env.methods.moe.ppl import ForcedExpert, PplRoutedMoE, ppl_moe_merged, ppl_moe_separate
 from merge_env.methods.moe.routers import router_rows, token_routing_share
 from merge_env.methods.moe.sequence import encode_prompts, pad_right, routing_confusion
-from merge_env.tasks import Example, char_tokenizer
+from merge_env.scoring.tasks.synthetic import char_tokenizer
+from merge_env.scoring.tasks.task import Example
 
 
 def _load(path):
@@ -208,7 +209,7 @@ def _full_text_expert(base, task, tok, out, *, steps=60, seed=0):
     their prompt perplexity carries no task signal (see experiments/moe.py's confusion matrix).
     """
     from merge_env.scoring.evaluate import Evaluator
-    from merge_env.tasks import training_examples
+    from merge_env.scoring.tasks.synthetic import training_examples
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base)

@@ -6,7 +6,9 @@ import pytest
 
 from merge_env.errors import ConfigError
 from merge_env.pools.spec import PoolSpec, local_pool, tasks_or_pool
-from merge_env.tasks import Example, Task, char_tokenizer, chat_prompt
+from merge_env.scoring.tasks.chat import chat_prompt
+from merge_env.scoring.tasks.synthetic import char_tokenizer
+from merge_env.scoring.tasks.task import Example, Task
 
 # a chat template for the char tokenizer: the shape of a real one, plain characters only
 CHAT = (

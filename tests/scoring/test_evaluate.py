@@ -17,7 +17,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from merge_env.errors import ConfigError
 from merge_env.scoring.cache import EvalCache
 from merge_env.scoring.evaluate import Evaluator, TaskScore
-from merge_env.tasks import Example, Task, char_tokenizer, make_task, training_examples
+from merge_env.scoring.tasks.synthetic import char_tokenizer, make_task, training_examples
+from merge_env.scoring.tasks.task import Example, Task
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""Tests for merge_env/pareto.py: preferences, scalarisation, front, hypervolume, the JSONL archive."""
+"""Tests for merge_env/search/pareto.py: preferences, scalarisation, front, hypervolume, the JSONL archive."""
 
 import itertools
 import json

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from merge_env.scoring.cache import EvalCache
+from merge_env.scoring.tasks.task import Example, Task
 from merge_env.search.budget import Ledger
 from merge_env.search.problem import MergeProblem, build_problem
 from merge_env.search.recipe import BASE, Recipe, param_merge
-from merge_env.tasks import Example, Task
 
 
 def _merge(problem: MergeProblem, weights: tuple[float, ...]) -> Recipe:

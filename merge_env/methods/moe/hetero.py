@@ -11,7 +11,7 @@ projections start either as the padding's inverse (``identity``: keep the first 
 or, our default, as the ridge least-squares fit that maps the shared table back onto expert k's
 own (``lstsq``): with a vocabulary no larger than D the fit is exact, so before any training every
 expert computes what it computed alone and training only has to find the routing. Routing is per
-prefix (``merge_env.moe_seq``). Training uses perplexity routing as the teacher: per sequence,
+prefix (``merge_env.methods.moe.sequence``). Training uses perplexity routing as the teacher: per sequence,
 the expert with the lowest answer loss gets the sequence (its projections learn from it) and the
 router is trained towards it by cross-entropy; inference takes the router's top-k.
 """
@@ -36,7 +36,7 @@ from merge_env.methods.moe.sequence import (
     freeze_at_prompt,
     topk_weights,
 )
-from merge_env.tasks import Example
+from merge_env.scoring.tasks.task import Example
 
 INITS = ("lstsq", "identity")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")

@@ -5,7 +5,7 @@ MoEs", arXiv:2502.00997, §3.1) builds on Branch-Train-MiX (Sukhbaatar et al. 20
 arXiv:2403.07816): every expert's MLP becomes one expert of every MoE layer, and the remaining
 ("shared") parameters -- embeddings, attention, norms, head -- are merged. BTX averages them;
 MergeME merges their task vectors with TIES or DARE to cut interference. Any registered operator
-of ``merge_env.ops`` can stand in.
+of ``merge_env.merging.methods`` can stand in.
 
 Output format: transformers 5.x holds Mixtral experts fused (``mlp.experts.gate_up_proj`` of shape
 (K, 2I, D) and ``mlp.experts.down_proj`` (K, D, I)), but its conversion mapping loads the original
@@ -14,8 +14,8 @@ per-expert layout (``block_sparse_moe.experts.{e}.w1/w2/w3.weight`` and
 per-expert layout: it loads in transformers 4.x and 5.x and in other Mixtral readers alike.
 w1 is the gate projection, w3 the up projection, w2 the down projection.
 
-Routers are set from data without training (``merge_env.moe_router``); sequence-level routing
-lives in ``merge_env.moe_ppl`` and ``merge_env.moe_hetero``.
+Routers are set from data without training (``merge_env.methods.moe.routers``); sequence-level routing
+lives in ``merge_env.methods.moe.ppl`` and ``merge_env.methods.moe.hetero``.
 """
 
 from __future__ import annotations

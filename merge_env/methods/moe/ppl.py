@@ -4,7 +4,7 @@ MergeME (Zhou et al. 2025, arXiv:2502.00997, §3.2) routes without training a ro
 is scored by every expert, and the top-k experts by 1/PPL take the sequence, weighted by a
 softmax. Here the score of expert k at position t is log(1/PPL_k) = -mean NLL of tokens 1..t
 under expert k, so the softmax (temperature 1) of the scores is exactly 1/PPL normalised.
-Routing is per prefix (see ``merge_env.moe_seq``): at the prompt's last token it is the
+Routing is per prefix (see ``merge_env.methods.moe.sequence``): at the prompt's last token it is the
 prompt-level decision.
 
 Two variants:

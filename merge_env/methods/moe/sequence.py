@@ -10,7 +10,7 @@ generation. ``prompt_lengths`` freezes the decision at the prompt's end instead 
 variant), still causally.
 
 A module saves to a folder: ``config.json`` (our own schema, no ``model_type``) and safetensors
-weights written by ``merge_env.checkpoint``'s atomic writer, plus the tokenizer files when given.
+weights written by ``merge_env.merging.checkpoint``'s atomic writer, plus the tokenizer files when given.
 """
 
 from __future__ import annotations

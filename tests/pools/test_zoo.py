@@ -1,4 +1,4 @@
-"""Tests for merge_env.zoo: the tiny zoo builds, loads, is deterministic, caches, and has trade-offs."""
+"""Tests for merge_env/pools/zoo.py: the tiny zoo builds, loads, is deterministic, caches, and has trade-offs."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from merge_env import zoo as zoo_module
 from merge_env.errors import CheckpointError, ConfigError
-from merge_env.zoo import ZooConfig, build_zoo, default_cache_dir, load_zoo
+from merge_env.pools import zoo as zoo_module
+from merge_env.pools.cache import default_cache_dir
+from merge_env.pools.zoo import ZooConfig, build_zoo, load_zoo
 
 
 def _all_dirs(zoo) -> list[Path]:
@@ -79,7 +80,7 @@ def test_second_build_comes_from_cache_without_training(tiny_zoo, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("the cached zoo was trained again")
 
-    monkeypatch.setattr(zoo_module, "_train", no_training)
+    monkeypatch.setattr(zoo_module, "finetune", no_training)
     again = build_zoo(ZooConfig.preset("tiny"), tiny_zoo.root.parent, progress=False)
     assert again == tiny_zoo
 

@@ -1,4 +1,4 @@
-"""Tests for merge_env.tasks: zoo generators, splits, fingerprints, tokenizer, JSONL, adapters."""
+"""Tests for merge_env/scoring/tasks/: zoo generators, splits, fingerprints, tokenizer, JSONL, adapters."""
 
 from __future__ import annotations
 
@@ -8,19 +8,18 @@ import sys
 import pytest
 
 from merge_env.errors import ConfigError
-from merge_env.tasks import (
+from merge_env.scoring.tasks.humaneval import human_eval_task
+from merge_env.scoring.tasks.jsonl import load_jsonl
+from merge_env.scoring.tasks.reasoning_gym import reasoning_gym_task
+from merge_env.scoring.tasks.synthetic import (
     CIPHER_KEY,
     ZOO_TAGS,
     ZOO_TASK_KINDS,
-    Example,
-    Task,
     char_tokenizer,
-    human_eval_task,
-    load_jsonl,
     make_task,
-    reasoning_gym_task,
     training_examples,
 )
+from merge_env.scoring.tasks.task import Example, Task
 
 
 def _prompts(examples) -> set[str]:

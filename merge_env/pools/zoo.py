@@ -18,13 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
-import os
-import shutil
-import time
-import uuid
-import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,17 +26,16 @@ from typing import Any
 import torch
 
 from merge_env.errors import CheckpointError, ConfigError
-from merge_env.tasks import ZOO_TASK_KINDS, Example, Task, char_tokenizer, make_task
+from merge_env.pools.cache import TRAIN_THREADS, build_atomically, default_cache_dir, sub_seed
+from merge_env.pools.finetune import encode_rows, finetune, mixture_batches, warmup_cosine
+from merge_env.scoring.tasks.synthetic import ZOO_TASK_KINDS, char_tokenizer, make_task
+from merge_env.scoring.tasks.task import Example, Task
 
 logger = logging.getLogger(__name__)
 
 # Bump when training code changes what a config builds, so stale cached zoos stop matching.
 ZOO_VERSION = 2
 MANIFEST = "zoo.json"
-# CPU results depend on torch's thread count (reduction order), and a zoo trained with 1 thread
-# differs from one trained with 2 in every tensor and in its scores; the build pins it.
-TRAIN_THREADS = 2
-_IGNORE = -100  # label id the HF loss skips
 
 
 @dataclass(frozen=True)
@@ -61,7 +54,7 @@ class ModelShape:
 class RecycleSpec:
     """One recycling checkpoint: a base-run snapshot, optionally trained further on a mixture.
 
-    A branch restarts AdamW with ``_train``'s warm-up and cosine decay to 10% of ``lr``, so it
+    A branch restarts AdamW with the fine-tuning loop's warm-up and cosine decay to 10% of ``lr``, so it
     ends annealed, like the base run; a bare snapshot (``steps=0``) with ``start < 1`` holds the
     run's weights mid-schedule, before the anneal.
     """
@@ -229,111 +222,6 @@ class Zoo:
         return out
 
 
-def default_cache_dir() -> Path:
-    """Return $MERGEGYM_CACHE, else ~/.cache/mergegym."""
-    env = os.environ.get("MERGEGYM_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mergegym"
-
-
-# ---------------------------------------------------------------- training
-
-
-@dataclass(frozen=True)
-class _Pool:
-    """Encoded training examples of one task, right-padded to a common width."""
-
-    ids: torch.Tensor
-    labels: torch.Tensor  # _IGNORE on <s>, prompt and padding
-    mask: torch.Tensor
-
-
-def _encode_pool(tokenizer: Any, examples: Sequence[Example], width: int) -> _Pool:
-    """Return ``<s> prompt answer </s>`` rows with loss on answer and EOS, as the Evaluator scores."""
-    from merge_env.scoring.evaluate import Evaluator
-
-    encoded = Evaluator(tokenizer).encode(examples)
-    n = len(encoded)
-    ids = torch.full((n, width), int(tokenizer.pad_token_id), dtype=torch.long)
-    labels = torch.full((n, width), _IGNORE, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, enc in enumerate(encoded):
-        if len(enc.ids) > width:
-            raise ConfigError(f"zoo: example {examples[i].prompt!r} is longer than {width} tokens")
-        row = torch.tensor(enc.ids, dtype=torch.long)
-        ids[i, : len(row)] = row
-        mask[i, : len(row)] = 1
-        labels[i, enc.n_prompt : len(row)] = row[enc.n_prompt :]
-    return _Pool(ids, labels, mask)
-
-
-def _sub_seed(seed: int, phase: str) -> int:
-    """Return a seed for one phase of the build, stable across runs and Python versions."""
-    return zlib.crc32(f"{seed}:{phase}".encode())
-
-
-def _lr_factor(step: int, steps: int, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    warm = min(1.0, (step + 1) / max(1, warmup))
-    return warm * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * step / steps)))
-
-
-def _batch(
-    pools: Sequence[_Pool], mix: torch.Tensor, size: int, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return (ids, mask, labels) of ``size`` rows drawn by task weight, trimmed to the longest."""
-    counts = torch.bincount(torch.multinomial(mix, size, True, generator=gen), minlength=len(pools))
-    parts = []
-    for pool, c in zip(pools, counts.tolist()):
-        if c:
-            idx = torch.randint(len(pool.ids), (c,), generator=gen)
-            parts.append((pool.ids[idx], pool.mask[idx], pool.labels[idx]))
-    ids, mask, labels = (torch.cat(p) for p in zip(*parts))
-    width = int(mask.sum(1).max())
-    return ids[:, :width], mask[:, :width], labels[:, :width]
-
-
-def _train(
-    model: torch.nn.Module,
-    pools: Sequence[_Pool],
-    mix: Sequence[float],
-    steps: int,
-    lr: float,
-    *,
-    config: ZooConfig,
-    seed: int,
-    snapshot_at: Sequence[int] = (),
-    bar: Any = None,
-) -> dict[int, dict[str, torch.Tensor]]:
-    """Train with AdamW on the mixture; return state-dict copies taken after each ``snapshot_at`` step."""
-    weights = torch.tensor([float(w) for w in mix])
-    if steps < 1 or weights.sum() <= 0:
-        return {}
-    gen = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
-    snaps: dict[int, dict[str, torch.Tensor]] = {}
-    model.train()
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr * _lr_factor(step, steps, config.warmup)
-        ids, mask, labels = (t.to(device) for t in _batch(pools, weights, config.batch_size, gen))
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        if not torch.isfinite(loss):
-            raise ConfigError(f"zoo: training loss is {loss.item()} at step {step}; lower the lr")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step + 1 in snapshot_at:
-            snaps[step + 1] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if bar is not None:
-            bar.update(1)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    model.eval()
-    return snaps
-
-
 def _new_model(shape: ModelShape, tokenizer: Any, seed: int, device: str) -> Any:
     """Return a freshly initialised LlamaForCausalLM (seeded without touching the global RNG)."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -395,16 +283,16 @@ def _build_into(tmp: Path, config: ZooConfig, progress: bool, device: str) -> di
     """Train every checkpoint of the zoo into ``tmp``; return the manifest (paths relative)."""
     from tqdm.auto import tqdm
 
-    from merge_env.tasks import training_examples
+    from merge_env.scoring.tasks.synthetic import training_examples
 
     tok = char_tokenizer()
     tok.save_pretrained(tmp / "tokenizer")
     tasks = [make_task(k, config.n_search, config.n_test, config.task_seed) for k in config.tasks]
     pools = [
-        _encode_pool(
+        encode_rows(
             tok,
             training_examples(
-                t.name, config.train_pool, _sub_seed(config.seed, f"data:{t.name}"), t
+                t.name, config.train_pool, sub_seed(config.seed, f"data:{t.name}"), t
             ),
             config.shape.max_positions,
         )
@@ -414,18 +302,32 @@ def _build_into(tmp: Path, config: ZooConfig, progress: bool, device: str) -> di
     bar = tqdm(total=sum(steps) + config.odd_steps, disable=not progress, unit="step")
 
     def fit(model: Any, mix: Sequence[float], steps: int, lr: float, phase: str, at=()) -> dict:
+        """Train on the task mixture ``mix``; state-dict copies taken after each step in ``at``."""
         bar.set_description(f"zoo {phase}")
-        seed = _sub_seed(config.seed, phase)
-        return _train(
-            model, pools, mix, steps, lr, config=config, seed=seed, snapshot_at=at, bar=bar
-        )
+        snaps: dict[int, dict[str, torch.Tensor]] = {}
+        if steps < 1 or sum(float(w) for w in mix) <= 0:
+            return snaps
+
+        def tick(step: int, loss: float) -> None:
+            if step + 1 in at:
+                snaps[step + 1] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+        finetune(
+            model, mixture_batches(pools, mix, config.batch_size),
+            warmup_cosine(lr, steps, config.warmup, floor=0.1), steps=steps,
+            seed=sub_seed(config.seed, phase), on_step=tick,
+        )  # fmt: skip
+        return snaps
 
     def save(model: Any, rel: str) -> str:
         _save(model, tok, tmp / rel)
         return rel
 
     with bar:
-        model = _new_model(config.shape, tok, _sub_seed(config.seed, "init"), device)
+        model = _new_model(config.shape, tok, sub_seed(config.seed, "init"), device)
         start = {r.name: max(1, round(r.start * config.base_steps)) for r in config.recycling}
         snaps = fit(
             model,
@@ -447,7 +349,7 @@ def _build_into(tmp: Path, config: ZooConfig, progress: bool, device: str) -> di
             model.load_state_dict(snaps[start[spec.name]])
             fit(model, spec.mix, spec.steps, spec.lr, f"recycle:{spec.name}")
             recycling.append(save(model, f"recycling/{spec.name}"))
-        odd = _new_model(config.odd_shape, tok, _sub_seed(config.seed, "odd-init"), device)
+        odd = _new_model(config.odd_shape, tok, sub_seed(config.seed, "odd-init"), device)
         fit(odd, _one_hot(config, config.odd_task), config.odd_steps, config.odd_lr, "odd")
         save(odd, "odd_expert")
     return _manifest(config, tasks, experts, recycling)
@@ -504,36 +406,6 @@ def build_zoo(
         torch.set_num_threads(threads)
     logger.info("zoo built in %.1f s: %s", manifest["build_seconds"], root)
     return load_zoo(root)
-
-
-def build_atomically(
-    root: Path, manifest: str, build: Callable[[Path], dict[str, Any]], seconds_key: str
-) -> dict[str, Any]:
-    """Run ``build(tmp)`` in a dot-folder beside ``root``, then publish the folder as ``root``.
-
-    The dict ``build`` returns, with its wall time under ``seconds_key``, is written to
-    ``tmp/<manifest>`` before the rename; if another process published ``root`` first, its copy
-    is kept. A failed or killed build leaves only a dot-folder, never a half build under
-    ``root``. Shared by every cached build (the zoo, SmolLM2's conversion and its experts).
-    """
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".tmp-{root.name}-{uuid.uuid4().hex[:8]}"
-    try:
-        start = time.perf_counter()
-        info = build(tmp)
-        info[seconds_key] = round(time.perf_counter() - start, 2)
-        (tmp / manifest).write_text(json.dumps(info, indent=1))
-        try:
-            os.rename(tmp, root)
-        except OSError as err:
-            if not (root / manifest).is_file():
-                raise CheckpointError(f"{root}: exists but holds no {manifest}; remove it") from err
-            logger.info("another process finished %s first; using its copy", root)
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return info
 
 
 def load_zoo(root: str | Path) -> Zoo:

@@ -1,0 +1,68 @@
+"""What every cached pool build shares: the cache folder, seeds per build phase, atomic publishing.
+
+A pool (the zoo, SmolLM2's conversion and experts) is built once into a folder named by a hash
+of its settings and found there again; a build runs in a dot-folder and is renamed into place
+whole, so a killed build never leaves half a pool under its name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from merge_env.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+# CPU results depend on torch's thread count (reduction order), and a pool trained with 1 thread
+# differs from one trained with 2 in every tensor and in its scores; every build pins it.
+TRAIN_THREADS = 2
+
+
+def default_cache_dir() -> Path:
+    """Return $MERGEGYM_CACHE, else ~/.cache/mergegym."""
+    env = os.environ.get("MERGEGYM_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mergegym"
+
+
+def sub_seed(seed: int, phase: str) -> int:
+    """Return a seed for one phase of the build, stable across runs and Python versions."""
+    return zlib.crc32(f"{seed}:{phase}".encode())
+
+
+def build_atomically(
+    root: Path, manifest: str, build: Callable[[Path], dict[str, Any]], seconds_key: str
+) -> dict[str, Any]:
+    """Run ``build(tmp)`` in a dot-folder beside ``root``, then publish the folder as ``root``.
+
+    The dict ``build`` returns, with its wall time under ``seconds_key``, is written to
+    ``tmp/<manifest>`` before the rename; if another process published ``root`` first, its copy
+    is kept. A failed or killed build leaves only a dot-folder, never a half build under
+    ``root``. Shared by every cached build (the zoo, SmolLM2's conversion and its experts).
+    """
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".tmp-{root.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        start = time.perf_counter()
+        info = build(tmp)
+        info[seconds_key] = round(time.perf_counter() - start, 2)
+        (tmp / manifest).write_text(json.dumps(info, indent=1))
+        try:
+            os.rename(tmp, root)
+        except OSError as err:
+            if not (root / manifest).is_file():
+                raise CheckpointError(f"{root}: exists but holds no {manifest}; remove it") from err
+            logger.info("another process finished %s first; using its copy", root)
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info

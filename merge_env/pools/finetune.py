@@ -1,0 +1,181 @@
+"""The one fine-tuning loop every pool trains with (the zoo's checkpoints, SmolLM2's experts).
+
+Rows are encoded exactly as the Evaluator scores them (prompt + answer + EOS, loss on the answer
+and EOS only), so a model is trained on the tokens it is scored on. The loop is AdamW with
+gradient clipping over seeded batches; what differs between pools is passed in: how a batch is
+drawn (one task, or a mixture of tasks), the learning-rate schedule, the loss and hooks per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from merge_env.errors import ConfigError
+from merge_env.scoring.evaluate import Evaluator
+from merge_env.scoring.tasks.task import Example
+
+IGNORE = -100  # label id the loss skips
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids, attention mask, labels
+Batches = Callable[[torch.Generator], Batch]
+
+
+@dataclass(frozen=True)
+class TrainRows:
+    """Encoded training examples: right-padded ids, attention mask, labels (answer + EOS only)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    labels: torch.Tensor
+
+
+def encode_rows(tokenizer: Any, examples: Sequence[Example], width: int | None = None) -> TrainRows:
+    """Examples encoded exactly as the Evaluator scores them: prompt + answer + EOS, padded to
+    ``width`` (default: the longest); ConfigError for an example longer than ``width``."""
+    encoded = Evaluator(tokenizer).encode(examples)
+    width = max(len(e.ids) for e in encoded) if width is None else width
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((len(encoded), width), int(pad), dtype=torch.long)
+    labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, enc in enumerate(encoded):
+        if len(enc.ids) > width:
+            raise ConfigError(
+                f"fine-tune: example {examples[i].prompt!r} is longer than {width} tokens"
+            )
+        row = torch.tensor(enc.ids, dtype=torch.long)
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+        labels[i, enc.n_prompt : len(row)] = row[enc.n_prompt :]
+    return TrainRows(ids, mask, labels)
+
+
+# ---------------------------------------------------------------- batches
+
+
+def _trim(ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> Batch:
+    """The rows cut to the longest one (padding past it costs compute and changes nothing)."""
+    width = int(mask.sum(1).max())
+    return ids[:, :width], mask[:, :width], labels[:, :width]
+
+
+def uniform_batches(rows: TrainRows, size: int) -> Batches:
+    """Batches of ``size`` rows drawn uniformly with replacement."""
+    if size < 1:
+        raise ConfigError(f"fine-tune: batch_size ({size}) must be >= 1")
+
+    def draw(gen: torch.Generator) -> Batch:
+        idx = torch.randint(len(rows.ids), (size,), generator=gen)
+        return _trim(rows.ids[idx], rows.mask[idx], rows.labels[idx])
+
+    return draw
+
+
+def mixture_batches(pools: Sequence[TrainRows], mix: Sequence[float], size: int) -> Batches:
+    """Batches of ``size`` rows, each row's task drawn by its weight in ``mix``."""
+    weights = torch.tensor([float(w) for w in mix])
+
+    def draw(gen: torch.Generator) -> Batch:
+        picks = torch.multinomial(weights, size, True, generator=gen)
+        counts = torch.bincount(picks, minlength=len(pools))
+        parts = []
+        for pool, c in zip(pools, counts.tolist()):
+            if c:
+                idx = torch.randint(len(pool.ids), (c,), generator=gen)
+                parts.append((pool.ids[idx], pool.mask[idx], pool.labels[idx]))
+        ids, mask, labels = (torch.cat(p) for p in zip(*parts))
+        return _trim(ids, mask, labels)
+
+    return draw
+
+
+# ---------------------------------------------------------------- schedule and losses
+
+
+def warmup_cosine(lr: float, steps: int, warmup: int, floor: float = 0.0) -> Callable[[int], float]:
+    """The learning rate per step: linear warm-up, then cosine decay to ``floor`` x the peak.
+
+    Each form is written in the order of operations its pools were trained with (floor 0:
+    SmolLM2's experts; the zoo's 0.1), so cached pools stay bit-identical.
+    """
+
+    def at(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, warmup))
+        if floor == 0.0:
+            return lr * warm * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+        return lr * (
+            warm * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * step / steps)))
+        )
+
+    return at
+
+
+def lm_loss(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> Any:
+    """The model's own causal-LM loss (mean cross-entropy of the labelled tokens)."""
+    return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+
+def answer_loss(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> Any:
+    """The mean cross-entropy of the labelled tokens, the head run on those positions only.
+
+    With a large vocabulary (SmolLM2's 49k words) the LM head on every prompt position costs
+    several times the rest of a small model; the value equals ``lm_loss``'s.
+    """
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)[0]
+    targets = labels[:, 1:]
+    where = targets != IGNORE
+    logits = model.get_output_embeddings()(hidden[:, :-1][where])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[where])
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def finetune(
+    model: Any,
+    batches: Batches,
+    lr_at: Callable[[int], float],
+    *,
+    steps: int,
+    seed: int,
+    loss_fn: Callable[..., Any] = lm_loss,
+    fused: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Full fine-tune with AdamW (betas 0.9/0.98, no weight decay, gradients clipped at 1) on
+    batches drawn from a generator seeded with ``seed``; returns the loss per step.
+
+    ``fused``: PyTorch's fused AdamW step (on a busy CPU the default multi-tensor step over 135M
+    parameters costs as much as the forward). ``on_step(step, loss)`` runs after each step.
+    """
+    if steps < 1:
+        raise ConfigError(f"fine-tune: steps ({steps}) must be >= 1")
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    options = {"fused": True} if fused else {}
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=lr_at(0), betas=(0.9, 0.98), weight_decay=0.0, **options
+    )
+    losses: list[float] = []
+    model.train()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        ids, mask, labels = (t.to(device) for t in batches(gen))
+        loss = loss_fn(model, ids, mask, labels)
+        if not torch.isfinite(loss):
+            raise ConfigError(f"fine-tune: loss is {loss.item()} at step {step}; lower the lr")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1])
+    model.eval()
+    return losses
