@@ -26,6 +26,7 @@ from rich.table import Table
 from merge_env.pools.smollm2 import SmolConfig, SmolPool
 from merge_env.pools.zoo import Zoo, ZooConfig, build_zoo
 from merge_env.scoring.evaluate import Evaluator, TaskScore
+from merge_env.search.assemble import load_causal_lm
 
 log = logging.getLogger("mergegym.build_zoo")
 
@@ -34,16 +35,14 @@ Scores = dict[str, dict[str, TaskScore]]  # row name -> task name -> score
 
 def score_zoo(zoo: Zoo | SmolPool, split: str = "test", device: str = "cpu") -> Scores:
     """Return every zoo checkpoint's scores on every zoo task (teacher-forced, one split)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoTokenizer
 
-    hf_logging.disable_progress_bar()  # one "Loading weights" bar per row drowns the table
     evaluator = Evaluator(
         AutoTokenizer.from_pretrained(zoo.tokenizer_dir), device=device, batch_size=256
     )
     out: Scores = {}
     for name, path in zoo.checkpoints().items():
-        model = AutoModelForCausalLM.from_pretrained(path).to(device)
+        model = load_causal_lm(path).to(device)
         out[name] = evaluator.score_tasks(model, zoo.tasks, split)
     return out
 

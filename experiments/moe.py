@@ -31,7 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from experiments.cli import hydra_entry
 from merge_env.errors import ConfigError
@@ -43,6 +43,7 @@ from merge_env.methods.moe.routers import router_rows, token_routing_share
 from merge_env.methods.moe.sequence import routing_confusion
 from merge_env.pools.spec import PoolSpec
 from merge_env.scoring.evaluate import Evaluator, TaskScore
+from merge_env.search.assemble import load_causal_lm
 from merge_env.search.recipe import BASE
 
 log = logging.getLogger("mergegym.moe")
@@ -91,7 +92,7 @@ class Bench:
 
     def load(self, path: Path) -> Any:
         """A dense or Mixtral checkpoint, ready to score."""
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = load_causal_lm(path, torch.float32)
         return model.to(self.cfg.device).eval()
 
     def spec(self, group: str, entry: str) -> ParamMerge:

@@ -11,13 +11,11 @@ the same logits, and saved once as an ordinary safetensors folder, cached under 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +66,15 @@ def load_gguf(path: Path) -> tuple[Any, Any]:
     """Return (model, tokenizer) as transformers loads a GGUF file (weights dequantised, fp32)."""
     if importlib.util.find_spec("gguf") is None:
         raise ConfigError(f"{path}: reading GGUF needs the gguf package (pip install gguf)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from merge_env.search.assemble import load_causal_lm
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: GGUF file not found")
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32
-    )
+    model = load_causal_lm(str(path.parent), torch.float32, gguf_file=path.name)
     return model.eval(), tokenizer
 
 
@@ -103,23 +101,11 @@ def _probe_logits(model: Any, tokenizer: Any) -> torch.Tensor:
         return model(input_ids=ids, use_cache=False).logits.float()
 
 
-@contextlib.contextmanager
-def no_hf_bars() -> Iterator[None]:
-    """Silence transformers' per-load and per-save bars (they break up the build's own bar)."""
-    from transformers.utils import logging as hf_logging
-
-    was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_on:
-            hf_logging.enable_progress_bar()
-
-
 def save_hf_folder(model: Any, tokenizer: Any, out: Path) -> Path:
     """Write a loadable HF folder: safetensors weights, config, generation config, tokenizer."""
     from transformers import GenerationConfig
+
+    from merge_env.search.assemble import quiet_loading
 
     # Greedy, and stopping at the end of the assistant turn, as the Evaluator scores.
     model.generation_config = GenerationConfig(
@@ -129,7 +115,7 @@ def save_hf_folder(model: Any, tokenizer: Any, out: Path) -> Path:
         do_sample=False,
         max_new_tokens=32,
     )
-    with no_hf_bars():
+    with quiet_loading():
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

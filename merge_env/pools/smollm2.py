@@ -35,11 +35,12 @@ from merge_env.pools.finetune import (
     uniform_batches,
     warmup_cosine,
 )
-from merge_env.pools.gguf import conversion_seconds, converted_base, no_hf_bars, save_hf_folder
+from merge_env.pools.gguf import conversion_seconds, converted_base, save_hf_folder
 from merge_env.pools.spec import PoolSpec
 from merge_env.scoring.tasks.chat import chat_examples
 from merge_env.scoring.tasks.synthetic import ZOO_TAGS, ZOO_TASK_KINDS, make_task
 from merge_env.scoring.tasks.task import Example, Task
+from merge_env.search.assemble import load_causal_lm
 from merge_env.search.recipe import BASE
 
 logger = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ class SmolPool:
 def _build_experts(tmp: Path, base: Path, config: SmolConfig, progress: bool, device: str) -> dict:
     """Fine-tune one expert per task into ``tmp``; return the manifest's content."""
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base)
     tasks, rows = [], {}
@@ -207,8 +208,7 @@ def _build_experts(tmp: Path, base: Path, config: SmolConfig, progress: bool, de
         for name in config.tasks:
             start = time.perf_counter()
             bar.set_description(f"smollm2 expert:{name}")
-            with no_hf_bars():
-                model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+            model = load_causal_lm(base, torch.float32)
             model.to(device)
 
             def tick(step: int, loss: float) -> None:

@@ -257,16 +257,11 @@ def _new_model(shape: ModelShape, tokenizer: Any, seed: int, device: str) -> Any
 
 def _save(model: Any, tokenizer: Any, out: Path) -> Path:
     """Write a loadable HF folder: safetensors weights, config, generation config, tokenizer."""
-    from transformers.utils import logging as hf_logging
+    from merge_env.search.assemble import quiet_loading
 
     # One "Writing model shards" bar per save would break up the build's own progress bar.
-    was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_loading():
         model.save_pretrained(out)
-    finally:
-        if was_on:
-            hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(out)
     return out
 

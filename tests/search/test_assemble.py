@@ -84,3 +84,26 @@ def test_bad_recipe_and_pool_errors(pool, tiny_factory):
     with pytest.raises(MergeError, match="layer"):
         family = pool.arch.family.name
         ModelPool({"base": pool.paths["base"], "deep": tiny_factory(family, layers=4)})
+
+
+def test_every_library_checkpoint_load_goes_through_the_quiet_loader():
+    """transformers draws a "Loading weights" bar per load; MergeGym's own loads must not."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    loose = []
+    # The library and the user's entry points; the benchmarks time raw loads on purpose.
+    for pattern in ("merge_env/**/*.py", "experiments/*.py"):
+        for path in sorted(root.glob(pattern)):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "from_pretrained"
+                    and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "AutoModelForCausalLM"
+                ):
+                    loose.append(f"{path.relative_to(root)}:{node.lineno}")
+    # The one sanctioned call is inside load_causal_lm itself.
+    assert loose == ["merge_env/search/assemble.py:71"], loose

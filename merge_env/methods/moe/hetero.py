@@ -37,6 +37,7 @@ from merge_env.methods.moe.sequence import (
     topk_weights,
 )
 from merge_env.scoring.tasks.task import Example
+from merge_env.search.assemble import load_causal_lm
 
 INITS = ("lstsq", "identity")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -207,9 +208,7 @@ def build_hetero(
     if init not in INITS:
         raise ConfigError(f"hetero init {init!r}; expected one of {INITS}")
     shapes = check_hetero_shapes(experts)
-    models = [
-        AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32) for p in experts.values()
-    ]
+    models = [load_causal_lm(p, torch.float32) for p in experts.values()]
     embeds, heads = [], []
     for (name, path), model in zip(experts.items(), models):
         emb = model.get_input_embeddings().weight.detach()

@@ -37,6 +37,7 @@ from merge_env.merging.checkpoint import Checkpoint, CheckpointWriter, TensorSpe
 from merge_env.merging.engine import MergeEngine
 from merge_env.merging.methods.registry import get_operator
 from merge_env.merging.plan import ModelRef, ParamMerge
+from merge_env.search.assemble import load_causal_lm
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def merged_dense_model(
     """The parameter-level merge ``spec`` as an in-memory model (its reference's architecture)."""
     engine = MergeEngine(spec)
     try:
-        model = AutoModelForCausalLM.from_pretrained(engine.reference.path, dtype=dtype)
+        model = load_causal_lm(engine.reference.path, dtype)
         state = model.state_dict()
         with torch.no_grad():
             for s in engine.output_specs():

@@ -38,6 +38,7 @@ from merge_env.methods.moe.sequence import (
     freeze_at_prompt,
     topk_weights,
 )
+from merge_env.search.assemble import load_causal_lm
 
 ATTENTION = ("separate", "merged")
 
@@ -226,7 +227,7 @@ def _swap_in_expert_mlps(model: PreTrainedModel, per_expert: list[PreTrainedMode
 
 def _load(path: str | Path, device: str | torch.device, dtype: torch.dtype) -> PreTrainedModel:
     """A dense HF checkpoint, frozen, in eval mode on ``device``."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model = load_causal_lm(path, dtype)
     return model.to(device).eval().requires_grad_(False)
 
 

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig
 
 from merge_env.errors import ConfigError, MergeError
 from merge_env.methods.moe.sequence import encode_prompts, last_index, pad_right
+from merge_env.search.assemble import load_causal_lm
 
 ROUTER_METHODS = ("hidden_mean", "hidden_last", "embedding", "random")
 
@@ -86,7 +87,7 @@ def router_rows(
         if not texts:
             raise ConfigError(f"router {method!r}: no prompts for expert {path}")
         ids, mask = pad_right(encode_prompts(tokenizer, texts), tokenizer.pad_token_id or 0)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+        model = load_causal_lm(path, torch.float32).to(device).eval()
         if (model.config.num_hidden_layers, model.config.hidden_size) != (layers, hidden):
             raise MergeError(
                 f"router: expert {path} has {model.config.num_hidden_layers} layers of width "
