@@ -88,7 +88,7 @@ def hypervolume_plot(
     for (name, hv), color in zip(baselines.items(), itertools.cycle(["k", "gray", "tab:blue"])):
         ax.axhline(hv, ls="--", c=color, lw=1, label=name)
     ax.set_xlabel("evaluations spent")
-    ax.set_ylabel("hypervolume (scores / ideal point, ref 0)")
+    ax.set_ylabel("hypervolume (scores normalised: (f - nadir) / (z* - nadir))")
     ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -115,7 +115,7 @@ def write_best_recipes(
     residual_out = problem.pool.arch.family.residual_out
     best = []
     for i, pref in enumerate(preferences):
-        entry = problem.archive.best(pref, problem.ideal, scalarisation)
+        entry = problem.best(pref, scalarisation)
         recipe = Recipe.from_dict(entry.recipe)
         stem = f"pref_{i:02d}"
         title = f"preference {np.round(pref, 3).tolist()}  recipe {entry.recipe_hash}"

@@ -133,8 +133,7 @@ def test_report_writes_files_mergekit_runs(pools, tmp_path, monkeypatch):
     dare = ParamMerge("dare_ties", BASE, (ModelRef("add", {"weight": 0.5, "density": 0.5}),))
     recipes.append(Recipe(merge=dare))
     entries = iter([SimpleNamespace(recipe=r.to_dict(), recipe_hash=r.hash) for r in recipes])
-    archive = SimpleNamespace(best=lambda *_: next(entries))
-    problem = SimpleNamespace(pool=pool, archive=archive, ideal=None)
+    problem = SimpleNamespace(pool=pool, best=lambda *_: next(entries))
     out = tmp_path / "recipes"
     write_best_recipes(problem, np.eye(3), out)
     names = sorted(p.name for p in out.glob("*.mergekit*"))

@@ -79,7 +79,9 @@ def test_ideal_is_the_best_single_model_and_exact_ratios_are_kept(make_problem):
     assert problem.hypervolume_of(refs) > problem.hypervolume_of(singles[:1]) > 0
 
 
-def test_loglik_is_normalised_from_a_uniform_guess(make_problem):
+def test_loglik_is_normalised_from_a_uniform_guess(make_problem, tmp_path):
+    from experiments.report import write_best_recipes
+
     problem = make_problem(metric="loglik")
     refs = np.stack(list(problem.references().values()))
     assert np.all(problem.ideal < 0)  # a log-likelihood, never floored
@@ -101,6 +103,9 @@ def test_loglik_is_normalised_from_a_uniform_guess(make_problem):
     problem.score(_merge(problem, (1 / 3, 1 / 3, 1 / 3)))
     assert problem.hypervolume_curve()[-1][1] > 0
     assert problem.best(np.array([0.2, 0.3, 0.5])).source == "agent"
+    # the run's report picks each preference's best recipe on the same normalised scores
+    (_, entry), *_ = write_best_recipes(problem, np.eye(3)[:1], tmp_path / "recipes")
+    assert entry == problem.best(np.eye(3)[0])
 
 
 def test_a_task_no_model_solves_keeps_the_metric_scale(tiny_zoo, tmp_path):
