@@ -13,9 +13,8 @@ import logging
 import re
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from merge_env.errors import ConfigError, MergeGymError
+from merge_env.errors import MergeGymError
 from merge_env.merging.engine import run_merge
 from merge_env.merging.plan import ParamMerge
 
@@ -56,19 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_out_is_not_an_input(spec: ParamMerge, out: str | Path) -> None:
-    """ConfigError if ``out`` is one of the recipe's input folders or holds one: writing
-    there (``--overwrite`` replaces the folder) would delete an input."""
-    target = Path(out).expanduser().resolve()
-    inputs = [spec.base_model, *(m.model for m in spec.models)]
-    for name in dict.fromkeys(i for i in inputs if i):
-        source = Path(name).expanduser().resolve()
-        if source == target or target in source.parents:
-            raise ConfigError(
-                f"{out}: is the input model {name!r} or holds it; write the merge elsewhere"
-            )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad recipe or checkpoint)."""
     args = build_parser().parse_args(argv)
@@ -80,7 +66,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = ParamMerge.load_yaml(args.recipe)
         if args.fast_ties:
             spec = dataclasses.replace(spec, exact_ties=False)
-        check_out_is_not_an_input(spec, args.out)
         out = run_merge(
             spec, args.out, shard_size=args.shard_size, progress=not args.no_progress,
             overwrite=args.overwrite, workers=args.workers,

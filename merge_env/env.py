@@ -96,6 +96,9 @@ class MergeEnv(gym.Env):
             raise ConfigError(f"env.param_mode must be one of {PARAM_MODES}, got {param_mode!r}")
         if 1.0 not in coefficients:
             raise ConfigError(f"env.coefficients must contain 1.0, got {list(coefficients)}")
+        if int(lattice_steps) < 1:
+            # zero steps is an empty lattice: an env with no merge to choose
+            raise ConfigError(f"env.lattice_steps must be >= 1, got {lattice_steps!r}")
         self.problem = problem
         pool = self.problem.pool
         self.mode = mode

@@ -120,3 +120,6 @@ def test_lattice_and_bad_config(problem):
         MergeEnv(problem, mode="diagonal")
     with pytest.raises(ConfigError, match="1.0"):
         MergeEnv(problem, coefficients=[0.5, 2.0])
+    # a library user skipping Hydra's config check gets the same refusal
+    with pytest.raises(ConfigError, match="env.lattice_steps"):
+        MergeEnv(problem, lattice_steps=0)

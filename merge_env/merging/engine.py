@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from merge_env.errors import CheckpointError, MergeError, RecipeError
+from merge_env.errors import CheckpointError, ConfigError, MergeError, RecipeError
 from merge_env.merging.checkpoint import Checkpoint, CheckpointWriter, TensorInfo, TensorSpec
 from merge_env.merging.methods.params import resolve_value
 from merge_env.merging.methods.registry import get_operator, merge_tensors
@@ -307,6 +307,19 @@ def _stream(engine: MergeEngine, writer: CheckpointWriter, workers: int, bar: tq
                 future.cancel()
 
 
+def check_out_is_not_an_input(spec: ParamMerge, out: str | Path) -> None:
+    """ConfigError if ``out`` is one of the recipe's input folders or holds one: writing
+    there (``--overwrite`` replaces the folder) would delete an input."""
+    target = Path(out).expanduser().resolve()
+    inputs = [spec.base_model, *(m.model for m in spec.models)]
+    for name in dict.fromkeys(i for i in inputs if i):
+        source = Path(name).expanduser().resolve()
+        if source == target or target in source.parents:
+            raise ConfigError(
+                f"{out}: is the input model {name!r} or holds it; write the merge elsewhere"
+            )
+
+
 def run_merge(
     spec: ParamMerge,
     out_dir: str | Path,
@@ -324,6 +337,7 @@ def run_merge(
     per-tensor parallelism does not spin on OpenMP barriers when the machine is busy. Each
     worker holds one tensor per input, so memory grows with ``workers``.
     """
+    check_out_is_not_an_input(spec, out_dir)
     out_dir = Path(out_dir)
     threads = torch.get_num_threads()
     workers = max(1, min(threads, 4) if workers is None else workers)

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from merge_env.errors import CheckpointError, MergeError, RecipeError
+from merge_env.errors import CheckpointError, ConfigError, MergeError, RecipeError
 from merge_env.merging.checkpoint import Checkpoint
 from merge_env.merging.engine import MergeEngine, run_merge
 from merge_env.merging.methods.registry import OPERATORS
@@ -264,6 +264,17 @@ def test_existing_output_is_kept_without_overwrite(pools, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
     run_merge(_ties(base, *fts), out, progress=False, overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+
+
+def test_refuses_to_overwrite_an_input_even_when_asked(pools, tmp_path):
+    # overwrite=True replaces the output folder: onto an input (or a folder holding one) it
+    # would delete that input, so the engine refuses before touching anything
+    base, fts = pools["llama"]
+    before = {p.name: p.read_bytes() for p in fts[0].iterdir()}
+    for out in (fts[0], fts[0].parent):
+        with pytest.raises(ConfigError, match="input model"):
+            run_merge(_ties(base, *fts), out, progress=False, overwrite=True)
+    assert {p.name: p.read_bytes() for p in fts[0].iterdir()} == before
 
 
 def test_round_trip_and_linear_base_as_input(pools):
