@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from merge_env.errors import ConfigError
+from merge_env.scoring.prefix import PathModel, PrefixCache, PrefixRun, batch_scope
 from merge_env.scoring.tasks.task import METRICS, Example, Task
 
 if TYPE_CHECKING:
@@ -99,6 +100,8 @@ class Evaluator:
         max_examples: int | None = None,
         cache: EvalCache | None = None,
         dtype: torch.dtype | None = None,
+        prefix_cache_bytes: int = 256 * 2**20,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"evaluator: batch_size must be >= 1, got {batch_size}")
@@ -106,6 +109,10 @@ class Evaluator:
             raise ConfigError(f"evaluator: max_examples must be >= 1 or None, got {max_examples}")
         if tokenizer.eos_token_id is None:
             raise ConfigError(f"evaluator: tokenizer {type(tokenizer).__name__} has no EOS token")
+        if prefix_cache_bytes < 0:
+            raise ConfigError(
+                f"evaluator: prefix_cache_bytes must be >= 0, got {prefix_cache_bytes}"
+            )
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -113,6 +120,10 @@ class Evaluator:
         self.cache = cache
         self.dtype = dtype  # autocast dtype for the forward; log-probs are always float32
         self.forward_calls = 0
+        # hidden states of shared path prefixes (scoring/prefix.py); None = no prefix sharing
+        if prefix_cache is None and prefix_cache_bytes > 0:
+            prefix_cache = PrefixCache(prefix_cache_bytes)
+        self.prefix_cache = prefix_cache
         self._eos = int(tokenizer.eos_token_id)
         pad = tokenizer.pad_token_id
         self._pad = int(pad) if pad is not None else self._eos
@@ -129,6 +140,7 @@ class Evaluator:
         return Evaluator(
             self.tokenizer, device=self.device, batch_size=self.batch_size,
             max_examples=max_examples, cache=self.cache, dtype=self.dtype,
+            prefix_cache_bytes=0, prefix_cache=self.prefix_cache,
         )  # fmt: skip
 
     # ------------------------------------------------------------ keys and encoding
@@ -236,16 +248,20 @@ class Evaluator:
             return set()
         return {k for k in ("use_cache", "logits_to_keep") if k in params}
 
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to the evaluator's dtype, or nothing for float32."""
+        return (
+            torch.autocast(self.device.type, dtype=self.dtype)
+            if self.dtype not in (None, torch.float32)
+            else contextlib.nullcontext()
+        )
+
     def _run(self, model: Any, encoded: Sequence[EncodedExample]) -> np.ndarray:
         """Return per-example rows (n_tokens, n_correct, loglik_sum) from batched forwards."""
         self._check_device(model)
         stats = np.zeros((len(encoded), 3), dtype=np.float64)
         accepts = self._forward_kwargs(model)
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.dtype)
-            if self.dtype not in (None, torch.float32)
-            else contextlib.nullcontext()
-        )
+        autocast = self._autocast()
         was_training = bool(getattr(model, "training", False))
         if hasattr(model, "eval"):
             model.eval()  # dropout would make scores random
@@ -338,12 +354,7 @@ class Evaluator:
             else:
                 pending.append((task, key))
         if pending:
-            encoded: list[EncodedExample] = []
-            spans = []
-            for task, _ in pending:
-                part = self._encoded_split(task, split)
-                spans.append((len(encoded), len(encoded) + len(part)))
-                encoded.extend(part)
+            encoded, spans = self._encoded_tasks([task for task, _ in pending], split)
             stats = self._run(model, encoded)
             for (task, key), (a, b) in zip(pending, spans):
                 score = _aggregate(stats[a:b])
@@ -351,6 +362,58 @@ class Evaluator:
                     self.cache.put(key, score)  # type: ignore[union-attr]
                 done[task.name] = score
         return {name: done[name] for name in names}
+
+    def score_paths(
+        self, paths: Sequence[PathModel], tasks: Sequence[Task], split: str = "search"
+    ) -> list[dict[str, TaskScore]]:
+        """Return {task name: score} per candidate (uncached), each shared path prefix run once.
+
+        Every score equals, bit for bit, ``score_tasks`` on the candidate's own assembled model:
+        a candidate only skips the slots whose output it would have computed identically (see
+        scoring/prefix.py). Without a prefix cache each candidate runs its whole path.
+        """
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"evaluator: task names repeat in {names}")
+        encoded, spans = self._encoded_tasks(tasks, split)
+        stats = [np.zeros((len(encoded), 3), dtype=np.float64) for _ in paths]
+        if self.prefix_cache is None:
+            for i, path in enumerate(paths):
+                stats[i] = self._run(path.build(list(path.slots), list(range(len(path.slots)))),
+                                     encoded)  # fmt: skip
+        elif paths:
+            self._run_shared(paths, encoded, stats)
+        return [{t.name: _aggregate(s[a:b]) for t, (a, b) in zip(tasks, spans)} for s in stats]
+
+    def _run_shared(
+        self, paths: Sequence[PathModel], encoded: Sequence[EncodedExample], stats: list[np.ndarray]
+    ) -> None:
+        """Fill each candidate's per-example rows, batch by batch, candidates in trie order."""
+        assert self.prefix_cache is not None
+        order = PrefixRun.trie_order(paths)
+        settings = (str(self.device), str(self.dtype))
+        with torch.inference_mode(), self._autocast():
+            for idx, inputs, mask in self._batches(encoded):
+                batch = [encoded[i] for i in idx]
+                run = PrefixRun(paths, self.prefix_cache, batch_scope(inputs, mask, settings))
+                for i in order:
+                    model = run.model_for(paths[i])
+                    self._check_device(model)
+                    accepts = self._forward_kwargs(model)
+                    stats[i][idx] = self._score_batch(model, batch, inputs, mask, accepts)
+                    run.finish()
+
+    def _encoded_tasks(
+        self, tasks: Sequence[Task], split: str
+    ) -> tuple[list[EncodedExample], list[tuple[int, int]]]:
+        """Return the tasks' encoded examples end to end, and each task's (start, stop) span."""
+        encoded: list[EncodedExample] = []
+        spans = []
+        for task in tasks:
+            part = self._encoded_split(task, split)
+            spans.append((len(encoded), len(encoded) + len(part)))
+            encoded.extend(part)
+        return encoded, spans
 
 
 def _aggregate(stats: np.ndarray) -> TaskScore:

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,10 @@ from merge_env.merging.arch import ArchInfo
 from merge_env.merging.checkpoint import Checkpoint, CheckpointWriter, TensorSpec
 from merge_env.merging.engine import MergeEngine
 from merge_env.merging.plan import ParamMerge
-from merge_env.search.recipe import BASE, MERGED, Recipe
+from merge_env.scoring.evaluate import Evaluator, TaskScore
+from merge_env.scoring.prefix import PathModel
+from merge_env.scoring.tasks.task import Task
+from merge_env.search.recipe import BASE, MERGED, Recipe, Slot
 
 log = logging.getLogger(__name__)
 
@@ -261,20 +264,78 @@ class ModelPool:
         if recipe.is_identity(self.num_layers):
             return shell
         path = recipe.resolved_path(self.num_layers)
-        config = copy.deepcopy(shell.config)
-        for key, value in _depth_fields(config.to_dict(), [s.layer for s in path]).items():
-            setattr(config, key, value)
+        return self._with_layers(shell, self._slot_layers(recipe, path), [s.layer for s in path])
+
+    def _slot_layers(self, recipe: Recipe, path: Sequence[Slot]) -> list[nn.Module]:
+        """One SlotLayer per path slot, over the sources' shared layers."""
         residual_out = self.arch.family.residual_out
-        slots = [
+        return [
             SlotLayer(self._layers(self.source_model(s.source, recipe.merge))[s.layer], t, s.scale,
                       residual_out)
             for t, s in enumerate(path)
         ]  # fmt: skip
-        model = _shallow_clone(shell, self.arch.layers_prefix.rstrip("."), nn.ModuleList(slots))
-        for module in (model, *_along(model, self.arch.layers_prefix.rstrip("."))):
+
+    def _with_layers(
+        self, shell: PreTrainedModel, layers: Sequence[nn.Module], layer_map: list[int]
+    ) -> PreTrainedModel:
+        """The shell running ``layers`` (standing for source layers ``layer_map``) as its layer
+        list, its config's depth fields to match."""
+        config = copy.deepcopy(shell.config)
+        for key, value in _depth_fields(config.to_dict(), layer_map).items():
+            setattr(config, key, value)
+        prefix = self.arch.layers_prefix.rstrip(".")
+        model = _shallow_clone(shell, prefix, nn.ModuleList(layers))
+        for module in (model, *_along(model, prefix)):
             if getattr(module, "config", None) is shell.config:
                 module.config = config
         return model.eval()
+
+    # -- prefix-shared scoring ---------------------------------------------------------------
+    def path_model(self, recipe: Recipe) -> PathModel:
+        """The recipe as prefix-shared scoring sees it (scoring/prefix.py): its slot layers, a key
+        per path prefix, and its shell around any layer list.
+
+        A prefix's key is (pool, merge, first slots): the hidden states after it depend on the
+        embeddings (the shell's, so the merge's) and on those slots, nothing else. The identity
+        path is spelled out (slots of scale 1 over the shell's own layers), so a plain merge
+        shares its prefixes with every path that starts like it.
+        """
+        recipe.validate(self.names, self.num_layers)
+        shell = self.source_model(recipe.shell_source, recipe.merge)
+        path = recipe.resolved_path(self.num_layers)
+        merge = Recipe(merge=recipe.merge).canonical_json() if recipe.merge is not None else ""
+        steps = [(s.source, s.layer, float(s.scale)) for s in path]
+        keys = tuple(((self.fingerprint, merge), *steps[:k]) for k in range(1, len(steps) + 1))
+
+        def build(layers: list[nn.Module], positions: list[int]) -> nn.Module:
+            return self._with_layers(shell, layers, [path[p].layer for p in positions])
+
+        return PathModel(keys, tuple(self._slot_layers(recipe, path)), build)
+
+    def score_recipes(
+        self,
+        recipes: Sequence[Recipe],
+        evaluator: Evaluator,
+        tasks: Sequence[Task],
+        split: str = "search",
+    ) -> list[dict[str, TaskScore]]:
+        """{task name: score} per recipe, uncached, bit for bit what assembling and scoring each
+        alone gives; with the evaluator's prefix cache on, each shared path prefix runs once.
+
+        Recipes are scored one merge at a time (prefixes under different merges never agree), so
+        no more merged models are held at once than one candidate alone would hold.
+        """
+        if evaluator.prefix_cache is None:
+            return [evaluator.score_tasks(self.assemble(r), tasks, split) for r in recipes]
+        groups: dict[str, list[int]] = {}
+        for i, recipe in enumerate(recipes):
+            groups.setdefault(Recipe(merge=recipe.merge).canonical_json(), []).append(i)
+        out: list[dict[str, TaskScore]] = [{} for _ in recipes]
+        for members in groups.values():
+            paths = [self.path_model(recipes[i]) for i in members]
+            for i, scores in zip(members, evaluator.score_paths(paths, tasks, split)):
+                out[i] = scores
+        return out
 
     # -- materialisation ---------------------------------------------------------------------
     def materialise(

@@ -282,7 +282,8 @@ def test_cache_round_trips_nan_and_pickles(tmp_path):
 
 _WRITER = """
 import sys
-from merge_env.evaluate import EvalCache, TaskScore
+from merge_env.scoring.cache import EvalCache
+from merge_env.scoring.evaluate import TaskScore
 cache, limit, i = EvalCache(sys.argv[1]), int(sys.argv[2]), 0
 while limit < 0 or i < limit:
     cache.put(f"k{i}", TaskScore(i / 1e4, 0.5, -float(i), i))

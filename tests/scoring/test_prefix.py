@@ -1,0 +1,132 @@
+"""Prefix-shared scoring (scoring/prefix.py) gives bit-identical scores and really shares."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from merge_env.scoring.evaluate import Evaluator
+from merge_env.scoring.prefix import PrefixCache
+from merge_env.scoring.tasks.synthetic import char_tokenizer, make_task
+from merge_env.search.assemble import ModelPool
+from merge_env.search.recipe import BASE, MERGED, Recipe, Slot, param_merge, uniform_merge
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return char_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return [make_task(kind, 10, 0, seed=0) for kind in ("add", "reverse", "cipher")]
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def pool(request, tiny_factory, tok):
+    family = request.param
+    base = tiny_factory(family, layers=4, vocab=len(tok), seed=0)
+    a = tiny_factory(family, like=base, seed=1, noise=0.05)
+    b = tiny_factory(family, like=base, seed=2, noise=0.05)
+    return ModelPool({BASE: base, "a": a, "b": b})
+
+
+def _recipes() -> list[Recipe]:
+    """Shared prefixes, repeated layers, residual scales, two merges, depths 1 to 7."""
+    ties = param_merge("ties", {"a": 0.6, "b": 0.4}, density=0.5)
+    linear = uniform_merge("linear", ["a", "b"])
+    ident = tuple(Slot(MERGED, t) for t in range(4))
+    stem = (Slot(MERGED, 0), Slot("a", 1, 1.25), Slot("a", 1, 0.5))
+    return [
+        Recipe(),  # the base itself
+        Recipe.single("a"),
+        Recipe(merge=ties),  # identity path, spelled out by path_model
+        Recipe(merge=ties, path=ident),  # the same path written out: same keys as the one above
+        Recipe(merge=ties, path=stem + (Slot("b", 2), Slot(MERGED, 3))),
+        Recipe(merge=ties, path=stem + (Slot("b", 2), Slot(MERGED, 3, 0.75), Slot(MERGED, 3))),
+        Recipe(merge=ties, path=stem + (Slot(BASE, 0, 0.75),)),
+        Recipe(merge=ties, path=stem[:2]),
+        Recipe(merge=ties, path=(Slot(MERGED, 0),)),
+        Recipe(merge=ties, path=ident[:2] + (Slot(MERGED, 1), Slot(MERGED, 1), *ident[2:])),
+        Recipe(merge=ties, path=ident[:2] + (Slot(MERGED, 2, 1.25), Slot(MERGED, 3))),
+        Recipe(merge=linear, path=stem + (Slot("b", 2), Slot(MERGED, 3))),  # same path, new merge
+        Recipe(merge=linear, path=stem),
+        Recipe(path=(Slot(BASE, 0), Slot("a", 1), Slot("a", 1, 0.5), Slot("b", 3))),
+        Recipe(path=(Slot(BASE, 0), Slot("a", 1), Slot("b", 2))),
+    ]
+
+
+def _alone(pool: ModelPool, ev: Evaluator, recipes: list[Recipe], tasks) -> list[dict]:
+    """Today's scores: each recipe assembled and scored by itself."""
+    return [ev.score_tasks(pool.assemble(r), tasks) for r in recipes]
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_shared_scores_are_bit_identical(pool, tok, tasks, dtype):
+    recipes = _recipes()
+    off = Evaluator(tok, batch_size=8, dtype=dtype, prefix_cache_bytes=0)
+    on = Evaluator(tok, batch_size=8, dtype=dtype)
+    expected = _alone(pool, off, recipes, tasks)
+    assert pool.score_recipes(recipes, off, tasks) == expected
+    got = pool.score_recipes(recipes, on, tasks)
+    for recipe, want, have in zip(recipes, expected, got):
+        for name in want:
+            # dataclass equality compares the floats exactly: bit for bit
+            assert have[name] == want[name], (recipe.to_dict(), name, have[name], want[name])
+    stats = on.prefix_cache.stats
+    assert stats.slots_reused > 0, "prefix sharing silently off"
+    assert stats.lru_hits == 0  # nothing was kept before this call
+    # a second call on the same batches starts from states the first one kept
+    before = stats.slots_run
+    assert pool.score_recipes(recipes[::-1], on, tasks) == expected[::-1]
+    assert stats.lru_hits > 0
+    assert stats.slots_run - before < before
+
+
+def test_every_distinct_prefix_runs_once_per_batch(pool, tok, tasks):
+    recipes = _recipes()
+    ev = Evaluator(tok, batch_size=1000)  # one example batch
+    ties = [r for r in recipes if r.merge is not None and "ties" in r.canonical_json()]
+    paths = [pool.path_model(r) for r in ties]
+    distinct = len({k for p in paths for k in p.keys})
+    ev.score_paths(paths, tasks)
+    assert ev.prefix_cache.stats.slots_run == distinct
+    assert ev.prefix_cache.stats.slots_reused == sum(len(p.keys) for p in paths) - distinct
+
+
+def test_scores_stay_exact_when_the_lru_evicts(pool, tok, tasks):
+    recipes = _recipes()
+    expected = _alone(pool, Evaluator(tok, batch_size=8, prefix_cache_bytes=0), recipes, tasks)
+    tight = 3 * 8 * 16 * 32 * 4  # about three prefix states of one batch
+    ev = Evaluator(tok, batch_size=8, prefix_cache_bytes=tight)
+    for _ in range(2):
+        assert pool.score_recipes(recipes, ev, tasks) == expected
+        assert ev.prefix_cache.bytes <= tight
+    assert ev.prefix_cache.stats.evictions > 0
+    assert ev.prefix_cache.stats.slots_reused > 0  # within a batch sharing needs no LRU room
+
+
+def test_capped_evaluator_shares_the_prefix_cache(tok):
+    ev = Evaluator(tok, prefix_cache_bytes=1 << 20)
+    assert ev.capped(4).prefix_cache is ev.prefix_cache
+    assert Evaluator(tok, prefix_cache_bytes=0).prefix_cache is None
+
+
+def test_lru_respects_its_byte_bound():
+    state = torch.zeros(4, 8)  # 128 bytes
+    cache = PrefixCache(3 * 128 + 10)
+    for i in range(5):
+        cache.put(("batch", i), state.clone())
+        assert cache.bytes <= cache.max_bytes
+    assert len(cache) == 3 and cache.stats.evictions == 2
+    assert ("batch", 0) not in cache and ("batch", 4) in cache
+    assert cache.get(("batch", 2)) is not None  # now the most recent
+    cache.put(("batch", 5), (state.clone(), None))  # tuple outputs count their tensors
+    assert ("batch", 2) in cache and ("batch", 3) not in cache
+    cache.put(("batch", 6), torch.zeros(100, 100))  # larger than the bound: not kept
+    assert ("batch", 6) not in cache and cache.bytes == 3 * 128
+    cache.clear()
+    assert len(cache) == 0 and cache.bytes == 0
+    off = PrefixCache(0)
+    off.put(("batch", 0), state)
+    assert len(off) == 0
