@@ -3,24 +3,38 @@
     python -m experiments.bench_eval                      # random 6-layer width-128 char Llama
     python -m experiments.bench_eval --model DIR --n 512 --batch-size 64 --device cuda
     python -m experiments.bench_eval --pool smollm2 --n 32   # SmolLM2-135M, chat-templated tasks
+    python -m experiments.bench_eval --candidates            # candidates/min, prefix sharing off/on
+    python -m experiments.bench_eval --candidates --pool tiny --repeats 3
 
 The bare forward runs the model over exactly the padded batches the evaluator builds, so the ratio
 (scoring time / forward time) is what the scoring loop adds: encoding, gathering answer positions,
 log-softmax over them, metrics. With a model that takes ``logits_to_keep`` the scorer can even be
 faster than the bare forward, since it skips the LM head on prompt positions.
+
+``--candidates`` scores whole batches of recipes on a zoo pool (``zoo``: the default zoo, built
+into the cache on first use; ``tiny``: seconds) the way the local back-end does, with prefix sharing
+off (each recipe assembled and scored alone, as before) and on (``ModelPool.score_recipes``), and
+prints candidates per minute, the speed-up, the prefix hit rate (the fraction of slot forwards
+reused) and whether every score came out identical. Batches: a PPO-like vector step (8 episodes,
+each a few random edits of the identity path under one merge) and CMA-ES-like generations drawn
+around the identity genome (``level=arch``: one merge; ``level=both``: a merge per candidate).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 
 from merge_env.scoring.evaluate import Evaluator
 from merge_env.scoring.tasks.synthetic import ZOO_TASK_KINDS, char_tokenizer, make_task
+from merge_env.search.recipe import MERGED, Recipe, Slot, uniform_merge
 
 
 def random_llama(device: torch.device, seed: int) -> tuple[Any, Any]:
@@ -63,15 +77,117 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def ppo_like_batch(
+    experts: Sequence[str], depth: int, n: int, edits: int, seed: int
+) -> list[Recipe]:
+    """``n`` episodes under one merge: each the identity path with ``edits`` random slot edits
+    (another source, another scale, a layer repeated or dropped), as PPO's envs emit them."""
+    rng = np.random.default_rng(seed)
+    merge = uniform_merge("dare_ties", experts, density=0.5)
+    sources, scales = [MERGED, "base", *experts], (0.5, 0.75, 1.25, 1.5)
+    out = []
+    for _ in range(n):
+        path = [Slot(MERGED, t) for t in range(depth)]
+        for _ in range(edits):
+            t, kind = int(rng.integers(len(path))), int(rng.integers(4))
+            if kind == 0:
+                path[t] = Slot(str(rng.choice(sources)), path[t].layer, path[t].scale)
+            elif kind == 1:
+                path[t] = Slot(path[t].source, path[t].layer, float(rng.choice(scales)))
+            elif kind == 2:
+                path.insert(t, path[t])
+            elif len(path) > 1:
+                path.pop(t)
+        out.append(Recipe(merge=merge, path=tuple(path)))
+    return out
+
+
+def cmaes_like_generation(pool: Any, level: str, seed: int) -> list[Recipe]:
+    """One CMA-ES generation around the identity genome (aligned paths), at CMA-ES's default
+    population size and the agent's default step size."""
+    from agents.genome import Genome
+
+    genome = Genome(pool, level=level, encoding="aligned")
+    rng = np.random.default_rng(seed)
+    popsize = 4 + int(3 * math.log(genome.dim))
+    x = genome.identity() + (1.0 / 6.0) * rng.standard_normal((popsize, genome.dim))
+    return [genome.decode(row) for row in x]
+
+
+def candidates_main(args: argparse.Namespace) -> None:
+    """Candidates per minute with prefix sharing off and on, over a zoo pool's tasks."""
+    from transformers import AutoTokenizer
+
+    from merge_env.pools.spec import zoo_pool
+    from merge_env.search.assemble import ModelPool
+
+    spec = zoo_pool("tiny" if args.pool == "tiny" else "default", seed=args.seed)
+    pool = ModelPool(spec.sources, device=args.device)
+    tok = AutoTokenizer.from_pretrained(str(spec.tokenizer_dir))
+    tasks = list(spec.tasks)
+    batches = {
+        "ppo step (8 episodes)": ppo_like_batch(pool.experts, pool.num_layers, 8, args.edits,
+                                                args.seed),
+        "cmaes generation, level=arch": cmaes_like_generation(pool, "arch", args.seed),
+        "cmaes generation, level=both": cmaes_like_generation(pool, "both", args.seed),
+    }  # fmt: skip
+    n_ex = sum(min(len(t.search), args.max_examples or len(t.search)) for t in tasks)
+    print(f"device {args.device}  threads {torch.get_num_threads()}  pool {spec.name} "
+          f"({pool.num_layers} layers, {len(pool.names)} sources)  examples {n_ex}")  # fmt: skip
+    print(f"{'batch':30}{'n':>4}{'off c/min':>11}{'on c/min':>10}{'speed-up':>10}"
+          f"{'hit rate':>10}{'identical':>11}")  # fmt: skip
+    for label, recipes in batches.items():
+        row = sharing_row(pool, tok, tasks, recipes, args)
+        print(f"{label:30}{len(recipes):4d}{row['off']:11.1f}{row['on']:10.1f}"
+              f"{row['on'] / row['off']:9.2f}x{row['hit_rate']:10.1%}{row['identical']!s:>11}")  # fmt: skip
+
+
+def sharing_row(
+    pool: Any, tok: Any, tasks: list, recipes: list[Recipe], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Best-of-``repeats`` candidates/minute off and on (a fresh prefix cache each time, so only
+    sharing within the batch counts), the hit rate, and whether the scores agree bit for bit."""
+    device = torch.device(args.device)
+    kw = dict(device=device, batch_size=args.batch_size, max_examples=args.max_examples)
+    off_ev = Evaluator(tok, prefix_cache_bytes=0, **kw)
+    expected = pool.score_recipes(recipes, off_ev, tasks)  # warm-up: merges built, tasks encoded
+    off_runs, on_runs, identical, hit_rate = [], [], True, 0.0
+    for _ in range(args.repeats):
+        off_runs.append(timed(lambda: pool.score_recipes(recipes, off_ev, tasks), device))
+        on_ev = Evaluator(tok, prefix_cache_bytes=args.prefix_cache_bytes, **kw)
+        got: list = []
+        on_runs.append(
+            timed(partial(_extend, got, pool.score_recipes, recipes, on_ev, tasks), device)
+        )
+        identical &= got == expected
+        hit_rate = on_ev.prefix_cache.stats.hit_rate
+    per_min = 60.0 * len(recipes)
+    return {"off": per_min / min(off_runs), "on": per_min / min(on_runs), "hit_rate": hit_rate,
+            "identical": identical}  # fmt: skip
+
+
+def _extend(out: list, fn: Callable[..., list], *args: Any) -> None:
+    out.extend(fn(*args))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, run the benchmark and print a result table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="HF causal-LM directory (default: random char Llama)")
     parser.add_argument(
         "--pool",
-        choices=["smollm2"],
-        help="smollm2: the converted SmolLM2-135M-Instruct base on chat-templated zoo tasks",
+        choices=["smollm2", "zoo", "tiny"],
+        help="smollm2: the converted SmolLM2-135M-Instruct base on chat-templated zoo tasks; "
+        "zoo / tiny: the zoo presets (--candidates; default zoo)",
     )
+    parser.add_argument(
+        "--candidates",
+        action="store_true",
+        help="candidates/minute of recipe batches with prefix sharing off and on",
+    )
+    parser.add_argument("--edits", type=int, default=3, help="--candidates: edits per episode")
+    parser.add_argument("--max-examples", type=int, default=None, help="--candidates: per task")
+    parser.add_argument("--prefix-cache-bytes", type=int, default=256 * 2**20)
     parser.add_argument("--tasks", default=",".join(ZOO_TASK_KINDS), help="zoo task kinds")
     parser.add_argument("--n", type=int, default=512, help="examples per task")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -83,6 +199,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.candidates:
+        if args.pool == "smollm2":
+            parser.error("--candidates runs on --pool zoo or tiny")
+        candidates_main(args)
+        return
+    if args.pool in ("zoo", "tiny"):
+        parser.error("--pool zoo/tiny is for --candidates")
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else None

@@ -392,15 +392,19 @@ class Evaluator:
         assert self.prefix_cache is not None
         order = PrefixRun.trie_order(paths)
         settings = (str(self.device), str(self.dtype))
+        accepts: dict[type, set[str]] = {}  # per model class: a signature costs more than a slot
         with torch.inference_mode(), self._autocast():
-            for idx, inputs, mask in self._batches(encoded):
+            for b, (idx, inputs, mask) in enumerate(self._batches(encoded)):
                 batch = [encoded[i] for i in idx]
                 run = PrefixRun(paths, self.prefix_cache, batch_scope(inputs, mask, settings))
                 for i in order:
                     model = run.model_for(paths[i])
-                    self._check_device(model)
-                    accepts = self._forward_kwargs(model)
-                    stats[i][idx] = self._score_batch(model, batch, inputs, mask, accepts)
+                    if b == 0:
+                        self._check_device(model)
+                    if type(model) not in accepts:
+                        accepts[type(model)] = self._forward_kwargs(model)
+                    kw = accepts[type(model)]
+                    stats[i][idx] = self._score_batch(model, batch, inputs, mask, kw)
                     run.finish()
 
     def _encoded_tasks(

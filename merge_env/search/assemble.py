@@ -121,6 +121,14 @@ def _depth_fields(config: Mapping[str, Any], layer_map: list[int]) -> dict[str, 
     return out
 
 
+def _depth_config(config: Any, layer_map: list[int]) -> Any:
+    """A copy of an HF config with len(layer_map) layers (see _depth_fields)."""
+    config = copy.deepcopy(config)
+    for key, value in _depth_fields(config.to_dict(), layer_map).items():
+        setattr(config, key, value)
+    return config
+
+
 class ModelPool:
     """Named source models (``base`` and the fine-tunes), resident on one device, plus merges.
 
@@ -276,13 +284,16 @@ class ModelPool:
         ]  # fmt: skip
 
     def _with_layers(
-        self, shell: PreTrainedModel, layers: Sequence[nn.Module], layer_map: list[int]
+        self,
+        shell: PreTrainedModel,
+        layers: Sequence[nn.Module],
+        layer_map: list[int],
+        config: Any = None,
     ) -> PreTrainedModel:
         """The shell running ``layers`` (standing for source layers ``layer_map``) as its layer
-        list, its config's depth fields to match."""
-        config = copy.deepcopy(shell.config)
-        for key, value in _depth_fields(config.to_dict(), layer_map).items():
-            setattr(config, key, value)
+        list, with ``config`` (default: the shell's, its depth fields made to match)."""
+        if config is None:
+            config = _depth_config(shell.config, layer_map)
         prefix = self.arch.layers_prefix.rstrip(".")
         model = _shallow_clone(shell, prefix, nn.ModuleList(layers))
         for module in (model, *_along(model, prefix)):
@@ -307,8 +318,14 @@ class ModelPool:
         steps = [(s.source, s.layer, float(s.scale)) for s in path]
         keys = tuple(((self.fingerprint, merge), *steps[:k]) for k in range(1, len(steps) + 1))
 
+        configs: dict[tuple[int, ...], Any] = {}  # one per suffix depth, not per example batch
+
         def build(layers: list[nn.Module], positions: list[int]) -> nn.Module:
-            return self._with_layers(shell, layers, [path[p].layer for p in positions])
+            layer_map = [path[p].layer for p in positions]
+            config = configs.get(tuple(layer_map))
+            if config is None:
+                config = configs[tuple(layer_map)] = _depth_config(shell.config, layer_map)
+            return self._with_layers(shell, layers, layer_map, config)
 
         return PathModel(keys, tuple(self._slot_layers(recipe, path)), build)
 
