@@ -7,7 +7,10 @@
 Rows: the base, each expert, the odd expert, each recycling checkpoint; columns: the zoo tasks,
 each cell ``exact match / token accuracy``. Below the table, the trade-off checks the zoo is built
 to pass: every expert is the best of base + experts on its own task, and worse than the base or
-another expert on some other task; the base scores above zero on every task.
+another expert on some other task; the base scores above zero on every task. Then the fine-tune
+regime (merge_env/pools/regime.py): the plain merges a user would try (TIES density 0.5, task
+arithmetic 0.5 and 1.0, uniform linear) scored on the TEST split, each expert's own-task gain and
+the share of it each merge keeps; ``--no-regime`` skips it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from merge_env.pools.regime import judge, score_regime
 from merge_env.pools.smollm2 import SmolConfig, SmolPool
 from merge_env.pools.zoo import Zoo, ZooConfig, build_zoo
 from merge_env.scoring.evaluate import Evaluator, TaskScore
@@ -106,6 +110,24 @@ def print_table(
             console.print(f"  {mark} {sentence}")
 
 
+def print_regime(zoo: Zoo | SmolPool, console: Console, device: str = "cpu") -> None:
+    """Score the plain merges of the experts on the TEST split and print the regime verdict."""
+    sources = {"base": zoo.base, **zoo.experts}
+    scores = score_regime(sources, zoo.tasks, zoo.tokenizer_dir, split="test", device=device)
+    tasks = [t.name for t in zoo.tasks]
+    table = Table(title="fine-tune regime: plain merges of the experts, TEST exact match")
+    table.add_column("model", no_wrap=True)
+    for task in tasks:
+        table.add_column(task, justify="right")
+    for name, row in scores.items():
+        table.add_row(name, *(f"{row[t]:.3f}" for t in tasks))
+    console.print(table)
+    regime = judge(scores, {t: t for t in zoo.experts})
+    for holds, sentence in regime.sentences():
+        console.print(f"  [{'green' if holds else 'red'}]{'ok ' if holds else 'NO '}[/] {sentence}")
+    console.print(f"  regime {'holds' if regime.holds else 'does NOT hold'}")
+
+
 def run(
     preset: str = "default",
     seed: int = 0,
@@ -113,8 +135,9 @@ def run(
     device: str = "cpu",
     progress: bool = True,
     console: Console | None = None,
+    regime: bool = True,
 ) -> Zoo:
-    """Build or find the zoo, print build time and the TEST table; return the zoo."""
+    """Build or find the zoo, print build time, the TEST table and the regime; return the zoo."""
     console = console or Console()
     config = dataclasses.replace(ZooConfig.preset(preset), seed=seed)
     start = time.perf_counter()
@@ -132,6 +155,8 @@ def run(
     scores = score_zoo(zoo, "test", device)
     n_test = len(zoo.tasks[0].test) if zoo.tasks else 0
     print_table(zoo, scores, console, f"zoo {preset!r}: TEST split ({n_test} examples per task)")
+    if regime:
+        print_regime(zoo, console, device)
     return zoo
 
 
@@ -142,6 +167,7 @@ def run_smollm2(
     progress: bool = True,
     console: Console | None = None,
     config: SmolConfig | None = None,
+    regime: bool = True,
 ) -> SmolPool:
     """Build or find the SmolLM2 pool, print conversion and fine-tune times and the TEST table.
 
@@ -163,6 +189,8 @@ def run_smollm2(
     n_test = len(pool.tasks[0].test)
     title = f"SmolLM2-135M-Instruct pool: TEST split ({n_test} examples per task)"
     print_table(pool, scores, console, title, metrics=("exact_match", "token_accuracy"))
+    if regime:
+        print_regime(pool, console, device)
     return pool
 
 
@@ -179,12 +207,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--no-regime", action="store_true", help="skip scoring the plain merges of the experts"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.pool == "smollm2":
-        run_smollm2(args.seed, args.cache_dir, args.device, progress=not args.no_progress)
+        run_smollm2(
+            args.seed, args.cache_dir, args.device, not args.no_progress, regime=not args.no_regime
+        )
     else:
-        run(args.preset, args.seed, args.cache_dir, args.device, progress=not args.no_progress)
+        run(
+            args.preset, args.seed, args.cache_dir, args.device, not args.no_progress,
+            regime=not args.no_regime,
+        )  # fmt: skip
     return 0
 
 

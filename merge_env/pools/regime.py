@@ -1,0 +1,166 @@
+"""Is a pool in the fine-tune regime? The checks a pool must pass before its figures mean anything.
+
+Real fine-tunes of one LLM stay close to their base, which is why plain merges of them keep most
+of each expert's gain (DESIGN.md §2). A pool is judged here the way ``shared/tools/regime_check.py``
+judges it from the outside with mergekit and plain transformers, but with MergeGym's own merge
+engine and scorer, so every build can print it:
+
+* each expert beats the base on its own task by at least ``min_gain``;
+* TIES (density 0.5, the TIES paper's setting) or task arithmetic (weight 0.5 or 1.0, the
+  task-arithmetic paper's range) keeps at least ``min_kept`` of every expert's own-task gain;
+* no plain merge is within ``tolerance`` of every expert on every expert's task (else there is
+  no front to search for).
+
+Scores are exact match (teacher-forced greedy; the same number plain ``generate`` gives).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from merge_env.merging.plan import ParamMerge
+from merge_env.scoring.tasks.task import Task
+from merge_env.search.recipe import BASE, param_merge
+
+# Merges whose kept share decides the regime; the uniform linear merge is shown, not judged.
+JUDGED = ("ties d0.5", "task arith 0.5", "task arith 1.0")
+# Scores are fractions of a test split: a share of exactly 0.5 must not fail on rounding.
+_EPS = 1e-9
+
+
+def regime_merges(experts: Sequence[str]) -> dict[str, ParamMerge]:
+    """The plain merges of ``experts`` on the base that the regime is judged by (mergekit's forms)."""
+    k = len(experts)
+    return {
+        "ties d0.5": param_merge(
+            "ties", dict.fromkeys(experts, 1.0), density=0.5, parameters={"normalize": True}
+        ),
+        "task arith 0.5": param_merge("task_arithmetic", dict.fromkeys(experts, 0.5)),
+        "task arith 1.0": param_merge("task_arithmetic", dict.fromkeys(experts, 1.0)),
+        "linear uniform": param_merge("linear", dict.fromkeys(experts, 1.0 / k), base=None),
+    }
+
+
+@dataclass(frozen=True)
+class Regime:
+    """The verdict on one pool: gains, the share of each gain each merge keeps, and the checks."""
+
+    gains: dict[str, float]  # expert's task -> expert minus base, own task
+    kept: dict[str, dict[str, float]]  # merge -> expert's task -> share of the gain kept
+    dominant: list[str]  # merges within tolerance of every expert on every expert's task
+    min_gain: float
+    min_kept: float
+
+    @property
+    def gains_hold(self) -> bool:
+        """Every expert gains at least ``min_gain`` on its own task."""
+        return all(g >= self.min_gain - _EPS for g in self.gains.values())
+
+    @property
+    def best_judged(self) -> tuple[str, float]:
+        """The judged merge whose worst kept share is highest, and that share."""
+        worst = {m: _worst(self.kept[m].values()) for m in JUDGED if m in self.kept}
+        if not worst:
+            return JUDGED[0], math.nan
+        name = max(worst, key=lambda m: -math.inf if math.isnan(worst[m]) else worst[m])
+        return name, worst[name]
+
+    @property
+    def merging_holds(self) -> bool:
+        """Some judged merge keeps at least ``min_kept`` of every expert's gain."""
+        return self.best_judged[1] >= self.min_kept - _EPS
+
+    @property
+    def holds(self) -> bool:
+        """All three checks pass."""
+        return self.gains_hold and self.merging_holds and not self.dominant
+
+    def sentences(self) -> list[tuple[bool, str]]:
+        """(holds, sentence) per check, for a console report."""
+        gains = ", ".join(f"{t} {g:+.3f}" for t, g in self.gains.items())
+        name, share = self.best_judged
+        kept = "; ".join(
+            f"{m}: " + " ".join(f"{s:.2f}" for s in self.kept[m].values()) for m in self.kept
+        )
+        return [
+            (self.gains_hold, f"each expert gains >= {self.min_gain:.2f} on its task: {gains}"),
+            (
+                self.merging_holds,
+                f"a plain merge keeps >= {self.min_kept:.0%} of every gain: best {name} "
+                f"(worst share {share:.2f}); shares kept per expert: {kept}",
+            ),
+            (
+                not self.dominant,
+                "no plain merge is as good as every expert everywhere: "
+                + (", ".join(self.dominant) or "none is"),
+            ),
+        ]
+
+
+def _worst(shares: Iterable[float]) -> float:
+    """The smallest share; NaN if any expert has no gain to keep (or there are none)."""
+    shares = list(shares)
+    return math.nan if not shares or any(math.isnan(x) for x in shares) else min(shares)
+
+
+def judge(
+    scores: Mapping[str, Mapping[str, float]],
+    experts: Mapping[str, str],
+    *,
+    min_gain: float = 0.30,
+    min_kept: float = 0.50,
+    tolerance: float = 0.05,
+) -> Regime:
+    """The regime verdict from exact-match ``scores[row][task]``.
+
+    Rows: ``base``, one per expert (``experts`` maps the expert's task to its row name) and one
+    per merge of ``regime_merges``. An expert that does not gain has a kept share of NaN.
+    """
+    base = scores[BASE]
+    gains = {t: scores[row][t] - base[t] for t, row in experts.items()}
+    merges = [m for m in scores if m != BASE and m not in experts.values()]
+    kept = {
+        m: {t: (scores[m][t] - base[t]) / g if g > 0 else math.nan for t, g in gains.items()}
+        for m in merges
+    }
+    dominant = [
+        m
+        for m in merges
+        if all(
+            scores[m][t] >= scores[row][t] - tolerance for row in experts.values() for t in experts
+        )
+    ]
+    return Regime(gains, kept, dominant, min_gain, min_kept)
+
+
+def score_regime(
+    sources: Mapping[str, str | Path],
+    tasks: Sequence[Task],
+    tokenizer_dir: str | Path,
+    *,
+    split: str = "test",
+    device: str = "cpu",
+) -> dict[str, dict[str, float]]:
+    """Exact match of the base, every expert and every ``regime_merges`` merge on ``split``.
+
+    ``sources`` are the pool's checkpoints by name (``base`` and one per expert, named for its
+    task); merges are built in memory by the merge engine, as a search builds them.
+    """
+    from transformers import AutoTokenizer
+
+    from merge_env.scoring.evaluate import Evaluator
+    from merge_env.search.assemble import ModelPool
+
+    pool = ModelPool(sources, device=device)
+    evaluator = Evaluator(AutoTokenizer.from_pretrained(tokenizer_dir), device=device)
+    experts = [n for n in sources if n != BASE]
+    models = {name: pool.models[name] for name in sources}
+    models.update({m: pool.merged_model(spec) for m, spec in regime_merges(experts).items()})
+    out = {}
+    for name, model in models.items():
+        scores = evaluator.score_tasks(model, tasks, split)
+        out[name] = {task: score.exact_match for task, score in scores.items()}
+    return out
