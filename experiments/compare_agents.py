@@ -1,12 +1,34 @@
-"""Compare agents on one zoo: hypervolume against evaluations spent, final fronts, level ablation.
+"""Compare agents under one protocol: hypervolume against evaluations, intervals, rank tests.
 
-    python -m experiments.compare_agents --budget 200 --seeds 0 1 2 \
-        [--agents ppo cmaes nsga2 random] [--levels both param arch] [--zoo default] [--out DIR]
+    python -m experiments.compare_agents --protocol heldout --agents ppo cmaes nsga2 random
+    python -m experiments.compare_agents --protocol tuning --set budget=100 --agents ppo random
+    # older flags still work and are recorded as overrides of the protocol:
+    python -m experiments.compare_agents --budget 200 --seeds 0 1 2 [--levels both param arch]
+        [--zoo default] [--cheap-examples 16] [--out DIR] [--ppo-override agent.bc_epochs=50]
 
-Every (agent, level, seed) run gets a fresh problem with its own archive and evaluation cache, so
-no agent profits from another's evaluations. Agents are built from ``conf/agent/<name>.yaml``
-through Hydra's compose API (the same config the main job uses). Finished runs are kept in
-``DIR/results.json`` and skipped when the command is run again.
+**A protocol** (``conf/protocol/<name>.yaml``) fixes, for every agent of a comparison, what
+decides the outcome besides the agent: the search space (every key of the env group), the budget
+and its accounting, the fidelities (the evaluator's cheap subset, metric, example cap), whether
+screening and anchors are offered (``agent.screening`` / ``agent.anchors``, set on every agent
+whose config has the key and recorded either way), the pool, its training seeds (zoo seeds) and
+the search seeds. Protocols are a Hydra config *group* rather than flags or an ``@package
+_global_`` experiment config because (a) a protocol is one choice among named alternatives of
+one kind (``tuning``, ``heldout``, ``smoke``), which is what a group is, composable and
+overridable like every other group (``--set budget=100``); (b) it spans many runs (lists of zoo
+and search seeds) that no single run config can hold, so it must stay a node of its own rather
+than be merged into the run config; (c) it must be read whole, to be recorded in results.json,
+compared with the protocol of the runs already there, and checked against the tuning protocol it
+names (``tuned_on``: a reported protocol's seeds may not overlap the seeds agents were tuned on).
+
+Every (zoo seed, agent, level, search seed) run gets a fresh problem with its own archive and
+evaluation cache, so no agent profits from another's evaluations. A run's config is composed
+from ``conf/config.yaml`` (``agent=<name>``) with the protocol's settings applied; each run
+records the space it searched (the env settings as the agent resolved them: a genome agent's
+``encoding`` is its ``mode``) and the comparison refuses, in one ConfigError naming each
+differing key, agents that searched different spaces, before any model is loaded and again on
+the recorded runs. ``DIR/results.json`` holds the protocol, the git commit, every run (its front
+re-scored on the held-out test split) and the statistics (experiments/stats.py); finished runs
+are skipped when the command is run again with the same protocol.
 """
 
 from __future__ import annotations
@@ -15,8 +37,10 @@ import argparse
 import itertools
 import json
 import logging
+import re
+import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,61 +49,228 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from hydra import compose, initialize  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from merge_env.pools.spec import zoo_problem  # noqa: E402
+from experiments import report, stats  # noqa: E402
+from experiments.config_check import validate_run_config  # noqa: E402
+from experiments.jobs import pool_and_tasks, scoring_problem  # noqa: E402
+from merge_env.errors import ConfigError  # noqa: E402
+from merge_env.search.problem import build_problem  # noqa: E402
 
 log = logging.getLogger("mergegym.compare")
 console = Console()
+CONF = Path(__file__).resolve().parents[1] / "conf"
 COLORS = {"ppo": "tab:red", "cmaes": "tab:blue", "nsga2": "tab:green", "random": "tab:gray"}
+PURPOSES = ("tuning", "reported", "smoke")
+PROTOCOL_KEYS = {
+    "name": str, "purpose": str, "tuned_on": (str, type(None)), "pool": str,
+    "pool_settings": dict, "zoo_seeds": list, "search_seeds": list, "levels": list,
+    "budget": (int, float), "fidelity": dict, "screening": bool, "anchors": bool, "env": dict,
+}  # fmt: skip
+FIDELITY_KEYS = ("cheap_examples", "max_examples", "metric")
+# genome agents name the env's ``mode`` ``encoding``; keys only some agents have count as their
+# neutral value where missing (the env's merge lattice, no density genes)
+AGENT_SPACE_NEUTRAL = {"weights": "lattice", "density_genes": False}
+PASSED = ("anchors", "screening")  # protocol switches handed to every agent that has the key
 
 
 def _color(label: str) -> str | None:
     return COLORS.get(label, COLORS["ppo"] if label.startswith("ppo") else None)
 
 
-def make_agent(name: str, seed: int, level: str, overrides: Sequence[str] = ()) -> Any:
-    """The agent of ``conf/agent/<name>.yaml`` at this seed and search level."""
-    with initialize(config_path="../conf", version_base=None):
-        cfg = compose(
-            config_name="config",
-            overrides=[f"agent={name}", f"seed={seed}", f"agent.level={level}", *overrides],
+def _compose(overrides: Sequence[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+# --- the protocol ---------------------------------------------------------------------------
+
+
+def load_protocol(name: str, overrides: Sequence[str] = (), check_tuning: bool = True) -> dict:
+    """The protocol ``conf/protocol/<name>.yaml`` with ``key=value`` overrides, checked; its
+    ``overrides`` lists them. A reported protocol is checked against the one it was ``tuned_on``."""
+    if not (CONF / "protocol" / f"{name}.yaml").is_file():
+        options = sorted(p.stem for p in (CONF / "protocol").glob("*.yaml"))
+        raise ConfigError(f"protocol: {name!r} unknown; expected one of {options}")
+    prefixed = [re.sub(r"^(\+*)", r"\1protocol.", o) for o in overrides]  # ++key=v stays ++
+    cfg = _compose([f"+protocol={name}", *prefixed])
+    protocol = OmegaConf.to_container(cfg.protocol, resolve=True)
+    check_protocol(protocol)  # type: ignore[arg-type]
+    protocol["overrides"] = list(overrides)  # type: ignore[index]
+    if check_tuning and protocol["tuned_on"]:  # type: ignore[index]
+        tuning = load_protocol(protocol["tuned_on"], check_tuning=False)  # type: ignore[index]
+        check_untuned(protocol, tuning)  # type: ignore[arg-type]
+    return protocol  # type: ignore[return-value]
+
+
+def check_protocol(protocol: Mapping[str, Any]) -> None:
+    """ConfigError naming the first protocol key that is missing, unknown or of the wrong type."""
+    for key, kind in PROTOCOL_KEYS.items():
+        if key not in protocol:
+            raise ConfigError(f"protocol.{key}: missing")
+        if not isinstance(protocol[key], kind) or isinstance(protocol[key], bool) != (kind is bool):
+            raise ConfigError(f"protocol.{key}: wrong type, got {protocol[key]!r}")
+    unknown = sorted(set(protocol) - set(PROTOCOL_KEYS) - {"overrides"})
+    if unknown:
+        raise ConfigError(f"protocol.{unknown[0]}: unknown key (known: {sorted(PROTOCOL_KEYS)})")
+    if protocol["purpose"] not in PURPOSES:
+        raise ConfigError(f"protocol.purpose: {protocol['purpose']!r} is not one of {PURPOSES}")
+    for key in ("zoo_seeds", "search_seeds", "levels"):
+        if not protocol[key] or len(set(protocol[key])) < len(protocol[key]):
+            raise ConfigError(f"protocol.{key}: needs distinct values, got {protocol[key]}")
+    for key in set(protocol["fidelity"]) - set(FIDELITY_KEYS):
+        raise ConfigError(f"protocol.fidelity.{key}: unknown (known: {FIDELITY_KEYS})")
+    env = _compose([]).env
+    for key in protocol["env"]:
+        if key not in env:
+            raise ConfigError(f"protocol.env.{key}: not a setting of the env group")
+
+
+def check_untuned(protocol: Mapping[str, Any], tuning: Mapping[str, Any]) -> None:
+    """ConfigError if a reported protocol reuses a zoo seed or search seed it was tuned on."""
+    for key in ("zoo_seeds", "search_seeds"):
+        shared = sorted(set(protocol[key]) & set(tuning[key]))
+        if shared:
+            raise ConfigError(
+                f"protocol.{key}: {shared} also in protocol {tuning['name']!r}, which agents "
+                f"were tuned on; protocol {protocol['name']!r} is reported, so it must not be"
+            )
+
+
+def run_config(
+    protocol: Mapping[str, Any], agent: str, seed: int, zoo_seed: Any, level: str,
+    overrides: Sequence[str] = (),
+) -> tuple[DictConfig, dict[str, Any]]:  # fmt: skip
+    """One run's config (``agent=<agent>`` under the protocol) and the switches handed to it:
+    {"anchors": value or "unsupported", ...}."""
+    run_name = f"compare__{agent}__{seed}"  # the default names Hydra's run, which is not running
+    cfg = _compose([f"agent={agent}", f"pool={protocol['pool']}", f"seed={seed}",
+                    f"run_name={run_name}", *overrides])  # fmt: skip
+    settings = {
+        "budget": protocol["budget"], "agent.level": level,
+        **{f"pool.{k}": v for k, v in protocol["pool_settings"].items()},
+        **({"pool.seed": zoo_seed} if zoo_seed is not None else {}),
+        **{f"env.{k}": v for k, v in protocol["env"].items()},
+        **{f"evaluator.{k}": v for k, v in protocol["fidelity"].items()},
+    }  # fmt: skip
+    for key, value in settings.items():
+        if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+            raise ConfigError(f"protocol {protocol['name']!r}: {key} is not a setting of "
+                              f"pool={protocol['pool']}, agent={agent}")  # fmt: skip
+        OmegaConf.update(cfg, key, value)
+    passed = {}
+    for key in PASSED:
+        passed[key] = protocol[key] if key in cfg.agent else "unsupported"
+        if key in cfg.agent:
+            cfg.agent[key] = protocol[key]
+    validate_run_config(cfg)
+    return cfg, passed
+
+
+_MISSING = object()
+
+
+def comparison_settings(cfg: DictConfig) -> dict[str, Any]:
+    """What must be equal for every agent of a comparison, as {dotted key: value}: the space the
+    agent searched (each env key as the agent resolved it), the budget and the fidelities."""
+    env = OmegaConf.to_container(cfg.env, resolve=True)
+    agent = OmegaConf.to_container(cfg.agent, resolve=True)
+    space = {k: agent.get(k, v) for k, v in env.items()}  # type: ignore[union-attr]
+    if "mode" not in agent and "encoding" in agent:  # type: ignore[operator]
+        space["mode"] = agent["encoding"]  # type: ignore[index]
+    neutral = {k: agent.get(k, v) for k, v in AGENT_SPACE_NEUTRAL.items()}  # type: ignore[union-attr]
+    return json.loads(json.dumps({
+        **{f"env.{k}": v for k, v in space.items()},
+        **{f"agent.{k}": v for k, v in neutral.items()}, "budget": cfg.budget,
+        **{f"evaluator.{k}": cfg.evaluator.get(k) for k in FIDELITY_KEYS},
+    }))  # fmt: skip
+
+
+def check_one_space(runs: Sequence[Mapping[str, Any]]) -> None:
+    """ConfigError naming every setting (space, budget, fidelity) on which the agents of one
+    level differ; ``runs`` carry ``agent``, ``level`` and ``settings``."""
+    diffs, many = [], len({r["level"] for r in runs}) > 1
+    for level in sorted({r["level"] for r in runs}):
+        group = [r for r in runs if r["level"] == level]
+        for key in sorted(set().union(*(r.get("settings", {}) for r in group))):
+            values: dict[str, list[str]] = {}
+            for r in group:
+                value = json.dumps(r.get("settings", {}).get(key, "(unset)"))
+                if r["agent"] not in values.setdefault(value, []):
+                    values[value].append(r["agent"])
+            if len(values) > 1:
+                shown = ", ".join(f"{'/'.join(agents)}={v}" for v, agents in values.items())
+                diffs.append(f"{key}: {shown}" + (f" (level {level})" if many else ""))
+    if diffs:
+        raise ConfigError(
+            "agents searched different spaces and cannot be compared: " + "; ".join(diffs)
         )
-    return instantiate(cfg.agent)
+
+
+def git_commit(cwd: Path | None = None) -> dict[str, Any]:
+    """{"sha": HEAD's commit, "dirty": tracked files changed} ("unknown", None outside git)."""
+    cwd = cwd or Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, check=True, timeout=30).stdout.strip()  # fmt: skip
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                cwd=cwd, capture_output=True, text=True, check=True,
+                                timeout=30).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return {"sha": "unknown", "dirty": None}
+    return {"sha": sha, "dirty": bool(status.strip())}
+
+
+# --- the runs -------------------------------------------------------------------------------
 
 
 def run_one(
-    name: str, seed: int, level: str, budget: float, zoo: str, out: Path, cheap: int,
+    protocol: Mapping[str, Any], name: str, seed: int, zoo_seed: Any, level: str, out: Path,
     overrides: Sequence[str] = (), label: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """One search on a fresh problem; its hypervolume curve, front and spending."""
+    """One search on a fresh problem: its hypervolume curve, front (search and test split),
+    spending, the settings it searched under and the commit it ran at."""
     label = label or name
-    folder = out / "runs" / f"{zoo}__{label}__{level}__{seed}"
+    cfg, passed = run_config(protocol, name, seed, zoo_seed, level, overrides)
+    folder = out / "runs" / f"z{zoo_seed}__{label}__{level}__{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     # a fresh run: the ledger too, or a rerun would start with the last run's spending
-    for f in ("archive.jsonl", "cache.sqlite", "ledger.jsonl"):
+    for f in ("archive.jsonl", "eval_cache.sqlite", "ledger.jsonl", "front_test.json"):
         (folder / f).unlink(missing_ok=True)
-    problem = zoo_problem(
-        zoo, archive_path=folder / "archive.jsonl", cache_path=folder / "cache.sqlite",
-        cheap_examples=cheap,
-    )  # fmt: skip
-    problem.references()  # the ideal point; never charged to the agent
-    agent = make_agent(name, seed, level, overrides)
+    pool, tasks = pool_and_tasks(cfg)
+    problem = scoring_problem(build_problem, pool.sources, tasks, pool, cfg, folder)
+    refs = problem.references()  # the ideal point; never charged to the agent
+    agent = instantiate(cfg.agent)
     t0 = time.perf_counter()
-    agent.search(problem, budget)
+    agent.search(problem, cfg.budget)
+    wall = time.perf_counter() - t0
     archive = problem.archive
-    front = np.array([e.vector(problem.objectives) for e in archive.front()])
+    front_entries = archive.front()
+    tests = report.test_scores(problem, front_entries)  # reporting only: never charged
+    report.save_front(folder / "front_test.json", problem, front_entries, tests)
+    ref_tests = report.reference_test_scores(problem)
+    hv_test = problem.hypervolume_of(np.stack(list(tests.values()))) if tests else 0.0
+    front = np.array([e.vector(problem.objectives) for e in front_entries])
+    close = getattr(problem.backend, "close", None)  # a RayBackend's actors
+    if close is not None:
+        close()
     return {
-        "agent": label, "seed": seed, "level": level, "budget": budget,
+        "agent": label, "seed": seed, "zoo_seed": zoo_seed, "level": level,
+        "protocol": protocol["name"], "budget": cfg.budget, "settings": comparison_settings(cfg),
+        "passed": passed, "commit": git_commit(),
         "spent": problem.spent, "entries": len(archive), "cache_hits": problem.cache_hits,
-        "wall_s": time.perf_counter() - t0,
-        "curve": problem.hypervolume_curve(),
+        "wall_s": wall, "curve": problem.hypervolume_curve(),
         "hv": problem.hypervolume_of(archive.score_matrix()) if len(archive) else 0.0,
-        "front": front.tolist(), "objectives": problem.objectives,
-        "references": {k: v.tolist() for k, v in problem.references().items()},
+        "hv_test": hv_test, "front": front.tolist(),
+        "front_test": [np.asarray(tests[e.recipe_hash]).tolist() for e in front_entries],
+        "objectives": problem.objectives,
+        "references": {k: v.tolist() for k, v in refs.items()},
+        "references_hv": problem.hypervolume_of(np.stack(list(refs.values()))),
+        "references_hv_test": problem.hypervolume_of(np.stack(list(ref_tests.values()))),
         "ideal": problem.ideal.tolist(),
         "phases": dict(getattr(agent, "phase_spend", {}) or {}),
         "hv_by_source": hv_by_source(problem),
@@ -97,74 +288,146 @@ def hv_by_source(problem: Any) -> dict[str, float]:
     return out
 
 
-def curve_on_grid(curve: Sequence[Sequence[float]], grid: np.ndarray) -> np.ndarray:
-    """The hypervolume reached by each evaluation count of ``grid`` (a step function)."""
-    out = np.zeros(len(grid))
-    for evals, hv in curve:
-        out[grid >= evals] = np.maximum(out[grid >= evals], hv)
+def preflight(
+    protocol: Mapping[str, Any], agents: Sequence[str], labels: Sequence[str],
+    overrides: Mapping[str, Sequence[str]],
+) -> None:  # fmt: skip
+    """Compose every agent's config under the protocol and refuse different spaces, before any
+    model is loaded."""
+    records = [
+        {"agent": label, "level": level,
+         "settings": comparison_settings(run_config(
+             protocol, agent, protocol["search_seeds"][0], protocol["zoo_seeds"][0], level,
+             overrides.get(agent, ()))[0])}
+        for agent, label in zip(agents, labels) for level in protocol["levels"]
+    ]  # fmt: skip
+    check_one_space(records)
+
+
+def read_store(store: Path, protocol: Mapping[str, Any]) -> list[dict]:
+    """The finished runs in results.json; ConfigError if they were made under another protocol."""
+    if not store.is_file():
+        return []
+    data = json.loads(store.read_text())
+    if not isinstance(data, dict) or "protocol" not in data:
+        raise ConfigError(f"{store}: written before protocols; pass --rerun or another --out")
+    old = {k: v for k, v in data["protocol"].items() if k != "overrides"}
+    new = {k: v for k, v in protocol.items() if k != "overrides"}
+    diffs = [f"protocol.{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
+             if old.get(k) != new.get(k)]  # fmt: skip
+    if diffs:
+        raise ConfigError(f"{store}: its runs were made under another protocol ({'; '.join(diffs)})"
+                          "; pass --rerun or another --out")  # fmt: skip
+    return list(data["runs"])
+
+
+# --- statistics, table, figures -------------------------------------------------------------
+
+
+def compare(
+    runs: Sequence[Mapping[str, Any]], budget: float, baselines: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Per (zoo seed, level): every agent's search and test hypervolume (mean, 95 % bootstrap
+    interval), its mean curve with a bootstrap band, its rank test against the best baseline (the
+    baseline of highest mean search hypervolume; baselines: ``baselines``, else every agent not
+    named ppo*) and the evaluations its mean curve needs to reach each baseline's final mean."""
+    grid = np.arange(0, int(budget) + 1)
+    out = []
+    for zoo_seed, level in sorted({(r["zoo_seed"], r["level"]) for r in runs}, key=str):
+        group = [r for r in runs if r["zoo_seed"] == zoo_seed and r["level"] == level]
+        by: dict[str, list] = {}
+        for r in sorted(group, key=lambda r: r["seed"]):
+            by.setdefault(r["agent"], []).append(r)
+        rows: dict[str, dict] = {}
+        for agent, rs in by.items():
+            curves = np.stack([stats.curve_on_grid(r["curve"], grid) for r in rs])
+            low, high = stats.bootstrap_band(curves)
+            rows[agent] = {
+                "seeds": [r["seed"] for r in rs],
+                "search": vars(stats.summarise([r["hv"] for r in rs])),
+                "test": vars(stats.summarise([r["hv_test"] for r in rs])),
+                "curve": {"mean": curves.mean(0).tolist(), "low": low.tolist(),
+                          "high": high.tolist()},
+                "passed": rs[0].get("passed", {}),
+            }  # fmt: skip
+        base = [a for a in by if (a in baselines if baselines else not a.startswith("ppo"))]
+        best = max(base, key=lambda a: rows[a]["search"]["mean"]) if base else None
+        for agent, row in rows.items():
+            if best is not None and agent != best:
+                finals = [[r["hv"] for r in by[a]] for a in (agent, best)]
+                row["vs_best"] = {"baseline": best, **vars(stats.rank_test(*finals))}
+            mean_curve = np.asarray(row["curve"]["mean"])
+            reach = {b: stats.first_reach(mean_curve, grid, rows[b]["search"]["mean"])
+                     for b in base if b != agent}  # fmt: skip
+            row["evals_to_reach"] = {b: (None if np.isinf(v) else v) for b, v in reach.items()}
+        out.append({
+            "zoo_seed": zoo_seed, "level": level, "budget": budget, "best_baseline": best,
+            "agents": rows,
+            "references": {"search": group[0]["references_hv"],
+                           "test": group[0]["references_hv_test"]},
+        })  # fmt: skip
     return out
 
 
-def summarise(results: list[dict], budget: float) -> tuple[dict, np.ndarray]:
-    """Mean/min/max hypervolume curves per (agent, level) on a grid of evaluations."""
-    grid = np.arange(0, int(budget) + 1)
-    groups: dict[tuple[str, str], list[np.ndarray]] = {}
-    for r in results:
-        groups.setdefault((r["agent"], r["level"]), []).append(curve_on_grid(r["curve"], grid))
-    stats = {k: np.stack(v) for k, v in groups.items()}
-    return stats, grid
+def _ci(s: Mapping[str, float]) -> str:
+    return f"{s['mean']:.5f} [{s['low']:.5f}, {s['high']:.5f}]"
 
 
-def first_reach(curve: np.ndarray, grid: np.ndarray, target: float) -> float:
-    """The first evaluation count at which ``curve`` reaches ``target`` (inf if never)."""
-    hit = np.flatnonzero(curve >= target - 1e-12)
-    return float(grid[hit[0]]) if len(hit) else float("inf")
-
-
-def print_table(stats: dict, grid: np.ndarray) -> None:
-    """Final hypervolume per agent and level, and when PPO reaches each baseline's final value."""
-    table = Table(title="final hypervolume (mean ± std over seeds)")
-    for col in ("agent", "level", "seeds", "HV mean", "HV std", "evals to reach it (mean curve)"):
+def print_table(comparison: Mapping[str, Any], protocol: Mapping[str, Any]) -> None:
+    """The comparison of one (zoo seed, level): one row per agent, then the references."""
+    best = comparison["best_baseline"]
+    table = Table(title=(
+        f"protocol {protocol['name']} ({protocol['purpose']}) · zoo seed {comparison['zoo_seed']}"
+        f" · level {comparison['level']} · budget {comparison['budget']} · "
+        f"best baseline {best or '-'}"))  # fmt: skip
+    for col in ("agent", "n", "search HV mean [95% CI]", "test HV mean [95% CI]",
+                "p vs best baseline (MWU; perm.)", "evals to reach baseline's final HV"):  # fmt: skip
         table.add_column(col)
-    for (agent, level), curves in sorted(stats.items()):
-        final = curves[:, -1]
-        table.add_row(agent, level, str(len(final)), f"{final.mean():.5f}", f"{final.std():.5f}",
-                      str(first_reach(curves.mean(0), grid, final.mean())))  # fmt: skip
+    for agent, row in comparison["agents"].items():
+        vs = row.get("vs_best")
+        p = f"{vs['p_mannwhitney']:.3g}; {vs['p_permutation']:.3g}" if vs else "(best)"
+        reach = ", ".join(f"{b} {'never' if v is None else int(v)}"
+                          for b, v in row["evals_to_reach"].items())  # fmt: skip
+        table.add_row(agent, str(row["search"]["n"]), _ci(row["search"]), _ci(row["test"]), p,
+                      reach or "-")  # fmt: skip
+    refs = comparison["references"]
+    table.add_row("references (inputs)", "-", f"{refs['search']:.5f}", f"{refs['test']:.5f}",
+                  "-", "-")  # fmt: skip
     console.print(table)
-    for level in sorted({lv for _, lv in stats}):
-        for ppo_label in sorted({a for a, lv in stats if lv == level and a.startswith("ppo")}):
-            ppo = stats[(ppo_label, level)].mean(0)
-            for (agent, lv), curves in sorted(stats.items()):
-                if lv == level and not agent.startswith("ppo"):
-                    target = curves[:, -1].mean()
-                    at = first_reach(ppo, grid, target)
-                    console.print(f"[{level}] {ppo_label} reaches {agent}'s final HV {target:.5f} after "
-                              f"{at} evaluations ({at / grid[-1]:.0%} of the budget)")  # fmt: skip
+    unsupported = {k for row in comparison["agents"].values()
+                   for k, v in row["passed"].items() if v == "unsupported"}  # fmt: skip
+    for key in sorted(unsupported):
+        agents = [
+            a for a, row in comparison["agents"].items() if row["passed"].get(key) == "unsupported"
+        ]
+        console.print(f"note: protocol.{key}={protocol[key]} but {', '.join(agents)} "
+                      f"have no agent.{key} setting: they ran without it")  # fmt: skip
 
 
-def plot_curves(stats: dict, grid: np.ndarray, level: str, path: Path) -> None:
-    """Hypervolume against evaluations: mean over seeds, min-max band."""
+def plot_curves(comparison: Mapping[str, Any], path: Path) -> None:
+    """Hypervolume against evaluations: mean over seeds, 95 % bootstrap band, the references."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for (agent, lv), curves in sorted(stats.items()):
-        if lv != level:
-            continue
-        c = _color(agent)
-        ax.plot(grid, curves.mean(0), c=c, label=f"{agent} (n={len(curves)})")
-        ax.fill_between(grid, curves.min(0), curves.max(0), color=c, alpha=0.15)
+    for agent, row in comparison["agents"].items():
+        c, curve = _color(agent), row["curve"]
+        grid = np.arange(len(curve["mean"]))
+        ax.plot(grid, curve["mean"], c=c, label=f"{agent} (n={row['search']['n']})")
+        ax.fill_between(grid, curve["low"], curve["high"], color=c, alpha=0.15)
+    ax.axhline(comparison["references"]["search"], ls="--", c="k", lw=1,
+               label="single models + plain merges")  # fmt: skip
     ax.set_xlabel("evaluations spent")
     ax.set_ylabel("hypervolume (scores / ideal point, ref 0)")
-    ax.set_title(f"hypervolume vs evaluations, level={level}")
+    ax.set_title(f"zoo seed {comparison['zoo_seed']}, level={comparison['level']}: mean, 95% CI")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def plot_fronts(results: list[dict], level: str, path: Path) -> None:
+def plot_fronts(results: list[dict], zoo_seed: Any, level: str, path: Path) -> None:
     """Pairwise projections of every agent's final front (first seed), with the single models."""
     runs = {}
     for r in sorted(results, key=lambda r: r["seed"]):
-        if r["level"] == level:
+        if r["level"] == level and r["zoo_seed"] == zoo_seed:
             runs.setdefault(r["agent"], r)
     if not runs:
         return
@@ -183,85 +446,132 @@ def plot_fronts(results: list[dict], level: str, path: Path) -> None:
         ax.set_xlabel(names[i])
         ax.set_ylabel(names[j])
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"final fronts (seed {any_run['seed']}), level={level}; stars: single models")
+    fig.suptitle(f"final fronts (seed {any_run['seed']}), zoo seed {zoo_seed}, level={level}; "
+                 "stars: single models")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def plot_ablation(stats: dict, path: Path) -> None:
-    """Final hypervolume per agent for each search level (mean, min-max error bars)."""
-    agents = sorted({a for a, _ in stats})
-    levels = [lv for lv in ("param", "arch", "both") if any(lv == x for _, x in stats)]
+def plot_ablation(comparisons: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Final search hypervolume per agent for each level (mean, 95 % bootstrap interval)."""
+    agents = sorted({a for c in comparisons for a in c["agents"]})
+    levels = [lv for lv in ("param", "arch", "both") if any(c["level"] == lv for c in comparisons)]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     width = 0.8 / max(len(levels), 1)
     for k, level in enumerate(levels):
+        comp = next(c for c in comparisons if c["level"] == level)
         for i, agent in enumerate(agents):
-            if (agent, level) not in stats:
+            if agent not in comp["agents"]:
                 continue
-            final = stats[(agent, level)][:, -1]
-            ax.bar(i + k * width, final.mean(), width,
-                   yerr=[[final.mean() - final.min()], [final.max() - final.mean()]],
+            s = comp["agents"][agent]["search"]
+            ax.bar(i + k * width, s["mean"], width,
+                   yerr=[[s["mean"] - s["low"]], [s["high"] - s["mean"]]],
                    color=f"C{k}", label=level if i == 0 else None)  # fmt: skip
     ax.set_xticks(np.arange(len(agents)) + width * (len(levels) - 1) / 2, agents)
-    ax.set_ylabel("final hypervolume")
-    ax.set_title("ablation: which level is searched")
+    ax.set_ylabel("final hypervolume (95% CI)")
+    ax.set_title(f"ablation: which level is searched (zoo seed {comparisons[0]['zoo_seed']})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict]:
-    """Run every missing (agent, level, seed), then print the table and write the figures."""
+# --- the command ----------------------------------------------------------------------------
+
+
+def legacy_overrides(args: argparse.Namespace) -> list[str]:
+    """The older flags (--budget, --seeds, --levels, --zoo, --cheap-examples) as protocol
+    overrides, so they are recorded with the protocol they change."""
+    out = []
+    if args.budget is not None:
+        out.append(f"budget={args.budget:g}")
+    if args.seeds is not None:
+        out.append(f"search_seeds=[{','.join(map(str, args.seeds))}]")
+    if args.levels is not None:
+        out.append(f"levels=[{','.join(args.levels)}]")
+    if args.zoo is not None:
+        out += ["pool=zoo", f"++pool_settings.preset={args.zoo}"]
+    if args.cheap_examples is not None:
+        out.append(f"fidelity.cheap_examples={args.cheap_examples}")
+    return out
+
+
+def write_store(store: Path, protocol: Mapping, runs: list, comparisons: list | None) -> dict:
+    """results.json: the protocol, the commit of this invocation, every run, the statistics."""
+    data = {"protocol": protocol, "commit": git_commit(), "runs": runs,
+            "comparisons": comparisons}  # fmt: skip
+    tmp = store.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(store)
+    return data
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run every missing (zoo seed, agent, level, seed) of the protocol, then print the tables,
+    write the figures and results.json; returns what results.json holds."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--budget", type=float, default=200)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--protocol", default="tuning", help="conf/protocol/<name>.yaml")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides of the protocol, e.g. budget=100 zoo_seeds=[1]")  # fmt: skip
     p.add_argument("--agents", nargs="+", default=["ppo", "cmaes", "nsga2", "random"])
-    p.add_argument("--levels", nargs="+", default=["both"], choices=["both", "param", "arch"])
-    p.add_argument("--zoo", default="default")
-    p.add_argument("--cheap-examples", type=int, default=16)
-    p.add_argument("--out", type=Path, default=Path("outputs/compare_agents"))
+    p.add_argument("--baselines", nargs="*", default=None,
+                   help="agents counted as baselines (default: every agent not named ppo*)")  # fmt: skip
+    p.add_argument("--budget", type=float, default=None, help="protocol override")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="protocol override")
+    p.add_argument("--levels", nargs="+", default=None, choices=["both", "param", "arch"])
+    p.add_argument("--zoo", default=None, help="protocol override: pool=zoo with this preset")
+    p.add_argument("--cheap-examples", type=int, default=None, help="protocol override")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default outputs/compare_agents/<protocol>")  # fmt: skip
     p.add_argument("--ppo-override", nargs="*", default=[],
                    help="Hydra overrides for PPO only, e.g. agent.bc_epochs=50")  # fmt: skip
     p.add_argument("--tag", default="", help="suffix of PPO's label (keeps variants apart)")
     p.add_argument("--rerun", action="store_true", help="ignore finished runs in results.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    args.out.mkdir(parents=True, exist_ok=True)
-    store = args.out / "results.json"
-    results = [] if args.rerun or not store.is_file() else json.loads(store.read_text())
-    done = {(r["agent"], r["level"], r["seed"], r["budget"]) for r in results}
+    protocol = load_protocol(args.protocol, [*legacy_overrides(args), *args.set])
+    out = args.out or Path("outputs/compare_agents") / protocol["name"]
     labels = [a + args.tag if a == "ppo" else a for a in args.agents]
-    for level, (agent, label), seed in itertools.product(
-        args.levels, zip(args.agents, labels), args.seeds
-    ):
-        if (label, level, seed, args.budget) in done:
+    overrides = {"ppo": args.ppo_override}
+    preflight(protocol, args.agents, labels, overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "results.json"
+    runs = [] if args.rerun else read_store(store, protocol)
+    done = {(r["zoo_seed"], r["agent"], r["level"], r["seed"]) for r in runs}
+    for zoo_seed, level, (agent, label), seed in itertools.product(
+        protocol["zoo_seeds"], protocol["levels"], zip(args.agents, labels),
+        protocol["search_seeds"],
+    ):  # fmt: skip
+        if (zoo_seed, label, level, seed) in done:
             continue
-        console.print(f"[bold]{label}[/bold] level={level} seed={seed} budget={args.budget}")
-        overrides = args.ppo_override if agent == "ppo" else []
-        r = run_one(agent, seed, level, args.budget, args.zoo, args.out, args.cheap_examples,
-                    overrides, label)  # fmt: skip
-        console.print(f"  hv {r['hv']:.5f}  spent {r['spent']:.2f}  entries {r['entries']}  "
-                      f"wall {r['wall_s']:.0f} s")  # fmt: skip
+        console.print(f"[bold]{label}[/bold] zoo seed {zoo_seed} level={level} seed={seed} "
+                      f"budget={protocol['budget']}")  # fmt: skip
+        r = run_one(protocol, agent, seed, zoo_seed, level, out, overrides.get(agent, ()), label)
+        console.print(f"  hv {r['hv']:.5f} (test {r['hv_test']:.5f})  spent {r['spent']:.2f}  "
+                      f"entries {r['entries']}  wall {r['wall_s']:.0f} s")  # fmt: skip
         if len(r["hv_by_source"]) > 1:
             console.print("  hypervolume by archive source: " + ", ".join(
                 f"{k} {v:.5f}" for k, v in r["hv_by_source"].items()))  # fmt: skip
         if r["phases"]:
             console.print("  evaluations per phase: " + ", ".join(
                 f"{k} {v:.1f}" for k, v in r["phases"].items()))  # fmt: skip
-        results.append(r)
-        store.write_text(json.dumps(results))
-    results = [r for r in results if r["budget"] == args.budget and r["agent"] in labels]
-    stats, grid = summarise(results, args.budget)
-    print_table(stats, grid)
-    for level in args.levels:
-        plot_curves(stats, grid, level, args.out / f"hv_curve_{level}.png")
-        plot_fronts(results, level, args.out / f"fronts_{level}.png")
-    if len(args.levels) > 1:
-        plot_ablation(stats, args.out / "ablation.png")
-    console.print(f"figures and results in {args.out}")
-    return results
+        runs.append(r)
+        write_store(store, protocol, runs, None)
+    chosen = [r for r in runs if r["agent"] in labels]
+    check_one_space(chosen)  # the runs as recorded, resumed ones included
+    comparisons = compare(chosen, protocol["budget"], args.baselines)
+    for c in comparisons:
+        print_table(c, protocol)
+        stem = f"z{c['zoo_seed']}_{c['level']}"
+        plot_curves(c, out / f"hv_curve_{stem}.png")
+        plot_fronts(chosen, c["zoo_seed"], c["level"], out / f"fronts_{stem}.png")
+    for zoo_seed in protocol["zoo_seeds"]:
+        per_level = [c for c in comparisons if c["zoo_seed"] == zoo_seed]
+        if len(per_level) > 1:
+            plot_ablation(per_level, out / f"ablation_z{zoo_seed}.png")
+    console.print(f"figures and results in {out}")
+    return write_store(store, protocol, runs, comparisons)
 
 
 if __name__ == "__main__":
