@@ -2,21 +2,45 @@
 
 There is no name -> class table: the registry is ``conf/agent/``, one YAML per agent whose
 ``_target_`` names the class, so a new agent is one file here plus one YAML there.
+
+The base also holds the framework's search services, switched per agent by configuration
+(``anchors``, ``screening``, ``screen_keep``; DESIGN §3: a trick that helps one agent is a
+service every agent can switch on). They act through the two scoring seams, ``evaluate`` (one
+recipe) and ``evaluate_many`` (a batch), so an agent that scores through them gets them without
+a line of its own:
+
+* **Anchors** (``anchors: true``): before the first recipe an agent scores under a Budget, the
+  problem's anchors (``MergeProblem.anchor_recipes``: each pool model as it is, and the plain
+  merges, exactly the references) are scored at full fidelity, charged like any evaluation and
+  archived with source ``"anchor"``, so the front holds the search's own inputs.
+* **Screening** (``screening: true``): a batch passed to ``evaluate_many`` is scored at the
+  problem's cheap fidelity (``MergeProblem.cost("cheap")`` each), and the best ``screen_keep``
+  share of it (at least one; front by front of the cheap scores, or by ``problem.fitness`` for a
+  single-objective agent) is promoted to full fidelity: multi-fidelity successive halving with
+  one rung. ``screen`` and ``score_cheap`` are the same service called directly.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
+from merge_env.errors import ConfigError
 from merge_env.search.archive import Archive
 from merge_env.search.budget import Budget, BudgetExhausted
+from merge_env.search.pareto import non_dominated
 from merge_env.search.problem import MergeProblem, Scored
 from merge_env.search.recipe import Recipe
+
+ANCHOR = "anchor"  # the archive source of anchors
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +77,23 @@ def _count(evaluations: float) -> float:
     return int(evaluations) if float(evaluations).is_integer() else round(evaluations, 2)
 
 
+@dataclass(frozen=True)
+class Screening:
+    """What screening a batch returns: a score per screened recipe, the promoted ones' in full."""
+
+    scores: list[
+        Scored
+    ]  # per recipe of the screened prefix: full if promoted (or cached), else cheap
+    promoted: list[Scored]  # the full-fidelity scores of the recipes promoted by this screening
+
+
 class Agent(ABC):
-    """Searches a MergeProblem; every recipe it scores lands in ``problem.archive``."""
+    """Searches a MergeProblem; every recipe it scores lands in ``problem.archive``.
+
+    ``anchors``, ``screening``, ``screen_keep`` switch the framework's services (module
+    docstring); ``cheap_examples`` gives the problem a cheap fidelity of that many examples per
+    task when it has none (the evaluator's ``cheap_examples`` comes first).
+    """
 
     name: str = "agent"
     # whether the search maximises the problem's scalar ``fitness`` (single-objective agents)
@@ -62,17 +101,173 @@ class Agent(ABC):
     # set by the runner: where an agent may keep its own state (e.g. a policy) for resuming
     workdir: Path | None = None
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        anchors: bool = True,
+        screening: bool = True,
+        screen_keep: float = 0.25,
+        cheap_examples: int | None = 16,
+    ) -> None:
         self.seed = int(seed)
+        if not 0.0 < screen_keep <= 1.0:
+            raise ConfigError(f"agent.screen_keep must be in (0, 1], got {screen_keep}")
+        if cheap_examples is not None and cheap_examples < 1:
+            raise ConfigError(f"agent.cheap_examples must be >= 1 or null, got {cheap_examples}")
+        self.anchors = bool(anchors)
+        self.screening = bool(screening)
+        self.screen_keep = float(screen_keep)
+        self.cheap_examples = cheap_examples
 
     @abstractmethod
     def search(self, problem: MergeProblem, budget: float) -> Archive:
         """Spend at most ``budget`` evaluations on ``problem``; return its archive."""
 
+    # -- scoring seams -----------------------------------------------------------------------
     def evaluate(
         self, problem: MergeProblem, budget: Budget, recipe: Recipe, fidelity: str = "full"
     ) -> Scored:
         """Score one recipe within the budget; BudgetExhausted when it cannot be afforded."""
+        if self.anchors:
+            self.seed_anchors(problem, budget)
+        if fidelity == "cheap":
+            self.ensure_cheap(problem)
         if not problem.is_cached(recipe, fidelity) and budget.exhausted(problem.cost(fidelity)):
             raise BudgetExhausted
         return problem.score(recipe, fidelity=fidelity, source=self.name)
+
+    def evaluate_many(
+        self, problem: MergeProblem, budget: Budget, recipes: Sequence[Recipe]
+    ) -> list[Scored]:
+        """Score a batch in order through the configured services; the list is cut short where
+        the budget cannot pay for the next recipe. With screening on, a recipe's score is its
+        full one if it was promoted (``Scored.fidelity``), else its cheap one."""
+        if self.anchors:
+            self.seed_anchors(problem, budget)
+        if self.screening and self._keep(len(recipes)) < len(recipes):
+            return self.screen(problem, budget, recipes).scores
+        return self._score_prefix(problem, budget, recipes, "full")
+
+    # -- anchors -----------------------------------------------------------------------------
+    def seed_anchors(self, problem: MergeProblem, budget: Budget) -> list[Scored]:
+        """Score the problem's anchors once per budget (the first call; later calls return the
+        same list), in order, as far as the budget pays; archived with source "anchor"."""
+        done = getattr(budget, "anchors", None)
+        if done is not None:
+            return done
+        budget.anchors = []  # set first: the scoring below must not seed again
+        recipes, spend = [], 0.0
+        for recipe in problem.anchor_recipes().values():
+            price = problem.price(recipe, pay_cached=True)
+            if budget.exhausted(spend + price):
+                break
+            spend += price
+            recipes.append(recipe)
+        if recipes:
+            budget.anchors = problem.score_many(recipes, source=ANCHOR, pay_cached=True)
+        return budget.anchors
+
+    # -- screening ---------------------------------------------------------------------------
+    def ensure_cheap(self, problem: MergeProblem) -> None:
+        """Give ``problem`` a cheap fidelity of ``cheap_examples`` per task if it has none."""
+        if problem.cheap_evaluator is not None:
+            return
+        if self.cheap_examples is None:
+            raise ConfigError(
+                "agent.cheap_examples: the problem has no cheap fidelity "
+                "(evaluator.cheap_examples); set a number or screening=false"
+            )
+        problem.enable_cheap(self.cheap_examples)
+
+    def score_cheap(
+        self, problem: MergeProblem, budget: Budget, recipes: Sequence[Recipe]
+    ) -> list[Scored]:
+        """Cheap-fidelity scores of the prefix of ``recipes`` the budget pays for (not archived)."""
+        self.ensure_cheap(problem)
+        return self._score_prefix(problem, budget, recipes, "cheap")
+
+    def screen(
+        self,
+        problem: MergeProblem,
+        budget: Budget,
+        recipes: Sequence[Recipe],
+        keep: int | None = None,
+    ) -> Screening:
+        """Score a batch cheaply and promote its best ``keep`` (default: the ``screen_keep``
+        share) to full fidelity.
+
+        Only the prefix whose cheap scores *and* promotions the budget pays for is screened, so
+        the budget never ends on cheap scores that nothing was promoted from. A recipe already
+        scored in full is not screened: its full score is used, free.
+        """
+        self.ensure_cheap(problem)
+        full = problem.cost("full")
+        n, spend, fresh = 0, 0.0, 0
+        for recipe in recipes:
+            new = not problem.is_cached(recipe)
+            price = problem.price(recipe, "cheap") if new else 0.0
+            if budget.exhausted(spend + price + self._keep(fresh + new, keep) * full):
+                break
+            spend, n, fresh = spend + price, n + 1, fresh + new
+        prefix = list(recipes[:n])
+        known = [problem.is_cached(r) for r in prefix]
+        todo = [i for i, k in enumerate(known) if not k]
+        done = [i for i, k in enumerate(known) if k]
+        scores: dict[int, Scored] = {}
+        cheap_scores = problem.score_many([prefix[i] for i in todo], fidelity="cheap",
+                                          source=self.name) if todo else []  # fmt: skip
+        scores.update(zip(todo, cheap_scores))
+        order = self.promotion_order(problem, np.array([s.vector for s in cheap_scores]))
+        chosen = sorted(todo[j] for j in order[: self._keep(len(todo), keep)])
+        promoted = (
+            problem.score_many([prefix[i] for i in chosen], source=self.name) if chosen else []
+        )
+        scores.update(zip(chosen, promoted))
+        if done:
+            scores.update(
+                zip(done, problem.score_many([prefix[i] for i in done], source=self.name))
+            )
+        return Screening([scores[i] for i in range(n)], promoted)
+
+    def promotion_order(self, problem: MergeProblem, vectors: np.ndarray) -> np.ndarray:
+        """Indices of score vectors, best first: by ``problem.fitness`` for a single-objective
+        agent, else front by front of the normalised scores (each front by fitness)."""
+        if len(vectors) == 0:
+            return np.zeros(0, int)
+        fitness = np.array([problem.fitness(v) for v in vectors])
+        if self.uses_fitness:
+            return np.argsort(-fitness, kind="stable")
+        f = problem.normalised(np.atleast_2d(vectors))
+        left, order = np.arange(len(f)), []
+        while len(left):
+            front = left[non_dominated(f[left])]
+            if len(front) == 0:  # identical rows: non_dominated keeps one of each
+                front = left
+            order += list(front[np.argsort(-fitness[front], kind="stable")])
+            left = np.setdiff1d(left, front)
+        return np.asarray(order, int)
+
+    def _keep(self, n: int, keep: int | None = None) -> int:
+        """How many of a screened batch of ``n`` are promoted."""
+        if n <= 0:
+            return 0
+        k = keep if keep is not None else math.ceil(self.screen_keep * n - 1e-9)
+        return int(min(n, max(1, k)))
+
+    def _score_prefix(
+        self, problem: MergeProblem, budget: Budget, recipes: Sequence[Recipe], fidelity: str
+    ) -> list[Scored]:
+        """Score, as one batch, the prefix of ``recipes`` the budget pays for at ``fidelity``
+        (cached ones and repeats within the batch are free)."""
+        spend, seen, n = 0.0, set(), 0
+        for recipe in recipes:
+            if recipe.hash not in seen and not problem.is_cached(recipe, fidelity):
+                if budget.exhausted(spend + problem.cost(fidelity)):
+                    break
+                spend += problem.cost(fidelity)
+            seen.add(recipe.hash)
+            n += 1
+        if n == 0:
+            return []
+        return problem.score_many(list(recipes[:n]), fidelity=fidelity, source=self.name)

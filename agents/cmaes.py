@@ -9,6 +9,13 @@ starts from the uniform merge (agents/genome.py, ``Genome.identity``). The fitne
 problem's (``MergeProblem.fitness``): by default the mean over tasks of score / z* (z* = best
 single pool model per task), the published macro-average; the recycling problem states its own.
 
+With ``anchors`` on (agents/base.py), the anchors are scored first, and the strategy starts
+from the best one the genome can encode (by fitness; a pool model as it is cannot be encoded:
+its embeddings and head are no merge's), else from the uniform merge. With ``screening`` on, each
+generation is screened at the cheap fidelity and its best ``screen_keep`` share promoted; the
+strategy is told the full fitness of the promoted and the cheap fitness of the rest (the best
+recipe is tracked on full scores only).
+
 Every generation is told, the last partial one too, as long as it holds at least mu solutions
 and at least 3 with ``cma``'s mirrored samples (``cma`` refuses fewer). Cache hits are free, so a converged strategy could sample only cached
 recipes for ever: after ``patience`` generations without a new evaluation, or when ``cma`` stops
@@ -28,7 +35,7 @@ from agents.base import BudgetBar
 from agents.genome import Genome, GenomeAgent
 from merge_env.errors import ConfigError
 from merge_env.search.archive import Archive
-from merge_env.search.problem import MergeProblem
+from merge_env.search.problem import MergeProblem, Scored
 from merge_env.search.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -67,8 +74,13 @@ class CMAESAgent(GenomeAgent):
         self.generations = 0
         self.restarts = 0
 
-    def _strategy(self, genome: Genome, rng: np.random.Generator) -> cma.CMAEvolutionStrategy:
-        x0 = rng.random(genome.dim) if self.random_init else genome.identity()
+    def _strategy(
+        self, genome: Genome, rng: np.random.Generator, start: np.ndarray | None = None
+    ) -> cma.CMAEvolutionStrategy:
+        if start is not None:
+            x0 = start
+        else:
+            x0 = rng.random(genome.dim) if self.random_init else genome.identity()
         opts: dict[str, Any] = {
             "bounds": [0.0, 1.0],
             # draw from our Generator: cma's own seeding reseeds numpy's global state
@@ -82,6 +94,12 @@ class CMAESAgent(GenomeAgent):
             opts["popsize"] = int(self.popsize)
         return cma.CMAEvolutionStrategy(x0, self.sigma0, opts)
 
+    def _track(self, problem: MergeProblem, scored: Scored) -> None:
+        """Keep the best full-fidelity recipe seen (a cheap screening score is not comparable)."""
+        value = problem.fitness(scored.vector)
+        if scored.fidelity == "full" and value > self.best_value:
+            self.best_recipe, self.best_value = scored.recipe, value
+
     def search(self, problem: MergeProblem, budget: float) -> Archive:
         """Ask/tell until the next uncached evaluation would overrun the budget."""
         budget_, genome = self.start(problem, budget)
@@ -89,16 +107,19 @@ class CMAESAgent(GenomeAgent):
         self.best_recipe, self.best_value = None, -np.inf
         self.generations = self.restarts = 0
         problem.ideal  # noqa: B018 - the reference scores, outside the budget, before the first tell
-        es = self._strategy(genome, rng)
+        encodable = self.anchor_genomes(problem, budget_, genome)
+        start = max(encodable, key=lambda a: problem.fitness(a[1].vector))[0] if encodable else None
+        for s in budget_.anchors or []:
+            self._track(problem, s)
+        es = self._strategy(genome, rng, start)
         stall = 0
         with BudgetBar(budget_, "cmaes (evaluations)", self.progress) as bar:
             while True:
                 solutions = es.ask()
                 scored = self.evaluate_genomes(problem, budget_, genome, np.asarray(solutions))
                 values = [problem.fitness(s.vector) for s in scored]
-                for s, v in zip(scored, values):
-                    if v > self.best_value:
-                        self.best_recipe, self.best_value = s.recipe, v
+                for s in scored:
+                    self._track(problem, s)
                 # cma refuses a generation under mu, or under 3 counting its mirrored samples
                 if len(scored) >= max(es.sp.weights.mu, 3 - es.sp.lam_mirr):
                     with warnings.catch_warnings():
@@ -114,5 +135,5 @@ class CMAESAgent(GenomeAgent):
                 if stall >= self.patience or es.stop():
                     log.info("cmaes: restart %d (%s)", self.restarts + 1,
                              "stalled on cached recipes" if stall else dict(es.stop()))  # fmt: skip
-                    es, stall = self._strategy(genome, rng), 0
+                    es, stall = self._strategy(genome, rng, start), 0
                     self.restarts += 1

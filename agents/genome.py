@@ -5,9 +5,20 @@ into a Recipe, as mergekit-evolve's ``evo/genome.py`` does from a genotype to a 
 
 * **Parameter level** (mergekit-evolve style): one weight gene per expert for the merge operator
   (dare_ties by default, like the env), optionally one density gene per expert. ``weights="simplex"``
-  divides the genes by their sum, so the weights live on the env's simplex (its weight lattice is a
-  subset); ``weights="box"`` reads each gene as the weight itself, as mergekit-evolve does.
-* **Architecture level**, two encodings of the inference path:
+  divides the genes by their sum, so the weights live on the env's simplex; ``weights="lattice"``
+  (the default) then rounds them to the env's weight lattice (multiples of 1/``lattice_steps``,
+  largest remainders), so the merges are exactly the env's; ``weights="box"`` reads each gene as
+  the weight itself, as mergekit-evolve does. ``param_mode="fixed"`` (the env's) keeps the uniform
+  merge, as ``level="arch"`` does.
+* **Architecture level**, three encodings of the inference path:
+
+  - ``"free"`` (the default, the env's default mode): ``t_max`` slots of four genes each,
+    ``[include, source, layer, scale]``. The path is the included slots (include > 0.5) in order;
+    each takes the layer and source its genes' bins pick (sources in the env's order
+    ``[merged, base, experts...]``) and one of the env's coefficient levels. Every path the env's
+    free mode builds (any depth up to ``t_max``, layers repeated, dropped or reordered, residual
+    scales) is one genome, and every genome is one of them; no slot included is the env's STOP
+    at once (the plain merge).
 
   - ``"aligned"``: slot t takes layer t; per layer a source gene picks one of
     ``[merged, base, experts...]`` (the env's source order) and a scale gene picks one of the
@@ -46,8 +57,9 @@ from merge_env.search.recipe import BASE, MERGED, Recipe, Slot, uniform_merge, w
 log = logging.getLogger(__name__)
 
 LEVELS = ("param", "arch", "both")
-ENCODINGS = ("aligned", "indicator")
-WEIGHT_MODES = ("simplex", "box")
+ENCODINGS = ("free", "aligned", "indicator")
+WEIGHT_MODES = ("lattice", "simplex", "box")
+PARAM_MODES = ("policy", "preference", "fixed")  # the env's; the genome has no preference input
 _ON, _OFF = 0.75, 0.25  # indicator genes of identity(): equally far from the 0.5 threshold
 
 
@@ -90,6 +102,16 @@ def _centre(i: int, n: int) -> float:
     return (i + 0.5) / n
 
 
+def snap_to_lattice(w: np.ndarray, steps: int) -> np.ndarray:
+    """The point of the simplex lattice in multiples of 1/steps nearest ``w`` (on the simplex),
+    by largest remainders, as the env's ``weight_lattice`` writes it (c / steps)."""
+    scaled = np.asarray(w, float) * steps
+    counts = np.floor(scaled).astype(int)
+    order = np.argsort(-(scaled - counts), kind="stable")
+    counts[order[: steps - counts.sum()]] += 1
+    return np.array([c / steps for c in counts.tolist()])
+
+
 class Genome:
     """Codec between x in [0, 1]^dim and a Recipe; genes are laid out [parameter | architecture]."""
 
@@ -98,8 +120,10 @@ class Genome:
         pool: Any,
         *,
         level: str = "both",
-        encoding: str = "aligned",
-        weights: str = "simplex",
+        encoding: str = "free",
+        weights: str = "lattice",
+        lattice_steps: int = 6,
+        param_mode: str = "policy",
         density_genes: bool = False,
         merge_method: str = "dare_ties",
         density: float = 0.5,
@@ -112,6 +136,7 @@ class Genome:
             ("level", level, LEVELS),
             ("encoding", encoding, ENCODINGS),
             ("weights", weights, WEIGHT_MODES),
+            ("param_mode", param_mode, PARAM_MODES),
         ):
             if value not in allowed:
                 raise ConfigError(f"genome.{key} must be one of {allowed}, got {value!r}")
@@ -122,8 +147,11 @@ class Genome:
             raise ConfigError(f"genome: need 0 < {lo} <= density {density} <= {hi} <= 1")
         if repeats < 1:
             raise ConfigError(f"genome.repeats must be >= 1, got {repeats}")
+        if int(lattice_steps) < 1:
+            raise ConfigError(f"genome.lattice_steps must be >= 1, got {lattice_steps}")
         self.facts = pool_facts(pool)
         self.level, self.encoding, self.weights = level, encoding, weights
+        self.lattice_steps, self.param_mode = int(lattice_steps), param_mode
         self.density_genes = bool(density_genes)
         self.merge_method, self.density = merge_method, float(density)
         self.density_range = (float(lo), float(hi))
@@ -131,6 +159,8 @@ class Genome:
         self.repeats = int(repeats)
         L = self.facts.num_layers
         self.t_max = int(t_max) if t_max is not None else L + L // 2  # the env's default
+        if encoding == "aligned":
+            self.t_max = L  # as the env's aligned mode
         if self.t_max < 1:
             raise ConfigError(f"genome.t_max must be >= 1, got {t_max}")
         try:
@@ -141,17 +171,22 @@ class Genome:
         if weight is None or not weight.per_model:
             raise ConfigError(f"genome.merge_method {merge_method!r} takes no per-model weight")
         K = len(self.facts.experts)
-        self.n_param = (2 * K if self.density_genes else K) if level != "arch" else 0
+        searched = level != "arch" and param_mode != "fixed"
+        self.n_param = (2 * K if self.density_genes else K) if searched else 0
         self.candidates = self._candidates()
-        self.n_arch = 2 * len(self.candidates) if level != "param" else 0
+        self.genes_per_slot = 4 if encoding == "free" else 2
+        self.n_arch = self.genes_per_slot * len(self.candidates) if level != "param" else 0
         self.dim = self.n_param + self.n_arch
         self.uniform_merge = uniform_merge(merge_method, self.facts.experts, density=self.density)
 
     def _candidates(self) -> list[tuple[int, int]]:
-        """(layer, source index) per architecture gene pair: L for aligned, R*L*S for indicator."""
+        """(layer, source index) per architecture slot: L for aligned, t_max for free (both chosen
+        by genes: -1), R*L*S for indicator."""
         L, S = self.facts.num_layers, len(self.facts.sources)
         if self.encoding == "aligned":
             return [(t, -1) for t in range(L)]  # source chosen by the gene
+        if self.encoding == "free":
+            return [(-1, -1) for _ in range(self.t_max)]
         return [(layer, s) for _ in range(self.repeats) for layer in range(L) for s in range(S)]
 
     # -- gene layout -------------------------------------------------------------------------
@@ -166,7 +201,9 @@ class Genome:
         if self.n_arch:
             S = len(self.facts.sources)
             for i, (layer, s) in enumerate(self.candidates):
-                if self.encoding == "aligned":
+                if self.encoding == "free":
+                    names += [f"{g}[{i}]" for g in ("include", "source", "layer", "scale")]
+                elif self.encoding == "aligned":
                     names += [f"source[{layer}]", f"scale[{layer}]"]
                 else:
                     tag = f"r{i // (self.facts.num_layers * S)}:{self.facts.sources[s]}.{layer}"
@@ -183,11 +220,13 @@ class Genome:
         K = len(self.facts.experts)
         if self.n_param:
             # any equal genes give uniform simplex weights; 0.5 leaves CMA-ES room on both sides
-            x[:K] = 0.5 if self.weights == "simplex" else 1.0 / K
+            x[:K] = 1.0 / K if self.weights == "box" else 0.5
             if self.density_genes:
                 lo, hi = self.density_range
                 x[K : 2 * K] = (self.density - lo) / (hi - lo) if hi > lo else 0.5
-        if self.n_arch:
+        if self.n_arch and self.encoding == "free":
+            x[self.n_param :] = self._free_genes(self._identity_path())
+        elif self.n_arch:
             unit = _centre(self.coefficients.index(1.0), len(self.coefficients))
             arch = x[self.n_param :].reshape(-1, 2)
             arch[:, 1] = unit
@@ -223,8 +262,10 @@ class Genome:
         if total <= 1e-12:
             # all-zero weights make normalising operators divide by zero; read them as uniform
             w = np.full(K, 1.0 / K)
-        elif self.weights == "simplex":
+        elif self.weights != "box":
             w = w / total
+        if self.weights == "lattice":
+            w = snap_to_lattice(w, self.lattice_steps)
         densities = None
         if self.density_genes:
             lo, hi = self.density_range
@@ -241,25 +282,91 @@ class Genome:
         return weighted_merge(self.merge_method, weights, density=density)
 
     def _decode_path(self, genes: np.ndarray) -> tuple[Slot, ...] | None:
-        pairs = genes.reshape(-1, 2)
-        sources, C = self.facts.sources, len(self.coefficients)
+        sources, C, L = self.facts.sources, len(self.coefficients), self.facts.num_layers
         slots = []
-        for (layer, s), (a, c) in zip(self.candidates, pairs):
-            scale = self.coefficients[_bin(c, C)]
-            if self.encoding == "aligned":
-                slots.append(Slot(sources[_bin(a, len(sources))], layer, scale))
-            elif a > 0.5:
-                slots.append(Slot(sources[s], layer, scale))
-                if len(slots) == self.t_max:
-                    break
-        identity = tuple(Slot(MERGED, t, 1.0) for t in range(self.facts.num_layers))
-        if not slots or tuple(slots) == identity:
+        if self.encoding == "free":
+            for inc, a, layer, c in genes.reshape(-1, 4):
+                if inc > 0.5:
+                    scale = self.coefficients[_bin(c, C)]
+                    slots.append(Slot(sources[_bin(a, len(sources))], _bin(layer, L), scale))
+        else:
+            for (layer, s), (a, c) in zip(self.candidates, genes.reshape(-1, 2)):
+                scale = self.coefficients[_bin(c, C)]
+                if self.encoding == "aligned":
+                    slots.append(Slot(sources[_bin(a, len(sources))], layer, scale))
+                elif a > 0.5:
+                    slots.append(Slot(sources[s], layer, scale))
+                    if len(slots) == self.t_max:
+                        break
+        if not slots or tuple(slots) == self._identity_path():
             return None
         return tuple(slots)
 
+    def _identity_path(self) -> tuple[Slot, ...]:
+        return tuple(Slot(MERGED, t, 1.0) for t in range(self.facts.num_layers))
+
+    def _free_genes(self, path: Sequence[Slot]) -> np.ndarray:
+        """Free-encoding genes (bin centres) spelling ``path``; the slots after it are off and
+        would, switched on, repeat layer t mod L of the merge at scale 1."""
+        S, C, L = len(self.facts.sources), len(self.coefficients), self.facts.num_layers
+        unit = self.coefficients.index(1.0)
+        rows = np.empty((self.t_max, 4))
+        for t in range(self.t_max):
+            if t < len(path):
+                slot = path[t]
+                level = min(range(C), key=lambda i: abs(self.coefficients[i] - slot.scale))
+                src, layer, on = self.facts.sources.index(slot.source), slot.layer, _ON
+            else:
+                src, layer, level, on = 0, t % L, unit, _OFF
+            rows[t] = (on, _centre(src, S), _centre(layer, L), _centre(level, C))
+        return rows.ravel()
+
+    def encode(self, recipe: Recipe) -> np.ndarray | None:
+        """A genome decoding to exactly ``recipe`` (same hash), or None when the space has none
+        (e.g. a pool model as it is: its embeddings and head are no merge's)."""
+        if recipe.shell is not None or recipe.merge is None:
+            return None
+        x = self.identity()
+        if self.n_param:
+            by_model = {m.model: m.parameters for m in recipe.merge.models}
+            if set(by_model) != set(self.facts.experts):
+                return None
+            K = len(self.facts.experts)
+            w = np.array([float(by_model[e].get("weight", 0.0)) for e in self.facts.experts])
+            if np.any(w < 0) or (self.weights == "box" and np.any(w > 1)):
+                return None
+            x[:K] = w if self.weights == "box" else w / max(w.max(), 1e-12)
+            if self.density_genes:
+                lo, hi = self.density_range
+                d = np.array([float(by_model[e].get("density", self.density))
+                              for e in self.facts.experts])  # fmt: skip
+                x[K : 2 * K] = np.clip((d - lo) / (hi - lo), 0, 1) if hi > lo else 0.5
+        if recipe.path is not None:
+            if not self.n_arch or any(s.source not in self.facts.sources for s in recipe.path):
+                return None
+            if self.encoding == "free" and len(recipe.path) <= self.t_max:
+                x[self.n_param :] = self._free_genes(recipe.path)
+            elif self.encoding == "aligned" and [s.layer for s in recipe.path] == list(
+                range(self.facts.num_layers)
+            ):
+                S, C = len(self.facts.sources), len(self.coefficients)
+                arch = x[self.n_param :].reshape(-1, 2)
+                for t, slot in enumerate(recipe.path):
+                    level = min(range(C), key=lambda i: abs(self.coefficients[i] - slot.scale))
+                    arch[t] = (_centre(self.facts.sources.index(slot.source), S), _centre(level, C))
+            else:
+                return None
+        return x if self.decode(x).hash == recipe.hash else None
+
 
 class GenomeAgent(Agent):
-    """Base of the black-box agents: genome options, and scoring genomes within the budget."""
+    """Base of the black-box agents: genome options, and scoring genomes within the budget.
+
+    The genome options default to the env's defaults (free mode, the weight lattice in sixths,
+    its coefficients and t_max); ``conf/agent/*.yaml`` reads them from the env group, so
+    ``env=...`` sets one space for every agent. The service options (``anchors``,
+    ``screening``, ``screen_keep``, ``cheap_examples``) go to ``Agent``.
+    """
 
     name = "genome"
 
@@ -268,8 +375,10 @@ class GenomeAgent(Agent):
         seed: int = 0,
         *,
         level: str = "both",
-        encoding: str = "aligned",
-        weights: str = "simplex",
+        encoding: str = "free",
+        weights: str = "lattice",
+        lattice_steps: int = 6,
+        param_mode: str = "policy",
         density_genes: bool = False,
         merge_method: str = "dare_ties",
         density: float = 0.5,
@@ -277,10 +386,12 @@ class GenomeAgent(Agent):
         repeats: int = 2,
         t_max: int | None = None,
         max_proposals: int | None = None,
+        **services: Any,
     ) -> None:
-        super().__init__(seed)
+        super().__init__(seed, **services)
         self.genome_options: dict[str, Any] = {
             "level": level, "encoding": encoding, "weights": weights,
+            "lattice_steps": lattice_steps, "param_mode": param_mode,
             "density_genes": density_genes, "merge_method": merge_method, "density": density,
             "coefficients": tuple(coefficients), "repeats": repeats, "t_max": t_max,
         }  # fmt: skip
@@ -303,29 +414,31 @@ class GenomeAgent(Agent):
     def evaluate_genomes(
         self, problem: MergeProblem, budget: Budget, genome: Genome, X: np.ndarray
     ) -> list[Scored]:
-        """Score genomes in order; the list is cut short where the budget cannot pay the next one.
-
-        The affordable prefix of the batch goes to ``problem.score_many`` at once, so a parallel
-        back-end scores it together; it holds exactly the recipes one-by-one scoring would have
-        paid for (cached ones and repeats within the batch are free).
-        """
+        """Score genomes in order through ``evaluate_many`` (anchors, screening, one batch for a
+        parallel back-end); the list is cut short where the budget cannot pay the next one."""
         cap = self.proposal_cap(budget)
-        cost, spend = problem.cost("full"), budget.used
-        recipes, seen = [], set()
+        recipes = []
         for x in X:
             if self.proposed >= cap:
                 log.warning("%s: %d genomes proposed, stopping (recipe space exhausted?)",
                             self.name, cap)  # fmt: skip
                 break
             self.proposed += 1
-            recipe = genome.decode(x)
-            if recipe.hash not in seen and not problem.is_cached(recipe):
-                if spend + cost > budget.budget + 1e-9:  # Budget.exhausted, counted ahead
-                    break
-                spend += cost
-            seen.add(recipe.hash)
-            recipes.append(recipe)
-        return problem.score_many(recipes, source=self.name) if recipes else []
+            recipes.append(genome.decode(x))
+        return self.evaluate_many(problem, budget, recipes) if recipes else []
+
+    def anchor_genomes(
+        self, problem: MergeProblem, budget: Budget, genome: Genome
+    ) -> list[tuple[np.ndarray, Scored]]:
+        """Seed the anchors (when on) and return the encodable ones' (genome, full score)."""
+        if not self.anchors:
+            return []
+        out = []
+        for scored in self.seed_anchors(problem, budget):
+            x = genome.encode(scored.recipe)
+            if x is not None:
+                out.append((x, scored))
+        return out
 
     def start(self, problem: MergeProblem, budget: float) -> tuple[Budget, Genome]:
         """Open a search: the budget, the codec, a fresh proposal count."""

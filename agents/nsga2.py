@@ -5,6 +5,11 @@ IEEE TEVC 2002 (non-dominated sorting + crowding distance, SBX crossover, polyno
 through pymoo (Blank & Deb 2020) in its ask/tell form, so that the problem, not pymoo, scores the
 recipes. pymoo minimises, so it is told minus the score vector. A generation that the budget cuts
 short is not told: the search ends there.
+
+With ``anchors`` on (agents/base.py) the anchors are scored first and those the genome can
+encode join the initial population (the rest of it uniform, as pymoo samples it). With
+``screening`` on, each generation is screened at the cheap fidelity and its best ``screen_keep``
+share (front by front) promoted; the others are told their cheap scores.
 """
 
 from __future__ import annotations
@@ -51,7 +56,13 @@ class NSGA2Agent(GenomeAgent):
         """Ask/tell generations until the next uncached evaluation would overrun the budget."""
         budget_, genome = self.start(problem, budget)
         box = Problem(n_var=genome.dim, n_obj=len(problem.objectives), xl=0.0, xu=1.0)
-        algorithm = NSGA2(pop_size=self.pop_size)
+        seeds = [x for x, _ in self.anchor_genomes(problem, budget_, genome)][: self.pop_size]
+        if seeds:
+            rng = np.random.default_rng(self.seed)
+            rest = genome.sample(rng, self.pop_size - len(seeds))
+            algorithm = NSGA2(pop_size=self.pop_size, sampling=np.vstack([*seeds, rest]))
+        else:
+            algorithm = NSGA2(pop_size=self.pop_size)
         # pymoo 0.6.2 draws every random number from a Generator seeded here, not from numpy.random
         algorithm.setup(box, termination=NoTermination(), seed=self.seed, verbose=False)
         self.generations = 0

@@ -3,6 +3,8 @@
 The simplest black-box baseline (Bergstra & Bengio, Random Search for Hyper-Parameter
 Optimization, JMLR 2012) over the same recipe space as MergeEnv (agents/genome.py). Batches of
 ``batch_size`` genomes are drawn at once so that a parallel back-end can score a batch together.
+With ``anchors`` on the anchors are scored first; with ``screening`` on each batch is screened at
+the cheap fidelity and its best ``screen_keep`` share promoted (agents/base.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class RandomSearch(GenomeAgent):
         """Score uniform random recipes until the next uncached one would overrun the budget."""
         budget_, genome = self.start(problem, budget)
         rng = np.random.default_rng(self.seed)
+        if self.anchors:
+            self.seed_anchors(problem, budget_)
         with BudgetBar(budget_, "random (evaluations)", self.progress) as bar:
             while True:
                 X = genome.sample(rng, self.batch_size)

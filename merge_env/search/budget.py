@@ -35,6 +35,8 @@ class Budget:
         self.problem = problem
         self.start = problem.spent
         self.budget = float(budget)
+        # the anchors' scores once the agent seeded them under this budget (agents/base.py)
+        self.anchors: list | None = None
 
     @property
     def used(self) -> float:
@@ -63,6 +65,8 @@ class Ledger:
         # (model key, fidelity) of every charge in the ledger: a recipe charged by a process
         # killed before it cached the scores is recomputed on resume but not charged again
         self._paid: set[tuple[str, str]] = set()
+        # (model key, fidelity) of every charge, this process's too: what was ever paid for
+        self._charged: set[tuple[str, str]] = set()
         self.spent = self._read(float(fallback))
 
     def charge(self, key: str, fidelity: str, cost: float) -> None:
@@ -71,6 +75,11 @@ class Ledger:
             line = json.dumps({"key": key, "fidelity": fidelity, "cost": cost}) + "\n"
             append_durably(self.path, line.encode())  # a kill leaves a prefix, cut off on reopening
         self.spent += cost
+        self._charged.add((key, fidelity))
+
+    def charged(self, key: str, fidelity: str) -> bool:
+        """Whether this (key, fidelity) was ever charged in this ledger (any process)."""
+        return (key, fidelity) in self._charged
 
     def settle(self, key: str, fidelity: str) -> bool:
         """Whether an earlier process already paid for this (key, fidelity); true only once."""
@@ -98,6 +107,7 @@ class Ledger:
                 charge = json.loads(raw)
                 spent += float(charge["cost"])
                 self._paid.add((str(charge["key"]), str(charge["fidelity"])))
+                self._charged.add((str(charge["key"]), str(charge["fidelity"])))
             except (ValueError, KeyError, TypeError):
                 if number <= len(lines):  # not a torn write (those only hit the last line)
                     log.warning("%s: skipping unreadable line %d", self.path, number)

@@ -44,6 +44,7 @@ class Scored:
     details: dict[str, TaskScore]
     cached: bool
     cost: float  # evaluations charged for this call
+    fidelity: str = "full"  # "cheap": scored on the cheap subset (a screening score)
 
 
 class MergeProblem:
@@ -125,6 +126,14 @@ class MergeProblem:
         ev = self._evaluator(fidelity)
         return self._examples(ev, "search") / self._examples(self.evaluator, "search")
 
+    def price(self, recipe: Recipe, fidelity: str = "full", *, pay_cached: bool = False) -> float:
+        """Evaluations scoring ``recipe`` on the search split would charge now (see score_many)."""
+        if not self.is_cached(recipe, fidelity):
+            return self.cost(fidelity)
+        if pay_cached and not self.ledger.charged(self.model_key(recipe), fidelity):
+            return self.cost(fidelity)
+        return 0.0
+
     def is_cached(self, recipe: Recipe, fidelity: str = "full", split: str = "search") -> bool:
         """Whether every task's score of this recipe is already in the evaluation cache."""
         ev = self._evaluator(fidelity)
@@ -157,11 +166,15 @@ class MergeProblem:
         source: str = "agent",
         record: bool = True,
         charge: bool = True,
+        pay_cached: bool = False,
     ) -> list[Scored]:
         """Score a batch of recipes: cache hits first, the misses at once through the back-end.
 
         The problem stays the single writer of the cache, the ledger and the archive, whatever
         back-end computed the scores; results come back in the order of ``recipes``.
+        ``pay_cached``: a cache hit this ledger never paid for is charged too (anchors: their
+        scores were made for the references, outside any budget, but an agent seeded with them
+        pays for them like for any other evaluation; once per ledger, so a resume is free).
         """
         evaluator = self._evaluator(fidelity)
         keys = [self.model_key(r) for r in recipes]
@@ -186,6 +199,14 @@ class MergeProblem:
             else:  # a cache hit (or a repeat within this batch, now cached)
                 self.cache_hits += 1
                 cost = 0.0
+                if (
+                    pay_cached
+                    and charge
+                    and split == "search"
+                    and not self.ledger.charged(keys[i], fidelity)
+                ):
+                    cost = self.cost(fidelity)
+                    self.ledger.charge(keys[i], fidelity, cost)
                 details = (
                     evaluator.score_tasks(None, self.tasks, split, model_key=keys[i])
                     if evaluator.cache is not None
@@ -234,7 +255,7 @@ class MergeProblem:
                 )  # fmt: skip
                 for listener in self.listeners:
                     listener(entry)
-        return Scored(recipe, vector, details, not fresh, cost)
+        return Scored(recipe, vector, details, not fresh, cost, fidelity)
 
     def local_backend(
         self, recipes: Sequence[Recipe], evaluator: Evaluator, split: str
@@ -262,6 +283,11 @@ class MergeProblem:
                 merge=param_merge("dare_ties", {e: 1.0 for e in experts}, density=0.5)
             )
         return refs
+
+    def anchor_recipes(self) -> dict[str, Recipe]:
+        """What a search may be seeded with: exactly the references (each pool model as it is,
+        and the plain merges), so that a front seeded with them is never below their own."""
+        return self.reference_recipes()
 
     def references(self) -> dict[str, np.ndarray]:
         """Search-split scores of the single models and plain merges (not charged to agents)."""

@@ -20,11 +20,13 @@ from merge_env.search.recipe import BASE, Recipe
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
-# populations of 3 so that a budget of 5 spans two generations, the second one cut short
+# populations of 3 so that a budget of 5 spans two generations, the second one cut short;
+# the services off (the plain algorithms are under test here; tests/agents/test_services.py)
+PLAIN = {"anchors": False, "screening": False}
 AGENTS = {
-    "random": lambda seed, **kw: RandomSearch(seed=seed, batch_size=3, **kw),
-    "cmaes": lambda seed, **kw: CMAESAgent(seed=seed, popsize=3, **kw),
-    "nsga2": lambda seed, **kw: NSGA2Agent(seed=seed, pop_size=3, **kw),
+    "random": lambda seed, **kw: RandomSearch(seed=seed, batch_size=3, **{**PLAIN, **kw}),
+    "cmaes": lambda seed, **kw: CMAESAgent(seed=seed, popsize=3, **{**PLAIN, **kw}),
+    "nsga2": lambda seed, **kw: NSGA2Agent(seed=seed, pop_size=3, **{**PLAIN, **kw}),
 }
 EXAMPLES = 8  # per task: the agents' logic is under test here, not the scores
 
@@ -89,7 +91,7 @@ def test_budget_is_checked_and_a_fraction_is_never_overrun(problem):
     with pytest.raises(ConfigError, match="budget"):
         RandomSearch().search(problem, 0)
     spent = problem.spent
-    RandomSearch(seed=5, batch_size=2).search(problem, 2.5)
+    RandomSearch(seed=5, batch_size=2, **PLAIN).search(problem, 2.5)
     assert problem.spent - spent == 2  # a third evaluation would overrun 2.5
 
 
@@ -110,7 +112,7 @@ def test_same_seed_same_archive(fresh_problem, name):
 
 
 def test_cmaes_starts_at_the_uniform_merge_tells_partial_generations_and_tracks_the_best(problem):
-    agent = CMAESAgent(seed=2, popsize=3, level="param")
+    agent = CMAESAgent(seed=2, popsize=3, level="param", weights="simplex", **PLAIN)
     n_before = len(problem.archive)
     agent.search(problem, 5)
     assert agent.generations == 2  # 3 + a partial 2 (>= mu = 1), told as well
@@ -124,7 +126,7 @@ def test_cmaes_starts_at_the_uniform_merge_tells_partial_generations_and_tracks_
 
 
 def test_nsga2_does_not_tell_a_cut_generation(problem):
-    agent = NSGA2Agent(seed=4, pop_size=3, level="param")
+    agent = NSGA2Agent(seed=4, pop_size=3, level="param", weights="simplex", **PLAIN)
     agent.search(problem, 5)
     assert agent.generations == 1  # the initial 3; the next 3 were cut at 2
 
@@ -153,6 +155,14 @@ def test_agent_configs_instantiate(name, cls):
     assert type(agent) is cls and agent.name == name and agent.seed == 3
     assert agent.genome_options["density"] == 0.4  # the genome reads the env's recipe space
     assert agent.genome_options["coefficients"] == tuple(cfg.env.coefficients)
+    # the env's space: its mode, lattice and param mode (env=aligned: the aligned space)
+    assert agent.genome_options["encoding"] == cfg.env.mode == "free"
+    assert agent.genome_options["weights"] == "lattice"
+    assert agent.genome_options["lattice_steps"] == cfg.env.lattice_steps
+    assert agent.anchors and agent.screening  # the services' defaults, equal for every agent
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("config", overrides=[f"agent={name}", "env=aligned"])
+    assert instantiate(cfg.agent).genome_options["encoding"] == "aligned"
 
 
 class _Terminal(io.StringIO):

@@ -93,7 +93,7 @@ def test_aligned_decode_covers_every_source_layer_and_scale() -> None:
 
 
 def test_aligned_changes_one_slot_at_a_time() -> None:
-    g = Genome(FACTS, level="arch")
+    g = Genome(FACTS, level="arch", encoding="aligned")
     x = g.identity()
     _arch(g, x)[2, 0] = (SOURCES.index("code") + 0.5) / len(SOURCES)
     assert g.decode(x).path == (
@@ -148,9 +148,9 @@ def test_indicator_identity_flips_into_a_real_path() -> None:
 
 def test_levels_decode_as_promised() -> None:
     rng = np.random.default_rng(1)
-    param = Genome(FACTS, level="param")
+    param = Genome(FACTS, level="param", weights="simplex")
     arch = Genome(FACTS, level="arch")
-    both = Genome(FACTS, level="both")
+    both = Genome(FACTS, level="both", weights="simplex")
     uniform = param.decode(param.identity()).merge
     merges, paths = set(), set()
     for _ in range(20):
@@ -168,7 +168,9 @@ def test_levels_decode_as_promised() -> None:
 
 
 def test_weight_modes_and_density_genes() -> None:
-    simplex = Genome(FACTS, level="param", density_genes=True, density_range=(0.2, 1.0))
+    simplex = Genome(
+        FACTS, level="param", weights="simplex", density_genes=True, density_range=(0.2, 1.0)
+    )
     box = Genome(FACTS, level="param", weights="box")
     x = np.array([0.2, 0.6, 0.2, 0.0, 0.5, 1.0])
     r = simplex.decode(x)
@@ -238,3 +240,84 @@ def test_random_genomes_decode_to_valid_recipes(encoding: str) -> None:
         recipe.validate([BASE, *EXPERTS], L)
         assert Recipe.from_dict(recipe.to_dict()).hash == recipe.hash
         assert recipe.path is None or len(recipe.path) <= g.t_max
+
+
+# -- free mode: the env's own space ----------------------------------------------------------------
+def _fake_problem(facts: PoolFacts = FACTS) -> SimpleNamespace:
+    """What MergeEnv reads of a problem to build its spaces (no model is loaded or scored)."""
+    pool = SimpleNamespace(
+        experts=list(facts.experts), num_layers=facts.num_layers,
+        names=[BASE, *facts.experts],
+    )  # fmt: skip
+    return SimpleNamespace(pool=pool, objectives=list(facts.experts))
+
+
+def _env_builds(env, recipe: Recipe) -> Recipe:
+    """Feed the env the actions that spell ``recipe`` and return the recipe it builds."""
+    from agents.ppo.offline import Candidate, candidate_actions
+
+    merge = next(i for i, m in enumerate(env.merges) if m == recipe.merge)
+    # aligned mode has no STOP: the plain merge is its identity path, spelled out
+    slots = recipe.path or (recipe.resolved_path(env.L) if env.mode == "aligned" else ())
+    actions, _ = candidate_actions(env, Candidate(merge, tuple(slots)))
+    env.reset(seed=0)
+    for a in actions:
+        _, _, done, _, info = env.step(a)
+    assert done
+    return info["pending"]
+
+
+@pytest.mark.parametrize("mode", ["free", "aligned"])
+@pytest.mark.parametrize("level", ["param", "arch", "both"])
+def test_every_genome_decodes_to_a_recipe_the_env_builds(mode: str, level: str) -> None:
+    from merge_env.env import MergeEnv
+
+    env = MergeEnv(_fake_problem(), mode=mode, defer_scoring=True,
+                   param_mode="fixed" if level == "arch" else "policy")  # fmt: skip
+    g = Genome(FACTS, level=level, encoding=mode)
+    assert g.t_max == env.t_max and g.facts.sources == tuple(env.sources)
+    rng = np.random.default_rng(0)
+    for x in [g.identity(), *g.sample(rng, 200)]:
+        recipe = g.decode(x)
+        recipe.validate([BASE, *EXPERTS], L)
+        built = _env_builds(env, recipe)
+        if mode == "free":
+            assert built.hash == recipe.hash  # the same recipe: same cache entry and score
+        else:  # the genome writes the identity path as None (the same model, one cache entry)
+            assert built.merge == recipe.merge and built.resolved_path(L) == recipe.resolved_path(L)
+        assert built.merge in env.merges  # a point of the env's weight lattice
+
+
+def test_free_random_genomes_cover_repeats_drops_depths_and_scales() -> None:
+    g = Genome(FACTS)  # the defaults are the env's: free mode, the lattice in sixths
+    assert (g.encoding, g.weights, g.lattice_steps, g.t_max) == ("free", "lattice", 6, L + L // 2)
+    assert g.dim == len(EXPERTS) + 4 * g.t_max == len(g.gene_names)
+    paths = [g.decode(x).path for x in g.sample(np.random.default_rng(1), 300)]
+    real = [p for p in paths if p is not None]
+    layers = [[s.layer for s in p] for p in real]
+    assert any(len(set(x)) < len(x) for x in layers)  # a layer repeated
+    assert any(set(range(L)) - set(x) for x in layers)  # a layer dropped
+    assert any(x != sorted(x) for x in layers)  # layers out of order
+    assert {len(p) for p in real} >= {2, L, g.t_max}  # shallower, as deep, deeper
+    assert {s.scale for p in real for s in p} == set(DEFAULT_COEFFICIENTS)
+    assert {s.source for p in real for s in p} == set(SOURCES)
+
+
+def test_lattice_weights_are_the_envs_merges() -> None:
+    lattice = {w for w in weight_lattice(3, 6)}
+    g = Genome(FACTS, level="param")
+    rng = np.random.default_rng(3)
+    seen = {tuple(_weights(g.decode(x)).values()) for x in g.sample(rng, 400)}
+    assert seen <= lattice and len(seen) > 15
+
+
+def test_encode_round_trips_env_recipes_and_refuses_a_pool_model() -> None:
+    g = Genome(FACTS)
+    rng = np.random.default_rng(4)
+    for x in g.sample(rng, 50):
+        recipe = g.decode(x)
+        y = g.encode(recipe)
+        assert y is not None and g.decode(y).hash == recipe.hash
+    assert g.encode(Recipe.single(BASE)) is None  # a pool model as it is: not in the space
+    ta = Recipe(merge=param_merge("task_arithmetic", dict.fromkeys(EXPERTS, 1.0)))
+    assert g.encode(ta) is None  # another operator

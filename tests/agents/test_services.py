@@ -1,0 +1,96 @@
+"""The framework's search services (agents/base.py): anchors and screening by configuration alone.
+
+The toy agent below is written as a user would write one: one class, a search loop over its own
+proposals, scored through ``evaluate_many``. It knows nothing of anchors or fidelities.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from hydra.utils import instantiate
+
+from agents.base import ANCHOR, Agent
+from merge_env.search.archive import Archive
+from merge_env.search.budget import Budget
+from merge_env.search.problem import MergeProblem
+from merge_env.search.recipe import Recipe, weighted_merge
+
+
+class ToyAgent(Agent):
+    """Random linear merges of the experts, four at a time."""
+
+    name = "toy"
+
+    def search(self, problem: MergeProblem, budget: float) -> Archive:
+        b, rng = Budget(problem, budget), np.random.default_rng(self.seed)
+        while True:
+            weights = rng.dirichlet(np.ones(len(problem.pool.experts)), size=4)
+            recipes = [Recipe(merge=weighted_merge("linear", dict(zip(problem.pool.experts, w))))
+                       for w in weights]  # fmt: skip
+            if len(self.evaluate_many(problem, b, recipes)) < len(recipes):
+                return problem.archive
+
+
+def _toy(**services) -> ToyAgent:
+    """The toy agent as the runner builds one: from a config node naming its class."""
+    return instantiate({"_target_": f"{__name__}.ToyAgent", "seed": 0, **services})
+
+
+def _charges(problem: MergeProblem) -> list[dict]:
+    return [json.loads(x) for x in problem.ledger.path.read_text().splitlines()]
+
+
+def test_a_user_agent_gets_anchors_and_screening_by_configuration(make_problem):
+    problem = make_problem(cheap_examples=4)
+    problem.references()  # as the runner does: the ideal point, scored outside any budget
+    agent = _toy(anchors=True, screening=True, screen_keep=0.25)
+    agent.search(problem, 12)
+    anchors = problem.anchor_recipes()
+    archived = {e.recipe_hash: e.source for e in problem.archive}
+    assert all(archived.get(r.hash) == ANCHOR for r in anchors.values())  # every anchor
+    charges = _charges(problem)
+    paid = {(c["key"], c["fidelity"]) for c in charges}
+    # anchors are charged like any evaluation, although the references left them in the cache
+    assert all((problem.model_key(r), "full") in paid for r in anchors.values())
+    cheap = [c for c in charges if c["fidelity"] == "cheap"]
+    assert cheap and all(c["cost"] == problem.cost("cheap") < 1 for c in cheap)
+    toy = [e for e in problem.archive if e.source == "toy"]
+    assert 0 < len(toy) < len(cheap)  # one in four screened recipes promoted to full
+    assert problem.spent <= 12 + 1e-9
+
+
+def test_services_off_mean_full_scores_only_and_no_anchor(make_problem):
+    problem = make_problem(cheap_examples=4)
+    _toy(anchors=False, screening=False).search(problem, 4)
+    assert {e.source for e in problem.archive} == {"toy"} and len(problem.archive) == 4
+    assert {c["fidelity"] for c in _charges(problem)} == {"full"}
+
+
+def test_screen_promotes_the_best_and_anchors_are_paid_once(make_problem):
+    problem = make_problem(cheap_examples=4)
+    agent = _toy()
+    assert agent.anchors and agent.screening  # the defaults: on, for every agent alike
+    b = Budget(problem, 30)
+    first = agent.seed_anchors(problem, b)
+    assert len(first) == len(problem.anchor_recipes()) and agent.seed_anchors(problem, b) is first
+    assert b.used == len(first)
+    experts = problem.pool.experts
+    recipes = [Recipe(merge=weighted_merge("linear", dict(zip(experts, w))))
+               for w in np.random.default_rng(1).dirichlet(np.ones(len(experts)), size=6)]  # fmt: skip
+    screening = agent.screen(problem, b, recipes, keep=2)
+    assert [s.recipe for s in screening.scores] == recipes
+    assert [s.fidelity for s in screening.promoted] == ["full", "full"]
+    cheap = [s for s in screening.scores if s.fidelity == "cheap"]
+    full = [s for s in screening.scores if s.fidelity == "full"]
+    assert len(cheap) == 4 and len(full) == 2
+    # the promoted are the cheap screen's best (front by front): none of them dominated by a loser
+    f = problem.normalised(np.stack([s.vector for s in cheap]))
+    for s in full:
+        g = problem.normalised(problem.score(s.recipe, fidelity="cheap").vector)
+        assert not np.any(np.all(f >= g, axis=1) & np.any(f > g, axis=1))
+    # a second budget on the same ledger does not pay for the anchors again (a resumed run)
+    before = problem.spent
+    agent.seed_anchors(problem, Budget(problem, 5))
+    assert problem.spent == before
