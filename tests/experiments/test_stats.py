@@ -1,0 +1,86 @@
+"""experiments.stats: intervals and rank tests against cases computed by hand or by enumeration."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from experiments import stats
+from merge_env.errors import ConfigError
+
+
+def test_bootstrap_ci_of_a_constant_sample_is_a_point():
+    assert stats.bootstrap_ci([0.25] * 10) == (0.25, 0.25)
+
+
+def test_bootstrap_ci_matches_the_hand_computed_resampling_distribution():
+    # a resample of [0, 0, 0, 1] has mean k/4, k ~ Binomial(4, 1/4): P(k <= 2) = 0.949 and
+    # P(k <= 3) = 0.996, so the 2.5 % quantile is 0 and the 97.5 % quantile is 3/4
+    assert stats.bootstrap_ci([0.0, 0.0, 0.0, 1.0]) == (0.0, 0.75)
+
+
+def test_bootstrap_ci_is_seeded_contains_the_mean_and_widens_with_confidence():
+    x = np.random.default_rng(3).normal(1.0, 0.2, size=10)
+    low, high = stats.bootstrap_ci(x)
+    assert low < x.mean() < high
+    assert stats.bootstrap_ci(x) == (low, high)  # same seed, same interval
+    wide = stats.bootstrap_ci(x, confidence=0.99)
+    narrow = stats.bootstrap_ci(x, confidence=0.5)
+    assert wide[0] < low < narrow[0] and narrow[1] < high < wide[1]
+    shifted = stats.bootstrap_ci(x + 5.0)  # the interval moves with the sample
+    assert shifted == pytest.approx((low + 5.0, high + 5.0))
+
+
+def test_bootstrap_band_of_identical_curves_is_the_curve():
+    curve = np.array([0.0, 0.1, 0.1, 0.4])
+    low, high = stats.bootstrap_band(np.stack([curve] * 5))
+    np.testing.assert_array_equal(low, curve)
+    np.testing.assert_array_equal(high, curve)
+
+
+def _u(a, b):
+    return sum((x > y) + 0.5 * (x == y) for x in a for y in b)
+
+
+def test_mann_whitney_p_equals_the_enumerated_exact_p():
+    a, b = [1.0, 4.0, 6.0], [2.0, 3.0, 5.0, 7.0, 8.0]
+    pooled = a + b
+    centre = len(a) * len(b) / 2
+    observed = abs(_u(a, b) - centre)
+    splits = list(itertools.combinations(range(len(pooled)), len(a)))
+    extreme = 0
+    for idx in splits:
+        aa = [pooled[i] for i in idx]
+        bb = [pooled[i] for i in range(len(pooled)) if i not in idx]
+        extreme += abs(_u(aa, bb) - centre) >= observed - 1e-12
+    u, p, method = stats.mann_whitney(a, b)
+    assert (u, method) == (_u(a, b), "exact")
+    assert p == pytest.approx(extreme / len(splits))
+
+
+def test_mann_whitney_of_separated_samples_by_hand():
+    # U = 0; of the C(5, 2) = 10 splits one gives U = 0 and one U = 6: p = 2/10
+    assert stats.mann_whitney([1.0, 2.0], [3.0, 4.0, 5.0])[1:] == (pytest.approx(0.2), "exact")
+
+
+def test_permutation_test_is_exact_for_small_samples():
+    # 20 splits of 6 values into 3 + 3; only the observed one and its mirror are as extreme
+    p, exact = stats.permutation_p([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    assert exact and p == pytest.approx(2 / 20)
+    test = stats.rank_test([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert test.p_mannwhitney == pytest.approx(1.0) and test.p_permutation == pytest.approx(1.0)
+
+
+def test_first_reach_and_curve_on_grid():
+    grid = np.arange(0, 5)
+    curve = stats.curve_on_grid([(1, 0.1), (3, 0.3)], grid)
+    np.testing.assert_array_equal(curve, [0.0, 0.1, 0.1, 0.3, 0.3])
+    assert stats.first_reach(curve, grid, 0.2) == 3.0
+    assert stats.first_reach(curve, grid, 0.5) == float("inf")
+
+
+def test_no_values_is_refused():
+    with pytest.raises(ConfigError, match="no values"):
+        stats.bootstrap_ci([])
