@@ -4,15 +4,20 @@ HM3 (DESIGN §1.1) trains PPO (Schulman et al., 2017, arXiv:1707.06347) with a G
 pre-trained offline on cheaply scored candidate paths. The paper re-trains one policy per
 preference; here one policy takes the preference as input and covers the whole front:
 
-1. Offline: propose candidates (agents/ppo/offline.py), score each once at ``fidelity="cheap"``
-   (charged at its fraction of a full evaluation), relabel every score vector for every sampled
-   preference, imitate the best candidate per preference, regress the value on the rewards.
+0. Anchors (``anchors: true``, the framework's service in agents/base.py): each pool model as it
+   is and the plain merges, scored first at full fidelity, as every agent may.
+1. Offline: propose candidates (agents/ppo/offline.py), score each once through the screening
+   service (``screening: true``: ``Agent.score_cheap``, charged at the cheap fidelity's fraction
+   of a full evaluation; ``screening: false``: at full fidelity, so far fewer), relabel every
+   score vector for every sampled preference, imitate the best candidate per preference, regress
+   the value on the rewards.
 2. Online: stable-baselines3 PPO on full-fidelity rewards, one preference per episode (or the
    user's), stopped by a callback before an evaluation it could not afford.
 3. Sweep: the deterministic policy rolled out over a simplex lattice of preferences, so the front
    is covered; any budget left after it goes back to online training.
 4. If PPO stalls (it only re-samples recipes already scored) budget may be left: it goes to the
-   offline candidates at full fidelity, front by front of their cheap scores ("promote"), then to
+   offline candidates at full fidelity, in the screening service's promotion order of their cheap
+   scores (``Agent.promotion_order``: front by front; "promote"), then to
    epsilon-uniform episodes of the stochastic policy that score only new recipes ("explore").
    ``phase_spend`` records what each phase cost.
 """
@@ -45,7 +50,7 @@ from merge_env.env import MergeEnv, weight_lattice
 from merge_env.errors import ConfigError
 from merge_env.search.archive import Archive
 from merge_env.search.budget import Budget, BudgetExhausted
-from merge_env.search.pareto import non_dominated, sample_preferences
+from merge_env.search.pareto import sample_preferences
 from merge_env.search.problem import MergeProblem
 from merge_env.wrappers import RepeatPenalty, StopAtOnce
 
@@ -106,8 +111,14 @@ class PPOAgent(Agent):
         device: str = "cpu",
         progress: bool = True,
         n_envs: int = 1,
+        anchors: bool = True,
+        screening: bool = True,
+        screen_keep: float = 0.25,
     ) -> None:
-        super().__init__(seed)
+        super().__init__(
+            seed, anchors=anchors, screening=screening, screen_keep=screen_keep,
+            cheap_examples=cheap_examples,
+        )  # fmt: skip
         if level not in LEVELS:
             raise ConfigError(f"agent.level must be one of {LEVELS}, got {level!r}")
         if not 0.0 <= offline_fraction < 1.0 or not 0.0 <= sweep_fraction < 1.0:
@@ -121,7 +132,6 @@ class PPOAgent(Agent):
         )  # fmt: skip
         self.offline_samples = offline_samples
         self.offline_fraction = offline_fraction
-        self.cheap_examples = cheap_examples
         self.n_preferences = n_preferences
         self.value_extra = value_extra
         self.bc = dict(epochs=bc_epochs, lr=bc_lr, batch_size=bc_batch_size, ent_coef=bc_ent_coef)
@@ -216,6 +226,9 @@ class PPOAgent(Agent):
         self.model = self.build_model(env, resume)
         self.phase_spend = {}
         mark = b.used
+        if self.anchors:
+            self.seed_anchors(problem, b)
+            mark = self._charge("anchors", b, mark)
         if self.pretrained is None and resume is None and self.offline_samples > 0:
             self.pretrain_offline(problem, b)
         mark = self._charge("offline", b, mark)
@@ -253,22 +266,31 @@ class PPOAgent(Agent):
     def pretrain_offline(self, problem: MergeProblem, budget: Budget) -> None:
         """Score candidates cheaply, relabel them for sampled preferences, pre-train the policy."""
         rng = np.random.default_rng(self.seed)
-        ensure_cheap(problem, self.cheap_examples)
+        fidelity = "cheap" if self.screening else "full"
+        if self.screening:
+            self.ensure_cheap(problem)
         scratch: MergeEnv = self.make_env(problem).unwrapped
-        cost = problem.cost("cheap")
+        cost = problem.cost(fidelity)
         n = int(min(self.offline_samples, self.offline_fraction * budget.budget // cost))
         candidates = propose_candidates(scratch, n, rng)
         if self.level == "param":
             candidates = [c for c in candidates if not c.slots]
         scored, vectors = [], []
-        for cand in tqdm(candidates, desc="ppo offline (cheap scores)", disable=not self.progress,
-                         leave=False):  # fmt: skip
-            try:
-                result = self.evaluate(problem, budget, cand.recipe(scratch), fidelity="cheap")
-            except BudgetExhausted:
-                break
-            scored.append(cand)
-            vectors.append(result.vector)
+        chunk = 8  # one batch per chunk (a parallel back-end scores it at once), one bar step each
+        with tqdm(total=len(candidates), desc=f"ppo offline ({fidelity} scores)",
+                  disable=not self.progress, leave=False) as bar:  # fmt: skip
+            for start in range(0, len(candidates), chunk):
+                cands = candidates[start : start + chunk]
+                recipes = [c.recipe(scratch) for c in cands]
+                if self.screening:
+                    results = self.score_cheap(problem, budget, recipes)
+                else:
+                    results = self.evaluate_many(problem, budget, recipes)
+                scored += cands[: len(results)]
+                vectors += [r.vector for r in results]
+                bar.update(len(results))
+                if len(results) < len(cands):
+                    break
         if not scored:
             log.warning("ppo: no budget for the offline phase; skipping pre-training")
             return
@@ -303,20 +325,18 @@ class PPOAgent(Agent):
         return callback.stalled
 
     def promote(self, problem: MergeProblem, budget: Budget) -> None:
-        """Spend what is left on the offline candidates, front by front of their cheap scores."""
+        """Spend what is left on the offline candidates, best first by the screening service's
+        promotion order of their cheap scores (front by front)."""
         if not self.offline or budget.exhausted(problem.cost("full")):
             return
         scratch: MergeEnv = self.make_env(problem).unwrapped
-        f = problem.normalised(self.offline["vectors"])
-        left = np.arange(len(f))
-        while len(left) and not budget.exhausted(problem.cost("full")):
-            layer = left[non_dominated(f[left])]
-            for i in layer:
-                try:
-                    self.evaluate(problem, budget, self.offline["candidates"][i].recipe(scratch))
-                except BudgetExhausted:
-                    return
-            left = np.setdiff1d(left, layer)
+        for i in self.promotion_order(problem, self.offline["vectors"]):
+            if budget.exhausted(problem.cost("full")):
+                return
+            try:
+                self.evaluate(problem, budget, self.offline["candidates"][i].recipe(scratch))
+            except BudgetExhausted:
+                return
 
     def explore(self, problem: MergeProblem, budget: Budget) -> None:
         """Spend what is still left once PPO has stalled and the offline candidates are scored:
@@ -371,7 +391,8 @@ def _lattice(k: int, n: int) -> list[np.ndarray]:
 
 
 def ensure_cheap(problem: MergeProblem, examples: int | None) -> None:
-    """Give ``problem`` a cheap evaluator of ``examples`` per task if it has none."""
+    """Give ``problem`` a cheap evaluator of ``examples`` per task if it has none (kept for
+    callers of the old helper; agents use ``Agent.ensure_cheap``)."""
     if problem.cheap_evaluator is not None:
         return
     if examples is None:

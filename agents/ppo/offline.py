@@ -4,7 +4,11 @@ HM3 (DESIGN §1.1) scores many candidate inference paths once on a cheap subset 
 pre-trains the policy by imitating the best path for each sampled preference and the value net by
 regressing the scalarised reward. A scored path carries its whole score vector, so the scalarised
 reward of *every* preference is known for free (hindsight relabelling, as in HER: Andrychowicz
-et al., NeurIPS 2017). Candidates are the plain merges and the pool's models, then paths that
+et al., NeurIPS 2017). Scoring goes through the framework's services (agents/base.py:
+``Agent.score_cheap``, ``Agent.promotion_order``), as for every agent; the framework's anchors (each
+pool model as it is, the references' plain merges) are seeded there too, outside this module.
+Candidates are PPO's own proposals, all expressible as env actions so that the policy can imitate
+them: the env's lattice merges and each pool model's layers alone, then paths that
 interleave layers of a merge and of the base (a few from fine-tunes) with a few random edits: swap
 a slot's source, repeat or drop a layer, rescale a slot, hand a run of layers to one source.
 """
@@ -104,9 +108,11 @@ def trajectory_observations(
 def propose_candidates(
     env: MergeEnv, n: int, rng: np.random.Generator, mix: float = 0.3, expert_rate: float = 0.1
 ) -> list[Candidate]:
-    """Up to ``n`` distinct candidates: the anchors, then random interleavings.
+    """Up to ``n`` distinct candidates: the env's plain merges and single sources, then random
+    interleavings (these are PPO's proposals, expressible as actions; the framework's anchors,
+    which the env cannot express, are ``MergeProblem.anchor_recipes``).
 
-    Anchors: each merge's plain merge (STOP at once; the identity path in aligned mode) and each
+    First: each merge's plain merge (STOP at once; the identity path in aligned mode) and each
     pool model alone. Interleavings: the identity path over the merged model or the base (even
     odds), each slot handed to the other of the two with probability ``mix`` and to a random
     fine-tune with probability ``expert_rate``, then a few random edits (swap, repeat, drop,

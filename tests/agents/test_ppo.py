@@ -66,7 +66,13 @@ def test_budget_respected_exactly_and_archive_filled(runs):
         assert len(archive) > 0
         assert all(e.evaluations <= 12 for e in archive)
         assert agent.offline["spent"] > 0  # the cheap phase was charged
-        assert {e.source for e in archive} <= {"env", "ppo"}
+        assert {e.source for e in archive} <= {"env", "ppo", "anchor"}
+        # the framework's anchors, through the same service as every agent, charged first
+        anchors = {r.hash for r in problem.anchor_recipes().values()}
+        assert anchors <= {e.recipe_hash for e in archive if e.source == "anchor"}
+        assert agent.phase_spend["anchors"] == len(anchors)
+        cheap = [x for x in problem.ledger.path.read_text().splitlines() if '"cheap"' in x]
+        assert cheap  # the offline candidates screened at the cheap fidelity (the service)
 
 
 def test_stalled_search_still_spends_its_budget_on_new_recipes(problem):
@@ -78,6 +84,7 @@ def test_stalled_search_still_spends_its_budget_on_new_recipes(problem):
         "max_repeats": 1,
         "lattice_steps": 1,
         "sweep_preferences": 3,
+        "anchors": False,  # their 8 evaluations would leave nothing to explore
     }
     agent = PPOAgent(seed=0, **fast)
     archive = agent.search(problem, budget=10)
