@@ -25,7 +25,7 @@ from merge_env.errors import ConfigError
 TARGET_GROUPS = ("pool", "tasks", "agent", "logger")
 EVALUATOR_KEYS = {
     "batch_size": int, "max_examples": (int, type(None)), "cheap_examples": (int, type(None)),
-    "metric": (str, type(None)),
+    "metric": (str, type(None)), "prefix_cache_bytes": int,
     # evaluator=ray (merge_env/scoring/parallel.py)
     "backend": str, "num_workers": int, "num_gpus_per_worker": (int, float),
     "num_cpus_per_worker": (int, float), "address": (str, type(None)),
@@ -216,6 +216,7 @@ def check_evaluator_settings(evaluator: Mapping[str, Any]) -> None:
     _at_least(evaluator.get("batch_size", 1), 1, "evaluator.batch_size")
     for key in ("max_examples", "cheap_examples"):
         _at_least(evaluator.get(key), 1, f"evaluator.{key}", nullable=True)
+    _at_least(evaluator.get("prefix_cache_bytes", 0), 0, "evaluator.prefix_cache_bytes")
 
 
 def validate_run_config(cfg: DictConfig) -> None:

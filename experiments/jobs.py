@@ -52,7 +52,7 @@ NOT_SEARCH = {
 }  # fmt: skip
 NOT_SEARCH_IN = {
     "agent": {"device", "progress", "save_path"},
-    "evaluator": {"batch_size", "backend", *RAY_OPTIONS},
+    "evaluator": {"batch_size", "backend", "prefix_cache_bytes", *RAY_OPTIONS},
 }
 
 
@@ -183,6 +183,7 @@ def scoring_problem(
         archive_path=run_dir / "archive.jsonl", cache_path=run_dir / "eval_cache.sqlite",
         device=cfg.device, batch_size=ev.batch_size, max_examples=ev.max_examples,
         cheap_examples=ev.cheap_examples, metric=ev.metric,
+        prefix_cache_bytes=ev.get("prefix_cache_bytes", 256 * 2**20),
     )  # fmt: skip
     # evaluator=ray: recipes are scored on Ray actors; the archive and cache stay here
     options = OmegaConf.to_container(ev, resolve=True)

@@ -260,12 +260,9 @@ class MergeProblem:
     def local_backend(
         self, recipes: Sequence[Recipe], evaluator: Evaluator, split: str
     ) -> list[dict[str, TaskScore]]:
-        """The in-process back-end: assemble and score each recipe here, uncached."""
-        out = []
-        for recipe in recipes:
-            model = self.pool.assemble(recipe)
-            out.append(evaluator.score_tasks(model, self.tasks, split, model_key=None))
-        return out
+        """The in-process back-end: the recipes scored here, uncached, each shared path prefix once
+        (bit for bit what assembling and scoring each alone gives; evaluator.prefix_cache_bytes)."""
+        return self.pool.score_recipes(recipes, evaluator, self.tasks, split)
 
     # -- references and the ideal point ------------------------------------------------------
     def reference_recipes(self) -> dict[str, Recipe]:
@@ -391,6 +388,7 @@ def build_problem(
     batch_size: int = 64,
     max_examples: int | None = None,
     cheap_examples: int | None = None,
+    prefix_cache_bytes: int = 256 * 2**20,
     metric: str | None = None,
 ) -> MergeProblem:
     """Wire a MergeProblem from checkpoint folders, tasks and a tokenizer folder."""
@@ -399,7 +397,12 @@ def build_problem(
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     cache = EvalCache(cache_path) if cache_path is not None else None
     evaluator = Evaluator(
-        tokenizer, device=device, batch_size=batch_size, max_examples=max_examples, cache=cache
+        tokenizer,
+        device=device,
+        batch_size=batch_size,
+        max_examples=max_examples,
+        cache=cache,
+        prefix_cache_bytes=prefix_cache_bytes,
     )
     objectives = [t.name for t in tasks]
     archive = Archive.open(archive_path, objectives) if archive_path else Archive(None, objectives)
