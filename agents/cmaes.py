@@ -81,18 +81,7 @@ class CMAESAgent(GenomeAgent):
             x0 = start
         else:
             x0 = rng.random(genome.dim) if self.random_init else genome.identity()
-        opts: dict[str, Any] = {
-            "bounds": [0.0, 1.0],
-            # draw from our Generator: cma's own seeding reseeds numpy's global state
-            "randn": lambda *shape: rng.standard_normal(shape),
-            "seed": np.nan,
-            "verbose": -9,
-            "verb_disp": 0,
-            "verb_log": 0,
-        }
-        if self.popsize is not None:
-            opts["popsize"] = int(self.popsize)
-        return cma.CMAEvolutionStrategy(x0, self.sigma0, opts)
+        return cma_strategy(x0, self.sigma0, self.popsize, rng)
 
     def _track(self, problem: MergeProblem, scored: Scored) -> None:
         """Keep the best full-fidelity recipe seen (a cheap screening score is not comparable)."""
@@ -137,3 +126,21 @@ class CMAESAgent(GenomeAgent):
                              "stalled on cached recipes" if stall else dict(es.stop()))  # fmt: skip
                     es, stall = self._strategy(genome, rng, start), 0
                     self.restarts += 1
+
+
+def cma_strategy(
+    x0: np.ndarray, sigma0: float, popsize: int | None, rng: np.random.Generator
+) -> cma.CMAEvolutionStrategy:
+    """A quiet CMA-ES on the unit box whose samples come from ``rng`` (seeded, no global state)."""
+    opts: dict[str, Any] = {
+        "bounds": [0.0, 1.0],
+        # draw from our Generator: cma's own seeding reseeds numpy's global state
+        "randn": lambda *shape: rng.standard_normal(shape),
+        "seed": np.nan,
+        "verbose": -9,
+        "verb_disp": 0,
+        "verb_log": 0,
+    }
+    if popsize is not None:
+        opts["popsize"] = int(popsize)
+    return cma.CMAEvolutionStrategy(x0, sigma0, opts)

@@ -36,6 +36,7 @@ import cma
 import numpy as np
 
 from agents.base import BudgetBar
+from agents.cmaes import cma_strategy
 from agents.genome import Genome, GenomeAgent
 from merge_env.errors import ConfigError
 from merge_env.search.archive import Archive
@@ -91,18 +92,7 @@ class MOCMAESAgent(GenomeAgent):
         self.generations = 0
 
     def _strategy(self, x0: np.ndarray, rng: np.random.Generator) -> cma.CMAEvolutionStrategy:
-        opts: dict[str, Any] = {
-            "bounds": [0.0, 1.0],
-            # draw from our Generator: cma's own seeding reseeds numpy's global state
-            "randn": lambda *shape: rng.standard_normal(shape),
-            "seed": np.nan,
-            "verbose": -9,
-            "verb_disp": 0,
-            "verb_log": 0,
-        }
-        if self.popsize is not None:
-            opts["popsize"] = int(self.popsize)
-        return cma.CMAEvolutionStrategy(x0, self.sigma0, opts)
+        return cma_strategy(x0, self.sigma0, self.popsize, rng)
 
     def _start_point(
         self, genome: Genome, pref: np.ndarray, ideal: np.ndarray, seen: tuple[list, list]

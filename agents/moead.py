@@ -27,15 +27,13 @@ from typing import Any
 import numpy as np
 from pymoo.algorithms.moo.moead import ParallelMOEAD
 from pymoo.config import Config
-from pymoo.core.evaluator import Evaluator
 from pymoo.core.problem import Problem
 from pymoo.core.termination import NoTermination
 from pymoo.decomposition.tchebicheff import Tchebicheff
-from pymoo.problems.static import StaticProblem
 from pymoo.util.ref_dirs import get_reference_directions
 
-from agents.base import BudgetBar
 from agents.genome import Genome, GenomeAgent
+from agents.nsga2 import pymoo_generations
 from merge_env.errors import ConfigError
 from merge_env.search.archive import Archive
 from merge_env.search.problem import MergeProblem
@@ -113,19 +111,12 @@ class MOEADAgent(GenomeAgent):
         # pymoo 0.6.2 draws every random number from a Generator seeded here, not from numpy.random
         algorithm.setup(box, termination=NoTermination(), seed=self.seed, verbose=False)
         problem.top  # noqa: B018 - the reference scores (uncharged) normalise the first tell
-        self.generations = 0
-        with BudgetBar(budget_, "moead (evaluations)", self.progress) as bar:
-            while True:
-                pop = algorithm.ask()
-                X = pop.get("X")
-                scored = self.evaluate_genomes(problem, budget_, genome, X)
-                if len(scored) == len(X):
-                    F = -np.stack([problem.normalised(s.vector) for s in scored])
-                    Evaluator().eval(StaticProblem(box, F=F), pop)
-                    algorithm.tell(infills=pop)
-                    self.generations += 1
-                log.info("moead: generation %d, %.1f/%.1f evaluations spent",
-                         self.generations, budget_.used, budget_.budget)  # fmt: skip
-                bar.update(generation=self.generations)
-                if self.done(budget_, scored, len(X)):
-                    return problem.archive
+        return pymoo_generations(
+            self, problem, budget_, genome, box, algorithm, normalised_objectives
+        )
+
+
+def normalised_objectives(problem: MergeProblem, scored: list) -> np.ndarray:
+    """MOEA/D's objectives: minus the normalised scores, so the decomposition compares tasks on
+    one scale."""
+    return -np.stack([problem.normalised(s.vector) for s in scored])

@@ -15,6 +15,7 @@ share (front by front) promoted; the others are told their cheap scores.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -65,19 +66,41 @@ class NSGA2Agent(GenomeAgent):
             algorithm = NSGA2(pop_size=self.pop_size)
         # pymoo 0.6.2 draws every random number from a Generator seeded here, not from numpy.random
         algorithm.setup(box, termination=NoTermination(), seed=self.seed, verbose=False)
-        self.generations = 0
-        with BudgetBar(budget_, "nsga2 (evaluations)", self.progress) as bar:
-            while True:
-                pop = algorithm.ask()
-                X = pop.get("X")
-                scored = self.evaluate_genomes(problem, budget_, genome, X)
-                if len(scored) == len(X):
-                    F = -np.stack([s.vector for s in scored])
-                    Evaluator().eval(StaticProblem(box, F=F), pop)
-                    algorithm.tell(infills=pop)
-                    self.generations += 1
-                log.info("nsga2: generation %d, %.1f/%.1f evaluations spent",
-                         self.generations, budget_.used, budget_.budget)  # fmt: skip
-                bar.update(generation=self.generations)
-                if self.done(budget_, scored, len(X)):
-                    return problem.archive
+        return pymoo_generations(self, problem, budget_, genome, box, algorithm, problem_objectives)
+
+
+def problem_objectives(problem: MergeProblem, scored: list) -> np.ndarray:
+    """NSGA-II's objectives: minus the raw score vectors (it ranks, so scale does not matter)."""
+    return -np.stack([s.vector for s in scored])
+
+
+def pymoo_generations(
+    agent: GenomeAgent,
+    problem: MergeProblem,
+    budget_: Any,
+    genome: Any,
+    box: Problem,
+    algorithm: Any,
+    objectives: Callable[[MergeProblem, list], np.ndarray],
+) -> Archive:
+    """Ask/tell a set-up pymoo algorithm, one scored batch per generation, until the budget ends.
+
+    A generation the budget cuts short is scored (its recipes are archived) but not told.
+    Shared by every pymoo-based agent (NSGA-II, MOEA/D); ``objectives`` maps the scored batch
+    to what the algorithm minimises.
+    """
+    agent.generations = 0
+    with BudgetBar(budget_, f"{agent.name} (evaluations)", agent.progress) as bar:
+        while True:
+            pop = algorithm.ask()
+            X = pop.get("X")
+            scored = agent.evaluate_genomes(problem, budget_, genome, X)
+            if len(scored) == len(X):
+                Evaluator().eval(StaticProblem(box, F=objectives(problem, scored)), pop)
+                algorithm.tell(infills=pop)
+                agent.generations += 1
+            log.info("%s: generation %d, %.1f/%.1f evaluations spent",
+                     agent.name, agent.generations, budget_.used, budget_.budget)  # fmt: skip
+            bar.update(generation=agent.generations)
+            if agent.done(budget_, scored, len(X)):
+                return problem.archive
