@@ -14,17 +14,72 @@ import shutil
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from merge_env.errors import CheckpointError
+from merge_env.scoring.tasks.task import Example, Task
 
 logger = logging.getLogger(__name__)
 
 # CPU results depend on torch's thread count (reduction order), and a pool trained with 1 thread
 # differs from one trained with 2 in every tensor and in its scores; every build pins it.
 TRAIN_THREADS = 2
+
+
+@contextmanager
+def pinned_threads() -> Iterator[None]:
+    """Train with ``TRAIN_THREADS`` torch threads inside the block; the caller's count after."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(TRAIN_THREADS)
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def read_manifest(path: Path, fmt: str, what: str) -> dict[str, Any]:
+    """The JSON manifest at ``path`` whose ``format`` is ``fmt``; CheckpointError naming the file
+    (and ``what`` it should describe) when it is unreadable or of another format."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: cannot read the {what} manifest ({err})") from err
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"{path}: not a {what} manifest (format {found!r})")
+    return data
+
+
+def task_records(tasks: Sequence[Task]) -> list[dict[str, Any]]:
+    """The tasks as a manifest stores them: name, metric, fingerprint, both splits."""
+    return [
+        {
+            "name": t.name,
+            "metric": t.metric,
+            "fingerprint": t.fingerprint,
+            "search": [[ex.prompt, ex.answer] for ex in t.search],
+            "test": [[ex.prompt, ex.answer] for ex in t.test],
+        }
+        for t in tasks
+    ]
+
+
+def tasks_from_records(records: Sequence[dict[str, Any]]) -> list[Task]:
+    """The tasks ``task_records`` wrote (KeyError / TypeError on a malformed record)."""
+    return [
+        Task(
+            r["name"],
+            tuple(Example(p, a) for p, a in r["search"]),
+            tuple(Example(p, a) for p, a in r["test"]),
+            r["metric"],
+        )
+        for r in records
+    ]
 
 
 def default_cache_dir() -> Path:

@@ -27,7 +27,15 @@ from typing import Any
 import torch
 
 from merge_env.errors import CheckpointError, ConfigError
-from merge_env.pools.cache import TRAIN_THREADS, build_atomically, default_cache_dir, sub_seed
+from merge_env.pools.cache import (
+    build_atomically,
+    default_cache_dir,
+    pinned_threads,
+    read_manifest,
+    sub_seed,
+    task_records,
+    tasks_from_records,
+)
 from merge_env.pools.finetune import (
     answer_loss,
     encode_rows,
@@ -233,13 +241,8 @@ def _build_experts(tmp: Path, base: Path, config: SmolConfig, progress: bool, de
         "experts": experts,
         "losses": losses,
         "expert_seconds": seconds,
-        "tasks": [
-            {"name": t.name, "metric": t.metric,
-             "search": [[e.prompt, e.answer] for e in t.search],
-             "test": [[e.prompt, e.answer] for e in t.test]}
-            for t in tasks
-        ],
-    }  # fmt: skip
+        "tasks": task_records(tasks),
+    }
 
 
 def build_smollm2_pool(
@@ -252,9 +255,7 @@ def build_smollm2_pool(
 ) -> SmolPool:
     """Return the pool for ``config``: converted base + experts, from the cache or built now."""
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(TRAIN_THREADS)
+    with pinned_threads():
         base = converted_base(gguf_file, cache)
         root = cache / f"smollm2-{config.fingerprint(base.name)}"
         if (root / POOL_MANIFEST).is_file():
@@ -264,8 +265,6 @@ def build_smollm2_pool(
             root, POOL_MANIFEST, lambda tmp: _build_experts(tmp, base, config, progress, device),
             "finetune_seconds",
         )  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
     logger.info("SmolLM2 experts fine-tuned in %.1f s: %s", manifest["finetune_seconds"], root)
     return load_smollm2_pool(root)
 
@@ -274,21 +273,12 @@ def load_smollm2_pool(root: str | Path) -> SmolPool:
     """Return the pool described by ``<root>/pool.json`` (its base is a sibling folder)."""
     root = Path(root)
     path = root / POOL_MANIFEST
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: cannot read the pool manifest ({err})") from err
-    if data.get("format") != "mergegym-smollm2-pool":
-        raise CheckpointError(f"{path}: not a SmolLM2 pool manifest ({data.get('format')!r})")
+    data = read_manifest(path, "mergegym-smollm2-pool", "SmolLM2 pool")
     try:
         config = SmolConfig(**data["config"])
         base = root.parent / data["base"]
         experts = {k: root / v for k, v in data["experts"].items()}
-        tasks = [
-            Task(t["name"], tuple(Example(p, a) for p, a in t["search"]),
-                 tuple(Example(p, a) for p, a in t["test"]), t["metric"])
-            for t in data["tasks"]
-        ]  # fmt: skip
+        tasks = tasks_from_records(data["tasks"])
         finetune_seconds = float(data.get("finetune_seconds", 0.0))
     except (KeyError, TypeError, ValueError, ConfigError) as err:
         raise CheckpointError(f"{path}: malformed pool manifest ({err!r})") from err

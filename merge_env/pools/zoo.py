@@ -26,10 +26,18 @@ from typing import Any
 import torch
 
 from merge_env.errors import CheckpointError, ConfigError
-from merge_env.pools.cache import TRAIN_THREADS, build_atomically, default_cache_dir, sub_seed
+from merge_env.pools.cache import (
+    build_atomically,
+    default_cache_dir,
+    pinned_threads,
+    read_manifest,
+    sub_seed,
+    task_records,
+    tasks_from_records,
+)
 from merge_env.pools.finetune import encode_rows, finetune, mixture_batches, warmup_cosine
 from merge_env.scoring.tasks.synthetic import ZOO_TASK_KINDS, char_tokenizer, make_task
-from merge_env.scoring.tasks.task import Example, Task
+from merge_env.scoring.tasks.task import Task
 
 logger = logging.getLogger(__name__)
 
@@ -365,16 +373,7 @@ def _manifest(
         "odd_expert": "odd_expert",
         "odd_expert_task": config.odd_task,
         "tokenizer": "tokenizer",
-        "tasks": [
-            {
-                "name": t.name,
-                "metric": t.metric,
-                "fingerprint": t.fingerprint,
-                "search": [[ex.prompt, ex.answer] for ex in t.search],
-                "test": [[ex.prompt, ex.answer] for ex in t.test],
-            }
-            for t in tasks
-        ],
+        "tasks": task_records(tasks),
     }
 
 
@@ -391,14 +390,10 @@ def build_zoo(
     if (root / MANIFEST).is_file():
         logger.info("zoo found in cache: %s", root)
         return load_zoo(root)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(TRAIN_THREADS)
+    with pinned_threads():
         manifest = build_atomically(
             root, MANIFEST, lambda tmp: _build_into(tmp, config, progress, device), "build_seconds"
         )
-    finally:
-        torch.set_num_threads(threads)
     logger.info("zoo built in %.1f s: %s", manifest["build_seconds"], root)
     return load_zoo(root)
 
@@ -407,24 +402,9 @@ def load_zoo(root: str | Path) -> Zoo:
     """Return the zoo described by ``<root>/zoo.json``; a missing or broken part raises CheckpointError."""
     root = Path(root)
     path = root / MANIFEST
+    data = read_manifest(path, "mergegym-zoo", "MergeGym zoo")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: cannot read the zoo manifest ({err})") from err
-    if data.get("format") != "mergegym-zoo":
-        raise CheckpointError(
-            f"{path}: not a MergeGym zoo manifest (format {data.get('format')!r})"
-        )
-    try:
-        tasks = [
-            Task(
-                t["name"],
-                tuple(Example(p, a) for p, a in t["search"]),
-                tuple(Example(p, a) for p, a in t["test"]),
-                t["metric"],
-            )
-            for t in data["tasks"]
-        ]
+        tasks = tasks_from_records(data["tasks"])
         dirs = {
             "base": root / data["base"],
             "odd_expert": root / data["odd_expert"],
