@@ -151,3 +151,18 @@ def test_parse_size():
     with pytest.raises(SystemExit):
         main(["r.yaml", "o", "--shard-size", "lots"])
     assert parse_size("1.5K") == 1500
+
+
+def test_merge_cli_imports_no_framework_on_the_way_to_the_first_tensor():
+    # a short merge's wall time is mostly interpreter start and imports (issue 18): the merge
+    # CLI needs torch, safetensors and yaml, never transformers, SB3, Hydra, Ray or matplotlib
+    import subprocess
+    import sys
+
+    heavy = ("transformers", "stable_baselines3", "hydra", "ray", "matplotlib", "wandb", "optuna")
+    code = (
+        "import sys, experiments.merge, merge_env.merging.engine; "
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
