@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 import sys
 from pathlib import Path
 
@@ -15,8 +14,8 @@ from agents.cmaes import CMAESAgent
 from agents.nsga2 import NSGA2Agent
 from agents.random_search import RandomSearch
 from merge_env.errors import ConfigError
-from merge_env.search.problem import MergeProblem, build_problem
-from merge_env.search.recipe import BASE, Recipe
+from merge_env.search.problem import MergeProblem
+from merge_env.search.recipe import Recipe
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -28,36 +27,6 @@ AGENTS = {
     "cmaes": lambda seed, **kw: CMAESAgent(seed=seed, popsize=3, **{**PLAIN, **kw}),
     "nsga2": lambda seed, **kw: NSGA2Agent(seed=seed, pop_size=3, **{**PLAIN, **kw}),
 }
-EXAMPLES = 8  # per task: the agents' logic is under test here, not the scores
-
-
-@pytest.fixture(scope="module")
-def fresh_problem(tiny_zoo, tmp_path_factory):
-    """A function building a MergeProblem over the tiny zoo with its own archive and cache.
-
-    Each cache starts as a copy of one holding the reference scores (the ideal point), so that
-    CMA-ES runs on fresh problems do not score the references again.
-    """
-    sources = {BASE: tiny_zoo.base, **tiny_zoo.experts}
-
-    def build(d: Path) -> MergeProblem:
-        return build_problem(
-            sources, tiny_zoo.tasks, tiny_zoo.tokenizer_dir, max_examples=EXAMPLES,
-            metric="token_accuracy",
-            archive_path=d / "archive.jsonl", cache_path=d / "cache.sqlite",
-        )  # fmt: skip
-
-    refs = tmp_path_factory.mktemp("references")
-    seed_problem = build(refs)
-    seed_problem.references()
-    seed_problem.evaluator.cache.close()  # folds SQLite's WAL into the file before it is copied
-
-    def make() -> MergeProblem:
-        d = tmp_path_factory.mktemp("problem")
-        shutil.copy(refs / "cache.sqlite", d / "cache.sqlite")
-        return build(d)
-
-    return make
 
 
 @pytest.fixture(scope="module")

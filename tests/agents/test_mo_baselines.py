@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -19,11 +18,10 @@ from agents.moead import MOEADAgent, weight_vectors
 from agents.tpe import TPEAgent
 from merge_env.errors import ConfigError
 from merge_env.search.budget import Budget
-from merge_env.search.problem import MergeProblem, build_problem
-from merge_env.search.recipe import BASE, Recipe
+from merge_env.search.problem import MergeProblem
+from merge_env.search.recipe import Recipe
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-EXAMPLES = 8  # per task: the agents' logic is under test here, not the scores
 BUDGET = 7
 
 # small generations so that a budget of 7 spans several and cuts the last one short; the
@@ -41,35 +39,6 @@ AGENTS = {
         seed=seed, batch_size=3, n_startup_trials=2, **{**PLAIN, **kw}
     ),
 }
-
-
-@pytest.fixture(scope="module")
-def fresh_problem(tiny_zoo, tmp_path_factory):
-    """A function building a MergeProblem over the tiny zoo with its own archive and cache.
-
-    Each cache starts as a copy of one holding the reference scores (the ideal point, which every
-    agent here normalises by), so fresh problems do not score the references again.
-    """
-    sources = {BASE: tiny_zoo.base, **tiny_zoo.experts}
-
-    def build(d: Path) -> MergeProblem:
-        return build_problem(
-            sources, tiny_zoo.tasks, tiny_zoo.tokenizer_dir, max_examples=EXAMPLES,
-            metric="token_accuracy",
-            archive_path=d / "archive.jsonl", cache_path=d / "cache.sqlite",
-        )  # fmt: skip
-
-    refs = tmp_path_factory.mktemp("references")
-    seed_problem = build(refs)
-    seed_problem.references()
-    seed_problem.evaluator.cache.close()  # folds SQLite's WAL into the file before it is copied
-
-    def make() -> MergeProblem:
-        d = tmp_path_factory.mktemp("problem")
-        shutil.copy(refs / "cache.sqlite", d / "cache.sqlite")
-        return build(d)
-
-    return make
 
 
 @pytest.fixture(scope="module")
