@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from agents.base import Agent
-from merge_env.env import DEFAULT_COEFFICIENTS
+from merge_env.env import DEFAULT_COEFFICIENTS, snap_to_lattice
 from merge_env.errors import ConfigError, MergeError
 from merge_env.merging.methods.registry import get_operator
 from merge_env.merging.plan import ParamMerge
@@ -100,16 +100,6 @@ def _bin(x: float, n: int) -> int:
 
 def _centre(i: int, n: int) -> float:
     return (i + 0.5) / n
-
-
-def snap_to_lattice(w: np.ndarray, steps: int) -> np.ndarray:
-    """The point of the simplex lattice in multiples of 1/steps nearest ``w`` (on the simplex),
-    by largest remainders, as the env's ``weight_lattice`` writes it (c / steps)."""
-    scaled = np.asarray(w, float) * steps
-    counts = np.floor(scaled).astype(int)
-    order = np.argsort(-(scaled - counts), kind="stable")
-    counts[order[: steps - counts.sum()]] += 1
-    return np.array([c / steps for c in counts.tolist()])
 
 
 class Genome:

@@ -186,13 +186,18 @@ def _at_least(value: Any, low: float, key: str, nullable: bool = False) -> None:
 
 def check_env_settings(env: Mapping[str, Any]) -> None:
     """The recipe space's settings: choices MergeEnv declares, ranges it would only discover late."""
-    from merge_env.env import MODES, PARAM_MODES
+    from merge_env.env import MODES, PARAM_MODES, REWARDS, WEIGHTS
     from merge_env.merging.methods.registry import OPERATORS
     from merge_env.search.pareto import SCALARISATIONS
 
     _choice(env.get("mode", "free"), MODES, "env.mode")
     _choice(env.get("param_mode", "policy"), PARAM_MODES, "env.param_mode")
     _choice(env.get("scalarisation", "tchebycheff"), SCALARISATIONS, "env.scalarisation")
+    _choice(env.get("reward", "scalar"), REWARDS, "env.reward")
+    _choice(env.get("weights", "lattice"), WEIGHTS, "env.weights")
+    if env.get("weights") == "simplex" and env.get("param_mode") == "preference":
+        raise ConfigError("env.weights: simplex needs env.param_mode=policy (with preference, "
+                          "the preference fixes the weights)")  # fmt: skip
     method = env.get("merge_method", "dare_ties")
     _choice(method, sorted(OPERATORS), "env.merge_method")
     if OPERATORS[method].param("weight") is None:

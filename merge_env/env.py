@@ -19,7 +19,31 @@ from merge_env.search.recipe import MERGED, Recipe, Slot, uniform_merge, weighte
 
 MODES = ("free", "aligned")
 PARAM_MODES = ("policy", "preference", "fixed")
+REWARDS = ("scalar", "front")
+WEIGHTS = ("lattice", "simplex")
 DEFAULT_COEFFICIENTS = (0.5, 0.75, 1.0, 1.25, 1.5)
+# weights="simplex": continuous merge weights are snapped to multiples of 1/(SIMPLEX_RES *
+# lattice_steps), so every lattice merge is one of them (same hash) and a recipe hashes stably
+SIMPLEX_RES = 100
+
+
+def snap_to_lattice(w: np.ndarray, steps: int) -> np.ndarray:
+    """The point of the simplex lattice in multiples of 1/steps nearest ``w`` (on the simplex),
+    by largest remainders, as ``weight_lattice`` writes it (c / steps)."""
+    scaled = np.asarray(w, float) * steps
+    counts = np.floor(scaled).astype(int)
+    order = np.argsort(-(scaled - counts), kind="stable")
+    counts[order[: steps - counts.sum()]] += 1
+    return np.array([c / steps for c in counts.tolist()])
+
+
+def _bin(a: float, n: int) -> int:
+    """Index of the equal-width bin of [-1, 1] (n bins) that ``a`` falls in (a Box component)."""
+    return int(min(max(int((float(a) + 1.0) / 2.0 * n), 0), n - 1))
+
+
+def _bin_centre(i: int, n: int) -> float:
+    return 2.0 * (i + 0.5) / n - 1.0
 
 
 def weight_lattice(k: int, steps: int) -> list[tuple[float, ...]]:
@@ -41,19 +65,31 @@ class MergeEnv(gym.Env):
     a fine-tune) with a residual scale. STOP at the first step keeps the plain parameter merge.
 
     ## Action Space
-    ``MultiDiscrete``. Free mode: ``[merge, source-or-STOP, layer, scale level]`` where source
-    ``n_sources`` is STOP. Aligned mode (slot t always takes layer t, depth fixed):
-    ``[merge, source, scale level]``. The merge component is read at the first step only.
+    ``weights="lattice"``: ``MultiDiscrete``. Free mode: ``[merge, source-or-STOP, layer, scale
+    level]`` where source ``n_sources`` is STOP. Aligned mode (slot t always takes layer t, depth
+    fixed): ``[merge, source, scale level]``. The merge component is read at the first step only.
+    ``weights="simplex"`` (continuous merge weights): ``Box(-1, 1)`` of ``K`` weight components
+    (one per expert; w = (a + 1) / 2 normalised to the simplex, snapped to multiples of
+    1/(100 * lattice_steps), so the lattice merges are among them) followed by one component per
+    discrete part above (source-or-STOP, layer, scale level), each read as the index of the
+    equal-width bin of [-1, 1] it falls in. SB3's PPO takes no mixed Dict action, so the whole
+    action is one Box.
 
     ## Observation Space
     ``Dict``: ``preference`` (Box on the simplex), ``merge`` (Discrete; ``n_merges`` = not chosen
-    yet), ``path`` (Box of shape (t_max, 3): rows ``[source + 1, layer, scale level]``, zero rows
-    empty), ``position`` (Discrete(t_max + 1)).
+    yet; with ``weights="simplex"`` Discrete(2): 0 chosen, 1 not yet), ``path`` (Box of shape
+    (t_max, 3): rows ``[source + 1, layer, scale level]``, zero rows empty), ``position``
+    (Discrete(t_max + 1)); with ``weights="simplex"`` also ``weights`` (Box(0, 1, (K,)): the
+    chosen merge weights, zeros before).
 
     ## Rewards
-    Zero until the episode ends; then the scalarised score on the search split, normalised by the
-    ideal point (best single pool model per task), minus ``beta * len(path) / L``. ``info`` holds
-    the score vector, the recipe and its hash.
+    Zero until the episode ends. ``reward="scalar"``: the scalarised score on the search split,
+    normalised by the ideal point (best single pool model per task), minus
+    ``beta * len(path) / L``. ``reward="front"``: what the recipe adds to the archive for the
+    episode's preference: ``max(0, s(f) - max_a s(f_a))``, s the scalarisation, f_a every
+    archived score vector (the nadir when the archive is empty), and exactly 0 for a recipe
+    already scored (a cache hit); no length penalty (the front does not count length).
+    ``info`` holds the score vector, the recipe and its hash.
 
     ## Starting State
     An empty path; the preference is drawn from Dirichlet(1) with ``self.np_random``, unless fixed
@@ -67,7 +103,8 @@ class MergeEnv(gym.Env):
     registration.py), ``mode``, ``t_max``,
     ``coefficients``, ``beta``, ``scalarisation`` ("tchebycheff" | "weighted_sum"),
     ``preference``, ``param_mode`` ("policy" | "preference" | "fixed"), ``merge_method``,
-    ``density``, ``lattice_steps``, ``fixed_merge``, ``fidelity`` ("full" | "cheap").
+    ``density``, ``lattice_steps``, ``fixed_merge``, ``fidelity`` ("full" | "cheap"),
+    ``reward`` ("scalar" | "front"), ``weights`` ("lattice" | "simplex").
     """
 
     metadata = {"render_modes": []}
@@ -89,9 +126,18 @@ class MergeEnv(gym.Env):
         fixed_merge: ParamMerge | None = None,
         fidelity: str = "full",
         defer_scoring: bool = False,
+        reward: str = "scalar",
+        weights: str = "lattice",
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"env.mode must be one of {MODES}, got {mode!r}")
+        if reward not in REWARDS:
+            raise ConfigError(f"env.reward must be one of {REWARDS}, got {reward!r}")
+        if weights not in WEIGHTS:
+            raise ConfigError(f"env.weights must be one of {WEIGHTS}, got {weights!r}")
+        if weights == "simplex" and param_mode == "preference":
+            raise ConfigError("env.weights=simplex: with env.param_mode=preference the preference "
+                              "fixes the weights; use param_mode=policy or weights=lattice")  # fmt: skip
         if param_mode not in PARAM_MODES:
             raise ConfigError(f"env.param_mode must be one of {PARAM_MODES}, got {param_mode!r}")
         if 1.0 not in coefficients:
@@ -108,6 +154,8 @@ class MergeEnv(gym.Env):
         self.beta = float(beta)
         self.scalarisation = scalarisation
         self.param_mode = param_mode
+        self.reward = reward
+        self.weights = weights
         self.fidelity = fidelity
         # deferred: a finished episode returns reward 0 and info["pending"] = the recipe, for a
         # vectorised wrapper to score many episodes' recipes in one batch (agents/ppo/vec_env.py)
@@ -115,24 +163,35 @@ class MergeEnv(gym.Env):
         self.k = len(self.problem.objectives)
         self.sources = [MERGED, *pool.names]
         self.merges = self._merge_options(merge_method, density, lattice_steps, fixed_merge)
+        self.merge_method, self.density = merge_method, density
+        self.weight_steps = SIMPLEX_RES * int(lattice_steps)
         self._fixed_pref = None if preference is None else _simplex(preference, self.k)
         n_choice = len(self.merges) if param_mode == "policy" else 1
         S, C = len(self.sources), len(self.coefficients)
-        if mode == "free":
-            self.action_space = spaces.MultiDiscrete([n_choice, S + 1, self.L, C])
+        # the discrete parts after the merge: source (or STOP), layer (free mode), scale level
+        self.path_sizes = [S + 1, self.L, C] if mode == "free" else [S, C]
+        self.n_experts = len(pool.experts)
+        obs = {
+            "preference": spaces.Box(0.0, 1.0, (self.k,), np.float32),
+            "merge": spaces.Discrete(len(self.merges) + 1),
+        }
+        if weights == "lattice":
+            self.merge_dims = 1
+            self.action_space = spaces.MultiDiscrete([n_choice, *self.path_sizes])
         else:
-            self.action_space = spaces.MultiDiscrete([n_choice, S, C])
+            self.merge_dims = self.n_experts
+            dims = self.merge_dims + len(self.path_sizes)
+            self.action_space = spaces.Box(-1.0, 1.0, (dims,), np.float32)
+            obs["merge"] = spaces.Discrete(2)
+            obs["weights"] = spaces.Box(0.0, 1.0, (self.n_experts,), np.float32)
         high = float(max(S + 1, self.L, C))
-        self.observation_space = spaces.Dict(
-            {
-                "preference": spaces.Box(0.0, 1.0, (self.k,), np.float32),
-                "merge": spaces.Discrete(len(self.merges) + 1),
-                "path": spaces.Box(0.0, high, (self.t_max, 3), np.float32),
-                "position": spaces.Discrete(self.t_max + 1),
-            }
-        )
+        obs["path"] = spaces.Box(0.0, high, (self.t_max, 3), np.float32)
+        obs["position"] = spaces.Discrete(self.t_max + 1)
+        self.observation_space = spaces.Dict(obs)
         self._pref = np.full(self.k, 1.0 / self.k)
         self._merge_idx: int | None = None
+        self._merge: ParamMerge | None = None
+        self._weights = np.zeros(self.n_experts, np.float32)
         self._slots: list[Slot] = []
         self._rows = np.zeros((self.t_max, 3), np.float32)
 
@@ -165,6 +224,73 @@ class MergeEnv(gym.Env):
             return int(np.argmin(np.abs(weights - preference[: weights.shape[1]]).sum(axis=1)))
         return int(choice)
 
+    # -- the action codec ---------------------------------------------------------------------
+    def decode_action(self, action: Any) -> tuple[Any, int, int, int]:
+        """``(merge choice, source index, layer, scale level)`` an action stands for; the merge
+        choice is a lattice index (weights="lattice") or the weight vector (weights="simplex")."""
+        if self.weights == "lattice":
+            a = np.asarray(action, dtype=np.int64)
+            if not self.action_space.contains(a):
+                raise ConfigError(f"action {a.tolist()} outside {self.action_space}")
+            parts = [int(x) for x in a[1:]]
+            choice: Any = int(a[0])
+        else:
+            a = np.asarray(action, dtype=np.float32).reshape(-1)
+            if a.shape != self.action_space.shape or not np.isfinite(a).all():
+                raise ConfigError(f"action {a.tolist()} outside {self.action_space}")
+            a = np.clip(a, -1.0, 1.0)
+            d = self.merge_dims
+            parts = [_bin(x, n) for x, n in zip(a[d:], self.path_sizes)]
+            choice = self.simplex_weights(a[:d])
+        layer = parts[1] if self.mode == "free" else -1
+        return choice, parts[0], layer, parts[-1]
+
+    def encode_action(self, merge: int, source: int, layer: int, level: int) -> np.ndarray:
+        """The action choosing lattice merge ``merge`` (read at the first step only), source index
+        ``source`` (``len(sources)`` = STOP), ``layer`` (free mode) and scale ``level``."""
+        parts = [source, layer, level] if self.mode == "free" else [source, level]
+        if self.weights == "lattice":
+            return np.asarray([merge, *parts], np.int64)
+        w = np.array([m.parameters.get("weight", 0.0) for m in self.merges[merge].models], float)
+        head = 2.0 * w / max(w.max(), 1e-12) - 1.0  # decodes to w / sum(w): the lattice point
+        tail = [_bin_centre(p, n) for p, n in zip(parts, self.path_sizes)]
+        return np.asarray([*head, *tail], np.float32)
+
+    def with_stop(self, action: Any) -> np.ndarray:
+        """The same action with STOP as the source (free mode)."""
+        if self.weights == "lattice":
+            out = np.array(action, dtype=np.int64)
+            out[1] = len(self.sources)
+        else:
+            out = np.array(action, dtype=np.float32)
+            out[self.merge_dims] = 1.0  # the last bin of the source component: STOP
+        return out
+
+    def simplex_weights(self, a: np.ndarray) -> np.ndarray:
+        """Merge weights of the weight components ``a`` in [-1, 1]: (a + 1) / 2 on the simplex
+        (uniform when all are -1), snapped to multiples of 1/``weight_steps``."""
+        x = (np.asarray(a, float) + 1.0) / 2.0
+        total = x.sum()
+        w = x / total if total > 1e-9 else np.full(len(x), 1.0 / len(x))
+        return snap_to_lattice(w, self.weight_steps)
+
+    def _choose_merge(self, choice: Any) -> None:
+        if self.weights == "simplex" and self.param_mode == "policy":
+            w = np.asarray(choice, float)
+            experts = self.problem.pool.experts
+            self._merge = weighted_merge(self.merge_method, dict(zip(experts, w.tolist())),
+                                         density=self.density)  # fmt: skip
+            self._merge_idx = 0
+            self._weights = w.astype(np.float32)
+            return
+        if self.weights == "simplex":
+            choice = 0
+        self._merge_idx = self.merge_for(int(choice), self._pref)
+        self._merge = self.merges[self._merge_idx]
+        w = [m.parameters.get("weight", 0.0) for m in self._merge.models]
+        if self.weights == "simplex" and len(w) == self.n_experts:
+            self._weights = np.asarray(w, np.float32)
+
     # -- Gymnasium API -----------------------------------------------------------------------
     def reset(
         self, *, seed: int | None = None, options: Mapping[str, Any] | None = None
@@ -179,23 +305,21 @@ class MergeEnv(gym.Env):
         else:
             self._pref = self.np_random.dirichlet(np.ones(self.k))
         self._merge_idx = None
+        self._merge = None
+        self._weights = np.zeros(self.n_experts, np.float32)
         self._slots = []
         self._rows[:] = 0
         return self._get_obs(), {}
 
     def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict]:
         """Append one slot (or STOP); score the recipe when the path ends."""
-        action = np.asarray(action, dtype=np.int64)
-        if not self.action_space.contains(action):
-            raise ConfigError(f"action {action.tolist()} outside {self.action_space}")
+        choice, source_idx, layer, level = self.decode_action(action)
         t = len(self._slots)
         if t == 0:
-            self._merge_idx = self.merge_for(int(action[0]), self._pref)
-        source_idx = int(action[1])
+            self._choose_merge(choice)
         stop = self.mode == "free" and source_idx == len(self.sources)
         if not stop:
-            layer = int(action[2]) if self.mode == "free" else t
-            level = int(action[-1])
+            layer = layer if self.mode == "free" else t
             self._slots.append(Slot(self.sources[source_idx], layer, self.coefficients[level]))
             self._rows[t] = (source_idx + 1, layer, level)
         if stop or len(self._slots) >= self.t_max:
@@ -203,18 +327,50 @@ class MergeEnv(gym.Env):
         return self._get_obs(), 0.0, False, False, {}
 
     def _get_obs(self) -> dict[str, Any]:
-        merge = len(self.merges) if self._merge_idx is None else self._merge_idx
-        return {
-            "preference": self._pref.astype(np.float32),
-            "merge": merge,
-            "path": self._rows.copy(),
-            "position": len(self._slots),
-        }
+        if self.weights == "lattice":
+            merge = len(self.merges) if self._merge_idx is None else self._merge_idx
+        else:
+            merge = 1 if self._merge is None else 0
+        obs = {"preference": self._pref.astype(np.float32), "merge": merge}
+        if self.weights == "simplex":
+            obs["weights"] = self._weights.copy()
+        obs["path"] = self._rows.copy()
+        obs["position"] = len(self._slots)
+        return obs
 
     def recipe(self) -> Recipe:
         """The recipe the current path stands for (an empty path = the parameter merge)."""
-        merge = self.merges[self._merge_idx or 0]
+        merge = self._merge if self._merge is not None else self.merges[0]
         return Recipe(merge=merge, path=tuple(self._slots) if self._slots else None)
+
+    # -- episode state (a checkpointed training run continues mid-episode) --------------------
+    def get_state(self) -> dict[str, Any]:
+        """The episode in progress and the env's random state (picklable)."""
+        return {
+            "pref": self._pref.copy(), "merge_idx": self._merge_idx, "merge": self._merge,
+            "weights": self._weights.copy(), "slots": list(self._slots), "rows": self._rows.copy(),
+            "rng": self.np_random.bit_generator.state,
+        }  # fmt: skip
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Continue the episode ``get_state`` saved, with the same random state."""
+        self._pref = np.asarray(state["pref"]).copy()
+        self._merge_idx, self._merge = state["merge_idx"], state["merge"]
+        self._weights = np.asarray(state["weights"], np.float32).copy()
+        self._slots = list(state["slots"])
+        self._rows = np.asarray(state["rows"], np.float32).copy()
+        self.np_random.bit_generator.state = state["rng"]
+
+    # -- the front-building reward ----------------------------------------------------------
+    def archive_best(self, preference: np.ndarray | None = None) -> float:
+        """The best scalarised value (for ``preference``, default the episode's) of any recipe in
+        the archive; the nadir's (normalised score 0) when the archive is empty."""
+        pref = self._pref if preference is None else np.asarray(preference, float)
+        m = self.problem.archive.score_matrix()
+        m = m[np.all(np.isfinite(m), axis=1)] if m.size else m
+        f = self.problem.normalised(m) if len(m) else np.zeros((1, self.k))
+        values = scalarise(f, pref[None, :], np.ones(self.k), self.scalarisation)
+        return float(np.max(values))
 
     def reward_of(
         self, vector: np.ndarray, length: int, preference: np.ndarray | None = None
@@ -244,15 +400,27 @@ class MergeEnv(gym.Env):
             info = {"pending": recipe, "preference": self._pref.copy(),
                     "length": len(recipe.resolved_path(self.L))}  # fmt: skip
             return self._get_obs(), 0.0, True, False, info
+        best = self.archive_best() if self.reward == "front" else None
         scored = self.problem.score(recipe, fidelity=self.fidelity, source="env")
         info = self.scored_info(recipe, scored.vector, scored.cached)
-        return self._get_obs(), self.final_reward(scored.vector, info["length"]), True, False, info
+        reward = self.final_reward(scored.vector, info["length"], cached=scored.cached, best=best)
+        return self._get_obs(), reward, True, False, info
 
     def final_reward(
-        self, vector: np.ndarray, length: int, preference: np.ndarray | None = None
-    ) -> Any:
-        """The reward at the end of an episode whose recipe scored ``vector``."""
-        return self.reward_of(vector, length, preference)
+        self, vector: np.ndarray, length: int, preference: np.ndarray | None = None, *,
+        cached: bool = False, best: float | None = None,
+    ) -> Any:  # fmt: skip
+        """The reward at the end of an episode whose recipe scored ``vector``; ``reward="front"``
+        needs whether it was ``cached`` and the archive's ``best`` before it was scored."""
+        if self.reward == "scalar":
+            return self.reward_of(vector, length, preference)
+        if cached:
+            return 0.0
+        pref = self._pref if preference is None else np.asarray(preference, float)
+        best = self.archive_best(pref) if best is None else best
+        f = self.problem.normalised(np.asarray(vector, float))
+        value = float(scalarise(f, pref, np.ones(self.k), self.scalarisation))
+        return max(0.0, value - best)
 
 
 class MOMergeEnv(MergeEnv):
@@ -270,9 +438,10 @@ class MOMergeEnv(MergeEnv):
         return obs, reward, term, trunc, info
 
     def final_reward(
-        self, vector: np.ndarray, length: int, preference: np.ndarray | None = None
+        self, vector: np.ndarray, length: int, preference: np.ndarray | None = None, **_: Any
     ) -> Any:
-        """The normalised score vector minus the length penalty (no preference needed)."""
+        """The normalised score vector minus the length penalty (no preference needed; the
+        vector reward is the same for ``reward="front"``)."""
         f = self.problem.normalised(vector) - self.beta * length / self.L
         return f.astype(np.float32)
 

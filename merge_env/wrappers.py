@@ -27,9 +27,7 @@ class StopAtOnce(gym.ActionWrapper):
 
     def action(self, action: np.ndarray) -> np.ndarray:
         """The same merge choice, with STOP as the source."""
-        action = np.array(action, dtype=np.int64)
-        action[1] = len(self.env.unwrapped.sources)
-        return action
+        return self.env.unwrapped.with_stop(action)
 
 
 class RepeatPenalty(gym.Wrapper):

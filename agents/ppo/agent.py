@@ -11,20 +11,30 @@ preference; here one policy takes the preference as input and covers the whole f
    of a full evaluation; ``screening: false``: at full fidelity, so far fewer), relabel every
    score vector for every sampled preference, imitate the best candidate per preference, regress
    the value on the rewards.
-2. Online: stable-baselines3 PPO on full-fidelity rewards, one preference per episode (or the
-   user's), stopped by a callback before an evaluation it could not afford.
+2. Online: PPO (agents/ppo/online.py: every rollout trained on, the last partial one included)
+   on full-fidelity rewards, one preference per episode (or the user's), stopped by a callback
+   before an evaluation it could not afford. The reward is the env's (``reward``): by default
+   what the recipe adds to the archive for the episode's preference (``front``), so a repeat
+   earns nothing; a stall (only cached recipes) raises the entropy bonus (callbacks.py).
 3. Sweep: the deterministic policy rolled out over a simplex lattice of preferences, so the front
    is covered; any budget left after it goes back to online training.
-4. If PPO stalls (it only re-samples recipes already scored) budget may be left: it goes to the
-   offline candidates at full fidelity, in the screening service's promotion order of their cheap
-   scores (``Agent.promotion_order``: front by front; "promote"), then to
-   epsilon-uniform episodes of the stochastic policy that score only new recipes ("explore").
-   ``phase_spend`` records what each phase cost.
+4. Only if the policy gives up (its entropy boosts found no new recipe) do fallbacks that do not
+   sample the policy get budget, at most ``fallback_fraction`` of it: the offline candidates at
+   full fidelity in the screening service's promotion order of their cheap scores ("promote");
+   then the policy learns again; what it still leaves goes to epsilon-uniform episodes of the
+   stochastic policy that score only new recipes ("explore").
+   ``phase_spend`` records what each phase cost; ``online_stats`` what online learning did.
+
+With a ``workdir`` (set by experiments/run.py) the policy, its optimiser, the phase and the
+counters are checkpointed at every rollout and phase boundary (``agent/ppo_checkpoint/``), so a
+killed run continues learning where it was.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,12 +42,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from tqdm.auto import tqdm
 
 from agents.base import Agent
-from agents.ppo.callbacks import BudgetCallback
+from agents.ppo.callbacks import BudgetCallback, CheckpointCallback
 from agents.ppo.encoder import PathEncoder
 from agents.ppo.offline import (
     build_dataset,
@@ -45,7 +56,8 @@ from agents.ppo.offline import (
     propose_candidates,
     relabel,
 )
-from agents.ppo.vec_env import BatchScoringVecEnv, batch_scoring_env
+from agents.ppo.online import OnlinePPO
+from agents.ppo.vec_env import batch_scoring_env
 from merge_env.env import MergeEnv, weight_lattice
 from merge_env.errors import ConfigError
 from merge_env.search.archive import Archive
@@ -59,6 +71,11 @@ log = logging.getLogger(__name__)
 LEVELS = ("both", "param", "arch")
 # explore gives up after this many episodes in a row of recipes already scored (space exhausted)
 EXPLORE_MISSES = 200
+# the search's phases in order; a checkpoint records the finished ones (sweep2 is charged to
+# "sweep", online2/online3 to "online")
+PHASES = ("anchors", "offline", "sweep", "online", "sweep2", "online2", "promote", "online3",
+          "explore")  # fmt: skip
+CHECKPOINT = "ppo_checkpoint"
 
 
 class PPOAgent(Agent):
@@ -75,6 +92,8 @@ class PPOAgent(Agent):
         param_mode: str = "policy",
         beta: float = 0.02,
         scalarisation: str = "tchebycheff",
+        reward: str = "front",
+        weights: str = "lattice",
         preference: Sequence[float] | None = None,
         lattice_steps: int = 6,
         merge_method: str = "dare_ties",
@@ -105,6 +124,10 @@ class PPOAgent(Agent):
         sweep_preferences: int = 15,
         repeat_penalty: float = 0.1,
         max_repeats: int = 64,
+        ent_boost: float = 2.0,
+        max_boosts: int = 3,
+        fallback_fraction: float = 0.2,
+        online_learning: bool = True,
         explore_epsilon: float = 0.3,
         pretrained: str | None = None,
         save_path: str | None = None,
@@ -123,11 +146,16 @@ class PPOAgent(Agent):
             raise ConfigError(f"agent.level must be one of {LEVELS}, got {level!r}")
         if not 0.0 <= offline_fraction < 1.0 or not 0.0 <= sweep_fraction < 1.0:
             raise ConfigError("agent.offline_fraction and agent.sweep_fraction must be in [0, 1)")
+        if not 0.0 <= fallback_fraction <= 1.0:
+            raise ConfigError(f"agent.fallback_fraction must be in [0, 1], got {fallback_fraction}")
+        if ent_boost < 1.0 or max_boosts < 0:
+            raise ConfigError(f"agent.ent_boost must be >= 1 and agent.max_boosts >= 0, got "
+                              f"{ent_boost}, {max_boosts}")  # fmt: skip
         self.level = level
         self.env_kwargs: dict[str, Any] = dict(
             mode=mode, beta=beta, scalarisation=scalarisation, preference=preference,
             lattice_steps=lattice_steps, merge_method=merge_method, density=density,
-            t_max=t_max, coefficients=tuple(coefficients),
+            t_max=t_max, coefficients=tuple(coefficients), reward=reward, weights=weights,
             param_mode="fixed" if level == "arch" else param_mode,
         )  # fmt: skip
         self.offline_samples = offline_samples
@@ -149,6 +177,9 @@ class PPOAgent(Agent):
         self.sweep_preferences = sweep_preferences
         self.repeat_penalty = repeat_penalty
         self.max_repeats = max_repeats
+        self.ent_boost, self.max_boosts = float(ent_boost), int(max_boosts)
+        self.fallback_fraction = float(fallback_fraction)
+        self.online_learning = bool(online_learning)
         self.explore_epsilon = float(explore_epsilon)
         self.pretrained = pretrained
         self.save_path = save_path
@@ -156,12 +187,23 @@ class PPOAgent(Agent):
         if n_envs < 1:
             raise ConfigError(f"agent.n_envs must be >= 1, got {n_envs}")
         self.n_envs = int(n_envs)
-        self.model: PPO | None = None
+        self.model: OnlinePPO | None = None
         self.sb3_output: Any | None = None  # an SB3 KVWriter, set by the runner's tracker
         self.pretrain_history: list[dict[str, float]] = []
         self.offline: dict[str, Any] = {}
         # evaluations charged per phase (offline / sweep / online / promote / explore), last search
         self.phase_spend: dict[str, float] = {}
+        # what online learning did in the last search (see ``online_summary``)
+        self.online_stats: dict[str, Any] = {}
+        self.phase = ""  # the phase in progress
+        self.stalled = False  # whether the policy gave up (its entropy boosts found nothing new)
+        self._boosts = 0  # entropy boosts over the search
+        self.extra_callbacks: list[BaseCallback] = []  # added to online learning's (e.g. tests)
+        self._done: list[str] = []
+        self._budget: Budget | None = None
+        self._phase_mark = 0.0
+        self._callback: BudgetCallback | None = None
+        self._callback_state: dict[str, Any] | None = None
 
     # -- wiring ------------------------------------------------------------------------------
     def make_env(
@@ -175,22 +217,24 @@ class PPOAgent(Agent):
             env = RepeatPenalty(env, self.repeat_penalty)
         return env
 
-    def make_train_env(self, problem: MergeProblem) -> gym.Env | BatchScoringVecEnv:
+    def make_train_env(self, problem: MergeProblem) -> VecEnv:
         """The training env: one MergeEnv, or ``n_envs`` whose finished recipes are scored in
-        one batch per step (so an evaluator back-end such as Ray scores them in parallel)."""
+        one batch per step (so an evaluator back-end such as Ray scores them in parallel); a
+        VecEnv without SB3's Monitor, so a checkpointed episode can continue mid-way."""
         if self.n_envs == 1:
-            return self.make_env(problem, train=True)
+            return DummyVecEnv([lambda: self.make_env(problem, train=True)])
         return batch_scoring_env(
             lambda: self.make_env(problem, defer=True), self.n_envs, problem, self.repeat_penalty
         )
 
-    def build_model(self, env: gym.Env, weights: str | Path | None = None) -> PPO:
-        """A fresh (seeded) SB3 PPO over ``env``; its parameters loaded from ``weights`` (default
+    def build_model(self, env: gym.Env | VecEnv, weights: str | Path | None = None) -> OnlinePPO:
+        """A fresh (seeded) PPO over ``env``; its parameters loaded from ``weights`` (default
         ``pretrained``) when given."""
-        model = PPO(
+        model = OnlinePPO(
             "MultiInputPolicy", env, policy_kwargs=self.policy_kwargs, seed=self.seed,
             verbose=0, **self.ppo_kwargs,
         )  # fmt: skip
+        model.frozen = not self.online_learning
         # always our own logger: SB3's default makes an empty SB3-<date> folder in /tmp per learn()
         outputs = [self.sb3_output] if self.sb3_output is not None else []
         model.set_logger(Logger(folder=None, output_formats=outputs))
@@ -217,51 +261,156 @@ class PPOAgent(Agent):
 
     # -- the search --------------------------------------------------------------------------
     def search(self, problem: MergeProblem, budget: float) -> Archive:
-        """Offline pre-training (unless pretrained), PPO within the budget, then the sweep."""
-        b = Budget(problem, budget)
+        """Anchors, offline pre-training (unless pretrained), then the policy's phases within the
+        budget (module docstring); a run with a checkpoint in ``workdir`` continues from it."""
+        checkpoint = self._read_checkpoint()
         env = self.make_train_env(problem)
-        # a resumed run continues from the policy it saved, instead of pre-training again
+        # a resumed run continues from its checkpoint, or from the policy it saved at the end
         saved = None if self.workdir is None else Path(self.workdir) / "policy.zip"
         resume = saved if saved is not None and saved.is_file() else None
+        if checkpoint is not None:
+            resume = self._checkpoint_dir() / checkpoint["model"]
         self.model = self.build_model(env, resume)
-        self.phase_spend = {}
-        mark = b.used
-        if self.anchors:
-            self.seed_anchors(problem, b)
-            mark = self._charge("anchors", b, mark)
-        if self.pretrained is None and resume is None and self.offline_samples > 0:
-            self.pretrain_offline(problem, b)
-        mark = self._charge("offline", b, mark)
-        # the pre-trained policy's pick per preference first, then PPO, then the final picks
-        self.sweep(problem, b)
-        mark = self._charge("sweep", b, mark)
-        stalled = self.learn(b, self.sweep_fraction * budget)
-        mark = self._charge("online", b, mark)
-        self.sweep(problem, b)
-        mark = self._charge("sweep", b, mark)
-        if not stalled:
-            self.learn(b, 0.0)
-        mark = self._charge("online", b, mark)
-        self.promote(problem, b)
-        mark = self._charge("promote", b, mark)
-        self.explore(problem, b)
-        self._charge("explore", b, mark)
-        log.info("ppo: evaluations per phase %s",
-                 {k: round(v, 2) for k, v in self.phase_spend.items()})  # fmt: skip
+        b = self._budget = Budget(problem, budget)
+        self.phase_spend, self._done, self.stalled, self._boosts = {}, [], False, 0
+        self._callback_state, mark = None, b.used
+        if checkpoint is not None:
+            mark = self._restore(checkpoint, b, env)
+            log.info("ppo: resuming at phase %s (%.2f of %.0f evaluations spent, %d updates)",
+                     self.phase, b.used, b.budget, self.model.updates)  # fmt: skip
+        elif resume is not None:
+            self._done = ["offline"]  # the saved policy stands for the offline phase
+        for phase in PHASES:
+            if phase in self._done:
+                continue
+            if self.phase != phase:
+                self.phase, mark = phase, b.used
+            self._phase_mark = mark
+            self._run_phase(phase, problem, b)
+            self._charge(phase.rstrip("23"), b, mark)
+            self._done.append(phase)
+            self.phase = ""
+            self._save_checkpoint()
+        self.online_stats = self.online_summary()
+        log.info("ppo: evaluations per phase %s; online %s",
+                 {k: round(v, 2) for k, v in self.phase_spend.items()},
+                 {k: v for k, v in self.online_stats.items() if k != "history"})  # fmt: skip
         if self.save_path is not None:
             self.save_policy(self.save_path)
         if saved is not None:
             saved.parent.mkdir(parents=True, exist_ok=True)
             self.save_policy(saved)
-        log.info(
-            "ppo: spent %.2f of %.0f evaluations; archive %d", b.used, budget, len(problem.archive)
-        )
+        log.info("ppo: spent %.2f of %.0f evaluations; archive %d", b.used, b.budget,
+                 len(problem.archive))  # fmt: skip
         return problem.archive
+
+    def _run_phase(self, phase: str, problem: MergeProblem, b: Budget) -> None:
+        if phase == "anchors" and self.anchors:
+            self.seed_anchors(problem, b)
+        elif phase == "offline" and self.pretrained is None and self.offline_samples > 0:
+            self.pretrain_offline(problem, b)
+        elif phase in ("sweep", "sweep2"):
+            self.sweep(problem, b)
+        elif phase == "online":
+            self.learn(b, self.sweep_fraction * b.budget)
+        elif phase == "online2" and not self.stalled:
+            self.learn(b, 0.0)
+        elif phase == "promote":  # only budget the policy left: it gave up, or n_envs > 1
+            spent = sum(self.phase_spend.get(k, 0.0) for k in ("promote", "explore"))
+            self.promote(problem, b, self.fallback_fraction * b.budget - spent)
+        elif phase == "online3":  # the archive changed: the policy tries again
+            self.learn(b, 0.0)
+        elif phase == "explore":
+            self.explore(problem, b)
 
     def _charge(self, phase: str, budget: Budget, mark: float) -> float:
         """Add what was spent since ``mark`` to ``phase_spend[phase]``; returns the new mark."""
         self.phase_spend[phase] = self.phase_spend.get(phase, 0.0) + budget.used - mark
         return budget.used
+
+    def online_summary(self) -> dict[str, Any]:
+        """What online learning did: ``updates`` (minibatch gradient steps), ``trainings``
+        (rollouts trained on) and ``partial_trainings`` (of them, cut short by the budget),
+        ``timesteps``, ``entropy_boosts``, ``stalled``, the last training's losses, entropy,
+        approximate KL and clip fraction, and ``history`` (one row per training)."""
+        m = self.model
+        if m is None:
+            return {}
+        last = m.stats[-1] if m.stats else {}
+        out: dict[str, Any] = {
+            "updates": m.updates, "trainings": m.trainings,
+            "partial_trainings": m.partial_trainings, "timesteps": m.num_timesteps,
+            "entropy_boosts": self._boosts, "stalled": self.stalled,
+        }  # fmt: skip
+        for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"):
+            if key in last:
+                out[key] = last[key]
+        out["history"] = list(m.stats)
+        return out
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _checkpoint_dir(self) -> Path:
+        assert self.workdir is not None
+        return Path(self.workdir) / CHECKPOINT
+
+    def _read_checkpoint(self) -> dict[str, Any] | None:
+        if self.workdir is None or not (self._checkpoint_dir() / "state.pkl").is_file():
+            return None
+        with open(self._checkpoint_dir() / "state.pkl", "rb") as fh:
+            return pickle.load(fh)
+
+    def _save_checkpoint(self) -> None:
+        """The policy and its optimiser (SB3 zip), then the state naming it (atomic): the phase,
+        finished phases, spending, the budget's frame, the offline data, the online counters,
+        the training envs' episodes and the random states."""
+        if self.workdir is None or self.model is None or self._budget is None:
+            return
+        folder = self._checkpoint_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        old = self._read_checkpoint()
+        number = (old["number"] + 1) if old else 0
+        model = f"model-{number}.zip"
+        self.model.save(str(folder / model))
+        cb = self._callback
+        state = {
+            "number": number, "model": model, "phase": self.phase, "done": list(self._done),
+            "phase_mark": self._phase_mark, "phase_spend": dict(self.phase_spend),
+            "budget": self._budget.budget, "start": self._budget.start,
+            "stalled": self.stalled, "boosts": self._boosts,
+            "callback": cb.state() if cb is not None else None,
+            "offline": self.offline, "pretrain_history": self.pretrain_history,
+            "online": self.model.online_state(),
+            "envs": [e.unwrapped.get_state() for e in _envs(self.model.get_env())],
+        }  # fmt: skip
+        tmp = folder / "state.pkl.tmp"
+        with open(tmp, "wb") as fh:
+            pickle.dump(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / "state.pkl")
+        for f in folder.glob("model-*.zip"):
+            if f.name != model:
+                f.unlink(missing_ok=True)
+
+    def _restore(self, ck: dict[str, Any], b: Budget, env: VecEnv) -> float:
+        """Continue from a checkpoint: the budget's frame, phases, counters, episodes, random
+        state; returns the evaluations spent when the phase in progress began."""
+        assert self.model is not None
+        if abs(ck["budget"] - (b.budget + b.start - ck["start"])) > 1e-6:
+            log.warning("ppo: the checkpoint's budget (%.2f from %.2f) differs from this call's "
+                        "(%.2f from %.2f); continuing the checkpoint's", ck["budget"],
+                        ck["start"], b.budget, b.start)  # fmt: skip
+        b.budget, b.start = ck["budget"], ck["start"]
+        if "anchors" in ck["done"]:
+            b.anchors = []  # seeded before the kill: never again
+        self._done, self.phase = list(ck["done"]), ck["phase"]
+        self.phase_spend, self.stalled = dict(ck["phase_spend"]), ck["stalled"]
+        self._boosts, self._callback_state = ck["boosts"], ck["callback"]
+        self.offline, self.pretrain_history = ck["offline"], ck["pretrain_history"]
+        self.model.restore_online_state(ck["online"])
+        for e, state in zip(_envs(env), ck["envs"]):
+            e.unwrapped.set_state(state)
+        return ck["phase_mark"] if ck["phase"] else b.used
 
     def pretrain_offline(self, problem: MergeProblem, budget: Budget) -> None:
         """Score candidates cheaply, relabel them for sampled preferences, pre-train the policy."""
@@ -311,27 +460,49 @@ class PPOAgent(Agent):
 
     def learn(self, budget: Budget, reserve: float) -> bool:
         """PPO on full-fidelity rewards until only ``reserve`` (plus less than one eval) is left;
-        returns whether it stopped because the policy only repeated itself."""
+        returns whether it stopped because the policy gave up (only repeats, entropy boosted
+        ``max_boosts`` times). Checkpointed at every rollout when there is a workdir."""
         assert self.model is not None
-        callback = BudgetCallback(budget, reserve, self.max_repeats, self.progress, self.n_envs)
-        if not callback.affordable():
+        cb = BudgetCallback(
+            budget, reserve, self.max_repeats, self.progress, self.n_envs,
+            boost=self.ent_boost, max_boosts=self.max_boosts,
+            base_ent_coef=self.ppo_kwargs["ent_coef"],
+        )  # fmt: skip
+        if self._callback_state is not None:  # resumed mid-phase
+            cb.restore(self._callback_state)
+            self._callback_state = None
+        if not cb.affordable():
             return False
-        # an upper bound only: the callback ends training when the budget is spent
+        self._callback = cb
+        callbacks = [cb, CheckpointCallback(self._save_checkpoint), *self.extra_callbacks]
+        # an upper bound only: the callback ends training when the budget is spent or the policy
+        # gives up; between two new recipes come at most max_repeats * (max_boosts + 1) repeats
         t_max = self.model.observation_space["path"].shape[0]
-        steps = int(np.ceil(budget.remaining)) * t_max * 20
-        self.model.learn(steps, callback=callback, reset_num_timesteps=False)
-        if callback.stalled:
-            log.info("ppo: %d repeated recipes in a row; online phase stopped", callback.repeats)
-        return callback.stalled
+        episodes = (int(np.ceil(budget.remaining)) + 1) * (
+            self.max_repeats * (self.max_boosts + 1) + 1
+        )
+        steps = episodes * t_max
+        try:
+            self.model.learn(steps, callback=CallbackList(callbacks), reset_num_timesteps=False)
+        finally:
+            self._callback = None
+        self._boosts += cb.total_boosts
+        self.model.ent_coef = self.ppo_kwargs["ent_coef"]
+        self.stalled = self.stalled or cb.stalled
+        if cb.stalled:
+            log.info("ppo: no new recipe after %d entropy boosts; online phase stopped",
+                     cb.total_boosts)  # fmt: skip
+        return cb.stalled
 
-    def promote(self, problem: MergeProblem, budget: Budget) -> None:
-        """Spend what is left on the offline candidates, best first by the screening service's
-        promotion order of their cheap scores (front by front)."""
+    def promote(self, problem: MergeProblem, budget: Budget, cap: float | None = None) -> None:
+        """Spend what is left, at most ``cap`` evaluations, on the offline candidates, best first
+        by the screening service's promotion order of their cheap scores (front by front)."""
         if not self.offline or budget.exhausted(problem.cost("full")):
             return
         scratch: MergeEnv = self.make_env(problem).unwrapped
+        stop = budget.used + (budget.remaining if cap is None else max(0.0, cap))
         for i in self.promotion_order(problem, self.offline["vectors"]):
-            if budget.exhausted(problem.cost("full")):
+            if budget.exhausted(problem.cost("full")) or budget.used + problem.cost() > stop + 1e-9:
                 return
             try:
                 self.evaluate(problem, budget, self.offline["candidates"][i].recipe(scratch))
@@ -380,6 +551,13 @@ class PPOAgent(Agent):
                     return
                 action, _ = self.model.predict(obs, deterministic=True)
                 obs, _, done, _, _ = env.step(action)
+
+
+def _envs(venv: Any) -> list[gym.Env]:
+    """The gymnasium envs inside a (wrapped) DummyVecEnv."""
+    while not hasattr(venv, "envs"):
+        venv = venv.venv
+    return list(venv.envs)
 
 
 def _lattice(k: int, n: int) -> list[np.ndarray]:

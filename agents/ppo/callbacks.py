@@ -1,7 +1,9 @@
-"""SB3 callbacks of the PPO agent: the budget stop, its progress bar and merge/ metrics."""
+"""SB3 callbacks of the PPO agent: the budget stop (with the stall's entropy boosts), its
+progress bar and merge/ metrics, and the checkpoint written at every rollout."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from stable_baselines3.common.callbacks import BaseCallback
@@ -11,20 +13,34 @@ from merge_env.search.budget import Budget
 
 
 class BudgetCallback(BaseCallback):
-    """Stops PPO before a step that could cost more than the budget has left (minus a reserve),
-    or after ``max_repeats`` episodes in a row that only re-scored cached recipes."""
+    """Stops PPO before a step that could cost more than the budget has left (minus a reserve).
+
+    A stall is the policy's to handle: after ``max_repeats`` episodes in a row that only
+    re-scored cached recipes, the entropy coefficient is multiplied by ``boost`` (so the next
+    updates spread the policy over untried branches) and the count starts again; a new recipe
+    restores ``base_ent_coef``. Only after ``max_boosts`` boosts with no new recipe does it give
+    up (``stalled``), e.g. when the space near the policy is exhausted.
+    """
 
     def __init__(
         self, budget: Budget, reserve: float = 0.0, max_repeats: int = 64, progress: bool = False,
-        per_step: int = 1,
+        per_step: int = 1, boost: float = 2.0, max_boosts: int = 3,
+        base_ent_coef: float | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         self.per_step = per_step  # recipes one vector step may score (n_envs)
         self.budget = budget
         self.reserve = reserve
         self.max_repeats = max_repeats
+        self.boost = float(boost)
+        self.max_boosts = int(max_boosts)
+        self.base_ent_coef = base_ent_coef
         self.episodes = 0
+        self.new = 0  # episodes that scored a recipe not scored before
         self.repeats = 0
+        self.boosts = 0  # entropy boosts since the last new recipe
+        self.total_boosts = 0
+        self.gave_up = False
         self.progress = progress
         self.bar: Any = None
 
@@ -48,13 +64,62 @@ class BudgetCallback(BaseCallback):
                 self.episodes += 1
                 self.logger.record("merge/spent", self.budget.used)
                 self.logger.record("merge/cached", float(info["cached"]))
-                self.repeats = self.repeats + 1 if info["cached"] else 0
+                self._count(bool(info["cached"]))
                 if self.bar is not None:
                     self.bar.update(round(self.budget.used - self.bar.n, 2))
                     self.bar.set_postfix(episodes=self.episodes, repeats=self.repeats)
         return self.affordable() and not self.stalled
 
+    def _count(self, cached: bool) -> None:
+        model: Any = self.model
+        base = self.base_ent_coef if self.base_ent_coef is not None else model.ent_coef
+        self.base_ent_coef = base
+        if not cached:
+            self.new += 1
+            self.repeats, self.boosts = 0, 0
+            model.ent_coef = base
+            return
+        self.repeats += 1
+        if self.repeats < self.max_repeats:
+            return
+        if self.boosts >= self.max_boosts:
+            self.gave_up = True
+            return
+        self.boosts += 1
+        self.total_boosts += 1
+        self.repeats = 0
+        model.ent_coef = base * self.boost**self.boosts
+        self.logger.record("online/ent_coef", model.ent_coef)
+
     @property
     def stalled(self) -> bool:
-        """Whether the policy has only re-scored cached recipes for ``max_repeats`` episodes."""
-        return self.repeats >= self.max_repeats
+        """Whether the policy gave up: ``max_boosts`` entropy boosts found no new recipe."""
+        return self.gave_up
+
+    def state(self) -> dict[str, Any]:
+        """The counters a resumed run continues from."""
+        return {k: getattr(self, k) for k in ("episodes", "new", "repeats", "boosts",
+                                             "total_boosts", "base_ent_coef")}  # fmt: skip
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from ``state()``'s counters."""
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+class CheckpointCallback(BaseCallback):
+    """Calls ``save`` at the start of every rollout, i.e. after the previous one was trained on:
+    the policy, its optimiser, the phase and the counters are then consistent (nothing collected
+    and not yet trained on), so a run killed later continues from there."""
+
+    def __init__(self, save: Callable[[], None]) -> None:
+        super().__init__()
+        self.save = save
+        self.saves = 0
+
+    def _on_rollout_start(self) -> None:
+        self.save()
+        self.saves += 1
+
+    def _on_step(self) -> bool:
+        return True

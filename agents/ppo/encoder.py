@@ -6,7 +6,8 @@ observation is embedded (one table per field, summed), a learned start token is 
 a GRU runs over the whole padded sequence; the feature is the GRU output at the last filled slot.
 Because a GRU is causal, the zero rows after the path cannot reach that output, which masks them
 exactly. The preference, the position and the merge choice (both one-hot after SB3's
-preprocessing) are concatenated to it.
+preprocessing), and with continuous merge weights (``weights="simplex"``) the chosen weights, are
+concatenated to it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ class PathEncoder(BaseFeaturesExtractor):
         k = int(observation_space["preference"].shape[0])
         n_pos = int(observation_space["position"].n)
         n_merge = int(observation_space["merge"].n)
-        super().__init__(observation_space, features_dim=hidden_dim + k + n_pos + n_merge)
+        # continuous merge weights (MergeEnv weights="simplex"): the chosen weights too
+        self.flat_keys = tuple(
+            key for key in ("preference", "position", "merge", "weights")
+            if key in observation_space.spaces
+        )  # fmt: skip
+        n_w = int(observation_space["weights"].shape[0]) if "weights" in self.flat_keys else 0
+        super().__init__(observation_space, features_dim=hidden_dim + k + n_pos + n_merge + n_w)
         # one vocabulary size for all three fields: the Box's upper bound covers each of them
         vocab = int(path_space.high.max()) + 1
         self.source_embed = nn.Embedding(vocab, embed_dim)
@@ -64,8 +71,5 @@ class PathEncoder(BaseFeaturesExtractor):
         """Concatenated features for the policy and value heads."""
         path = observations["path"]
         # SB3's rollout buffer keeps Discrete observations as (batch, 1): one-hot is then 3-D
-        flat = [
-            observations[k].float().reshape(len(path), -1)
-            for k in ("preference", "position", "merge")
-        ]
+        flat = [observations[k].float().reshape(len(path), -1) for k in self.flat_keys]
         return torch.cat([self.encode_path(path), *flat], dim=1)

@@ -53,31 +53,28 @@ class Candidate:
 def candidate_actions(env: MergeEnv, cand: Candidate) -> tuple[np.ndarray, np.ndarray]:
     """The env's action sequence for a candidate, and a mask of the components the env reads.
 
-    Returns ``(actions, mask)``, both (n_steps, n_components); the merge component only counts at
-    step 0, and a STOP only reads the source component.
+    Returns ``(actions, mask)``, both (n_steps, n_components); the merge components (one lattice
+    index, or K continuous weights with ``weights="simplex"``) only count at step 0, and a STOP
+    only reads the source component.
     """
     # outside "policy" mode the env ignores the choice (one category), so it is always 0
     choice = cand.merge if env.param_mode == "policy" else 0
-    n_src = len(env.sources)
+    n_src, d = len(env.sources), env.merge_dims
     rows, masks = [], []
     for t, slot in enumerate(cand.slots):
         if slot.source not in env.sources:
             raise ConfigError(f"candidate slot {t}: unknown source {slot.source!r}")
+        if env.mode == "aligned" and slot.layer != t:
+            raise ConfigError(f"aligned mode: slot {t} takes layer {slot.layer}, not {t}")
         level = _level(env, slot.scale)
-        src = env.sources.index(slot.source)
-        if env.mode == "free":
-            rows.append([choice, src, slot.layer, level])
-        else:
-            if slot.layer != t:
-                raise ConfigError(f"aligned mode: slot {t} takes layer {slot.layer}, not {t}")
-            rows.append([choice, src, level])
-        masks.append([t == 0] + [True] * (len(rows[-1]) - 1))
+        rows.append(env.encode_action(choice, env.sources.index(slot.source), slot.layer, level))
+        masks.append([t == 0] * d + [True] * len(env.path_sizes))
     if env.mode == "free" and len(cand.slots) < env.t_max:
-        rows.append([choice, n_src, 0, 0])
-        masks.append([not cand.slots, True, False, False])
+        rows.append(env.encode_action(choice, n_src, 0, 0))
+        masks.append([not cand.slots] * d + [True, False, False])
     if env.mode == "aligned" and len(cand.slots) != env.L:
         raise ConfigError(f"aligned mode: a path has exactly {env.L} slots, got {len(cand.slots)}")
-    return np.asarray(rows, np.int64), np.asarray(masks, bool)
+    return np.stack(rows), np.asarray(masks, bool)
 
 
 def _level(env: MergeEnv, scale: float) -> int:
@@ -267,10 +264,13 @@ def policy_outputs(
         latent_pi = policy.mlp_extractor.forward_actor(features[0])
         latent_vf = policy.mlp_extractor.forward_critic(features[1])
     dist = policy._get_action_dist_from_latent(latent_pi)
-    logp = torch.stack(
-        [d.log_prob(a) for d, a in zip(dist.distribution, torch.unbind(actions, dim=1))], dim=1
-    )
-    entropy = torch.stack([d.entropy() for d in dist.distribution], dim=1)
+    if isinstance(dist.distribution, list):  # MultiDiscrete: one Categorical per component
+        parts = zip(dist.distribution, torch.unbind(actions, dim=1))
+        logp = torch.stack([d.log_prob(a) for d, a in parts], dim=1)
+        entropy = torch.stack([d.entropy() for d in dist.distribution], dim=1)
+    else:  # Box (continuous merge weights): a diagonal Gaussian, independent per component
+        logp = dist.distribution.log_prob(actions.float())
+        entropy = dist.distribution.entropy()
     return logp, entropy, policy.value_net(latent_vf).flatten()
 
 

@@ -56,17 +56,24 @@ class BatchScoringVecEnv(VecEnvWrapper):
             return obs, rewards, dones, infos
         base: MergeEnv = self.venv.envs[pending[0]].unwrapped  # type: ignore[attr-defined]
         recipes = [infos[i]["pending"] for i in pending]
+        # the front-building reward compares with the archive as it was before this batch
+        front = base.reward == "front"
+        bests = [base.archive_best(infos[i]["preference"]) if front else None for i in pending]
         scored = self.problem.score_many(recipes, fidelity=base.fidelity, source="env")
         self.batches.append(len({r.hash for r, s in zip(recipes, scored) if not s.cached}))
         rewards = np.array(rewards, dtype=np.float32, copy=True)
-        for i, result in zip(pending, scored):
+        seen: set[str] = set()
+        for i, recipe, result, best in zip(pending, recipes, scored, bests):
             env: MergeEnv = self.venv.envs[i].unwrapped  # type: ignore[attr-defined]
             info = infos[i]
             length, pref = info["length"], info["preference"]
-            reward = env.final_reward(result.vector, length, pref)
-            rewards[i] = repeat_penalised(reward, result.cached, self.repeat_penalty)
+            # a recipe twice in one batch: the second is a repeat (it adds nothing)
+            cached = result.cached or recipe.hash in seen
+            seen.add(recipe.hash)
+            reward = env.final_reward(result.vector, length, pref, cached=cached, best=best)
+            rewards[i] = repeat_penalised(reward, cached, self.repeat_penalty)
             recipe = info.pop("pending")
-            info.update(env.scored_info(recipe, result.vector, result.cached))
+            info.update(env.scored_info(recipe, result.vector, cached))
             info["preference"] = pref  # the finished episode's, not the auto-reset one's
         return obs, rewards, dones, infos
 
