@@ -121,6 +121,9 @@ def run_one(
         "ideal": problem.ideal.tolist(),
         "phases": dict(getattr(agent, "phase_spend", {}) or {}),
         "hv_by_source": hv_by_source(problem),
+        # PPO: what online learning did (updates, losses, entropy, KL, stall), without history
+        "online": {k: v for k, v in (getattr(agent, "online_stats", {}) or {}).items()
+                   if k != "history"},
     }  # fmt: skip
 
 

@@ -1,0 +1,57 @@
+"""experiments/ablate_ppo.py: per-run figures, the variant-aware space check, the statistics; and
+the protocol's space now holds the env's reward and weights keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments import ablate_ppo as ab
+from experiments import protocol as pr
+from merge_env.errors import ConfigError
+
+
+def _run(variant, seed, hv, **settings):
+    return {
+        "variant": variant, "agent": f"ppo-{variant}", "level": "both", "zoo_seed": 0,
+        "seed": seed, "budget": 20, "hv": hv,
+        "settings": {"env.reward": "front", "env.weights": "lattice", "budget": 20, **settings},
+        "phases": {"anchors": 4, "offline": 2, "sweep": 2, "online": 10, "promote": 2},
+        "hv_by_source": {"env": hv / 2, "anchor": hv / 4},
+        "online": {"updates": 10 + seed, "stalled": seed == 1},
+    }  # fmt: skip
+
+
+def test_run_summary_splits_the_budget_and_the_hypervolume():
+    s = ab.run_summary(_run("full", 1, 0.4))
+    assert s["policy_share"] == pytest.approx(12 / 20)
+    assert s["fallback_share"] == pytest.approx(2 / 20)
+    assert s["stalled"] and s["updates"] == 11 and s["policy_hv_ratio"] == pytest.approx(0.5)
+
+
+def test_variants_may_differ_only_in_their_own_setting():
+    runs = [_run("full", 0, 1.0), _run("scalar_reward", 0, 1.0, **{"env.reward": "scalar"}),
+            _run("continuous", 0, 1.0, **{"env.weights": "simplex"})]  # fmt: skip
+    ab.check_variants(runs)
+    with pytest.raises(ConfigError, match="env.weights"):
+        ab.check_variants([*runs, _run("online_only", 1, 1.0, **{"env.weights": "simplex"})])
+
+
+def test_ablation_tests_full_against_each_variant():
+    runs = [_run("full", s, 1.0 + s) for s in range(5)]
+    runs += [_run("offline_only", s, 0.1 * s) for s in range(5)]
+    (result,) = ab.ablate(runs)
+    rows = result["variants"]
+    assert "full_vs" not in rows["full"]
+    assert rows["offline_only"]["full_vs"]["p_mannwhitney"] < 0.05
+    assert rows["full"]["figures"]["updates"] == {"mean": 12.0, "min": 10.0, "max": 14.0}
+
+
+def test_the_protocol_space_holds_reward_and_weights():
+    protocol = pr.load_protocol("smoke", ["env.weights=simplex"])
+    for agent in ("ppo", "random"):
+        cfg, _ = pr.run_config(protocol, agent, 0, 0, "both")
+        settings = pr.comparison_settings(cfg)
+        assert settings["env.reward"] == "front" and settings["env.weights"] == "simplex"
+        assert settings["agent.weights"] == "simplex"  # the genome agents encode it too
+    with pytest.raises(ConfigError, match="env.reward"):
+        pr.run_config(pr.load_protocol("smoke", ["env.reward=hv"]), "ppo", 0, 0, "both")
