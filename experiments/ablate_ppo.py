@@ -118,7 +118,7 @@ def table(ablation: Mapping[str, Any], protocol: Mapping[str, Any]) -> Table:
     for variant, row in ablation["variants"].items():
         s, f, vs = row["search"], row["figures"], row.get("full_vs")
         t.add_row(
-            variant, str(s["n"]), f"{s['mean']:.5f} [{s['low']:.5f}, {s['high']:.5f}]",
+            variant, str(s["n"]), stats.format_ci(s),
             f"{vs['p_mannwhitney']:.3g}; {vs['p_permutation']:.3g}" if vs else "-",
             f"{f['policy_share']['mean']:.2f}", f"{f['fallback_share']['mean']:.2f}",
             f"{sum(r['stalled'] for r in row['runs'])}/{s['n']}",

@@ -58,6 +58,7 @@ from experiments.protocol import (  # noqa: E402
     comparison_settings,
     git_commit,
     load_protocol,
+    protocol_diffs,
     run_config,
 )
 from merge_env.errors import ConfigError  # noqa: E402
@@ -161,10 +162,7 @@ def read_store(store: Path, protocol: Mapping[str, Any]) -> list[dict]:
     data = json.loads(store.read_text())
     if not isinstance(data, dict) or "protocol" not in data:
         raise ConfigError(f"{store}: written before protocols; pass --rerun or another --out")
-    old = {k: v for k, v in data["protocol"].items() if k != "overrides"}
-    new = {k: v for k, v in protocol.items() if k != "overrides"}
-    diffs = [f"protocol.{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
-             if old.get(k) != new.get(k)]  # fmt: skip
+    diffs = protocol_diffs(data["protocol"], protocol)
     if diffs:
         raise ConfigError(f"{store}: its runs were made under another protocol ({'; '.join(diffs)})"
                           "; pass --rerun or another --out")  # fmt: skip
@@ -219,11 +217,7 @@ def compare(
     return out
 
 
-def _ci(s: Mapping[str, float]) -> str:
-    return f"{s['mean']:.5f} [{s['low']:.5f}, {s['high']:.5f}]"
-
-
-def print_table(comparison: Mapping[str, Any], protocol: Mapping[str, Any]) -> None:
+def comparison_table(comparison: Mapping[str, Any], protocol: Mapping[str, Any]) -> Table:
     """The comparison of one (zoo seed, level): one row per agent, then the references."""
     best = comparison["best_baseline"]
     table = Table(title=(
@@ -238,20 +232,34 @@ def print_table(comparison: Mapping[str, Any], protocol: Mapping[str, Any]) -> N
         p = f"{vs['p_mannwhitney']:.3g}; {vs['p_permutation']:.3g}" if vs else "(best)"
         reach = ", ".join(f"{b} {'never' if v is None else int(v)}"
                           for b, v in row["evals_to_reach"].items())  # fmt: skip
-        table.add_row(agent, str(row["search"]["n"]), _ci(row["search"]), _ci(row["test"]), p,
+        table.add_row(agent, str(row["search"]["n"]), stats.format_ci(row["search"]),
+                      stats.format_ci(row["test"]), p,
                       reach or "-")  # fmt: skip
     refs = comparison["references"]
     table.add_row("references (inputs)", "-", f"{refs['search']:.5f}", f"{refs['test']:.5f}",
                   "-", "-")  # fmt: skip
-    console.print(table)
+    return table
+
+
+def unsupported_notes(comparison: Mapping[str, Any], protocol: Mapping[str, Any]) -> list[str]:
+    """One sentence per protocol switch some agents of the comparison had no setting for."""
+    notes = []
     unsupported = {k for row in comparison["agents"].values()
                    for k, v in row["passed"].items() if v == "unsupported"}  # fmt: skip
     for key in sorted(unsupported):
         agents = [
             a for a, row in comparison["agents"].items() if row["passed"].get(key) == "unsupported"
         ]
-        console.print(f"note: protocol.{key}={protocol[key]} but {', '.join(agents)} "
-                      f"have no agent.{key} setting: they ran without it")  # fmt: skip
+        notes.append(f"note: protocol.{key}={protocol[key]} but {', '.join(agents)} "
+                     f"have no agent.{key} setting: they ran without it")  # fmt: skip
+    return notes
+
+
+def print_table(comparison: Mapping[str, Any], protocol: Mapping[str, Any]) -> None:
+    """Print the comparison table of one (zoo seed, level) and its notes."""
+    console.print(comparison_table(comparison, protocol))
+    for note in unsupported_notes(comparison, protocol):
+        console.print(note)
 
 
 def plot_curves(comparison: Mapping[str, Any], path: Path) -> None:

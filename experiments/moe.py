@@ -302,7 +302,7 @@ def run(cfg: DictConfig) -> float:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     hydra_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None
-    run_dir = Path(hydra_dir or "outputs/moe")
+    run_dir = Path(cfg.get("run_dir") or hydra_dir or "outputs/moe")
     b = Bench(cfg, instantiate(cfg.pool), run_dir / "moe_models")
     start = time.perf_counter()
     for part in (_singles, _mixtrals, _ppl, _oracle, _hetero):

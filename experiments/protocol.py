@@ -36,9 +36,10 @@ AGENT_SPACE_NEUTRAL = {"weights": "lattice", "density_genes": False}
 PASSED = ("anchors", "screening")  # protocol switches handed to every agent that has the key
 
 
-def _compose(overrides: Sequence[str]) -> DictConfig:
+def compose_config(overrides: Sequence[str], config_name: str = "config") -> DictConfig:
+    """``conf/<config_name>.yaml`` composed with Hydra ``overrides`` (no Hydra app running)."""
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name=config_name, overrides=list(overrides))
 
 
 # --- the protocol ---------------------------------------------------------------------------
@@ -51,7 +52,7 @@ def load_protocol(name: str, overrides: Sequence[str] = (), check_tuning: bool =
         options = sorted(p.stem for p in (CONF / "protocol").glob("*.yaml"))
         raise ConfigError(f"protocol: {name!r} unknown; expected one of {options}")
     prefixed = [re.sub(r"^(\+*)", r"\1protocol.", o) for o in overrides]  # ++key=v stays ++
-    cfg = _compose([f"+protocol={name}", *prefixed])
+    cfg = compose_config([f"+protocol={name}", *prefixed])
     protocol = OmegaConf.to_container(cfg.protocol, resolve=True)
     check_protocol(protocol)  # type: ignore[arg-type]
     protocol["overrides"] = list(overrides)  # type: ignore[index]
@@ -78,7 +79,7 @@ def check_protocol(protocol: Mapping[str, Any]) -> None:
             raise ConfigError(f"protocol.{key}: needs distinct values, got {protocol[key]}")
     for key in set(protocol["fidelity"]) - set(FIDELITY_KEYS):
         raise ConfigError(f"protocol.fidelity.{key}: unknown (known: {FIDELITY_KEYS})")
-    env = _compose([]).env
+    env = compose_config([]).env
     for key in protocol["env"]:
         if key not in env:
             raise ConfigError(f"protocol.env.{key}: not a setting of the env group")
@@ -95,6 +96,14 @@ def check_untuned(protocol: Mapping[str, Any], tuning: Mapping[str, Any]) -> Non
             )
 
 
+def protocol_diffs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``protocol.<key>: old -> new`` for every key (its ``overrides`` list aside) that differs."""
+    old = {k: v for k, v in old.items() if k != "overrides"}
+    new = {k: v for k, v in new.items() if k != "overrides"}
+    return [f"protocol.{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]  # fmt: skip
+
+
 def run_config(
     protocol: Mapping[str, Any], agent: str, seed: int, zoo_seed: Any, level: str,
     overrides: Sequence[str] = (),
@@ -102,7 +111,7 @@ def run_config(
     """One run's config (``agent=<agent>`` under the protocol) and the switches handed to it:
     {"anchors": value or "unsupported", ...}."""
     run_name = f"compare__{agent}__{seed}"  # the default names Hydra's run, which is not running
-    cfg = _compose([f"agent={agent}", f"pool={protocol['pool']}", f"seed={seed}",
+    cfg = compose_config([f"agent={agent}", f"pool={protocol['pool']}", f"seed={seed}",
                     f"run_name={run_name}", *overrides])  # fmt: skip
     settings = {
         "budget": protocol["budget"], "agent.level": level,

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
+from rich.text import Text  # noqa: E402
 
 from merge_env.errors import RecipeError  # noqa: E402
 from merge_env.search.archive import Entry  # noqa: E402
@@ -186,3 +187,19 @@ def front_of(vectors: Mapping[str, np.ndarray]) -> np.ndarray:
         return np.zeros((0, 0))
     m = np.stack(list(vectors.values()))
     return m[non_dominated(m)]
+
+
+def markdown_table(table: Table) -> str:
+    """A rich Table as a Markdown table, its title in bold above it: the cells the console
+    shows (markup rendered to plain text), for a file read on GitHub or pasted into a README."""
+
+    def cell(x: object) -> str:
+        text = x.plain if isinstance(x, Text) else Text.from_markup(str(x)).plain
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    head = [cell(c.header) for c in table.columns]
+    lines = [f"**{cell(table.title)}**", ""] if table.title else []
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |"
+              for row in zip(*(list(c.cells) for c in table.columns))]  # fmt: skip
+    return "\n".join(lines) + "\n"

@@ -88,7 +88,9 @@ def run(cfg: DictConfig) -> float:
     remaining = cfg.budget - problem.spent
     if remaining >= 1:
         agent.search(problem, remaining)
-    hv = _report(cfg, problem, tracker, run_dir, ref_hv, refs)
+    spend = {k: float(v) for k, v in (getattr(agent, "phase_spend", {}) or {}).items()}
+    extra = {"wall_s": round(time.perf_counter() - t0, 1), "phases": spend}
+    hv = _report(cfg, problem, tracker, run_dir, ref_hv, refs, extra)
     console.print(f"run folder: {run_dir}   wall {time.perf_counter() - t0:.1f} s   "
                   f"evaluations {problem.spent:.1f} (cache hits {problem.cache_hits})")  # fmt: skip
     tracker.finish()
@@ -105,7 +107,10 @@ def _report(
     run_dir: Path,
     ref_hv: dict[str, float],
     refs: dict[str, np.ndarray],
+    extra: dict | None = None,
 ) -> float:
+    """Write the front, plots, best recipes and summary.json (with ``extra``); returns the
+    hypervolume on the search split."""
     archive = problem.archive
     front = archive.front()
     tests = report.test_scores(problem, front)
@@ -138,6 +143,7 @@ def _report(
         "cache_hits": problem.cache_hits,
         "archive_size": len(archive),
         "front_size": len(front),
+        **(extra or {}),  # wall seconds of the search, evaluations per phase (PPO)
     }
     if cfg.preference is not None:
         pref = np.asarray(list(cfg.preference), float)

@@ -15,7 +15,7 @@ same intervals on any machine.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import comb
 
@@ -155,3 +155,9 @@ def summarise(values: Sequence[float], seed: int = 0) -> Summary:
     x = _sample(values)
     low, high = bootstrap_ci(x, seed=seed)
     return Summary(int(x.size), float(x.mean()), low, high)
+
+
+def format_ci(s: Summary | Mapping[str, float], digits: int = 5) -> str:
+    """``mean [low, high]`` of a Summary (or its ``vars``), ``digits`` decimals."""
+    d = vars(s) if isinstance(s, Summary) else s
+    return f"{d['mean']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
