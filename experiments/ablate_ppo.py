@@ -99,7 +99,7 @@ def ablate(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             rows[variant] = {"seeds": [r["seed"] for r in rs], "runs": per_run,
                              "search": vars(stats.summarise([r["hv"] for r in rs])),
                              "figures": figures}  # fmt: skip
-            if variant != "full" and "full" in by:
+            if variant != "full" and len(by.get("full", ())) > 1 and len(rs) > 1:  # 2 seeds a side
                 full = [r["hv"] for r in by["full"]]
                 rows[variant]["full_vs"] = vars(stats.rank_test(full, [r["hv"] for r in rs]))
         out.append({"zoo_seed": zoo_seed, "level": level, "variants": rows})

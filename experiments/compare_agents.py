@@ -203,7 +203,8 @@ def compare(
         for agent, row in rows.items():
             if best is not None and agent != best:
                 finals = [[r["hv"] for r in by[a]] for a in (agent, best)]
-                row["vs_best"] = {"baseline": best, **vars(stats.rank_test(*finals))}
+                if min(map(len, finals)) > 1:  # a rank test needs two seeds a side
+                    row["vs_best"] = {"baseline": best, **vars(stats.rank_test(*finals))}
             mean_curve = np.asarray(row["curve"]["mean"])
             reach = {b: stats.first_reach(mean_curve, grid, rows[b]["search"]["mean"])
                      for b in base if b != agent}  # fmt: skip
@@ -229,7 +230,8 @@ def comparison_table(comparison: Mapping[str, Any], protocol: Mapping[str, Any])
         table.add_column(col)
     for agent, row in comparison["agents"].items():
         vs = row.get("vs_best")
-        p = f"{vs['p_mannwhitney']:.3g}; {vs['p_permutation']:.3g}" if vs else "(best)"
+        p = f"{vs['p_mannwhitney']:.3g}; {vs['p_permutation']:.3g}" if vs else (
+            "(best)" if agent == best else "-")  # fmt: skip
         reach = ", ".join(f"{b} {'never' if v is None else int(v)}"
                           for b, v in row["evals_to_reach"].items())  # fmt: skip
         table.add_row(agent, str(row["search"]["n"]), stats.format_ci(row["search"]),

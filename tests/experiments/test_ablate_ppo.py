@@ -55,3 +55,9 @@ def test_the_protocol_space_holds_reward_and_weights():
         assert settings["agent.weights"] == "simplex"  # the genome agents encode it too
     with pytest.raises(ConfigError, match="env.reward"):
         pr.run_config(pr.load_protocol("smoke", ["env.reward=hv"]), "ppo", 0, 0, "both")
+
+
+def test_one_seed_a_side_has_no_rank_test():
+    (result,) = ab.ablate([_run("full", 0, 1.0), _run("offline_only", 0, 0.5)])
+    assert "full_vs" not in result["variants"]["offline_only"]
+    assert result["variants"]["offline_only"]["search"]["mean"] == 0.5

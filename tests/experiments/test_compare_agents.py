@@ -59,3 +59,17 @@ def test_protocol_commit_and_statistics_land_in_results(zoo_cache, tmp_path):
     # the same folder under another protocol is refused, naming what changed
     with pytest.raises(ConfigError, match=r"another protocol \(protocol.budget: 4 -> 3\)"):
         ca.main(["--protocol", "smoke", "--agents", "random", "--out", str(out), "--budget", "3"])
+
+
+def test_one_seed_a_side_gets_its_interval_but_no_rank_test():
+    def run(agent, hv):
+        return {"agent": agent, "seed": 100, "zoo_seed": 1, "level": "both", "hv": hv,
+                "hv_test": hv / 2, "curve": [[1, hv]], "references_hv": 0.1,
+                "references_hv_test": 0.05, "passed": {}}  # fmt: skip
+
+    (c,) = ca.compare([run("ppo", 0.3), run("cmaes", 0.2), run("random", 0.1)], budget=2)
+    assert c["best_baseline"] == "cmaes"
+    assert not any("vs_best" in row for row in c["agents"].values())
+    assert c["agents"]["ppo"]["search"] == {"n": 1, "mean": 0.3, "low": 0.3, "high": 0.3}
+    table = ca.comparison_table(c, {"name": "smoke", "purpose": "smoke"})
+    assert list(table.columns[4].cells) == ["-", "(best)", "-", "-"]
