@@ -536,21 +536,45 @@ class PPOAgent(Agent):
             self.evaluate(problem, budget, info["pending"])
 
     def sweep(self, problem: MergeProblem, budget: Budget) -> None:
-        """Roll the deterministic policy out over a simplex lattice of preferences."""
+        """Roll the deterministic policy out over a simplex lattice of preferences, then score
+        the recipes as one batch (so shared merges and path prefixes are computed once).
+
+        The env defers its scoring: a deterministic rollout never reads a score, so rolling
+        every preference out first changes nothing but the batching. The batch is cut where
+        the one-by-one sweep stopped (before the first rollout that began with less than one
+        evaluation left), and scored in order, so the archive, the ledger and the spending
+        are the same; a recipe twice in the sweep is charged once, as a cache hit would be.
+        """
         assert self.model is not None
-        env = self.make_env(problem)
+        env = self.make_env(problem, defer=True)
         base: MergeEnv = env.unwrapped
         prefs = _lattice(base.k, self.sweep_preferences)
         if self.env_kwargs["preference"] is not None:
             prefs = [np.asarray(self.env_kwargs["preference"], float)]
+        recipes = []
         for pref in prefs:
             obs, _ = env.reset(options={"preference": pref})
-            done = False
+            done, info = False, {}
             while not done:
-                if budget.exhausted(problem.cost("full")):
-                    return
                 action, _ = self.model.predict(obs, deterministic=True)
-                obs, _, done, _, _ = env.step(action)
+                obs, _, done, _, info = env.step(action)
+            recipes.append(info["pending"])
+        recipes = recipes[: _affordable(problem, budget, recipes, base.fidelity)]
+        if recipes:
+            problem.score_many(recipes, fidelity=base.fidelity, source="env")
+
+
+def _affordable(problem: MergeProblem, budget: Budget, recipes: list, fidelity: str) -> int:
+    """How many of ``recipes``, scored in order, the budget lets a sweep start: each needs one
+    evaluation left when it starts, cached or not; only new recipes spend it."""
+    spend, seen = 0.0, set()
+    for n, recipe in enumerate(recipes):
+        if budget.exhausted(spend + problem.cost("full")):
+            return n
+        if recipe.hash not in seen and not problem.is_cached(recipe, fidelity):
+            spend += problem.cost(fidelity)
+        seen.add(recipe.hash)
+    return len(recipes)
 
 
 def _envs(venv: Any) -> list[gym.Env]:

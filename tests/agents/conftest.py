@@ -41,3 +41,16 @@ def fresh_problem(tiny_zoo, tmp_path_factory):
         return build(d)
 
     return make
+
+
+def backend_calls(problem: MergeProblem) -> list[int]:
+    """Wrap ``problem``'s back-end; the list returned grows by each call's batch size."""
+    calls: list[int] = []
+    inner = problem.backend
+
+    def spy(recipes, evaluator, split):
+        calls.append(len(recipes))
+        return inner(recipes, evaluator, split)
+
+    problem.backend = spy
+    return calls

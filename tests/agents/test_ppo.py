@@ -22,6 +22,7 @@ from agents.ppo.offline import (
 )
 from merge_env.env import MergeEnv
 from merge_env.search.recipe import BASE, MERGED
+from tests.agents.conftest import backend_calls
 
 # small everything: the tiny zoo scores a recipe in a fraction of a second
 FAST = dict(
@@ -232,14 +233,7 @@ def test_parameter_level_only_never_builds_a_path(problem):
 def test_vectorised_ppo_scores_episodes_in_batches_within_budget(make_problem):
     """n_envs=3: finished episodes' recipes reach the back-end together; the budget holds."""
     problem = make_problem(cheap_examples=4)
-    calls: list[int] = []
-    inner = problem.backend
-
-    def spy(recipes, evaluator, split):
-        calls.append(len(recipes))
-        return inner(recipes, evaluator, split)
-
-    problem.backend = spy
+    calls = backend_calls(problem)
     agent = PPOAgent(seed=0, n_envs=3, **{**FAST, "offline_samples": 0, "sweep_fraction": 0.0})
     agent.search(problem, budget=10)
     assert problem.spent <= 10 + 1e-9
