@@ -112,10 +112,12 @@ def trim_magnitude(flat: Tensor, p: ParamDict, ctx: SparsifyContext) -> None:
         flat.zero_()
         return
     k = max(1, int(density * n))
-    mag = _magnitudes(flat)
-    # the top k of |x| (equal ones by position) are the ascending ranks [0, k) of -|x|
-    keep = _rank_window(torch.neg(mag), 0, k, ctx.exact_ties)
+    # the top k of |x| (equal ones by position) are the ascending ranks [0, k) of -|x|; negated
+    # in place (exactly), so the trim holds one magnitude tensor, not two
+    key = _magnitudes(flat).neg_()
+    keep = _rank_window(key, 0, k, ctx.exact_ties)
     if keep is None:  # equal magnitudes straddle the cut: let mergekit's own sort choose
+        mag = key.neg_()
         keep = _mask_from(torch.argsort(mag, descending=True)[:k], mag)
     _mask_and_rescale(flat, keep, ctx.rescale)
 

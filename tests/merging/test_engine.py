@@ -315,3 +315,16 @@ def test_fast_ties_round_trips_and_keeps_density(pools):
     assert (f != b).any()
     with pytest.raises(RecipeError, match="exact_ties"):
         ParamMerge.from_mergekit({**exact.to_mergekit(), "exact_ties": "yes"})
+
+
+@pytest.mark.parametrize("read_ahead,workers", [(1, 1), (1, 2), (2**30, 2)])
+def test_prefetched_stream_equals_tensor_by_tensor(pools, tmp_path, read_ahead, workers):
+    """Inputs read ahead on the reader thread (one tensor at a time, or all) merge to exactly
+    what the engine gives reading each tensor itself."""
+    base, fts = pools["llama"]
+    spec = ParamMerge.from_mergekit(recipe("ties", base, fts), where="test")
+    out = run_merge(spec, tmp_path / "out", progress=False, read_ahead=read_ahead,
+                    workers=workers)  # fmt: skip
+    engine, merged = MergeEngine(spec), Checkpoint(out)
+    for s in engine.output_specs():
+        assert torch.equal(merged.get(s.name), engine.merged_tensor(s.name)), s.name

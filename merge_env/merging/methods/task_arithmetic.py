@@ -29,6 +29,9 @@ from merge_env.merging.sparsify import (
     trim_outliers,
 )
 
+# entries per chunk of the sign election and mean: their temporaries are k chunks of this
+CHUNK = 1 << 18
+
 
 def _task_arithmetic(
     base: Tensor,
@@ -41,12 +44,15 @@ def _task_arithmetic(
     *,
     sparsify: Sparsifier | None,
     elect_sign: bool,
+    chunk: int = CHUNK,
 ) -> Tensor:
     """θ_base + λ·mix(sparsify(w_i·δ_i)), mergekit's generalized task arithmetic, step for step.
 
     Task vectors δ_i = θ_i − θ_base (Ilharco et al. 2023). With ``elect_sign`` (TIES, Yadav et
     al. 2023 §3 steps 2-3) each entry keeps only the weighted deltas agreeing with the sign of
     their sum, and ``normalize`` divides by the sum of the agreeing weights (a disjoint mean).
+    The k deltas are the one full-size working set; the election and the mean run over
+    ``chunk`` entries at a time (``_mix``).
     """
     dtype = work_dtype(compute_dtype, promoted([base, *tensors]))
     base_w = base.to(dtype)
@@ -59,25 +65,43 @@ def _task_arithmetic(
     if sparsify is not None:
         sparsify_each(sparsify, deltas, model_params, ctx)
     weights = torch.tensor([p["weight"] for p in model_params], dtype=dtype, device=base.device)
-    weights = weights.view(-1, *([1] * base.dim()))
-    deltas.mul_(weights)
+    deltas.mul_(weights.view(-1, *([1] * base.dim())))
+    out = torch.empty_like(base_w, memory_format=torch.contiguous_format)
+    rows, flat_base, flat_out = deltas.view(len(tensors), -1), base_w.reshape(-1), out.view(-1)
+    for start in range(0, base.numel(), chunk):
+        stop = start + chunk
+        _mix(rows[:, start:stop], weights, global_params, elect_sign, flat_base[start:stop],
+             flat_out[start:stop])  # fmt: skip
+    return out
+
+
+def _mix(
+    deltas: Tensor, weights: Tensor, global_params: ParamDict, elect_sign: bool, base: Tensor,
+    out: Tensor,
+) -> None:  # fmt: skip
+    """``out`` = base + λ·mix(weighted ``deltas``) over one chunk of entries (k × c, in place).
+
+    Every step is entry-wise over the k models, so a chunk gives bit for bit what the whole
+    tensor gives, and the sign election's temporaries (sums, masks, agreeing weights) are k
+    chunks, not k tensors.
+    """
+    w = weights.view(-1, 1)
     if elect_sign:
         positive = deltas.sum(dim=0) >= 0  # a zero total elects +, as mergekit
         agree = torch.where(positive, deltas > 0, deltas < 0)  # zero deltas never count
         deltas.mul_(agree)  # multiply, not select: a NaN must survive to the finite check
-        mixed = deltas.sum(dim=0)
-        divisor = (weights * agree).sum(dim=0)
+        torch.sum(deltas, dim=0, out=out)
+        divisor = (w * agree).sum(dim=0)
         divisor[divisor == 0] = 1
     else:
-        mixed = deltas.sum(dim=0)
-        divisor = weights.sum(dim=0)
+        torch.sum(deltas, dim=0, out=out)
+        divisor = w.sum(dim=0)
         divisor[divisor.abs() < 1e-8] = 1
-    del deltas
     if global_params["normalize"]:
-        mixed /= divisor
+        out /= divisor
     if global_params["lambda"] != 1:
-        mixed *= global_params["lambda"]
-    return mixed.add_(base_w)
+        out *= global_params["lambda"]
+    out.add_(base)
 
 
 def task_arithmetic(
