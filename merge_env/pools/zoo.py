@@ -42,7 +42,7 @@ from merge_env.scoring.tasks.task import Task
 logger = logging.getLogger(__name__)
 
 # Bump when training code changes what a config builds, so stale cached zoos stop matching.
-ZOO_VERSION = 2
+ZOO_VERSION = 3
 MANIFEST = "zoo.json"
 
 
@@ -110,9 +110,13 @@ class ZooConfig:
     warmup: int = 30
     base_steps: int = 1000
     base_lr: float = 3e-3
-    base_mix: tuple[float, ...] = (0.6, 0.2, 0.2)
-    expert_steps: tuple[int, ...] = (400, 300, 200)  # aligned with tasks; add learns slowest
-    expert_lr: float = 1e-3
+    base_mix: tuple[float, ...] = (0.5, 0.25, 0.25)
+    # the share of each task's rare symbols in the base's pretraining data (uniform: None)
+    base_rare_mass: float | None = 0.01
+    expert_steps: tuple[int, ...] = (600, 600, 600)  # aligned with tasks
+    expert_lr: float = 3e-4  # a tenth of the base's peak
+    # share of each expert's batches replaying the base's pretraining mixture
+    expert_replay: float = 0.5
     recycling: tuple[RecycleSpec, ...] = DEFAULT_RECYCLING
     odd_task: str = "cipher"
     odd_shape: ModelShape = ModelShape(hidden=96, intermediate=192)
@@ -136,6 +140,10 @@ class ZooConfig:
         for r in self.recycling:
             if not 0.0 < r.start <= 1.0 or (r.steps > 0 and len(r.mix) != k):
                 raise ConfigError(f"zoo.recycling[{r.name!r}]: start in (0, 1], mix of length {k}")
+        if not 0.0 <= self.expert_replay < 1.0:
+            raise ConfigError(f"zoo.expert_replay: must be in [0, 1), got {self.expert_replay}")
+        if self.base_rare_mass is not None and not 0.0 <= self.base_rare_mass <= 1.0:
+            raise ConfigError(f"zoo.base_rare_mass: must be in [0, 1], got {self.base_rare_mass}")
         for key in ("base_steps", "odd_steps", "batch_size", "n_search", "n_test", "train_pool"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"zoo.{key}: must be >= 1, got {getattr(self, key)}")
@@ -196,6 +204,7 @@ _PRESETS: dict[str, ZooConfig] = {
         base_mix=(0.34, 0.33, 0.33),
         expert_steps=(100, 200, 200),
         expert_lr=5e-3,
+        expert_replay=0.0,
         recycling=tuple(
             dataclasses.replace(r, steps=min(r.steps, 10)) for r in DEFAULT_RECYCLING[:6]
         ),
@@ -282,6 +291,15 @@ def _one_hot(config: ZooConfig, task: str) -> tuple[float, ...]:
     return tuple(float(t == task) for t in config.tasks)
 
 
+def _expert_mix(config: ZooConfig, task: str) -> tuple[float, ...]:
+    """An expert's mixture over [pretraining pools..., domain pools...]: ``expert_replay`` of the
+    base's pretraining mixture, the rest its own task's data."""
+    total = sum(config.base_mix)
+    replay = [config.expert_replay * w / total for w in config.base_mix]
+    own = [(1.0 - config.expert_replay) * w for w in _one_hot(config, task)]
+    return (*replay, *own)
+
+
 def _build_into(tmp: Path, config: ZooConfig, progress: bool, device: str) -> dict[str, Any]:
     """Train every checkpoint of the zoo into ``tmp``; return the manifest (paths relative)."""
     from tqdm.auto import tqdm
@@ -291,21 +309,24 @@ def _build_into(tmp: Path, config: ZooConfig, progress: bool, device: str) -> di
     tok = char_tokenizer()
     tok.save_pretrained(tmp / "tokenizer")
     tasks = [make_task(k, config.n_search, config.n_test, config.task_seed) for k in config.tasks]
-    pools = [
-        encode_rows(
-            tok,
-            training_examples(
-                t.name, config.train_pool, sub_seed(config.seed, f"data:{t.name}"), t
-            ),
-            config.shape.max_positions,
-        )
-        for t in tasks
-    ]
+    width = config.shape.max_positions
+
+    def rows(task: Task, stream: str, rare_mass: float | None) -> Any:
+        seed = sub_seed(config.seed, f"{stream}:{task.name}")
+        examples = training_examples(task.name, config.train_pool, seed, task, rare_mass)
+        return encode_rows(tok, examples, width)
+
+    # each task's own data (uniform symbols) and its share of the base's pretraining data
+    domain = [rows(t, "data", None) for t in tasks]
+    pretraining = [rows(t, "pretrain", config.base_rare_mass) for t in tasks]
     steps = [config.base_steps, *config.expert_steps, *(r.steps for r in config.recycling)]
     bar = tqdm(total=sum(steps) + config.odd_steps, disable=not progress, unit="step")
 
-    def fit(model: Any, mix: Sequence[float], steps: int, lr: float, phase: str, at=()) -> dict:
-        """Train on the task mixture ``mix``; state-dict copies taken after each step in ``at``."""
+    def fit(
+        model: Any, pools: Sequence[Any], mix: Sequence[float], steps: int, lr: float,
+        phase: str, at: Sequence[int] = (),
+    ) -> dict:  # fmt: skip
+        """Train on ``pools`` mixed by ``mix``; state-dict copies taken after each step in ``at``."""
         bar.set_description(f"zoo {phase}")
         snaps: dict[int, dict[str, torch.Tensor]] = {}
         if steps < 1 or sum(float(w) for w in mix) <= 0:
@@ -334,6 +355,7 @@ def _build_into(tmp: Path, config: ZooConfig, progress: bool, device: str) -> di
         start = {r.name: max(1, round(r.start * config.base_steps)) for r in config.recycling}
         snaps = fit(
             model,
+            pretraining,
             config.base_mix,
             config.base_steps,
             config.base_lr,
@@ -345,15 +367,17 @@ def _build_into(tmp: Path, config: ZooConfig, progress: bool, device: str) -> di
         experts = {}
         for task, n in zip(config.tasks, config.expert_steps):
             model.load_state_dict(snaps[config.base_steps])
-            fit(model, _one_hot(config, task), n, config.expert_lr, f"expert:{task}")
+            mix = _expert_mix(config, task)
+            fit(model, [*pretraining, *domain], mix, n, config.expert_lr, f"expert:{task}")
             experts[task] = save(model, f"experts/{task}")
         recycling = []
         for spec in config.recycling:
             model.load_state_dict(snaps[start[spec.name]])
-            fit(model, spec.mix, spec.steps, spec.lr, f"recycle:{spec.name}")
+            fit(model, domain, spec.mix, spec.steps, spec.lr, f"recycle:{spec.name}")
             recycling.append(save(model, f"recycling/{spec.name}"))
         odd = _new_model(config.odd_shape, tok, sub_seed(config.seed, "odd-init"), device)
-        fit(odd, _one_hot(config, config.odd_task), config.odd_steps, config.odd_lr, "odd")
+        mix = _one_hot(config, config.odd_task)
+        fit(odd, domain, mix, config.odd_steps, config.odd_lr, "odd")
         save(odd, "odd_expert")
     return _manifest(config, tasks, experts, recycling)
 

@@ -144,6 +144,23 @@ def test_config_presets_and_validation():
         dataclasses.replace(tiny, base_mix=(1.0,))
     with pytest.raises(ConfigError, match="unknown keys"):
         ZooConfig.from_dict({"hidden": 3})
+    with pytest.raises(ConfigError, match="expert_replay"):
+        dataclasses.replace(tiny, expert_replay=1.0)
+    with pytest.raises(ConfigError, match="base_rare_mass"):
+        dataclasses.replace(tiny, base_rare_mass=-0.1)
+
+
+def test_expert_mixture_replays_the_base_mixture():
+    from merge_env.pools.zoo import _expert_mix
+
+    config = ZooConfig.preset("default")
+    assert config.expert_replay > 0 and config.base_rare_mass is not None
+    mix = _expert_mix(config, "reverse")  # [pretraining pools..., domain pools...]
+    k = len(config.tasks)
+    assert sum(mix) == pytest.approx(1.0)
+    replay = [config.expert_replay * w / sum(config.base_mix) for w in config.base_mix]
+    assert mix[:k] == pytest.approx(replay)
+    assert mix[k:] == pytest.approx((0.0, 1.0 - config.expert_replay, 0.0))
 
 
 def test_default_cache_dir_honours_env(monkeypatch, tmp_path):

@@ -13,6 +13,7 @@ from merge_env.scoring.tasks.jsonl import load_jsonl
 from merge_env.scoring.tasks.reasoning_gym import reasoning_gym_task
 from merge_env.scoring.tasks.synthetic import (
     CIPHER_KEY,
+    RARE_SYMBOLS,
     ZOO_TAGS,
     ZOO_TASK_KINDS,
     char_tokenizer,
@@ -53,10 +54,34 @@ def test_zoo_answers_are_right():
         word = ex.prompt[4:-1]
         assert 3 <= len(word) <= 6 and word.isalpha() and word.islower()
         assert ex.answer == word[::-1]
-    table = dict(zip("abcdefghijklmnopqrstuvwxyz", CIPHER_KEY))
+    table = dict(zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", CIPHER_KEY))
     assert sorted(CIPHER_KEY) == sorted(table)  # a bijection: decodable
     for ex in make_task("cipher", 100, 0, 0).search:
-        assert ex.answer == "".join(table[c] for c in ex.prompt[4:-1])
+        word = ex.prompt[4:-1]
+        assert 3 <= len(word) <= 6 and word.isalpha() and word.isupper()
+        assert ex.answer == "".join(table[c] for c in word)
+
+
+def _rare_share(kind: str, examples) -> float:
+    """The share of the task's rare symbols among the symbols of the prompts' operands."""
+    chars = "".join(ex.prompt[4:-1].replace("+", "") for ex in examples)
+    return sum(c in RARE_SYMBOLS[kind] for c in chars) / len(chars)
+
+
+@pytest.mark.parametrize("kind", ZOO_TASK_KINDS)
+def test_rare_mass_skews_training_data_and_splits_stay_uniform(kind):
+    task = make_task(kind, 300, 300, seed=0)
+    # uniform: the rare symbols get about their count's share (6-9 of the digits: ~0.4 or less
+    # with the non-zero leading digit; half of each alphabet)
+    assert 0.3 < _rare_share(kind, task.search + task.test) < 0.6
+    skewed = training_examples(kind, 3000, seed=1, exclude=task, rare_mass=0.01)
+    assert _rare_share(kind, skewed) < 0.02
+    assert not _prompts(skewed) & (_prompts(task.search) | _prompts(task.test))
+    assert skewed == training_examples(kind, 3000, seed=1, exclude=task, rare_mass=0.01)
+    # every rare symbol can still occur, and rare_mass 1 draws only rare ones where it can
+    assert _rare_share(kind, training_examples(kind, 500, 2, rare_mass=1.0)) > 0.9
+    with pytest.raises(ConfigError, match="rare_mass must be in"):
+        training_examples(kind, 5, 0, rare_mass=1.5)
 
 
 def test_add_mixes_one_and_two_digit_operands():

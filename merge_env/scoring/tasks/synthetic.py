@@ -1,7 +1,13 @@
 """The zoo's synthetic tasks (add, reverse, cipher) and the character-level tokenizer they use.
 
 Zoo tasks are small synthetic problems for a character-level model; every prompt starts with a
-task tag so one model can learn them all."""
+task tag so one model can learn them all. Each task has its own symbols, as real domains have
+their own vocabulary (math its digits, code its keywords): add works on digits, reverse on
+lower-case letters, cipher on upper-case letters. Some symbols of each task are *rare*: drawn
+with ``rare_mass`` (the share of all symbol draws they get together), they stand for the domain
+knowledge a base model's pretraining data holds little of; a domain fine-tune, on the task's own
+(uniform) data, learns them. Evaluation splits are uniform.
+"""
 
 from __future__ import annotations
 
@@ -18,27 +24,51 @@ logger = logging.getLogger(__name__)
 
 ZOO_TASK_KINDS: tuple[str, ...] = ("add", "reverse", "cipher")
 ZOO_TAGS: dict[str, str] = {"add": "add", "reverse": "rev", "cipher": "enc"}
-# A fixed letter substitution (a->q, b->w, ...): the "translation" every zoo model shares, so it
-# must not depend on any seed.
-CIPHER_KEY = "qwertyuiopasdfghjklzxcvbnm"
-_CIPHER = str.maketrans("abcdefghijklmnopqrstuvwxyz", CIPHER_KEY)
-_LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+_UPPER = _LOWER.upper()
+# A fixed upper-case letter substitution (A->Q, B->W, ...): the "translation" every zoo model
+# shares, so it must not depend on any seed.
+CIPHER_KEY = "QWERTYUIOPASDFGHJKLZXCVBNM"
+_CIPHER = str.maketrans(_UPPER, CIPHER_KEY)
+# The rare symbols of each task: digits 6-9, the second half of each alphabet.
+RARE_SYMBOLS: dict[str, str] = {"add": "6789", "reverse": _LOWER[13:], "cipher": _UPPER[13:]}
 CHAR_SPECIALS: tuple[str, ...] = ("<pad>", "<s>", "</s>", "<unk>")
 DEFAULT_ALPHABET = "".join(chr(i) for i in range(32, 127)) + "\n\t"
 
 
-def _draw(kind: str, rng: np.random.Generator) -> Example:
-    """Return one random zoo example of ``kind``."""
+def _symbols(
+    kind: str, alphabet: str, n: int, rng: np.random.Generator, rare_mass: float | None
+) -> str:
+    """``n`` symbols of ``alphabet``: uniform, or with ``rare_mass`` on the task's rare ones."""
+    chars = np.array(list(alphabet))
+    if rare_mass is None:
+        return "".join(rng.choice(chars, size=n))
+    rare = np.array([c in RARE_SYMBOLS[kind] for c in alphabet])
+    p = np.where(rare, rare_mass / rare.sum(), (1.0 - rare_mass) / (~rare).sum())
+    return "".join(rng.choice(chars, size=n, p=p))
+
+
+def _draw(kind: str, rng: np.random.Generator, rare_mass: float | None = None) -> Example:
+    """Return one random zoo example of ``kind`` (uniform symbols unless ``rare_mass``)."""
     tag = ZOO_TAGS[kind]
     if kind == "add":
         # Two-digit plus one- or two-digit, half each: hard enough to need learning, easy enough
         # that a small model trained briefly gets some right (3-digit addition did not).
-        a = int(rng.integers(10, 100))
-        b = int(rng.integers(0, 10)) if rng.random() < 0.5 else int(rng.integers(10, 100))
-        return Example(f"{tag} {a}+{b}=", str(a + b))
-    word = "".join(rng.choice(_LETTERS, size=int(rng.integers(3, 7))))
+        a = _symbols(kind, "123456789", 1, rng, rare_mass) + _symbols(
+            kind, "0123456789", 1, rng, rare_mass
+        )
+        if rng.random() < 0.5:
+            b = _symbols(kind, "0123456789", 1, rng, rare_mass)
+        else:
+            b = _symbols(kind, "123456789", 1, rng, rare_mass) + _symbols(
+                kind, "0123456789", 1, rng, rare_mass
+            )
+        return Example(f"{tag} {a}+{b}=", str(int(a) + int(b)))
+    n = int(rng.integers(3, 7))
     if kind == "reverse":
+        word = _symbols(kind, _LOWER, n, rng, rare_mass)
         return Example(f"{tag} {word}=", word[::-1])
+    word = _symbols(kind, _UPPER, n, rng, rare_mass)
     return Example(f"{tag} {word}=", word.translate(_CIPHER))
 
 
@@ -79,10 +109,28 @@ def make_task(kind: str, n_search: int, n_test: int, seed: int) -> Task:
     return Task(kind, tuple(examples[:n_search]), tuple(examples[n_search:]))
 
 
-def training_examples(kind: str, n: int, seed: int, exclude: Task | None = None) -> list[Example]:
-    """Return ``n`` zoo training examples of ``kind`` sharing no prompt with ``exclude``."""
+def training_examples(
+    kind: str, n: int, seed: int, exclude: Task | None = None, rare_mass: float | None = None
+) -> list[Example]:
+    """Return ``n`` zoo training examples of ``kind`` sharing no prompt with ``exclude``.
+
+    Uniform (``rare_mass=None``, the task's own data): distinct prompts. With ``rare_mass`` (a
+    base model's pretraining share of the rare symbols): drawn independently, so common prompts
+    repeat as they do in pretraining data (distinct prompts would run out of common ones and
+    fill up with rare symbols).
+    """
     banned = set() if exclude is None else {ex.prompt for ex in exclude.search + exclude.test}
-    return _unique(kind, n, _rng(kind, seed, 1), banned)
+    rng = _rng(kind, seed, 1)
+    if rare_mass is None:
+        return _unique(kind, n, rng, banned)
+    if not 0.0 <= rare_mass <= 1.0:
+        raise ConfigError(f"zoo task {kind!r}: rare_mass must be in [0, 1], got {rare_mass}")
+    out: list[Example] = []
+    while len(out) < n:
+        ex = _draw(kind, rng, rare_mass)
+        if ex.prompt not in banned:
+            out.append(ex)
+    return out
 
 
 def char_tokenizer(alphabet: str | None = None) -> Any:
