@@ -54,7 +54,7 @@ from merge_env.search.recipe import BASE
 logger = logging.getLogger(__name__)
 
 # Bump when training code changes what a config builds (stale caches stop matching).
-POOL_VERSION = 1
+POOL_VERSION = 2  # 2: the zoo tasks it trains on changed (zoo v3: own symbols per task)
 POOL_MANIFEST = "pool.json"
 # Instructions for the zoo's tasks; ``{x}`` is the zoo prompt without its tag and final "=".
 # Short, since a 135M model on two CPU cores pays for every prompt token in training and scoring.

@@ -220,8 +220,11 @@ def test_a_stall_raises_the_entropy_bonus_before_giving_up(problem):
     assert cb.total_boosts == 3 and cb.stalled
 
 
-def test_fallbacks_are_bounded_after_a_stall(problem):
-    # a policy that gives up at once: promote may take at most fallback_fraction of the budget
+def test_fallbacks_are_bounded_after_a_stall(problem, monkeypatch):
+    # a policy that gives up at once (every episode counted as a repeat, whatever the pool):
+    # promote may take at most fallback_fraction of the budget
+    count = BudgetCallback._count
+    monkeypatch.setattr(BudgetCallback, "_count", lambda self, cached: count(self, True))
     agent = PPOAgent(seed=0, **{**FAST, "max_repeats": 1, "max_boosts": 0, "lattice_steps": 1,
                                 "fallback_fraction": 0.1})  # fmt: skip
     agent.search(problem, budget=10)
