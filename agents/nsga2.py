@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 # pymoo prints (not logs) a hint about its optional compiled modules on first use
 Config.warnings["not_compiled"] = False
+# generations in a row that score nothing new (every recipe cached: the population converged)
+# before the algorithm restarts from its best solutions plus fresh uniform genomes
+STALE_GENERATIONS = 20
 
 
 class NSGA2Agent(GenomeAgent):
@@ -52,6 +55,7 @@ class NSGA2Agent(GenomeAgent):
         self.pop_size = int(pop_size)
         self.progress = bool(progress)
         self.generations = 0
+        self.restarts = 0  # populations restarted after STALE_GENERATIONS fruitless generations
 
     def search(self, problem: MergeProblem, budget: float) -> Archive:
         """Ask/tell generations until the next uncached evaluation would overrun the budget."""
@@ -66,7 +70,20 @@ class NSGA2Agent(GenomeAgent):
             algorithm = NSGA2(pop_size=self.pop_size)
         # pymoo 0.6.2 draws every random number from a Generator seeded here, not from numpy.random
         algorithm.setup(box, termination=NoTermination(), seed=self.seed, verbose=False)
-        return pymoo_generations(self, problem, budget_, genome, box, algorithm, problem_objectives)
+
+        def restart(old: Any, k: int) -> Any:
+            """A fresh NSGA-II seeded with (up to half a population of) the old one's best."""
+            best = old.opt.get("X") if old.opt is not None else np.empty((0, genome.dim))
+            best = best[: self.pop_size // 2]
+            rng = np.random.default_rng([self.seed, k])
+            X = np.vstack([best, genome.sample(rng, self.pop_size - len(best))])
+            fresh = NSGA2(pop_size=self.pop_size, sampling=X)
+            fresh.setup(box, termination=NoTermination(), seed=self.seed + k, verbose=False)
+            return fresh
+
+        return pymoo_generations(
+            self, problem, budget_, genome, box, algorithm, problem_objectives, restart
+        )
 
 
 def problem_objectives(problem: MergeProblem, scored: list) -> np.ndarray:
@@ -82,19 +99,26 @@ def pymoo_generations(
     box: Problem,
     algorithm: Any,
     objectives: Callable[[MergeProblem, list], np.ndarray],
+    restart: Callable[[Any, int], Any] | None = None,
 ) -> Archive:
     """Ask/tell a set-up pymoo algorithm, one scored batch per generation, until the budget ends.
 
     A generation the budget cuts short is scored (its recipes are archived) but not told.
     Shared by every pymoo-based agent (NSGA-II, MOEA/D); ``objectives`` maps the scored batch
-    to what the algorithm minimises.
+    to what the algorithm minimises. ``restart(old, k)`` (optional) returns the set-up algorithm
+    that replaces ``old`` after ``STALE_GENERATIONS`` generations in a row spent nothing (its
+    population only re-proposes scored recipes); ``agent.restarts`` counts them.
     """
     agent.generations = 0
+    agent.restarts = 0
+    stale = 0
     with BudgetBar(budget_, f"{agent.name} (evaluations)", agent.progress) as bar:
         while True:
             pop = algorithm.ask()
             X = pop.get("X")
+            spent = budget_.used
             scored = agent.evaluate_genomes(problem, budget_, genome, X)
+            stale = stale + 1 if budget_.used <= spent + 1e-12 else 0
             if len(scored) == len(X):
                 Evaluator().eval(StaticProblem(box, F=objectives(problem, scored)), pop)
                 algorithm.tell(infills=pop)
@@ -104,3 +128,8 @@ def pymoo_generations(
             bar.update(generation=agent.generations)
             if agent.done(budget_, scored, len(X)):
                 return problem.archive
+            if restart is not None and stale >= STALE_GENERATIONS:
+                agent.restarts += 1
+                log.info("%s: %d generations scored nothing new; restart %d",
+                         agent.name, stale, agent.restarts)  # fmt: skip
+                algorithm, stale = restart(algorithm, agent.restarts), 0
