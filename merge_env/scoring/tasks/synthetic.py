@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 ZOO_TASK_KINDS: tuple[str, ...] = ("add", "reverse", "cipher")
 ZOO_TAGS: dict[str, str] = {"add": "add", "reverse": "rev", "cipher": "enc"}
+_DIGITS = "0123456789"
 _LOWER = "abcdefghijklmnopqrstuvwxyz"
 _UPPER = _LOWER.upper()
 # A fixed upper-case letter substitution (A->Q, B->W, ...): the "translation" every zoo model
@@ -54,15 +55,12 @@ def _draw(kind: str, rng: np.random.Generator, rare_mass: float | None = None) -
     if kind == "add":
         # Two-digit plus one- or two-digit, half each: hard enough to need learning, easy enough
         # that a small model trained briefly gets some right (3-digit addition did not).
-        a = _symbols(kind, "123456789", 1, rng, rare_mass) + _symbols(
-            kind, "0123456789", 1, rng, rare_mass
-        )
-        if rng.random() < 0.5:
-            b = _symbols(kind, "0123456789", 1, rng, rare_mass)
-        else:
-            b = _symbols(kind, "123456789", 1, rng, rare_mass) + _symbols(
-                kind, "0123456789", 1, rng, rare_mass
-            )
+        def two_digits() -> str:
+            head = _symbols(kind, "123456789", 1, rng, rare_mass)
+            return head + _symbols(kind, _DIGITS, 1, rng, rare_mass)
+
+        a = two_digits()
+        b = _symbols(kind, _DIGITS, 1, rng, rare_mass) if rng.random() < 0.5 else two_digits()
         return Example(f"{tag} {a}+{b}=", str(int(a) + int(b)))
     n = int(rng.integers(3, 7))
     if kind == "reverse":
