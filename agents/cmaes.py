@@ -58,12 +58,7 @@ class CMAESAgent(GenomeAgent):
         **genome_options: Any,
     ) -> None:
         super().__init__(seed, **genome_options)
-        if not 0.0 < sigma0 <= 1.0:
-            raise ConfigError(f"agent.sigma0 must be in (0, 1], got {sigma0}")
-        if popsize is not None and popsize < 2:
-            raise ConfigError(f"agent.popsize must be >= 2 or null, got {popsize}")
-        if patience < 1:
-            raise ConfigError(f"agent.patience must be >= 1, got {patience}")
+        check_cma_settings(sigma0, popsize, patience)
         self.sigma0 = float(sigma0)
         self.popsize = popsize
         self.random_init = bool(random_init)
@@ -126,6 +121,16 @@ class CMAESAgent(GenomeAgent):
                              "stalled on cached recipes" if stall else dict(es.stop()))  # fmt: skip
                     es, stall = self._strategy(genome, rng, start), 0
                     self.restarts += 1
+
+
+def check_cma_settings(sigma0: float, popsize: int | None, patience: int) -> None:
+    """ConfigError naming the key when a CMA-ES setting (of CMA-ES or MO-CMA-ES) is out of range."""
+    if not 0.0 < sigma0 <= 1.0:
+        raise ConfigError(f"agent.sigma0 must be in (0, 1], got {sigma0}")
+    if popsize is not None and popsize < 2:
+        raise ConfigError(f"agent.popsize must be >= 2 or null, got {popsize}")
+    if patience < 1:
+        raise ConfigError(f"agent.patience must be >= 1, got {patience}")
 
 
 def cma_strategy(

@@ -36,7 +36,7 @@ import cma
 import numpy as np
 
 from agents.base import BudgetBar
-from agents.cmaes import cma_strategy
+from agents.cmaes import check_cma_settings, cma_strategy
 from agents.genome import Genome, GenomeAgent
 from merge_env.errors import ConfigError
 from merge_env.search.archive import Archive
@@ -73,12 +73,7 @@ class MOCMAESAgent(GenomeAgent):
             raise ConfigError(
                 f"agent.scalarisation must be one of {SCALARISATIONS}, got {scalarisation!r}"
             )
-        if not 0.0 < sigma0 <= 1.0:
-            raise ConfigError(f"agent.sigma0 must be in (0, 1], got {sigma0}")
-        if popsize is not None and popsize < 2:
-            raise ConfigError(f"agent.popsize must be >= 2 or null, got {popsize}")
-        if patience < 1:
-            raise ConfigError(f"agent.patience must be >= 1, got {patience}")
+        check_cma_settings(sigma0, popsize, patience)
         self.n_preferences = int(n_preferences)
         self.alpha = float(alpha)
         self.scalarisation = scalarisation
