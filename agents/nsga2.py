@@ -62,25 +62,29 @@ class NSGA2Agent(GenomeAgent):
         budget_, genome = self.start(problem, budget)
         box = Problem(n_var=genome.dim, n_obj=len(problem.objectives), xl=0.0, xu=1.0)
         seeds = [x for x, _ in self.anchor_genomes(problem, budget_, genome)][: self.pop_size]
-        if seeds:
-            rng = np.random.default_rng(self.seed)
-            rest = genome.sample(rng, self.pop_size - len(seeds))
-            algorithm = NSGA2(pop_size=self.pop_size, sampling=np.vstack([*seeds, rest]))
-        else:
-            algorithm = NSGA2(pop_size=self.pop_size)
-        # pymoo 0.6.2 draws every random number from a Generator seeded here, not from numpy.random
-        algorithm.setup(box, termination=NoTermination(), seed=self.seed, verbose=False)
 
-        def restart(old: Any, k: int) -> Any:
+        def topped_up(rows: Any, rng: np.random.Generator) -> np.ndarray:
+            """``rows`` and uniform genomes after them: a whole initial population."""
+            return np.vstack([*rows, genome.sample(rng, self.pop_size - len(rows))])
+
+        def started(sampling: np.ndarray | None, seed: int) -> NSGA2:
+            """A set-up NSGA-II from ``sampling`` (None: pymoo's own uniform sampling)."""
+            extra = {} if sampling is None else {"sampling": sampling}
+            algorithm = NSGA2(pop_size=self.pop_size, **extra)
+            # pymoo 0.6.2 draws every random number from a Generator seeded here, not numpy.random
+            algorithm.setup(box, termination=NoTermination(), seed=seed, verbose=False)
+            return algorithm
+
+        def restart(old: Any, k: int) -> NSGA2:
             """A fresh NSGA-II seeded with (up to half a population of) the old one's best."""
             best = old.opt.get("X") if old.opt is not None else np.empty((0, genome.dim))
-            best = best[: self.pop_size // 2]
-            rng = np.random.default_rng([self.seed, k])
-            X = np.vstack([best, genome.sample(rng, self.pop_size - len(best))])
-            fresh = NSGA2(pop_size=self.pop_size, sampling=X)
-            fresh.setup(box, termination=NoTermination(), seed=self.seed + k, verbose=False)
-            return fresh
+            return started(
+                topped_up(best[: self.pop_size // 2], np.random.default_rng([self.seed, k])),
+                self.seed + k,
+            )
 
+        rng = np.random.default_rng(self.seed)
+        algorithm = started(topped_up(seeds, rng) if seeds else None, self.seed)
         return pymoo_generations(
             self, problem, budget_, genome, box, algorithm, problem_objectives, restart
         )
