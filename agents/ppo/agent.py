@@ -592,14 +592,4 @@ def _lattice(k: int, n: int) -> list[np.ndarray]:
     return [np.asarray(p) for p in weight_lattice(k, steps)]
 
 
-def ensure_cheap(problem: MergeProblem, examples: int | None) -> None:
-    """Give ``problem`` a cheap evaluator of ``examples`` per task if it has none (kept for
-    callers of the old helper; agents use ``Agent.ensure_cheap``)."""
-    if problem.cheap_evaluator is not None:
-        return
-    if examples is None:
-        raise ConfigError("agent.cheap_examples: the problem has no cheap fidelity; set a number")
-    problem.enable_cheap(examples)
-
-
-__all__ = ["PPOAgent", "ensure_cheap"]
+__all__ = ["PPOAgent"]
