@@ -10,6 +10,19 @@ exactly what the model was tuned on (``prompt + answer + <|im_end|>``). Tasks ar
 generators (``add``, ``reverse``, ``cipher``) phrased as instructions, or any other name as a
 reasoning-gym dataset (``pip install reasoning-gym``). A pool is built into a temporary folder and
 renamed into ``<cache>/smollm2-<fingerprint>`` only when complete.
+
+The regime (pool v3) is that of a real domain fine-tune: about 1,300 examples at a low learning
+rate (160 steps of 8 at 1e-4, warm-up then cosine), each expert's task vector 0.3-0.5 % of the
+base weights in norm. The letter tasks are spelled one letter a token (``SPELLED``), as the zoo's
+character tokenizer shows them: SmolLM2's BPE cuts ``todcm`` into ``t|od|cm``, so reversing or
+enciphering it would first ask a 135M model to spell its own tokens, which a gentle fine-tune does
+not teach (20 steps on the unspelled tasks: reverse 0.05, cipher 0.00 exact match). Each expert
+then solves its task (test exact match 0.94 / 1.00 / 1.00, base 0.00), but a TIES merge of the
+three keeps only part of the reverse and cipher gains: both experts rewrite the same "spelled
+letters in, spelled letters out" behaviour in opposite ways (TIES of add + cipher keeps 0.75 /
+0.95; of reverse + cipher 0.20 / 0.31). Replay of the base's own answers to the other tasks'
+questions was measured and is worse (TIES keeps 0.16 / 0.11 / 0.00): it makes each expert undo
+the others explicitly.
 """
 
 from __future__ import annotations
@@ -54,15 +67,20 @@ from merge_env.search.recipe import BASE
 logger = logging.getLogger(__name__)
 
 # Bump when training code changes what a config builds (stale caches stop matching).
-POOL_VERSION = 2  # 2: the zoo tasks it trains on changed (zoo v3: own symbols per task)
+# 2: the zoo tasks it trains on changed (zoo v3: own symbols per task); 3: letter tasks spelled
+# one letter a token, the gentle regime (160 steps at lr 1e-4) as the defaults.
+POOL_VERSION = 3
 POOL_MANIFEST = "pool.json"
 # Instructions for the zoo's tasks; ``{x}`` is the zoo prompt without its tag and final "=".
 # Short, since a 135M model on two CPU cores pays for every prompt token in training and scoring.
 ZOO_INSTRUCTIONS: dict[str, str] = {
     "add": "What is {x}?",
-    "reverse": "Reverse the letters of {x}.",
-    "cipher": "Encode {x}.",
+    "reverse": "Reverse the letters: {x}",
+    "cipher": "Encode: {x}",
 }
+# Zoo kinds whose question and answer are spelled with a space between letters ("t o d c m"), so
+# each letter is one SmolLM2 token as it is one zoo token (digits already are one token each).
+SPELLED = frozenset({"reverse", "cipher"})
 # None would give the template's own (longer) system prompt.
 DEFAULT_SYSTEM = "Reply with the answer only."
 
@@ -70,12 +88,17 @@ DEFAULT_SYSTEM = "Reply with the answer only."
 # ---------------------------------------------------------------- chat-templated tasks
 
 
+def _spelled(kind: str, text: str) -> str:
+    """``text`` one letter a token (``todcm`` -> ``t o d c m``) for a ``SPELLED`` kind, else as is."""
+    return " ".join(text) if kind in SPELLED else text
+
+
 def _zoo_question(kind: str, prompt: str) -> str:
     """Return the instruction for a zoo prompt such as ``add 12+7=``."""
     head = f"{ZOO_TAGS[kind]} "
     if not (prompt.startswith(head) and prompt.endswith("=")):
         raise ConfigError(f"zoo task {kind!r}: unexpected prompt {prompt!r}")
-    return ZOO_INSTRUCTIONS[kind].format(x=prompt[len(head) : -1])
+    return ZOO_INSTRUCTIONS[kind].format(x=_spelled(kind, prompt[len(head) : -1]))
 
 
 def _rg_examples(name: str, n: int, seed: int) -> tuple[Example, ...]:
@@ -100,7 +123,9 @@ def question_examples(
         train = training_examples(name, n_train, train_seed, exclude=task)
 
         def ask(exs: Iterable[Example]) -> list[Example]:
-            return [Example(_zoo_question(name, ex.prompt), ex.answer) for ex in exs]
+            return [
+                Example(_zoo_question(name, ex.prompt), _spelled(name, ex.answer)) for ex in exs
+            ]
 
         return ask(task.search), ask(task.test), ask(train)
     held = _rg_examples(name, n_search + n_test, task_seed)
@@ -148,10 +173,10 @@ class SmolConfig:
     n_test: int = 64
     task_seed: int = 0
     train_pool: int = 1000
-    steps: int = 20
+    steps: int = 160
     batch_size: int = 8
     lr: float = 1e-4
-    warmup: int = 3
+    warmup: int = 10
     system: str | None = DEFAULT_SYSTEM
     seed: int = 0
 

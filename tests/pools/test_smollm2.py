@@ -27,7 +27,7 @@ from merge_env.pools.finetune import (
 from merge_env.pools.smollm2 import SmolConfig, build_smollm2_pool, load_smollm2_pool
 from merge_env.scoring.evaluate import Evaluator
 from merge_env.scoring.tasks import chat
-from merge_env.scoring.tasks.synthetic import char_tokenizer
+from merge_env.scoring.tasks.synthetic import ZOO_TAGS, char_tokenizer, make_task
 from merge_env.search.recipe import BASE
 
 
@@ -103,8 +103,17 @@ def test_zoo_questions_are_instructions_in_disjoint_seeded_splits():
     assert again == (search, test, train)
     other = smollm2.question_examples("add", 5, 7, 60, task_seed=0, train_seed=2)
     assert other[:2] == (search, test) and other[2] != train
+    # letter tasks are spelled one letter a token, question and answer alike
     rev = smollm2.question_examples("reverse", 3, 3, 3, 0, 0)[0]
-    assert all(e.prompt == f"Reverse the letters of {e.answer[::-1]}." for e in rev)
+    assert all(e.prompt == f"Reverse the letters: {e.answer[::-1]}" for e in rev)
+    assert all(e.answer == " ".join(e.answer[::2]) and len(e.answer) >= 3 for e in rev)
+    zoo_rev = make_task("reverse", 3, 3, 0).search
+    assert [e.answer for e in rev] == [" ".join(z.answer) for z in zoo_rev]
+    enc = smollm2.question_examples("cipher", 3, 0, 0, 0, 0)[0]
+    zoo_enc = make_task("cipher", 3, 0, 0).search
+    for e, z in zip(enc, zoo_enc):
+        assert e.prompt == "Encode: " + " ".join(z.prompt[len(ZOO_TAGS["cipher"]) + 1 : -1])
+        assert e.answer == " ".join(z.answer)
     with pytest.raises(ConfigError, match="unexpected prompt"):
         smollm2._zoo_question("add", "rev abc=")
 
@@ -290,10 +299,10 @@ def converted(gguf_loaded, tmp_path_factory) -> Path:
     """The converted folder, made from the already-loaded GGUF model (one load per module)."""
     cache = tmp_path_factory.mktemp("smol")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(smollm2, "load_gguf", lambda path: gguf_loaded)
+        mp.setattr(gguf, "load_gguf", lambda path: gguf_loaded)
         folder = gguf.converted_base(cache_dir=cache)
         # Found by its digest the second time: nothing is loaded.
-        mp.setattr(smollm2, "load_gguf", lambda path: pytest.fail("converted again"))
+        mp.setattr(gguf, "load_gguf", lambda path: pytest.fail("converted again"))
         assert gguf.converted_base(cache_dir=cache) == folder
     return folder
 
@@ -337,4 +346,6 @@ def test_chat_tasks_tokenise_at_the_answer_boundary(converted):
             assert ex.prompt.startswith("<|im_start|>system\nReply with the answer only.")
             answer = tok(ex.answer, add_special_tokens=False)["input_ids"]
             assert list(enc.ids[enc.n_prompt :]) == [*answer, tok.eos_token_id]
+            if task.name in smollm2.SPELLED:  # one SmolLM2 token a letter, as in the zoo
+                assert len(answer) == len(ex.answer.split()) == (len(ex.answer) + 1) // 2
     assert not ev._warned_boundary
