@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from merge_env.errors import CheckpointError
+from merge_env.errors import CheckpointError, ConfigError
 from merge_env.scoring.tasks.task import Example, Task
 
 logger = logging.getLogger(__name__)
@@ -29,14 +29,27 @@ logger = logging.getLogger(__name__)
 # CPU results depend on torch's thread count (reduction order), and a pool trained with 1 thread
 # differs from one trained with 2 in every tensor and in its scores; every build pins it.
 TRAIN_THREADS = 2
+# Overrides TRAIN_THREADS, e.g. 1 to build pools side by side on a 2-core machine (2 threads
+# each on 2 shared cores run many times slower); the count is written in the manifest.
+TRAIN_THREADS_ENV = "MERGEGYM_TRAIN_THREADS"
+
+
+def train_threads() -> int:
+    """The torch thread count builds train with: ``$MERGEGYM_TRAIN_THREADS`` or TRAIN_THREADS."""
+    raw = os.environ.get(TRAIN_THREADS_ENV, "").strip()
+    if not raw:
+        return TRAIN_THREADS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"${TRAIN_THREADS_ENV}: a thread count >= 1, got {raw!r}")
+    return int(raw)
 
 
 @contextmanager
 def pinned_threads() -> Iterator[None]:
-    """Train with ``TRAIN_THREADS`` torch threads inside the block; the caller's count after."""
+    """Train with ``train_threads()`` torch threads inside the block; the caller's count after."""
     threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(TRAIN_THREADS)
+        torch.set_num_threads(train_threads())
         yield
     finally:
         torch.set_num_threads(threads)
@@ -109,6 +122,7 @@ def build_atomically(
         start = time.perf_counter()
         info = build(tmp)
         info[seconds_key] = round(time.perf_counter() - start, 2)
+        info.setdefault("train_threads", train_threads())
         (tmp / manifest).write_text(json.dumps(info, indent=1))
         try:
             os.rename(tmp, root)

@@ -42,7 +42,7 @@ from merge_env.scoring.tasks.task import Task
 logger = logging.getLogger(__name__)
 
 # Bump when training code changes what a config builds, so stale cached zoos stop matching.
-ZOO_VERSION = 3
+ZOO_VERSION = 4  # 4: per-task rare mass and expert lr; add's rare digits 7-9
 MANIFEST = "zoo.json"
 
 
@@ -111,12 +111,13 @@ class ZooConfig:
     base_steps: int = 1000
     base_lr: float = 3e-3
     base_mix: tuple[float, ...] = (0.5, 0.25, 0.25)
-    # the share of each task's rare symbols in the base's pretraining data (uniform: None)
-    base_rare_mass: float | None = 0.01
+    # the share of each task's rare symbols in the base's pretraining data (uniform: None); one
+    # value for every task, or one per task (aligned with tasks)
+    base_rare_mass: float | tuple[float, ...] | None = (0.01, 0.01, 0.002)
     expert_steps: tuple[int, ...] = (600, 600, 600)  # aligned with tasks
-    expert_lr: float = 3e-4  # a tenth of the base's peak
+    expert_lr: float | tuple[float, ...] = 6e-4  # one for every expert, or one per task
     # share of each expert's batches replaying the base's pretraining mixture
-    expert_replay: float = 0.5
+    expert_replay: float = 0.7
     recycling: tuple[RecycleSpec, ...] = DEFAULT_RECYCLING
     odd_task: str = "cipher"
     odd_shape: ModelShape = ModelShape(hidden=96, intermediate=192)
@@ -142,11 +143,26 @@ class ZooConfig:
                 raise ConfigError(f"zoo.recycling[{r.name!r}]: start in (0, 1], mix of length {k}")
         if not 0.0 <= self.expert_replay < 1.0:
             raise ConfigError(f"zoo.expert_replay: must be in [0, 1), got {self.expert_replay}")
-        if self.base_rare_mass is not None and not 0.0 <= self.base_rare_mass <= 1.0:
-            raise ConfigError(f"zoo.base_rare_mass: must be in [0, 1], got {self.base_rare_mass}")
+        if self.base_rare_mass is not None:
+            masses = self.per_task("base_rare_mass")
+            if not all(0.0 <= m <= 1.0 for m in masses):
+                raise ConfigError(
+                    f"zoo.base_rare_mass: must be in [0, 1], got {self.base_rare_mass}"
+                )
+        if not all(lr > 0 for lr in self.per_task("expert_lr")):
+            raise ConfigError(f"zoo.expert_lr: must be > 0, got {self.expert_lr}")
         for key in ("base_steps", "odd_steps", "batch_size", "n_search", "n_test", "train_pool"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"zoo.{key}: must be >= 1, got {getattr(self, key)}")
+
+    def per_task(self, key: str) -> tuple[Any, ...]:
+        """Return setting ``key`` (one value, or one per task) as one value per task."""
+        value = getattr(self, key)
+        if not isinstance(value, (tuple, list)):
+            return (value,) * len(self.tasks)
+        if len(value) != len(self.tasks):
+            raise ConfigError(f"zoo.{key}: one value, or one per task {self.tasks}; got {value}")
+        return tuple(value)
 
     @classmethod
     def preset(cls, name: str) -> ZooConfig:
@@ -174,8 +190,8 @@ class ZooConfig:
             kw["recycling"] = tuple(
                 RecycleSpec(**{**r, "mix": tuple(r.get("mix", ()))}) for r in kw["recycling"]
             )
-        for key in ("tasks", "base_mix", "expert_steps"):
-            if key in kw:
+        for key in ("tasks", "base_mix", "expert_steps", "base_rare_mass", "expert_lr"):
+            if isinstance(kw.get(key), list):
                 kw[key] = tuple(kw[key])
         return cls(**kw)
 
@@ -203,6 +219,7 @@ _PRESETS: dict[str, ZooConfig] = {
         base_lr=1e-2,
         base_mix=(0.34, 0.33, 0.33),
         expert_steps=(100, 200, 200),
+        base_rare_mass=0.01,
         expert_lr=5e-3,
         expert_replay=0.0,
         recycling=tuple(
@@ -318,7 +335,8 @@ def _build_into(tmp: Path, config: ZooConfig, progress: bool, device: str) -> di
 
     # each task's own data (uniform symbols) and its share of the base's pretraining data
     domain = [rows(t, "data", None) for t in tasks]
-    pretraining = [rows(t, "pretrain", config.base_rare_mass) for t in tasks]
+    rare = config.per_task("base_rare_mass")
+    pretraining = [rows(t, "pretrain", mass) for t, mass in zip(tasks, rare, strict=True)]
     steps = [config.base_steps, *config.expert_steps, *(r.steps for r in config.recycling)]
     bar = tqdm(total=sum(steps) + config.odd_steps, disable=not progress, unit="step")
 
@@ -365,10 +383,11 @@ def _build_into(tmp: Path, config: ZooConfig, progress: bool, device: str) -> di
         snaps[config.base_steps] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         save(model, "base")
         experts = {}
-        for task, n in zip(config.tasks, config.expert_steps):
+        lrs = config.per_task("expert_lr")
+        for task, n, lr in zip(config.tasks, config.expert_steps, lrs, strict=True):
             model.load_state_dict(snaps[config.base_steps])
             mix = _expert_mix(config, task)
-            fit(model, [*pretraining, *domain], mix, n, config.expert_lr, f"expert:{task}")
+            fit(model, [*pretraining, *domain], mix, n, lr, f"expert:{task}")
             experts[task] = save(model, f"experts/{task}")
         recycling = []
         for spec in config.recycling:

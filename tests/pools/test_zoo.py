@@ -150,6 +150,24 @@ def test_config_presets_and_validation():
         dataclasses.replace(tiny, base_rare_mass=-0.1)
 
 
+def test_per_task_settings_take_one_value_or_one_per_task():
+    tiny = ZooConfig.preset("tiny")
+    k = len(tiny.tasks)
+    assert tiny.per_task("expert_lr") == (tiny.expert_lr,) * k
+    own = dataclasses.replace(tiny, expert_lr=(1e-3, 2e-3, 3e-3), base_rare_mass=(0.1, 0.0, 0.2))
+    assert own.per_task("expert_lr") == (1e-3, 2e-3, 3e-3)
+    assert own.per_task("base_rare_mass") == (0.1, 0.0, 0.2)
+    # JSON turns tuples into lists: the manifest's config must come back equal (same fingerprint)
+    back = ZooConfig.from_dict(json.loads(json.dumps(own.to_dict())))
+    assert back == own and back.fingerprint() == own.fingerprint() != tiny.fingerprint()
+    with pytest.raises(ConfigError, match="expert_lr"):
+        dataclasses.replace(tiny, expert_lr=(1e-3, 1e-3))
+    with pytest.raises(ConfigError, match="expert_lr"):
+        dataclasses.replace(tiny, expert_lr=(1e-3, 0.0, 1e-3))
+    with pytest.raises(ConfigError, match="base_rare_mass"):
+        dataclasses.replace(tiny, base_rare_mass=(0.1, 1.5, 0.1))
+
+
 def test_expert_mixture_replays_the_base_mixture():
     from merge_env.pools.zoo import _expert_mix
 

@@ -31,8 +31,8 @@ _UPPER = _LOWER.upper()
 # shares, so it must not depend on any seed.
 CIPHER_KEY = "QWERTYUIOPASDFGHJKLZXCVBNM"
 _CIPHER = str.maketrans(_UPPER, CIPHER_KEY)
-# The rare symbols of each task: digits 6-9, the second half of each alphabet.
-RARE_SYMBOLS: dict[str, str] = {"add": "6789", "reverse": _LOWER[13:], "cipher": _UPPER[13:]}
+# The rare symbols of each task: digits 7-9, the second half of each alphabet.
+RARE_SYMBOLS: dict[str, str] = {"add": "789", "reverse": _LOWER[13:], "cipher": _UPPER[13:]}
 CHAR_SPECIALS: tuple[str, ...] = ("<pad>", "<s>", "</s>", "<unk>")
 DEFAULT_ALPHABET = "".join(chr(i) for i in range(32, 127)) + "\n\t"
 
