@@ -77,11 +77,13 @@ class MOEADAgent(GenomeAgent):
         self.prob_neighbor_mating = float(prob_neighbor_mating)
         self.progress = bool(progress)
         self.generations = 0
+        self.restarts = 0  # populations restarted after STALE_GENERATIONS fruitless generations
 
     def _algorithm(
-        self, n_objectives: int, seeds: list[np.ndarray], genome: Genome
+        self, n_objectives: int, seeds: list[np.ndarray], genome: Genome, restart: int = 0
     ) -> ParallelMOEAD:
-        """pymoo's batched MOEA/D; ``seeds`` (encoded anchors) open its initial population."""
+        """pymoo's batched MOEA/D; ``seeds`` (encoded anchors, or a restarted population's
+        best) open its initial population, uniform genomes (drawn per ``restart``) fill it."""
         weights = weight_vectors(n_objectives, self.n_partitions)
         if len(weights) < 2:
             raise ConfigError(
@@ -91,7 +93,8 @@ class MOEADAgent(GenomeAgent):
         options: dict[str, Any] = {}
         if seeds:
             seeds = seeds[: len(weights)]
-            rest = genome.sample(np.random.default_rng(self.seed), len(weights) - len(seeds))
+            rng = np.random.default_rng([self.seed, restart] if restart else self.seed)
+            rest = genome.sample(rng, len(weights) - len(seeds))
             options["sampling"] = np.vstack([*seeds, rest])
         return ParallelMOEAD(
             weights,
@@ -107,12 +110,24 @@ class MOEADAgent(GenomeAgent):
         budget_, genome = self.start(problem, budget)
         box = Problem(n_var=genome.dim, n_obj=len(problem.objectives), xl=0.0, xu=1.0)
         seeds = [x for x, _ in self.anchor_genomes(problem, budget_, genome)]
-        algorithm = self._algorithm(len(problem.objectives), seeds, genome)
-        # pymoo 0.6.2 draws every random number from a Generator seeded here, not from numpy.random
-        algorithm.setup(box, termination=NoTermination(), seed=self.seed, verbose=False)
+        n_objectives = len(problem.objectives)
+
+        def started(rows: list[np.ndarray], k: int) -> ParallelMOEAD:
+            """A set-up MOEA/D opened by ``rows`` (restart ``k``; 0: the first population)."""
+            algorithm = self._algorithm(n_objectives, rows, genome, k)
+            # pymoo 0.6.2 draws every random number from a Generator seeded here, not numpy.random
+            algorithm.setup(box, termination=NoTermination(), seed=self.seed + k, verbose=False)
+            return algorithm
+
+        def restart(old: Any, k: int) -> ParallelMOEAD:
+            """A fresh MOEA/D opened by (up to half a population of) the old one's best."""
+            best = old.opt.get("X") if old.opt is not None else np.empty((0, genome.dim))
+            return started(list(best[: max(1, len(old.ref_dirs) // 2)]), k)
+
+        algorithm = started(seeds, 0)
         problem.top  # noqa: B018 - the reference scores (uncharged) normalise the first tell
         return pymoo_generations(
-            self, problem, budget_, genome, box, algorithm, normalised_objectives
+            self, problem, budget_, genome, box, algorithm, normalised_objectives, restart
         )
 
 

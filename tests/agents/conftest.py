@@ -54,3 +54,24 @@ def backend_calls(problem: MergeProblem) -> list[int]:
 
     problem.backend = spy
     return calls
+
+
+@pytest.fixture
+def converged(monkeypatch):
+    """A converged population: until the agent's first restart, every generation of a pymoo
+    agent re-proposes the first one's (scored) genomes, so it spends nothing."""
+    import numpy as np
+
+    from agents.genome import GenomeAgent
+
+    real = GenomeAgent.evaluate_genomes
+    first: list[np.ndarray] = []
+
+    def repeat(self, problem, budget, genome, X):
+        if not first:
+            first.append(X.copy())
+        elif self.restarts == 0:
+            X = first[0]
+        return real(self, problem, budget, genome, X)
+
+    monkeypatch.setattr(GenomeAgent, "evaluate_genomes", repeat)

@@ -100,26 +100,13 @@ def test_nsga2_does_not_tell_a_cut_generation(problem):
     assert agent.generations == 1  # the initial 3; the next 3 were cut at 2
 
 
-def test_nsga2_restarts_a_population_that_only_repeats(fresh_problem, monkeypatch):
-    # a converged population: until a restart, every generation re-proposes the first one's
-    # (scored) genomes; without the restart the search spins until its proposal cap, unspent
-    from agents.genome import GenomeAgent
+def test_nsga2_restarts_a_population_that_only_repeats(fresh_problem, converged):
+    # without the restart the converged search spins until its proposal cap, unspent
     from agents.nsga2 import STALE_GENERATIONS
 
     problem = fresh_problem()
     agent = NSGA2Agent(seed=0, pop_size=3, progress=False, **PLAIN)
     agent.max_proposals = 3 * (STALE_GENERATIONS + 30)
-    real = GenomeAgent.evaluate_genomes
-    first: list[np.ndarray] = []
-
-    def converged(self, problem, budget, genome, X):
-        if not first:
-            first.append(X.copy())
-        elif self.restarts == 0:
-            X = first[0]
-        return real(self, problem, budget, genome, X)
-
-    monkeypatch.setattr(GenomeAgent, "evaluate_genomes", converged)
     agent.search(problem, 6)
     assert agent.restarts == 1
     assert problem.spent == pytest.approx(6.0)

@@ -124,6 +124,19 @@ def test_moead_uses_das_dennis_weights_and_does_not_tell_a_cut_generation(fresh_
     assert agent.generations == 1  # the initial 6; the next 6 were cut at 1
 
 
+def test_moead_restarts_a_population_that_only_repeats(fresh_problem, converged):
+    # as NSGA-II's: without the restart the converged search spins until its proposal cap
+    from agents.nsga2 import STALE_GENERATIONS
+
+    problem = fresh_problem()
+    agent = AGENTS["moead"](0, progress=False)  # 6 subproblems: the first generation spends 6
+    agent.max_proposals = 6 * (STALE_GENERATIONS + 30)
+    agent.search(problem, 8)
+    assert agent.restarts == 1
+    assert problem.spent == pytest.approx(8.0)
+    assert agent.generations > STALE_GENERATIONS
+
+
 def test_mo_cmaes_hands_each_preference_its_share_of_the_budget(fresh_problem):
     agent = AGENTS["mo_cmaes"](0, level="param", weights="simplex", progress=False)
     agent.search(fresh_problem(), 8)
