@@ -33,7 +33,7 @@ from pymoo.decomposition.tchebicheff import Tchebicheff
 from pymoo.util.ref_dirs import get_reference_directions
 
 from agents.genome import Genome, GenomeAgent
-from agents.nsga2 import pymoo_generations
+from agents.nsga2 import elite, pymoo_generations
 from merge_env.errors import ConfigError
 from merge_env.search.archive import Archive
 from merge_env.search.problem import MergeProblem
@@ -121,8 +121,7 @@ class MOEADAgent(GenomeAgent):
 
         def restart(old: Any, k: int) -> ParallelMOEAD:
             """A fresh MOEA/D opened by (up to half a population of) the old one's best."""
-            best = old.opt.get("X") if old.opt is not None else np.empty((0, genome.dim))
-            return started(list(best[: max(1, len(old.ref_dirs) // 2)]), k)
+            return started(list(elite(old, genome.dim, len(old.ref_dirs) // 2)), k)
 
         algorithm = started(seeds, 0)
         problem.top  # noqa: B018 - the reference scores (uncharged) normalise the first tell

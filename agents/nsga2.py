@@ -77,11 +77,8 @@ class NSGA2Agent(GenomeAgent):
 
         def restart(old: Any, k: int) -> NSGA2:
             """A fresh NSGA-II seeded with (up to half a population of) the old one's best."""
-            best = old.opt.get("X") if old.opt is not None else np.empty((0, genome.dim))
-            return started(
-                topped_up(best[: self.pop_size // 2], np.random.default_rng([self.seed, k])),
-                self.seed + k,
-            )
+            best = elite(old, genome.dim, self.pop_size // 2)
+            return started(topped_up(best, np.random.default_rng([self.seed, k])), self.seed + k)
 
         rng = np.random.default_rng(self.seed)
         algorithm = started(topped_up(seeds, rng) if seeds else None, self.seed)
@@ -93,6 +90,12 @@ class NSGA2Agent(GenomeAgent):
 def problem_objectives(problem: MergeProblem, scored: list) -> np.ndarray:
     """NSGA-II's objectives: minus the raw score vectors (it ranks, so scale does not matter)."""
     return -np.stack([s.vector for s in scored])
+
+
+def elite(algorithm: Any, dim: int, n: int) -> np.ndarray:
+    """Up to ``n`` genomes of a pymoo algorithm's current optimum (none yet: an empty array),
+    what a restart opens its fresh population with."""
+    return algorithm.opt.get("X")[:n] if algorithm.opt is not None else np.empty((0, dim))
 
 
 def pymoo_generations(
