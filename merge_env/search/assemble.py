@@ -306,17 +306,18 @@ class ModelPool:
         """The recipe as prefix-shared scoring sees it (scoring/prefix.py): its slot layers, a key
         per path prefix, and its shell around any layer list.
 
-        A prefix's key is (pool, merge, first slots): the hidden states after it depend on the
-        embeddings (the shell's, so the merge's) and on those slots, nothing else. The identity
-        path is spelled out (slots of scale 1 over the shell's own layers), so a plain merge
-        shares its prefixes with every path that starts like it.
+        A prefix's key is (pool, merge, shell, first slots): the hidden states after it depend on
+        the embeddings (the shell source's: the merge's, or another source's) and on those
+        slots, nothing else. The identity path is spelled out (slots of scale 1 over the shell's
+        own layers), so a plain merge shares its prefixes with every path that starts like it.
         """
         recipe.validate(self.names, self.num_layers)
         shell = self.source_model(recipe.shell_source, recipe.merge)
         path = recipe.resolved_path(self.num_layers)
         merge = Recipe(merge=recipe.merge).canonical_json() if recipe.merge is not None else ""
         steps = [(s.source, s.layer, float(s.scale)) for s in path]
-        keys = tuple(((self.fingerprint, merge), *steps[:k]) for k in range(1, len(steps) + 1))
+        root = (self.fingerprint, merge, recipe.shell_source)
+        keys = tuple((root, *steps[:k]) for k in range(1, len(steps) + 1))
 
         configs: dict[tuple[int, ...], Any] = {}  # one per suffix depth, not per example batch
 

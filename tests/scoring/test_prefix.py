@@ -130,3 +130,12 @@ def test_lru_respects_its_byte_bound():
     off = PrefixCache(0)
     off.put(("batch", 0), state)
     assert len(off) == 0
+
+
+def test_a_shell_source_is_part_of_the_prefix(pool, tok, tasks):
+    """Same slots, other embeddings: a recipe whose shell is another source shares nothing."""
+    path = (Slot(BASE, 0), Slot("a", 1, 1.25), Slot(BASE, 1))
+    recipes = [Recipe(path=path), Recipe(path=path, shell="a"), Recipe(path=path[:2], shell="b")]
+    expected = _alone(pool, Evaluator(tok, batch_size=8, prefix_cache_bytes=0), recipes, tasks)
+    assert expected[0] != expected[1]
+    assert pool.score_recipes(recipes, Evaluator(tok, batch_size=8), tasks) == expected
