@@ -2,7 +2,11 @@
 
 ``RayBackend`` plugs into ``MergeProblem.backend`` (the seam in merge_env/search/problem.py): the problem
 hands it a batch of *uncached* recipes, the backend spreads them over its actors and returns one
-``{task: TaskScore}`` per recipe, in order. The driver stays the single writer of the evaluation
+``{task: TaskScore}`` per recipe, in order. The batch travels in units cut along its prefix trie
+(scoring/routing.py): candidates sharing their merge and first slots go to the same actor, which
+scores its unit in one call with prefix sharing (``ModelPool.score_recipes``), so each shared
+prefix runs once there; a merge goes back to the actor that last scored it where possible, so
+that actor's merged-model and prefix LRUs serve it again. The driver stays the single writer of the evaluation
 cache, the ledger and the archive, so an actor that dies loses nothing: the backend replaces it
 and re-sends the recipe it held; the score is written once, by the driver, whatever the retries.
 
@@ -30,13 +34,17 @@ import torch
 
 from merge_env.errors import ConfigError, MergeGymError
 from merge_env.scoring.evaluate import Evaluator, TaskScore
+from merge_env.scoring.prefix import PrefixCache, PrefixStats
+from merge_env.scoring.routing import RouteKey, route
 from merge_env.scoring.tasks.task import Task
 from merge_env.search.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
-# (batch_size, max_examples, autocast dtype name): everything an Evaluator's results depend on
-Settings = tuple[int, int | None, str | None]
+# (batch_size, max_examples, autocast dtype name, prefix cache bytes): everything an Evaluator's
+# results depend on, and its prefix sharing (which leaves them bit for bit the same)
+Settings = tuple[int, int | None, str | None, int]
+HOMES = 4096  # merges whose last actor the backend remembers
 
 
 def _import_ray() -> Any:
@@ -52,7 +60,15 @@ def _import_ray() -> Any:
 def settings_of(evaluator: Evaluator) -> Settings:
     """The evaluator settings a worker must copy for its scores to match the driver's keys."""
     dtype = None if evaluator.dtype is None else str(evaluator.dtype).removeprefix("torch.")
-    return (evaluator.batch_size, evaluator.max_examples, dtype)
+    prefix = 0 if evaluator.prefix_cache is None else evaluator.prefix_cache.max_bytes
+    return (evaluator.batch_size, evaluator.max_examples, dtype, prefix)
+
+
+def route_key(recipe: Recipe, num_layers: int) -> RouteKey:
+    """A recipe's place in the prefix trie: (merge, shell), then its path slot by slot."""
+    merge = "" if recipe.merge is None else Recipe(merge=recipe.merge).canonical_json()
+    slots = ((s.source, s.layer, float(s.scale)) for s in recipe.resolved_path(num_layers))
+    return ((merge, recipe.shell_source), *slots)
 
 
 def ray_init(
@@ -108,28 +124,42 @@ class ScoringWorker:
             sources, device=device, dtype=dtype, merged_cache_size=merged_cache_size
         )
         self._evaluators: dict[Settings, Evaluator] = {}
+        # one prefix LRU per size (the full and the cheap evaluator share it, as on the driver)
+        self._prefix: dict[int, PrefixCache] = {}
 
     def _evaluator(self, settings: Settings) -> Evaluator:
         if settings not in self._evaluators:
-            batch_size, max_examples, dtype = settings
+            batch_size, max_examples, dtype, prefix_bytes = settings
+            prefix = self._prefix.setdefault(prefix_bytes, PrefixCache(prefix_bytes))
             self._evaluators[settings] = Evaluator(
                 self.tokenizer, device=self.device, batch_size=batch_size,
                 max_examples=max_examples, cache=None,
-                dtype=None if dtype is None else getattr(torch, dtype),
+                dtype=None if dtype is None else getattr(torch, dtype), prefix_cache_bytes=0,
+                prefix_cache=prefix if prefix_bytes > 0 else None,
             )  # fmt: skip
         return self._evaluators[settings]
 
     def probe(self, settings: Settings, split: str) -> dict[str, Any]:
-        """This worker's pool fingerprint, device, pid and cache key per task (for checking)."""
+        """This worker's pool fingerprint and depth, device, pid and cache key per task."""
         ev = self._evaluator(settings)
         keys = {t.name: ev.cache_key("probe", t, split) for t in self.tasks}
-        return {"fingerprint": self.pool.fingerprint, "device": self.device, "pid": os.getpid(),
-                "keys": keys}  # fmt: skip
+        return {"fingerprint": self.pool.fingerprint, "num_layers": self.pool.num_layers,
+                "device": self.device, "pid": os.getpid(), "keys": keys}  # fmt: skip
 
-    def score(self, recipe: Mapping[str, Any], settings: Settings, split: str) -> dict:
-        """Assemble one recipe and score it on every task, uncached."""
-        model = self.pool.assemble(Recipe.from_dict(dict(recipe)))
-        return self._evaluator(settings).score_tasks(model, self.tasks, split, model_key=None)
+    def score_many(
+        self, recipes: Sequence[Mapping[str, Any]], settings: Settings, split: str
+    ) -> list[dict[str, TaskScore]]:
+        """Score a unit of recipes on every task, uncached, each shared path prefix once."""
+        unit = [Recipe.from_dict(dict(r)) for r in recipes]
+        return self.pool.score_recipes(unit, self._evaluator(settings), self.tasks, split)
+
+    def prefix_stats(self) -> PrefixStats:
+        """What prefix sharing saved on this worker, over all its prefix LRUs."""
+        total = PrefixStats()
+        for cache in self._prefix.values():
+            for name in ("slots_run", "slots_reused", "lru_hits", "evictions"):
+                setattr(total, name, getattr(total, name) + getattr(cache.stats, name))
+        return total
 
 
 class RayBackend:
@@ -179,6 +209,9 @@ class RayBackend:
         self.restarts = 0  # actors replaced after dying
         self.resent = 0  # recipes sent again because their actor died
         self.scored = 0
+        self.units = 0  # units sent (a unit: recipes sharing a merge and a prefix)
+        self._home: collections.OrderedDict[Any, int] = collections.OrderedDict()  # merge -> slot
+        self.num_layers = 0  # the pool's depth, as the actors report it
         self.workers = [self._spawn() for _ in range(self.num_workers)]
         self.fingerprint = self._wait_ready(start_timeout_s)
 
@@ -202,7 +235,7 @@ class RayBackend:
         if short:  # an autoscaling cluster may still add nodes, so wait before giving up
             log.warning("ray: %d workers need %s, the cluster has %s now", self.num_workers,
                         need, {k: have.get(k, 0.0) for k in need})  # fmt: skip
-        refs = [w.probe.remote((1, 1, None), "search") for w in self.workers]
+        refs = [w.probe.remote((1, 1, None, 0), "search") for w in self.workers]
         done, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         if pending:
             self.close()
@@ -222,6 +255,7 @@ class RayBackend:
                               "the pool paths must hold the same files on every node")  # fmt: skip
         log.info("ray: %d workers ready on %s", self.num_workers,
                  sorted({i["device"] for i in infos}))  # fmt: skip
+        self.num_layers = int(infos[0]["num_layers"])
         return prints.pop()
 
     def _replace(self, slot: int, err: BaseException) -> None:
@@ -255,45 +289,75 @@ class RayBackend:
             )
         self._checked.add((settings, split))
 
-    def _submit(self, slot: int, recipe: Mapping[str, Any], settings: Settings, split: str) -> Any:
-        """Send one recipe to the actor in ``slot``; returns the result's ObjectRef."""
-        return self.workers[slot].score.remote(recipe, settings, split)
+    def _submit(
+        self, slot: int, unit: Sequence[Mapping[str, Any]], settings: Settings, split: str
+    ) -> Any:
+        """Send a unit of recipes to the actor in ``slot``; returns the results' ObjectRef."""
+        return self.workers[slot].score_many.remote(unit, settings, split)
+
+    def _pick(self, queue: collections.deque, slot: int, merges: Sequence[Any]) -> int:
+        """Take from ``queue`` the unit to send to ``slot``: one of a merge this actor scored
+        last, else one of a merge no actor has yet, else the first in line."""
+        for want in (lambda u: self._home.get(merges[u]) == slot,
+                     lambda u: merges[u] not in self._home):  # fmt: skip
+            for u in queue:
+                if want(u):
+                    queue.remove(u)
+                    return u
+        return queue.popleft()
+
+    def _settle(self, merge: Any, slot: int) -> None:
+        """Remember that ``slot`` holds ``merge`` now (its merged model and prefix states)."""
+        self._home[merge] = slot
+        self._home.move_to_end(merge)
+        while len(self._home) > HOMES:
+            self._home.popitem(last=False)
 
     # -- the backend -------------------------------------------------------------------------
     def __call__(
         self, recipes: Sequence[Recipe], evaluator: Evaluator, split: str
     ) -> list[dict[str, TaskScore]]:
-        """Score ``recipes`` on the actors, one in flight per actor; results in input order."""
+        """Score ``recipes`` on the actors, one unit in flight per actor; results in input order."""
         if not recipes:
             return []
         ray = self._ray
         settings = settings_of(evaluator)
         self._check_keys(evaluator, settings, split)
+        keys = [route_key(r, self.num_layers) for r in recipes]
+        units = route(keys, self.num_workers)
+        merges = [keys[unit[0]][0] for unit in units]
         payload = [r.to_dict() for r in recipes]
-        queue = collections.deque(range(len(recipes)))
+        queue = collections.deque(range(len(units)))
         results: list[dict[str, TaskScore] | None] = [None] * len(recipes)
-        tries = [0] * len(recipes)
+        tries = [0] * len(units)
         idle = list(range(self.num_workers))
-        in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (slot, recipe index)
+        in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (slot, unit index)
         while queue or in_flight:
             while queue and idle:
-                slot, i = idle.pop(0), queue.popleft()
-                in_flight[self._submit(slot, payload[i], settings, split)] = (slot, i)
+                slot = idle.pop(0)
+                u = self._pick(queue, slot, merges)
+                sent = [payload[i] for i in units[u]]
+                in_flight[self._submit(slot, sent, settings, split)] = (slot, u)
+                self._settle(merges[u], slot)
+                self.units += 1
             [ref], _ = ray.wait(list(in_flight), num_returns=1)
-            slot, i = in_flight.pop(ref)
+            slot, u = in_flight.pop(ref)
             try:
-                results[i] = ray.get(ref)
+                for i, scores in zip(units[u], ray.get(ref)):
+                    results[i] = scores
             except ray.exceptions.RayActorError as err:
-                tries[i] += 1
-                if tries[i] > self.max_resends:
+                tries[u] += 1
+                if tries[u] > self.max_resends:
                     self._drain(in_flight)
+                    more = f" (and {len(units[u]) - 1} more)" if len(units[u]) > 1 else ""
                     raise MergeGymError(
-                        f"recipe {recipes[i].hash}: the Ray worker scoring it died {tries[i]} "
-                        f"time(s) (max_resends={self.max_resends}); last error: {err}"
+                        f"recipe {recipes[units[u][0]].hash}{more}: the Ray worker scoring it "
+                        f"died {tries[u]} time(s) (max_resends={self.max_resends}); last error: "
+                        f"{err}"
                     ) from None
                 self._replace(slot, err)
-                self.resent += 1
-                queue.appendleft(i)  # first in line again, so the order of work is kept
+                self.resent += len(units[u])
+                queue.appendleft(u)  # first in line again, so the order of work is kept
             except ray.exceptions.RayTaskError as err:
                 self._drain(in_flight)
                 cause = getattr(err, "cause", None)
@@ -303,6 +367,10 @@ class RayBackend:
             idle.append(slot)
         self.scored += len(recipes)
         return results  # type: ignore[return-value]
+
+    def prefix_stats(self) -> list[PrefixStats]:
+        """Each actor's prefix-sharing counters (slot forwards run and reused, LRU hits)."""
+        return self._ray.get([w.prefix_stats.remote() for w in self.workers])
 
     def _drain(self, in_flight: Mapping[Any, tuple[int, int]]) -> None:
         """Let work already sent finish, so that the actors are idle for the next batch."""

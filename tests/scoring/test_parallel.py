@@ -204,3 +204,54 @@ def test_ray_evaluator_config_composes_and_validates():
                                            "evaluator.num_workers=two"])  # fmt: skip
     with pytest.raises(ConfigError, match="evaluator.num_workers"):
         validate_run_config(bad)
+
+
+def _families(problem, merges: int) -> list[Recipe]:
+    """Per merge, two families of paths (as a PPO step or a CMA-ES generation proposes): one
+    starting with the merged layer 0, one with a scaled expert layer 0; repeats and scales."""
+    e = problem.pool.experts[0]
+    out = []
+    for m in range(merges):
+        merge = param_merge("ties", {x: 0.4 + 0.3 * m + 0.1 * j
+                                     for j, x in enumerate(problem.pool.experts)}, density=0.5)  # fmt: skip
+        for head in ((Slot(MERGED, 0),), (Slot(e, 0, 1.25),)):
+            for tail in ((Slot(MERGED, 1),), (Slot(MERGED, 1), Slot(MERGED, 1, 0.5)),
+                         (Slot(BASE, 1, 0.75),)):  # fmt: skip
+                out.append(Recipe(merge=merge, path=head + tail))
+    return out
+
+
+def _spy_units(backend, monkeypatch) -> list[list[str]]:
+    """Record the recipe hashes of every unit the backend sends."""
+    sent, submit = [], backend._submit
+
+    def spy(slot, unit, settings, split):
+        sent.append(sorted(Recipe.from_dict(r).hash for r in unit))
+        return submit(slot, unit, settings, split)
+
+    monkeypatch.setattr(backend, "_submit", spy)
+    return sent
+
+
+def test_ray_scores_equal_local_bit_for_bit_and_prefixes_stay_on_one_actor(
+    backends, fresh, monkeypatch
+):
+    problem, backend = fresh(), backends[2]
+    recipes = _families(problem, merges=2)
+    sent = _spy_units(backend, monkeypatch)
+    reused = sum(s.slots_reused for s in backend.prefix_stats())
+    remote = backend(recipes, problem.evaluator, "search")
+    assert remote == problem.local_backend(recipes, problem.evaluator, "search")  # bit for bit
+    by_merge = sorted(sorted(r.hash for r in recipes[i : i + 6]) for i in (0, 6))
+    assert sorted(sent) == by_merge  # two workers, two merges: a merge's recipes on one actor
+    assert sum(s.slots_reused for s in backend.prefix_stats()) > reused  # and shared there
+
+
+def test_one_merge_is_split_between_its_prefix_families(backends, fresh, monkeypatch):
+    problem, backend = fresh(), backends[2]
+    recipes = _families(problem, merges=1)
+    sent = _spy_units(backend, monkeypatch)
+    remote = backend(recipes, problem.evaluator, "search")
+    assert remote == problem.local_backend(recipes, problem.evaluator, "search")
+    families = sorted(sorted(r.hash for r in recipes[i : i + 3]) for i in (0, 3))
+    assert sorted(sent) == families  # cut where the recipes share only the merge
