@@ -82,7 +82,7 @@ def tiny_zoo(tmp_path_factory):
     from merge_env.pools.zoo import ZooConfig, build_zoo
 
     cache = os.environ.get("MERGEGYM_TEST_ZOO_CACHE") or tmp_path_factory.mktemp("zoo")
-    return build_zoo(ZooConfig.preset("tiny"), cache, progress=False)
+    return build_zoo(ZooConfig.preset("tiny"), cache, progress=False, extras=True)
 
 
 @pytest.fixture

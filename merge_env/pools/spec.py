@@ -7,7 +7,7 @@ and the SmolLM2 pool are equal citizens.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,44 @@ class PoolSpec:
                 raise ConfigError(f"pool {self.name!r}: source {name!r}: {path} has no config.json")
 
 
+class _ZooExtras(Mapping[str, object]):
+    """A zoo pool's ``extra``: its recycling checkpoints, odd expert and that expert's task, the
+    extras trained on first access (a search never touches them, so it never waits for them)."""
+
+    KEYS = ("recycling", "odd_expert", "odd_expert_task")
+
+    def __init__(self, config: Any, cache_dir: str | None) -> None:
+        self._config, self._cache_dir = config, cache_dir
+        self._values: dict[str, object] | None = None
+
+    def __getitem__(self, key: str) -> object:
+        if key not in self.KEYS:
+            raise KeyError(key)
+        if self._values is None:
+            from merge_env.pools.zoo import build_zoo
+
+            zoo = build_zoo(self._config, self._cache_dir, extras=True)
+            self._values = {"recycling": list(zoo.recycling), "odd_expert": zoo.odd_expert,
+                            "odd_expert_task": zoo.odd_expert_task}  # fmt: skip
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.KEYS)
+
+    def __len__(self) -> int:
+        return len(self.KEYS)
+
+    def __eq__(self, other: object) -> bool:  # equal zoos, without building either's extras
+        if not isinstance(other, _ZooExtras):
+            return NotImplemented
+        return (self._config, self._cache_dir) == (other._config, other._cache_dir)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 def zoo_pool(preset: str = "default", seed: int = 0, cache_dir: str | None = None) -> PoolSpec:
-    """The project's own zoo (built and cached on first use): base + one expert per task."""
+    """The project's own zoo (built and cached on first use): base + one expert per task; its
+    recycling pool and odd expert (``extra``) are trained when first asked for."""
     import dataclasses
 
     from merge_env.pools.zoo import ZooConfig, build_zoo
@@ -54,9 +90,8 @@ def zoo_pool(preset: str = "default", seed: int = 0, cache_dir: str | None = Non
         sources={BASE: zoo.base, **zoo.experts},
         tokenizer_dir=zoo.tokenizer_dir,
         tasks=tuple(zoo.tasks),
-        extra={"recycling": list(zoo.recycling), "odd_expert": zoo.odd_expert,
-               "odd_expert_task": zoo.odd_expert_task},
-    )  # fmt: skip
+        extra=_ZooExtras(config, cache_dir),
+    )
 
 
 def zoo_problem(preset: str = "default", *, seed: int = 0, **kwargs: Any) -> MergeProblem:

@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 # Bump when training code changes what a config builds, so stale cached zoos stop matching.
 ZOO_VERSION = 4  # 4: per-task rare mass and expert lr; add's rare digits 7-9
 MANIFEST = "zoo.json"
+# The recycling pool and the odd expert: trained on first request (build_zoo(extras=True)), into
+# this subfolder of the zoo, since the main job and the agents never load them.
+EXTRAS = "extras"
+EXTRAS_MANIFEST = "extras.json"
 
 
 @dataclass(frozen=True)
@@ -234,24 +238,37 @@ _PRESETS: dict[str, ZooConfig] = {
 
 @dataclass(frozen=True)
 class Zoo:
-    """A built zoo: checkpoint folders, the evaluation tasks and the shared tokenizer."""
+    """A built zoo: checkpoint folders, the evaluation tasks and the shared tokenizer.
+
+    ``recycling`` and ``odd_expert`` are empty / None until the extras are built
+    (``build_zoo(..., extras=True)``).
+    """
 
     root: Path
     base: Path
     experts: dict[str, Path]  # task name -> checkpoint dir
     recycling: list[Path]
-    odd_expert: Path
+    odd_expert: Path | None
     odd_expert_task: str
     tasks: list[Task]  # the evaluation tasks (search + test splits)
     tokenizer_dir: Path
     config: ZooConfig | None = field(default=None, compare=False)
-    build_seconds: float = field(default=0.0, compare=False)
+    build_seconds: float = field(default=0.0, compare=False)  # the base and experts
+    extras_seconds: float = field(default=0.0, compare=False)  # the recycling pool, odd expert
+    base_run: dict[int, str] = field(default_factory=dict, compare=False)  # step -> snapshot
+
+    @property
+    def has_extras(self) -> bool:
+        """Whether the recycling pool and the odd expert are built."""
+        return self.odd_expert is not None
 
     def checkpoints(self) -> dict[str, Path]:
-        """Return every checkpoint dir by a display name: base, experts, odd expert, recycling."""
+        """Return every checkpoint dir by a display name: base, experts, then (once built) the
+        odd expert and the recycling pool."""
         out = {"base": self.base}
         out.update({f"expert:{k}": v for k, v in self.experts.items()})
-        out[f"odd:{self.odd_expert_task}"] = self.odd_expert
+        if self.odd_expert is not None:
+            out[f"odd:{self.odd_expert_task}"] = self.odd_expert
         out.update({f"recycle:{p.name}": p for p in self.recycling})
         return out
 
@@ -317,35 +334,40 @@ def _expert_mix(config: ZooConfig, task: str) -> tuple[float, ...]:
     return (*replay, *own)
 
 
-def _build_into(tmp: Path, config: ZooConfig, progress: bool, device: str) -> dict[str, Any]:
-    """Train every checkpoint of the zoo into ``tmp``; return the manifest (paths relative)."""
-    from tqdm.auto import tqdm
+class _Trainer:
+    """What both build stages share: the tokenizer, the tasks, the training rows, one progress bar."""
 
-    from merge_env.scoring.tasks.synthetic import training_examples
+    def __init__(self, config: ZooConfig, steps: int, progress: bool, device: str) -> None:
+        from tqdm.auto import tqdm
 
-    tok = char_tokenizer()
-    tok.save_pretrained(tmp / "tokenizer")
-    tasks = [make_task(k, config.n_search, config.n_test, config.task_seed) for k in config.tasks]
-    width = config.shape.max_positions
+        self.config = config
+        self.device = device
+        self.tok = char_tokenizer()
+        self.tasks = [
+            make_task(k, config.n_search, config.n_test, config.task_seed) for k in config.tasks
+        ]
+        self.bar = tqdm(total=steps, disable=not progress, unit="step")
 
-    def rows(task: Task, stream: str, rare_mass: float | None) -> Any:
-        seed = sub_seed(config.seed, f"{stream}:{task.name}")
-        examples = training_examples(task.name, config.train_pool, seed, task, rare_mass)
-        return encode_rows(tok, examples, width)
+    def rows(self, stream: str, rare_mass: Sequence[float | None]) -> list[Any]:
+        """Each task's training rows of ``stream`` ("data": its own; "pretrain": the base's)."""
+        from merge_env.scoring.tasks.synthetic import training_examples
 
-    # each task's own data (uniform symbols) and its share of the base's pretraining data
-    domain = [rows(t, "data", None) for t in tasks]
-    rare = config.per_task("base_rare_mass")
-    pretraining = [rows(t, "pretrain", mass) for t, mass in zip(tasks, rare, strict=True)]
-    steps = [config.base_steps, *config.expert_steps, *(r.steps for r in config.recycling)]
-    bar = tqdm(total=sum(steps) + config.odd_steps, disable=not progress, unit="step")
+        out = []
+        for task, mass in zip(self.tasks, rare_mass, strict=True):
+            seed = sub_seed(self.config.seed, f"{stream}:{task.name}")
+            examples = training_examples(task.name, self.config.train_pool, seed, task, mass)
+            out.append(encode_rows(self.tok, examples, self.config.shape.max_positions))
+        return out
+
+    def model(self, shape: ModelShape, phase: str) -> Any:
+        return _new_model(shape, self.tok, sub_seed(self.config.seed, phase), self.device)
 
     def fit(
-        model: Any, pools: Sequence[Any], mix: Sequence[float], steps: int, lr: float,
+        self, model: Any, pools: Sequence[Any], mix: Sequence[float], steps: int, lr: float,
         phase: str, at: Sequence[int] = (),
-    ) -> dict:  # fmt: skip
+    ) -> dict[int, dict[str, torch.Tensor]]:  # fmt: skip
         """Train on ``pools`` mixed by ``mix``; state-dict copies taken after each step in ``at``."""
-        bar.set_description(f"zoo {phase}")
+        self.bar.set_description(f"zoo {phase}")
         snaps: dict[int, dict[str, torch.Tensor]] = {}
         if steps < 1 or sum(float(w) for w in mix) <= 0:
             return snaps
@@ -353,58 +375,56 @@ def _build_into(tmp: Path, config: ZooConfig, progress: bool, device: str) -> di
         def tick(step: int, loss: float) -> None:
             if step + 1 in at:
                 snaps[step + 1] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            bar.update(1)
+            self.bar.update(1)
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
         finetune(
-            model, mixture_batches(pools, mix, config.batch_size),
-            warmup_cosine(lr, steps, config.warmup, floor=0.1), steps=steps,
-            seed=sub_seed(config.seed, phase), on_step=tick,
+            model, mixture_batches(pools, mix, self.config.batch_size),
+            warmup_cosine(lr, steps, self.config.warmup, floor=0.1), steps=steps,
+            seed=sub_seed(self.config.seed, phase), on_step=tick,
         )  # fmt: skip
         return snaps
 
-    def save(model: Any, rel: str) -> str:
-        _save(model, tok, tmp / rel)
+    def save(self, model: Any, out: Path, rel: str) -> str:
+        _save(model, self.tok, out / rel)
         return rel
 
-    with bar:
-        model = _new_model(config.shape, tok, sub_seed(config.seed, "init"), device)
-        start = {r.name: max(1, round(r.start * config.base_steps)) for r in config.recycling}
-        snaps = fit(
-            model,
-            pretraining,
-            config.base_mix,
-            config.base_steps,
-            config.base_lr,
-            "base",
-            at=sorted(set(start.values())),
-        )
-        snaps[config.base_steps] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        save(model, "base")
+
+def _starts(config: ZooConfig) -> dict[str, int]:
+    """The base-run step each recycling checkpoint branches from."""
+    return {r.name: max(1, round(r.start * config.base_steps)) for r in config.recycling}
+
+
+def _build_core(tmp: Path, config: ZooConfig, progress: bool, device: str) -> dict[str, Any]:
+    """Train the base and the experts into ``tmp`` and keep the base run's snapshots the recycling
+    pool branches from; return the manifest (paths relative)."""
+    from safetensors.torch import save_file
+
+    run = _Trainer(config, config.base_steps + sum(config.expert_steps), progress, device)
+    run.tok.save_pretrained(tmp / "tokenizer")
+    # each task's own data (uniform symbols) and its share of the base's pretraining data
+    domain = run.rows("data", [None] * len(config.tasks))
+    pretraining = run.rows("pretrain", config.per_task("base_rare_mass"))
+    with run.bar:
+        model = run.model(config.shape, "init")
+        at = sorted({s for s in _starts(config).values() if s < config.base_steps})
+        snaps = run.fit(model, pretraining, config.base_mix, config.base_steps, config.base_lr,
+                        "base", at=at)  # fmt: skip
+        final = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        run.save(model, tmp, "base")
+        base_run = {}
+        for step, state in snaps.items():
+            base_run[str(step)] = f"base_run/step-{step}.safetensors"
+            (tmp / "base_run").mkdir(exist_ok=True)
+            save_file(state, str(tmp / base_run[str(step)]))
         experts = {}
         lrs = config.per_task("expert_lr")
         for task, n, lr in zip(config.tasks, config.expert_steps, lrs, strict=True):
-            model.load_state_dict(snaps[config.base_steps])
+            model.load_state_dict(final)
             mix = _expert_mix(config, task)
-            fit(model, [*pretraining, *domain], mix, n, lr, f"expert:{task}")
-            experts[task] = save(model, f"experts/{task}")
-        recycling = []
-        for spec in config.recycling:
-            model.load_state_dict(snaps[start[spec.name]])
-            fit(model, domain, spec.mix, spec.steps, spec.lr, f"recycle:{spec.name}")
-            recycling.append(save(model, f"recycling/{spec.name}"))
-        odd = _new_model(config.odd_shape, tok, sub_seed(config.seed, "odd-init"), device)
-        mix = _one_hot(config, config.odd_task)
-        fit(odd, domain, mix, config.odd_steps, config.odd_lr, "odd")
-        save(odd, "odd_expert")
-    return _manifest(config, tasks, experts, recycling)
-
-
-def _manifest(
-    config: ZooConfig, tasks: Sequence[Task], experts: dict[str, str], recycling: list[str]
-) -> dict[str, Any]:
-    """Return zoo.json's content: the config, folder names relative to the root, the task data."""
+            run.fit(model, [*pretraining, *domain], mix, n, lr, f"expert:{task}")
+            experts[task] = run.save(model, tmp, f"experts/{task}")
     return {
         "format": "mergegym-zoo",
         "version": ZOO_VERSION,
@@ -412,11 +432,47 @@ def _manifest(
         "config": config.to_dict(),
         "base": "base",
         "experts": experts,
-        "recycling": recycling,
-        "odd_expert": "odd_expert",
+        "base_run": base_run,
         "odd_expert_task": config.odd_task,
         "tokenizer": "tokenizer",
-        "tasks": task_records(tasks),
+        "tasks": task_records(run.tasks),
+    }
+
+
+def _build_extras(tmp: Path, zoo: Zoo, progress: bool, device: str) -> dict[str, Any]:
+    """Train the recycling pool and the odd expert of the built core ``zoo`` into ``tmp``.
+
+    Branches start from the base run's saved snapshots (or the final base), so they hold the same
+    tensors as when the whole zoo was trained in one go.
+    """
+    from safetensors.torch import load_file
+
+    config = zoo.config
+    assert config is not None
+    steps = sum(r.steps for r in config.recycling) + config.odd_steps
+    run = _Trainer(config, steps, progress, device)
+    domain = run.rows("data", [None] * len(config.tasks))
+    with run.bar:
+        model = run.model(config.shape, "init")
+        recycling = []
+        for spec in config.recycling:
+            step = _starts(config)[spec.name]
+            if step >= config.base_steps:
+                state = load_file(str(zoo.base / "model.safetensors"))
+            else:
+                state = load_file(str(zoo.root / zoo.base_run[step]))
+            model.load_state_dict(state)
+            run.fit(model, domain, spec.mix, spec.steps, spec.lr, f"recycle:{spec.name}")
+            recycling.append(run.save(model, tmp, f"recycling/{spec.name}"))
+        odd = run.model(config.odd_shape, "odd-init")
+        run.fit(odd, domain, _one_hot(config, config.odd_task), config.odd_steps, config.odd_lr,
+                "odd")  # fmt: skip
+        run.save(odd, tmp, "odd_expert")
+    return {
+        "format": "mergegym-zoo-extras",
+        "fingerprint": config.fingerprint(),
+        "recycling": recycling,
+        "odd_expert": "odd_expert",
     }
 
 
@@ -426,52 +482,87 @@ def build_zoo(
     *,
     progress: bool = True,
     device: str = "cpu",
+    extras: bool = False,
 ) -> Zoo:
-    """Return the zoo for ``config``, from ``<cache_dir>/zoo-<fingerprint>`` or trained there now."""
+    """Return the zoo for ``config``, from ``<cache_dir>/zoo-<fingerprint>`` or trained there now.
+
+    The base and the experts (all a search needs) are built first; ``extras``: also the recycling
+    pool and the odd expert (checkpoint recycling, heterogeneous MoE), trained on first request
+    into ``<root>/extras`` from the base run's snapshots.
+    """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = cache / f"zoo-{config.fingerprint()}"
     if (root / MANIFEST).is_file():
         logger.info("zoo found in cache: %s", root)
-        return load_zoo(root)
+    else:
+        with pinned_threads():
+            manifest = build_atomically(
+                root, MANIFEST, lambda tmp: _build_core(tmp, config, progress, device),
+                "build_seconds",
+            )  # fmt: skip
+        logger.info("zoo built in %.1f s: %s", manifest["build_seconds"], root)
+    zoo = load_zoo(root)
+    if not extras or zoo.has_extras:
+        return zoo
     with pinned_threads():
-        manifest = build_atomically(
-            root, MANIFEST, lambda tmp: _build_into(tmp, config, progress, device), "build_seconds"
-        )
-    logger.info("zoo built in %.1f s: %s", manifest["build_seconds"], root)
+        info = build_atomically(
+            root / EXTRAS, EXTRAS_MANIFEST, lambda tmp: _build_extras(tmp, zoo, progress, device),
+            "build_seconds",
+        )  # fmt: skip
+    logger.info("zoo extras built in %.1f s: %s", info["build_seconds"], root / EXTRAS)
     return load_zoo(root)
 
 
 def load_zoo(root: str | Path) -> Zoo:
-    """Return the zoo described by ``<root>/zoo.json``; a missing or broken part raises CheckpointError."""
+    """Return the zoo described by ``<root>/zoo.json`` (and ``<root>/extras/extras.json`` once
+    the extras are built); a missing or broken part raises CheckpointError."""
     root = Path(root)
     path = root / MANIFEST
     data = read_manifest(path, "mergegym-zoo", "MergeGym zoo")
+    extras_path = root / EXTRAS / EXTRAS_MANIFEST
+    extras_seconds = 0.0
     try:
         tasks = tasks_from_records(data["tasks"])
-        dirs = {
-            "base": root / data["base"],
-            "odd_expert": root / data["odd_expert"],
-            "tokenizer": root / data["tokenizer"],
-        }
+        base, tok = root / data["base"], root / data["tokenizer"]
         experts = {k: root / v for k, v in data["experts"].items()}
-        recycling = [root / p for p in data["recycling"]]
         config = ZooConfig.from_dict(data["config"])
+        base_run = {int(k): str(v) for k, v in data.get("base_run", {}).items()}
+        # a zoo built whole (before the extras were split off) lists them in zoo.json itself
+        recycling = [root / p for p in data.get("recycling", [])]
+        odd = root / data["odd_expert"] if data.get("odd_expert") else None
     except (KeyError, TypeError, ValueError, ConfigError) as err:
         raise CheckpointError(f"{path}: malformed zoo manifest ({err!r})") from err
-    for d in [dirs["base"], dirs["odd_expert"], *experts.values(), *recycling]:
+    if odd is None and extras_path.is_file():
+        extras = read_manifest(extras_path, "mergegym-zoo-extras", "MergeGym zoo extras")
+        try:
+            if extras["fingerprint"] != data["fingerprint"]:
+                raise ValueError(f"fingerprint {extras['fingerprint']} is not the zoo's")
+            recycling = [root / EXTRAS / p for p in extras["recycling"]]
+            odd = root / EXTRAS / extras["odd_expert"]
+            extras_seconds = float(extras.get("build_seconds", 0.0))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"{extras_path}: malformed zoo extras manifest ({err!r})"
+            ) from err
+    for d in [base, *experts.values(), *recycling, *([odd] if odd else [])]:
         if not (d / "config.json").is_file():
             raise CheckpointError(f"{d}: zoo checkpoint missing (no config.json)")
-    if not (dirs["tokenizer"] / "tokenizer.json").is_file():
-        raise CheckpointError(f"{dirs['tokenizer']}: zoo tokenizer missing (no tokenizer.json)")
+    for snapshot in base_run.values():
+        if not (root / snapshot).is_file():
+            raise CheckpointError(f"{root / snapshot}: base-run snapshot missing")
+    if not (tok / "tokenizer.json").is_file():
+        raise CheckpointError(f"{tok}: zoo tokenizer missing (no tokenizer.json)")
     return Zoo(
         root=root,
-        base=dirs["base"],
+        base=base,
         experts=experts,
         recycling=recycling,
-        odd_expert=dirs["odd_expert"],
+        odd_expert=odd,
         odd_expert_task=str(data["odd_expert_task"]),
         tasks=tasks,
-        tokenizer_dir=dirs["tokenizer"],
+        tokenizer_dir=tok,
         config=config,
         build_seconds=float(data.get("build_seconds", 0.0)),
+        extras_seconds=extras_seconds,
+        base_run=base_run,
     )

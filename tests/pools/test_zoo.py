@@ -58,8 +58,8 @@ def test_every_dir_loads_as_hf_checkpoint(tiny_zoo):
 
 
 def test_same_seed_gives_identical_tensors(tiny_zoo, tmp_path):
-    again = build_zoo(ZooConfig.preset("tiny"), tmp_path, progress=False)
-    assert again.root != tiny_zoo.root
+    again = build_zoo(ZooConfig.preset("tiny"), tmp_path, progress=False, extras=True)
+    assert again.root != tiny_zoo.root and len(_all_dirs(again)) == len(_all_dirs(tiny_zoo))
     for first, second in zip(_all_dirs(tiny_zoo), _all_dirs(again)):
         a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
         assert a.keys() == b.keys()
@@ -114,6 +114,81 @@ def test_interrupted_build_leaves_no_zoo(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         build_zoo(config, tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def _quick(seed: int) -> ZooConfig:
+    """The tiny preset cut to a few steps per checkpoint (a build in a second or two)."""
+    tiny = ZooConfig.preset("tiny")
+    recycling = tuple(dataclasses.replace(r, steps=min(r.steps, 2)) for r in tiny.recycling)
+    return dataclasses.replace(tiny, base_steps=10, expert_steps=(2, 2, 2), recycling=recycling,
+                               odd_steps=2, seed=seed)  # fmt: skip
+
+
+def test_search_pool_builds_without_the_extras_until_asked(tmp_path, monkeypatch):
+    from merge_env.pools.spec import zoo_pool
+
+    config = _quick(11)
+    monkeypatch.setattr(ZooConfig, "preset", classmethod(lambda cls, name: config))
+    trained = []
+    real = zoo_module.finetune
+    monkeypatch.setattr(zoo_module, "finetune", lambda *a, **k: trained.append(1) or real(*a, **k))
+    pool = zoo_pool("tiny", seed=11, cache_dir=str(tmp_path))
+    core = load_zoo(tmp_path / f"zoo-{config.fingerprint()}")
+    assert not core.has_extras and core.recycling == [] and core.odd_expert is None
+    assert not (core.root / "extras").exists()
+    assert set(core.checkpoints()) == {"base", *(f"expert:{t}" for t in config.tasks)}
+    assert len(trained) == 1 + len(config.tasks)  # the base and the experts, nothing else
+    # the base run's snapshot the stage80 checkpoint (a bare snapshot) is taken from
+    assert core.base_run == {8: "base_run/step-8.safetensors"}
+    assert list(pool.extra) == ["recycling", "odd_expert", "odd_expert_task"]
+    assert len(trained) == 1 + len(config.tasks)  # listing the keys trains nothing
+    recycling = pool.extra["recycling"]
+    assert len(recycling) == len(config.recycling) and pool.extra["odd_expert"] is not None
+    full = load_zoo(core.root)
+    assert full.has_extras and full.recycling == recycling and full.extras_seconds > 0
+    stage80 = load_file(full.root / "extras/recycling/stage80/model.safetensors")
+    snapshot = load_file(full.root / "base_run/step-8.safetensors")
+    assert stage80.keys() == snapshot.keys()
+    assert all(torch.equal(stage80[k], snapshot[k]) for k in stage80)
+    again = build_zoo(config, tmp_path, progress=False, extras=True)  # from the cache now
+    assert (
+        again == full
+        and len(trained) == 1 + len(config.tasks) + sum(1 for r in config.recycling if r.steps) + 1
+    )
+
+
+def test_interrupted_extras_build_keeps_the_core(tmp_path, monkeypatch):
+    config = _quick(12)
+    core = build_zoo(config, tmp_path, progress=False)
+
+    def broken(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zoo_module, "_save", broken)
+    with pytest.raises(KeyboardInterrupt):
+        build_zoo(config, tmp_path, progress=False, extras=True)
+    assert sorted(p.name for p in core.root.iterdir()) == [
+        "base", "base_run", "experts", "tokenizer", "zoo.json"
+    ]  # fmt: skip
+    assert load_zoo(core.root) == core
+
+
+def test_load_zoo_reads_a_zoo_built_whole_and_rejects_foreign_extras(tmp_path):
+    config = _quick(13)
+    zoo = build_zoo(config, tmp_path, progress=False, extras=True)
+    # a zoo built before the split lists its recycling pool and odd expert in zoo.json itself
+    manifest = json.loads((zoo.root / "zoo.json").read_text())
+    extras = json.loads((zoo.root / "extras/extras.json").read_text())
+    manifest["recycling"] = [f"extras/{p}" for p in extras["recycling"]]
+    manifest["odd_expert"] = "extras/odd_expert"
+    (zoo.root / "zoo.json").write_text(json.dumps(manifest))
+    (zoo.root / "extras/extras.json").unlink()
+    assert load_zoo(zoo.root) == zoo
+    del manifest["recycling"], manifest["odd_expert"]
+    (zoo.root / "zoo.json").write_text(json.dumps(manifest))
+    (zoo.root / "extras/extras.json").write_text(json.dumps({**extras, "fingerprint": "0" * 16}))
+    with pytest.raises(CheckpointError, match="extras.json.*fingerprint"):
+        load_zoo(zoo.root)
 
 
 def test_load_zoo_rejects_missing_or_broken_folders(tiny_zoo, tmp_path):
