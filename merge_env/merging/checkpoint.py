@@ -16,8 +16,6 @@ import json
 import logging
 import os
 import shutil
-import struct
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,24 +26,17 @@ from safetensors import safe_open
 
 from merge_env.errors import CheckpointError
 from merge_env.merging.arch import ArchInfo, arch_from_config
+from merge_env.merging.folder import (
+    INDEX_NAME,
+    SINGLE_NAME,
+    header_bytes,
+    publish,
+    read_header,
+    temp_dir_for,
+    weight_files,
+)
 
 log = logging.getLogger(__name__)
-
-INDEX_NAME = "model.safetensors.index.json"
-SINGLE_NAME = "model.safetensors"
-# Files copied beside the weights so the output loads with from_pretrained and its tokenizer.
-SIDE_FILES = (
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 
 _ST_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -82,41 +73,12 @@ class TensorInfo:
 
 def read_safetensors_header(file: Path) -> dict[str, TensorInfo]:
     """Tensor infos of one safetensors file; CheckpointError if it is corrupt or truncated."""
-    try:
-        size = file.stat().st_size
-        with open(file, "rb") as fh:
-            raw_len = fh.read(8)
-            if len(raw_len) < 8:
-                raise CheckpointError(f"{file}: not a safetensors file (shorter than 8 bytes)")
-            (header_len,) = struct.unpack("<Q", raw_len)
-            if header_len > size - 8:
-                raise CheckpointError(
-                    f"{file}: truncated or corrupt safetensors file (header claims {header_len} "
-                    f"bytes, file has {size})"
-                )
-            header = json.loads(fh.read(header_len))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{file}: unreadable safetensors header ({exc})") from exc
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{file}: safetensors header is not a JSON object")
-    data_len = size - 8 - header_len
-    infos: dict[str, TensorInfo] = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = _ST_DTYPES[meta["dtype"]]
-            shape = tuple(int(d) for d in meta["shape"])
-            begin, end = (int(x) for x in meta["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{file}: bad header entry for tensor {name!r} ({exc})") from exc
-        info = TensorInfo(name, file, dtype, shape)
-        if end > data_len or end - begin != info.nbytes:
-            raise CheckpointError(
-                f"{file}: tensor {name!r} lies outside the file or has the wrong size "
-                f"(bytes {begin}..{end}, data section {data_len}); the file is truncated or corrupt"
-            )
-        infos[name] = info
+    _, entries = read_header(file)
+    infos = {}
+    for name, (dtype, shape, _, _) in entries.items():
+        if dtype not in _ST_DTYPES:
+            raise CheckpointError(f"{file}: bad header entry for tensor {name!r} ({dtype!r})")
+        infos[name] = TensorInfo(name, file, _ST_DTYPES[dtype], shape)
     return infos
 
 
@@ -138,18 +100,7 @@ class Checkpoint:
         self._handles: dict[Path, Any] = {}
 
     def _scan(self) -> dict[str, TensorInfo]:
-        index = self.path / INDEX_NAME
-        if index.is_file():
-            try:
-                weight_map: Mapping[str, str] = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError) as exc:
-                raise CheckpointError(f"{index}: invalid index ({exc})") from exc
-            files = sorted({self.path / f for f in weight_map.values()})
-            missing = [str(f) for f in files if not f.is_file()]
-            if missing:
-                raise CheckpointError(f"{index}: shard files missing: {', '.join(missing)}")
-        else:
-            files = sorted(self.path.glob("*.safetensors"))
+        files = weight_files(self.path)
         if not files:
             if (self.path / "pytorch_model.bin").is_file():
                 return self._scan_bin(self.path / "pytorch_model.bin")
@@ -284,7 +235,7 @@ class CheckpointWriter:
         self.side_files_from = Path(side_files_from) if side_files_from else None
         self.shard_size = shard_size
         self.metadata = {"format": "pt", **(metadata or {})}
-        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self.tmp_dir = temp_dir_for(self.out_dir)
         self._slots: dict[str, tuple[Path, int, TensorSpec]] = {}
         self._written: set[str] = set()
         self._files: dict[Path, Any] = {}
@@ -306,27 +257,14 @@ class CheckpointWriter:
         return self
 
     def _layout_shard(self, file: Path, shard: list[TensorSpec]) -> None:
-        header: dict[str, Any] = {"__metadata__": self.metadata}
-        offset = 0
-        for spec in shard:
-            end = offset + spec.nbytes
-            header[spec.name] = {
-                "dtype": _ST_NAMES[spec.dtype],
-                "shape": list(spec.shape),
-                "data_offsets": [offset, end],
-            }
-            offset = end
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
+        entries = [(t.name, _ST_NAMES[t.dtype], t.shape, t.nbytes) for t in shard]
+        head, offsets = header_bytes(entries, self.metadata)
         fh = open(file, "w+b")  # noqa: SIM115 - closed in finish()/abort()
-        fh.write(struct.pack("<Q", len(raw)))
-        fh.write(raw)
-        fh.truncate(8 + len(raw) + offset)
-        data_start = 8 + len(raw)
+        fh.write(head)
+        fh.truncate(len(head) + sum(t.nbytes for t in shard))
         self._files[file] = fh
         for spec in shard:
-            begin = header[spec.name]["data_offsets"][0]
-            self._slots[spec.name] = (file, data_start + begin, spec)
+            self._slots[spec.name] = (file, offsets[spec.name], spec)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Write one planned tensor (any order); its dtype and shape must match the plan."""
@@ -359,27 +297,7 @@ class CheckpointWriter:
         synced = set(self._files)
         self._files.clear()
         (self.tmp_dir / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
-        if self.side_files_from is not None:
-            for fname in SIDE_FILES:
-                src = self.side_files_from / fname
-                if src.is_file():
-                    shutil.copy2(src, self.tmp_dir / fname)
-        # Every file's data, then the folder's entries, must be on disk before the rename
-        # publishes the folder: otherwise a power cut can leave a published checkpoint whose
-        # config.json or tokenizer is empty.
-        for file in sorted(self.tmp_dir.iterdir()):
-            if file not in synced:
-                _fsync_path(file)
-        _fsync_path(self.tmp_dir)
-        if self.out_dir.exists():  # overwrite: swap in, then drop the old folder
-            trash = self.out_dir.parent / f".{self.out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            self.out_dir.rename(trash)
-            self.tmp_dir.rename(self.out_dir)
-            _fsync_path(self.out_dir.parent)  # the rename itself survives a power cut
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            self.tmp_dir.rename(self.out_dir)
-            _fsync_path(self.out_dir.parent)
+        publish(self.tmp_dir, self.out_dir, synced, self.side_files_from)
 
     def _abort(self) -> None:
         for fh in self._files.values():
@@ -400,15 +318,6 @@ class CheckpointWriter:
         except BaseException:
             self._abort()
             raise
-
-
-def _fsync_path(path: Path) -> None:
-    """Flush a file's data, or a folder's entries, to disk (a read-only descriptor suffices)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(

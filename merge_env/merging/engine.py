@@ -13,7 +13,6 @@ Behaviour follows mergekit 0.1.5 (see ``merging/plan.py`` for the schema's rules
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 from collections.abc import Callable, Iterator, Mapping
@@ -28,6 +27,8 @@ from tqdm.auto import tqdm
 
 from merge_env.errors import CheckpointError, ConfigError, MergeError, RecipeError
 from merge_env.merging.checkpoint import Checkpoint, CheckpointWriter, TensorInfo, TensorSpec
+from merge_env.merging.folder import merged_config, output_order
+from merge_env.merging.folder import model_card as folder_card
 from merge_env.merging.methods.params import resolve_value
 from merge_env.merging.methods.registry import get_operator, merge_tensors
 from merge_env.merging.plan import RECIPE_FILE, ModelRef, ParamMerge, dtype_of
@@ -110,15 +111,7 @@ class MergeEngine:
         # mergekit writes an optional head when some input stores one; tied ones lend the embedding
         if head not in names and any(head in i.ckpt for i in self.inputs):
             names.append(head)
-        embeds = self.arch.embed_names
-
-        def order(name: str) -> tuple[int, int]:
-            layer = self.arch.layer_of(name)
-            if name in embeds:
-                return (0, embeds.index(name))
-            return (1, layer) if layer is not None else (2, 0)
-
-        return sorted(names, key=order)
+        return output_order(names, self.arch)
 
     def _plan(self) -> list[TensorSpec]:
         ref = self.reference
@@ -196,17 +189,12 @@ class MergeEngine:
 
     def output_config(self) -> dict[str, Any]:
         """The donor's config with the output dtype (and head tying) brought up to date."""
-        config = copy.deepcopy(self.reference.config)
         embed = self._specs.get(self.arch.embed_names[0])
-        if embed is not None and embed.dtype.is_floating_point:
-            dtype_name = str(embed.dtype).removeprefix("torch.")
-            keys = [k for k in ("dtype", "torch_dtype") if k in config] or ["torch_dtype"]
-            for key in keys:
-                config[key] = dtype_name
-        if self.arch.tied and self.arch.head_name in self._specs:
-            # some input has its own head: a tied config would make transformers drop the merge
-            config["tie_word_embeddings"] = False
-        return config
+        dtype = embed.dtype if embed is not None and embed.dtype.is_floating_point else None
+        name = None if dtype is None else str(dtype).removeprefix("torch.")
+        return merged_config(
+            self.reference.config, self.arch, name, self.arch.head_name in self._specs
+        )
 
     def input_bytes(self, name: str) -> int:
         """Bytes of every input of output tensor ``name`` (what merging it reads)."""
@@ -287,17 +275,10 @@ class MergeEngine:
 
 def model_card(spec: ParamMerge, engine: MergeEngine, out_name: str) -> str:
     """A README naming the method, its paper, the inputs and the recipe."""
-    lines = [
-        "---", "library_name: transformers", "tags:", "- merge", "- mergegym", "---",
-        f"# {out_name}", "",
-        f"Merged with MergeGym using **{spec.merge_method}** ({engine.op.reference_url}).", "",
-    ]  # fmt: skip
-    if spec.base_model is not None:
-        lines += [f"Base model: `{spec.base_model}`", ""]
-    lines += ["Models merged:", *[f"- `{m.model}`" for m in spec.models], ""]
-    lines += ["## Recipe", "", f"Reproduce with `python -m experiments.merge {RECIPE_FILE} OUT`"]
-    lines += ["(mergekit-compatible):", "", "```yaml", spec.to_yaml().rstrip(), "```", ""]
-    return "\n".join(lines)
+    return folder_card(
+        spec.merge_method, engine.op.reference_url, spec.base_model,
+        [m.model for m in spec.models], RECIPE_FILE, spec.to_yaml(), out_name,
+    )  # fmt: skip
 
 
 @contextmanager

@@ -14,22 +14,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from merge_env.errors import MergeError, RecipeError
-from merge_env.merging.methods.base import Operator
-from merge_env.merging.methods.params import validate_params
-from merge_env.merging.methods.registry import get_operator
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
+if TYPE_CHECKING:  # torch and the operators are imported when a recipe is validated, so the
+    # lean linear merge (merging/lean.py) can build and print a ParamMerge without them
+    import torch
+
+    from merge_env.merging.methods.base import Operator
+
+DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
 _KEYS = (
     "merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "seed",
     "exact_ties",
@@ -58,9 +55,13 @@ def dtype_of(name: Any, key: str, where: str) -> torch.dtype | None:
     if name is None:
         return None
     key_name = str(name).removeprefix("torch.")
-    if key_name not in DTYPES:
-        raise RecipeError(f"{where}: {key}: unknown dtype {name!r}; known: {', '.join(DTYPES)}")
-    return DTYPES[key_name]
+    if key_name not in DTYPE_NAMES:
+        raise RecipeError(
+            f"{where}: {key}: unknown dtype {name!r}; known: {', '.join(DTYPE_NAMES)}"
+        )
+    import torch
+
+    return getattr(torch, key_name)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ class ParamMerge:
         method = data.get("merge_method")
         if not isinstance(method, str):
             raise RecipeError(f"{where}: merge_method: a method name is required, got {method!r}")
+        from merge_env.merging.methods.registry import get_operator
+
         try:
             op = get_operator(method)
         except MergeError as exc:
@@ -152,6 +155,8 @@ class ParamMerge:
 
     def _validate_params(self, op: Operator, where: str) -> None:
         """Check every model's and the top-level parameters against the operator's declaration."""
+        from merge_env.merging.methods.params import validate_params
+
         if op.needs_base and self.base_model is None:
             raise RecipeError(f"{where}: base_model: {op.name} needs a base model")
         per_model = []
