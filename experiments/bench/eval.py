@@ -5,28 +5,41 @@
     python -m experiments.bench_eval --pool smollm2 --n 32   # SmolLM2-135M, chat-templated tasks
     python -m experiments.bench_eval --candidates            # candidates/min, prefix sharing off/on
     python -m experiments.bench_eval --candidates --pool tiny --repeats 3
+    python -m experiments.bench_eval --candidates --pool smollm2 --repeats 1 --threads 2
+    python -m experiments.bench_eval --job 12 --pool smollm2   # the main job's peak RSS
 
 The bare forward runs the model over exactly the padded batches the evaluator builds, so the ratio
 (scoring time / forward time) is what the scoring loop adds: encoding, gathering answer positions,
 log-softmax over them, metrics. With a model that takes ``logits_to_keep`` the scorer can even be
 faster than the bare forward, since it skips the LM head on prompt positions.
 
-``--candidates`` scores whole batches of recipes on a zoo pool (``zoo``: the default zoo, built
-into the cache on first use; ``tiny``: seconds) the way the local back-end does, with prefix sharing
+``--candidates`` scores whole batches of recipes on a pool (``zoo``: the default zoo, built into
+the cache on first use; ``tiny``: seconds; ``smollm2``: the SmolLM2-135M pool, built by
+``python -m experiments.build_zoo --pool smollm2`` or on first use) the way the local back-end does, with prefix sharing
 off (each recipe assembled and scored alone, as before) and on (``ModelPool.score_recipes``), and
 prints candidates per minute, the speed-up, the prefix hit rate (the fraction of slot forwards
 reused) and whether every score came out identical. Batches: a PPO-like vector step (8 episodes,
 each a few random edits of the identity path under one merge) and CMA-ES-like generations drawn
 around the identity genome (``level=arch``: one merge; ``level=both``: a merge per candidate).
+It ends with the process's memory: peak RSS next to the pool's weights, the merged-model LRU and
+the prefix LRU.
+
+``--job N`` runs the main job's scoring on a pool (``experiments.run``'s problem from the same
+config: references, an N-evaluation CMA-ES search by default, the front and the references on
+the test split) and prints its wall time and peak RSS with the shares of the pool's weights,
+the merged-model LRU and the prefix LRU (issue 18's target: peak <= 2.5x the weights).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import resource
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,14 +127,41 @@ def cmaes_like_generation(pool: Any, level: str, seed: int) -> list[Recipe]:
     return [genome.decode(row) for row in x]
 
 
+def pool_spec(name: str, seed: int) -> Any:
+    """The PoolSpec behind ``--pool`` (zoo, tiny or smollm2; built into the cache on first use)."""
+    if name == "smollm2":
+        from merge_env.pools.smollm2 import smollm2_pool
+
+        return smollm2_pool(seed=seed)
+    from merge_env.pools.spec import zoo_pool
+
+    return zoo_pool("tiny" if name == "tiny" else "default", seed=seed)
+
+
+def peak_rss() -> int:
+    """This process's peak resident set size in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def memory_line(pool: Any, prefix_bytes: int) -> str:
+    """Peak RSS next to the pool's weights, the merged-model LRU and the prefix LRU."""
+    peak, weights = peak_rss(), pool.weight_bytes
+    return (f"peak RSS {_size(peak)} = {peak / weights:.2f}x the pool's weights "
+            f"{_size(weights)}; merged-model LRU {_size(pool.merged_bytes)} (room for "
+            f"{pool.merged_cache_size} merges); prefix LRU {_size(prefix_bytes)}")  # fmt: skip
+
+
 def candidates_main(args: argparse.Namespace) -> None:
-    """Candidates per minute with prefix sharing off and on, over a zoo pool's tasks."""
+    """Candidates per minute with prefix sharing off and on, over a pool's tasks."""
     from transformers import AutoTokenizer
 
-    from merge_env.pools.spec import zoo_pool
     from merge_env.search.assemble import ModelPool
 
-    spec = zoo_pool("tiny" if args.pool == "tiny" else "default", seed=args.seed)
+    spec = pool_spec(args.pool or "zoo", args.seed)
     pool = ModelPool(spec.sources, device=args.device)
     tok = AutoTokenizer.from_pretrained(str(spec.tokenizer_dir))
     tasks = list(spec.tasks)
@@ -136,10 +176,13 @@ def candidates_main(args: argparse.Namespace) -> None:
           f"({pool.num_layers} layers, {len(pool.names)} sources)  examples {n_ex}")  # fmt: skip
     print(f"{'batch':30}{'n':>4}{'off c/min':>11}{'on c/min':>10}{'speed-up':>10}"
           f"{'hit rate':>10}{'identical':>11}")  # fmt: skip
+    prefix_bytes = 0
     for label, recipes in batches.items():
         row = sharing_row(pool, tok, tasks, recipes, args)
+        prefix_bytes = max(prefix_bytes, row["prefix_bytes"])
         print(f"{label:30}{len(recipes):4d}{row['off']:11.1f}{row['on']:10.1f}"
               f"{row['on'] / row['off']:9.2f}x{row['hit_rate']:10.1%}{row['identical']!s:>11}")  # fmt: skip
+    print(memory_line(pool, prefix_bytes))
 
 
 def sharing_row(
@@ -151,7 +194,7 @@ def sharing_row(
     kw = dict(device=device, batch_size=args.batch_size, max_examples=args.max_examples)
     off_ev = Evaluator(tok, prefix_cache_bytes=0, **kw)
     expected = pool.score_recipes(recipes, off_ev, tasks)  # warm-up: merges built, tasks encoded
-    off_runs, on_runs, identical, hit_rate = [], [], True, 0.0
+    off_runs, on_runs, identical, hit_rate, held = [], [], True, 0.0, 0
     for _ in range(args.repeats):
         off_runs.append(timed(lambda: pool.score_recipes(recipes, off_ev, tasks), device))
         on_ev = Evaluator(tok, prefix_cache_bytes=args.prefix_cache_bytes, **kw)
@@ -161,13 +204,53 @@ def sharing_row(
         )
         identical &= got == expected
         hit_rate = on_ev.prefix_cache.stats.hit_rate
+        held = max(held, on_ev.prefix_cache.bytes)
     per_min = 60.0 * len(recipes)
     return {"off": per_min / min(off_runs), "on": per_min / min(on_runs), "hit_rate": hit_rate,
-            "identical": identical}  # fmt: skip
+            "identical": identical, "prefix_bytes": held}  # fmt: skip
 
 
 def _extend(out: list, fn: Callable[..., list], *args: Any) -> None:
     out.extend(fn(*args))
+
+
+def job_main(args: argparse.Namespace) -> None:
+    """The main job's scoring phases on ``--pool``: wall time and peak RSS with their shares."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from experiments import report
+    from experiments.cli import CONF_DIR
+    from experiments.config_check import validate_run_config
+    from experiments.run import make_problem
+
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-job-"))
+    overrides = [f"pool={args.pool or 'zoo'}", f"agent={args.agent}", f"budget={args.job}",
+                 "logger=none", "run_name=bench", f"run_dir={run_dir}", f"seed={args.seed}",
+                 f"device={args.device}"]  # fmt: skip
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    validate_run_config(cfg)
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+    problem = make_problem(cfg, run_dir)
+    loaded = time.perf_counter()
+    problem.references()
+    agent = instantiate(cfg.agent)
+    agent.workdir = run_dir / "agent"
+    agent.search(problem, cfg.budget)
+    searched = time.perf_counter()
+    report.test_scores(problem, problem.archive.front())
+    report.reference_test_scores(problem)
+    done = time.perf_counter()
+    prefix = problem.evaluator.prefix_cache
+    print(f"pool {args.pool or 'zoo'} ({problem.pool.num_layers} layers, "
+          f"{len(problem.pool.names)} sources)  agent {args.agent}  budget {args.job}  "
+          f"threads {torch.get_num_threads()}  run folder {run_dir}")  # fmt: skip
+    print(f"wall {done - start:.1f} s: load {loaded - start:.1f}, references + search "
+          f"{searched - loaded:.1f}, test scores {done - searched:.1f}; evaluations "
+          f"{problem.spent:.1f}, merges built {problem.pool.merges_built}")  # fmt: skip
+    print(memory_line(problem.pool, 0 if prefix is None else prefix.bytes))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -177,9 +260,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--pool",
         choices=["smollm2", "zoo", "tiny"],
-        help="smollm2: the converted SmolLM2-135M-Instruct base on chat-templated zoo tasks; "
-        "zoo / tiny: the zoo presets (--candidates; default zoo)",
+        help="smollm2: the SmolLM2-135M-Instruct pool (--candidates, --job), or alone its "
+        "converted base on chat-templated zoo tasks; zoo / tiny: the zoo presets (--candidates, "
+        "--job; default zoo)",
     )
+    parser.add_argument(
+        "--job",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the main job's scoring with an N-evaluation search: peak RSS",
+    )
+    parser.add_argument("--agent", default="cmaes", help="--job: the agent config group")
     parser.add_argument(
         "--candidates",
         action="store_true",
@@ -199,13 +291,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.job is not None:
+        job_main(args)
+        return
     if args.candidates:
-        if args.pool == "smollm2":
-            parser.error("--candidates runs on --pool zoo or tiny")
         candidates_main(args)
         return
     if args.pool in ("zoo", "tiny"):
-        parser.error("--pool zoo/tiny is for --candidates")
+        parser.error("--pool zoo/tiny is for --candidates or --job")
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else None

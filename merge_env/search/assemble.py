@@ -164,10 +164,7 @@ class ModelPool:
         self._merged: OrderedDict[str, PreTrainedModel] = OrderedDict()
         # merged models kept: as many as fit in merged_cache_bytes (at least 2, at most 64), so
         # a search over a lattice of merge settings does not rebuild each one over and over
-        model_bytes = sum(
-            t.numel() * t.element_size() for t in self.models[BASE].state_dict().values()
-        )
-        fit = int(merged_cache_bytes // max(model_bytes, 1))
+        fit = int(merged_cache_bytes // max(model_bytes(self.models[BASE]), 1))
         self.merged_cache_size = merged_cache_size or max(2, min(64, fit))
         self.merges_built = 0
         self._fingerprint: str | None = None
@@ -226,6 +223,16 @@ class ModelPool:
     def num_layers(self) -> int:
         """Depth of the pool's models."""
         return self.arch.num_layers
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the sources' weights (resident or mapped from their files)."""
+        return sum(model_bytes(m) for m in self.models.values())
+
+    @property
+    def merged_bytes(self) -> int:
+        """Bytes the merged-model LRU holds now."""
+        return sum(model_bytes(m) for m in self._merged.values())
 
     # -- sources -----------------------------------------------------------------------------
     def merged_model(self, merge: ParamMerge) -> PreTrainedModel:
@@ -395,6 +402,12 @@ class ModelPool:
             writer.add_file("recipe.yaml", recipe.to_yaml())
             writer.add_file("README.md", _readme(recipe, self.paths))
         return Path(out_dir)
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of a model's parameters and buffers, a tied tensor counted once."""
+    seen = {(t.data_ptr(), t.numel() * t.element_size()) for t in model.state_dict().values()}
+    return sum(size for _, size in seen)
 
 
 def _orig(name: str, arch: ArchInfo) -> str:
