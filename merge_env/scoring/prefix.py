@@ -7,9 +7,11 @@ equal hidden states on equal inputs) and a way to build the shell model around a
 ``PrefixRun`` then runs one example batch over all candidates in trie order (sorted by key, so
 candidates sharing a prefix are neighbours): each candidate starts from the deepest prefix state
 already known, replayed by ``Replay`` in place of its first slots, and ``Tap`` records the states
-after its remaining slots. States that a later candidate of the same batch needs are pinned until
-it has run (at most one per depth along the current trie branch); the others go to a
-``PrefixCache``, an LRU bounded by bytes, where later calls on the same example batch find them.
+after its remaining slots. In trie order the deepest prefix a candidate shares with any earlier
+one is the one it shares with its predecessor, so only the states at those branch points are
+pinned until the candidates starting there have run (at most one per branch point on the current
+trie branch, not one per depth); the others go to a ``PrefixCache``, an LRU bounded by bytes,
+where later calls on the same example batch find them.
 
 The model around the replayed state is the shell's own forward (embeddings, attention mask,
 position ids, rotary tables, later slots, final norm, head), so the state reaching each later
@@ -187,13 +189,28 @@ class PrefixRun:
     paths: Sequence[PathModel]
     cache: PrefixCache
     scope: Hashable
-    _left: Counter = field(init=False)  # candidates still to run through each prefix
+    _wanted: Counter = field(init=False)  # candidates still to start from each branch point
+    # id(path) -> the branch point it starts at, and that point's depth
+    _starts: dict[int, tuple[Hashable, int]] = field(init=False)
     _pinned: dict[Hashable, Any] = field(init=False, default_factory=dict)
     _recorded: dict[int, Any] = field(init=False, default_factory=dict)
     _current: PathModel | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self._left = Counter(k for p in self.paths for k in p.keys)
+        self._wanted, self._starts = Counter(), {}
+        order = self.trie_order(self.paths)
+        for a, b in zip(order, order[1:]):
+            before, path = self.paths[a].keys, self.paths[b].keys
+            depth = next((k for k, (x, y) in enumerate(zip(before, path)) if x != y),
+                         min(len(before), len(path)))  # fmt: skip
+            if depth:
+                self._wanted[path[depth - 1]] += 1
+                self._starts[id(self.paths[b])] = (path[depth - 1], depth)
+
+    @property
+    def pinned(self) -> int:
+        """How many states are pinned now (branch points whose candidates have not all run)."""
+        return len(self._pinned)
 
     @staticmethod
     def trie_order(paths: Sequence[PathModel]) -> list[int]:
@@ -216,6 +233,8 @@ class PrefixRun:
                 break
         self.cache.stats.slots_reused += start
         self.cache.stats.slots_run += len(path.slots) - start
+        if id(path) in self._starts:
+            self._release(*self._starts[id(path)], len(path.keys))
         self._current, self._recorded = path, {}
         sink = self._recorded.__setitem__
         layers: list[nn.Module] = [
@@ -227,8 +246,19 @@ class PrefixRun:
             positions.insert(0, start - 1)
         return path.build(layers, positions)
 
+    def _release(self, key: Hashable, depth: int, length: int) -> None:
+        """A candidate of ``length`` slots starting at branch point ``key`` (``depth`` slots)
+        has started: unpin the point once no later candidate starts there (into the LRU,
+        unless it is that candidate's whole path)."""
+        self._wanted[key] -= 1
+        if self._wanted[key] == 0 and key in self._pinned:
+            state = self._pinned.pop(key)
+            if depth < length:
+                self.cache.put((self.scope, key), state)
+
     def finish(self) -> None:
-        """Keep the states the candidate's forward recorded; release prefixes nobody else needs.
+        """Keep the states the candidate's forward recorded: pinned where a later candidate of
+        this batch starts, in the LRU otherwise.
 
         States go to the LRU deepest first, so that the shallow ones, which more candidates
         share, are the most recent and the last evicted. The full path's own state is kept only
@@ -241,15 +271,8 @@ class PrefixRun:
         full = len(path.keys) - 1
         for j in sorted(self._recorded, reverse=True):
             key, state = path.keys[j], self._recorded[j]
-            if self._left[key] > 1:  # a later candidate of this batch starts from here
+            if self._wanted[key] > 0:  # a later candidate of this batch starts from here
                 self._pinned[key] = state
             elif j < full:
                 self.cache.put((self.scope, key), state)
-        for j in range(full, -1, -1):
-            key = path.keys[j]
-            self._left[key] -= 1
-            if self._left[key] == 0 and key in self._pinned:
-                state = self._pinned.pop(key)
-                if j < full:
-                    self.cache.put((self.scope, key), state)
         self._current, self._recorded = None, {}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from merge_env.scoring.evaluate import Evaluator
-from merge_env.scoring.prefix import PrefixCache
+from merge_env.scoring.prefix import PrefixCache, PrefixRun
 from merge_env.scoring.tasks.synthetic import char_tokenizer, make_task
 from merge_env.search.assemble import ModelPool
 from merge_env.search.recipe import BASE, MERGED, Recipe, Slot, param_merge, uniform_merge
@@ -139,3 +139,22 @@ def test_a_shell_source_is_part_of_the_prefix(pool, tok, tasks):
     expected = _alone(pool, Evaluator(tok, batch_size=8, prefix_cache_bytes=0), recipes, tasks)
     assert expected[0] != expected[1]
     assert pool.score_recipes(recipes, Evaluator(tok, batch_size=8), tasks) == expected
+
+
+def test_only_branch_points_are_pinned(pool, tok, tasks):
+    """Five candidates on one 3-slot stem: one state pinned (the stem's), not one per depth,
+    and every distinct prefix still runs once with no LRU to fall back on."""
+    ties = param_merge("ties", {"a": 0.6, "b": 0.4}, density=0.5)
+    stem = (Slot(MERGED, 0), Slot(MERGED, 1, 1.25), Slot(MERGED, 2), Slot(MERGED, 3))
+    recipes = [Recipe(merge=ties, path=stem[:3] + (Slot("a", t),)) for t in range(4)]
+    paths = [pool.path_model(r) for r in [*recipes, Recipe(merge=ties, path=stem)]]
+    inputs, mask = Evaluator(tok, batch_size=1000).padded_batches(tasks)[0]
+    cache = PrefixCache(0)
+    run, peak = PrefixRun(paths, cache, "batch"), 0
+    with torch.inference_mode():
+        for i in run.trie_order(paths):
+            run.model_for(paths[i])(input_ids=inputs, attention_mask=mask, use_cache=False)
+            run.finish()
+            peak = max(peak, run.pinned)
+    assert peak == 1 and run.pinned == 0
+    assert (cache.stats.slots_run, cache.stats.slots_reused) == (3 + 5, 3 * 4)
