@@ -15,6 +15,8 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from merge_env.merging.introsort import sorted_window
+
 PARALLEL_MIN_NUMEL = 1 << 16  # below this, threads cost more than they save
 
 ParamDict = Mapping[str, float]
@@ -36,34 +38,19 @@ def _magnitudes(flat: Tensor) -> Tensor:
     return mag.float() if mag.device.type == "cpu" else mag
 
 
-def _ties_likely(key: Tensor, size: int = 4096) -> bool:
-    """Whether equal non-zero keys are common enough that a cut almost surely splits some.
-
-    Judged from a strided sample of s keys: a value shared by m of the n keys shows up as about
-    s·(m s/n)/2 equal neighbours in the sorted sample, so m ≈ 2·pairs·n/s². Half-precision
-    deltas, and float32 ones from small updates, have m ≫ 1; then selecting first is wasted.
-    """
-    n = key.numel()
-    sample = key[:: max(1, n // size)]
-    values = sample[sample != 0].sort().values
-    pairs = int(torch.count_nonzero(values[1:] == values[:-1]))
-    return 2 * pairs * n >= sample.numel() ** 2
-
-
 def _rank_window(key: Tensor, lo: int, hi: int, exact: bool) -> Tensor | None:
-    """Mask of the entries whose rank in ascending (key, position) order lies in [lo, hi).
+    """Mask of the entries whose rank in ascending ``key`` order lies in [lo, hi).
 
     Entries strictly between the two cut values are in. Where a cut splits a group of equal
-    non-zero keys, mergekit's unstable sort decides which survive: with ``exact`` we return None
-    so the caller runs that same sort; otherwise the lower positions rank first. (Tied zeros
-    add nothing wherever they are kept.)
+    non-zero keys, mergekit's unstable sort decides which survive: with ``exact`` we replay
+    that sort where it matters (``merging/introsort.py``), or return None where we cannot, so
+    the caller runs the sort itself; otherwise the lower positions rank first. (Tied zeros add
+    nothing wherever they are kept.)
     """
     n = key.numel()
     keep = torch.ones_like(key, dtype=torch.bool)
     if hi <= lo:
         return keep.zero_()
-    if exact and 0 < lo + (n - hi) and n >= PARALLEL_MIN_NUMEL and _ties_likely(key):
-        return None
     cuts = []
     if lo > 0:
         cuts.append(torch.kthvalue(key, lo + 1).values)
@@ -78,7 +65,15 @@ def _rank_window(key: Tensor, lo: int, hi: int, exact: bool) -> Tensor | None:
             keep |= tied
         elif lo < first + count and first < hi:  # the cut splits the tied entries
             if exact and cut != 0:
-                return None
+                if key.device.type != "cpu" or bool(torch.isnan(key).any()):
+                    return None
+                wlo, whi = max(lo, first), min(hi, first + count)
+                kept = sorted_window(key.numpy(), wlo, whi, cut.numpy())
+                if kept is None:
+                    return None
+                keep[tied] = False
+                keep[torch.from_numpy(kept)] = True
+                continue
             rank = torch.arange(first, first + count, device=key.device)
             keep[tied.nonzero().view(-1)] = (rank >= lo) & (rank < hi)
     return keep
