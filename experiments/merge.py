@@ -13,10 +13,14 @@ import logging
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from merge_env.errors import MergeGymError
-from merge_env.merging.engine import run_merge
-from merge_env.merging.plan import ParamMerge
+from merge_env.merging.lean import lean_merge
+
+if TYPE_CHECKING:
+    from merge_env.merging.plan import ParamMerge
 
 _UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
@@ -32,6 +36,13 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
     return size
+
+
+def run_merge(spec: ParamMerge, out: str, **kwargs: Any) -> Path:
+    """The full engine (merging/engine.py: torch, every method), imported when first needed."""
+    from merge_env.merging.engine import run_merge as run
+
+    return run(spec, out, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +74,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        if not args.fast_ties:  # a plain linear merge runs without torch (merging/lean.py)
+            out = lean_merge(
+                args.recipe, args.out, shard_size=args.shard_size, overwrite=args.overwrite,
+                workers=args.workers,
+            )  # fmt: skip
+            if out is not None:
+                print(f"merged linear -> {out}")
+                return 0
+        from merge_env.merging.plan import ParamMerge
+
         spec = ParamMerge.load_yaml(args.recipe)
         if args.fast_ties:
             spec = dataclasses.replace(spec, exact_ties=False)

@@ -4,7 +4,8 @@ Builds a base Llama and K "fine-tunes" (base + seeded noise) in a temporary fold
 method (default: linear and TIES, issue 18's pair), merges them in fresh subprocesses with
 MergeGym and, when found (``--mergekit-yaml``, $MERGEKIT_YAML or PATH; its venv's python runs
 it), with mergekit. Per tool: the process's wall time, and the time once the interpreter is up
-(imports apart from the merge), CPU time and peak RSS; then the ratios against issue 18's
+(imports apart from the merge; the CLI imports torch only when its lean linear path does
+not apply, so the full engine's torch import counts in the merge time), CPU time and peak RSS; then the ratios against issue 18's
 targets (linear >= 5x and TIES >= 3x mergekit's wall time, peak RSS <= half of mergekit's),
 linear's effective read rate (input bytes / in-process merge time) against a memory copy
 measured in the same run (target >= 25 %), the outputs compared tensor by tensor, and the load
@@ -34,17 +35,16 @@ from merge_env.merging.checkpoint import Checkpoint, CheckpointWriter, TensorSpe
 REPO = Path(__file__).resolve().parents[1]
 DETERMINISTIC = {"linear", "task_arithmetic", "ties", "slerp", "breadcrumbs", "breadcrumbs_ties"}
 DENSITY_CUT = {"ties", "breadcrumbs", "breadcrumbs_ties"}  # where --fast-ties changes the result
-# Our merge in a fresh process: import time and merge time reported apart.
+# Our merge in a fresh process, through the CLI (``python -m experiments.merge``, which runs a
+# plain linear recipe without torch): import time and merge time reported apart.
 _CHILD = """
-import dataclasses, json, sys, time
+import json, sys, time
 t0 = time.perf_counter()
-from merge_env.merging.engine import run_merge
-from merge_env.merging.plan import ParamMerge
+from experiments.merge import main
 t1 = time.perf_counter()
-spec = ParamMerge.load_yaml(sys.argv[1])
-if sys.argv[3:] == ["fast"]:
-    spec = dataclasses.replace(spec, exact_ties=False)
-run_merge(spec, sys.argv[2], progress=False)
+fast = ["--fast-ties"] if sys.argv[3:] == ["fast"] else []
+if main([sys.argv[1], sys.argv[2], "--no-progress", *fast]) != 0:
+    sys.exit(1)
 print(json.dumps({"import_s": t1 - t0, "merge_s": time.perf_counter() - t1}))
 """
 # mergekit in a fresh process of its own venv, timed the same way (what mergekit-yaml runs)
