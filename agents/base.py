@@ -18,6 +18,12 @@ a line of its own:
   share of it (at least one; front by front of the cheap scores, or by ``problem.fitness`` for a
   single-objective agent) is promoted to full fidelity: multi-fidelity successive halving with
   one rung. ``screen`` and ``score_cheap`` are the same service called directly.
+* **Proposals** (``proposals: N``): N candidates of the framework's proposal distribution
+  (merge_env/search/proposals.py: the env's lattice merges, each pool model's layers alone,
+  merge/base interleavings), scored at the start within ``proposal_fraction`` of the budget
+  (cheaply, with screening) and the best promoted (``screen_proposals``). PPO pre-trains on them;
+  a genome agent starts its population from them (``GenomeAgent.seed_genomes``). A prior found
+  useful for one agent is thereby one every agent can switch on, and a protocol sets it for all.
 """
 
 from __future__ import annotations
@@ -109,8 +115,13 @@ class Agent(ABC):
         screening: bool = True,
         screen_keep: float = 0.25,
         cheap_examples: int | None = 16,
+        proposals: int = 0,
+        proposal_fraction: float = 0.2,
     ) -> None:
         self.seed = int(seed)
+        if proposals < 0 or not 0.0 <= proposal_fraction < 1.0:
+            raise ConfigError(f"agent.proposals must be >= 0 and agent.proposal_fraction in "
+                              f"[0, 1), got {proposals}, {proposal_fraction}")  # fmt: skip
         if not 0.0 < screen_keep <= 1.0:
             raise ConfigError(f"agent.screen_keep must be in (0, 1], got {screen_keep}")
         if cheap_examples is not None and cheap_examples < 1:
@@ -119,6 +130,8 @@ class Agent(ABC):
         self.screening = bool(screening)
         self.screen_keep = float(screen_keep)
         self.cheap_examples = cheap_examples
+        self.proposals = int(proposals)
+        self.proposal_fraction = float(proposal_fraction)
 
     @abstractmethod
     def search(self, problem: MergeProblem, budget: float) -> Archive:
@@ -167,6 +180,50 @@ class Agent(ABC):
         if recipes:
             budget.anchors = problem.score_many(recipes, source=ANCHOR, pay_cached=True)
         return budget.anchors
+
+    # -- proposals ---------------------------------------------------------------------------
+    def proposal_count(self, problem: MergeProblem, budget: Budget, fidelity: str) -> int:
+        """How many proposals to score at ``fidelity``: ``proposals``, at most as many as
+        ``proposal_fraction`` of the budget pays for."""
+        cost = problem.cost(fidelity)
+        return int(min(self.proposals, self.proposal_fraction * budget.budget // cost))
+
+    def screen_proposals(
+        self, problem: MergeProblem, budget: Budget, env: Any, keep: int | None = None,
+        accept: Any = None,
+    ) -> list[Scored]:  # fmt: skip
+        """Once per budget: score the proposals (``proposal_count`` of them, from ``env``'s
+        space, seeded by the agent's seed; ``accept(recipe)`` drops those the agent cannot use)
+        and return the full scores of the best ``keep`` (default: the ``screen_keep`` share).
+
+        With screening on they are scored at the cheap fidelity and the best promoted (the
+        screening service); with it off, scored in full. Later calls return the same list.
+        """
+        from merge_env.search.proposals import propose_candidates
+
+        done = getattr(budget, "proposals", None)
+        if done is not None:
+            return done
+        budget.proposals = []
+        if self.proposals <= 0:
+            return budget.proposals
+        fidelity = "cheap" if self.screening else "full"
+        if self.screening:
+            self.ensure_cheap(problem)
+        n = self.proposal_count(problem, budget, fidelity)
+        rng = np.random.default_rng(self.seed)
+        recipes = [c.recipe(env) for c in propose_candidates(env, n, rng)]
+        recipes = [r for r in recipes if accept is None or accept(r)]
+        if not recipes:
+            return budget.proposals
+        if self.screening:
+            promoted = self.screen(problem, budget, recipes, keep).promoted
+        else:
+            scored = self._score_prefix(problem, budget, recipes, "full")
+            order = self.promotion_order(problem, np.array([s.vector for s in scored]))
+            promoted = [scored[i] for i in order[: self._keep(len(scored), keep)]]
+        budget.proposals = promoted
+        return promoted
 
     # -- screening ---------------------------------------------------------------------------
     def ensure_cheap(self, problem: MergeProblem) -> None:

@@ -91,9 +91,9 @@ class CMAESAgent(GenomeAgent):
         self.best_recipe, self.best_value = None, -np.inf
         self.generations = self.restarts = 0
         problem.ideal  # noqa: B018 - the reference scores, outside the budget, before the first tell
-        encodable = self.anchor_genomes(problem, budget_, genome)
+        encodable = self.seed_genomes(problem, budget_, genome)
         start = max(encodable, key=lambda a: problem.fitness(a[1].vector))[0] if encodable else None
-        for s in budget_.anchors or []:
+        for s in [*(budget_.anchors or []), *(s for _, s in encodable)]:
             self._track(problem, s)
         es = self._strategy(genome, rng, start)
         stall = 0

@@ -417,18 +417,35 @@ class GenomeAgent(Agent):
             recipes.append(genome.decode(x))
         return self.evaluate_many(problem, budget, recipes) if recipes else []
 
-    def anchor_genomes(
-        self, problem: MergeProblem, budget: Budget, genome: Genome
+    def seed_genomes(
+        self, problem: MergeProblem, budget: Budget, genome: Genome, keep: int | None = None
     ) -> list[tuple[np.ndarray, Scored]]:
-        """Seed the anchors (when on) and return the encodable ones' (genome, full score)."""
-        if not self.anchors:
-            return []
+        """Seed the anchors and screen the proposals (each when on) and return the encodable
+        ones' (genome, full score): the anchors first, then the best ``keep`` proposals."""
         out = []
-        for scored in self.seed_anchors(problem, budget):
-            x = genome.encode(scored.recipe)
-            if x is not None:
-                out.append((x, scored))
+        if self.anchors:
+            for scored in self.seed_anchors(problem, budget):
+                x = genome.encode(scored.recipe)
+                if x is not None:
+                    out.append((x, scored))
+        if self.proposals > 0:
+            env = self.proposal_env(problem)
+            promoted = self.screen_proposals(problem, budget, env, keep,
+                                             accept=lambda r: genome.encode(r) is not None)  # fmt: skip
+            out += [(genome.encode(s.recipe), s) for s in promoted]
         return out
+
+    def proposal_env(self, problem: MergeProblem) -> Any:
+        """A scratch MergeEnv over this agent's space, for the proposal distribution."""
+        from merge_env.env import MergeEnv
+
+        o = self.genome_options
+        return MergeEnv(
+            problem, mode="aligned" if o["encoding"] == "aligned" else "free", t_max=o["t_max"],
+            coefficients=o["coefficients"], merge_method=o["merge_method"],
+            density=o["density"], lattice_steps=o["lattice_steps"],
+            param_mode="fixed" if o["level"] == "arch" else o["param_mode"],
+        )  # fmt: skip
 
     def start(self, problem: MergeProblem, budget: float) -> tuple[Budget, Genome]:
         """Open a search: the budget, the codec, a fresh proposal count."""

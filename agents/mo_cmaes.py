@@ -107,10 +107,11 @@ class MOCMAESAgent(GenomeAgent):
         problem.top  # noqa: B018 - the reference scores (uncharged) normalise the first generation
         self.ideal = np.ones(k)  # z* in normalised units; raised to the best full score seen
         seen: tuple[list, list] = ([], [])  # genomes scored in full, their normalised scores
-        for x, scored in self.anchor_genomes(problem, budget_, genome):
+        seeds = self.seed_genomes(problem, budget_, genome)
+        for x, scored in seeds:
             seen[0].append(x)
             seen[1].append(problem.normalised(scored.vector))
-        self._raise_ideal(problem, budget_.anchors or [])
+        self._raise_ideal(problem, [*(budget_.anchors or []), *(s for _, s in seeds)])
         share = budget_.budget / self.n_preferences
         self.preferences, self.generations = [], 0
         with BudgetBar(budget_, "mo_cmaes (evaluations)", self.progress) as bar:

@@ -109,7 +109,7 @@ class MOEADAgent(GenomeAgent):
         """Ask/tell generations until the next uncached evaluation would overrun the budget."""
         budget_, genome = self.start(problem, budget)
         box = Problem(n_var=genome.dim, n_obj=len(problem.objectives), xl=0.0, xu=1.0)
-        seeds = [x for x, _ in self.anchor_genomes(problem, budget_, genome)]
+        seeds = [x for x, _ in self.seed_genomes(problem, budget_, genome)]
         n_objectives = len(problem.objectives)
 
         def started(rows: list[np.ndarray], k: int) -> ParallelMOEAD:

@@ -61,7 +61,9 @@ class NSGA2Agent(GenomeAgent):
         """Ask/tell generations until the next uncached evaluation would overrun the budget."""
         budget_, genome = self.start(problem, budget)
         box = Problem(n_var=genome.dim, n_obj=len(problem.objectives), xl=0.0, xu=1.0)
-        seeds = [x for x, _ in self.anchor_genomes(problem, budget_, genome)][: self.pop_size]
+        seeds = [x for x, _ in self.seed_genomes(problem, budget_, genome, self.pop_size)][
+            : self.pop_size
+        ]
 
         def topped_up(rows: Any, rng: np.random.Generator) -> np.ndarray:
             """``rows`` and uniform genomes after them: a whole initial population."""

@@ -41,8 +41,7 @@ class RandomSearch(GenomeAgent):
         """Score uniform random recipes until the next uncached one would overrun the budget."""
         budget_, genome = self.start(problem, budget)
         rng = np.random.default_rng(self.seed)
-        if self.anchors:
-            self.seed_anchors(problem, budget_)
+        self.seed_genomes(problem, budget_, genome)  # anchors and proposals, where on
         with BudgetBar(budget_, "random (evaluations)", self.progress) as bar:
             while True:
                 X = genome.sample(rng, self.batch_size)

@@ -92,7 +92,7 @@ class TPEAgent(GenomeAgent):
         space = {name: FloatDistribution(0.0, 1.0) for name in genome.gene_names}
         self.study = study = self._study(len(problem.objectives))
         problem.top  # noqa: B018 - the reference scores (uncharged) normalise the first tell
-        for x, scored in self.anchor_genomes(problem, budget_, genome):
+        for x, scored in self.seed_genomes(problem, budget_, genome):
             params = dict(zip(space, np.clip(x, 0.0, 1.0).tolist()))
             values = problem.normalised(scored.vector).tolist()
             study.add_trial(optuna.trial.create_trial(params=params, distributions=space,

@@ -48,7 +48,7 @@ console = Console()
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "full": ((), ()),
     "offline_only": (("agent.online_learning=false",), ()),
-    "online_only": (("agent.offline_samples=0",), ()),
+    "online_only": (("agent.proposals=0",), ()),
     "scalar_reward": (("agent.reward=scalar",), ("env.reward",)),
     "continuous": (("agent.weights=simplex",), ("env.weights", "agent.weights")),
 }

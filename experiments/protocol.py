@@ -28,12 +28,13 @@ PROTOCOL_KEYS = {
     "name": str, "purpose": str, "tuned_on": (str, type(None)), "pool": str,
     "pool_settings": dict, "zoo_seeds": list, "search_seeds": list, "levels": list,
     "budget": (int, float), "fidelity": dict, "screening": bool, "anchors": bool, "env": dict,
+    "proposals": int,
 }  # fmt: skip
 FIDELITY_KEYS = ("cheap_examples", "max_examples", "metric")
 # genome agents name the env's ``mode`` ``encoding``; keys only some agents have count as their
 # neutral value where missing (the env's merge lattice, no density genes)
 AGENT_SPACE_NEUTRAL = {"weights": "lattice", "density_genes": False}
-PASSED = ("anchors", "screening")  # protocol switches handed to every agent that has the key
+PASSED = ("anchors", "screening", "proposals")  # handed to every agent that has the key
 
 
 def compose_config(overrides: Sequence[str], config_name: str = "config") -> DictConfig:

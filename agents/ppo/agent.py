@@ -50,12 +50,7 @@ from tqdm.auto import tqdm
 from agents.base import Agent
 from agents.ppo.callbacks import BudgetCallback, CheckpointCallback
 from agents.ppo.encoder import PathEncoder
-from agents.ppo.offline import (
-    build_dataset,
-    pretrain,
-    propose_candidates,
-    relabel,
-)
+from agents.ppo.offline import build_dataset, pretrain, relabel
 from agents.ppo.online import OnlinePPO
 from agents.ppo.vec_env import batch_scoring_env
 from merge_env.env import MergeEnv, weight_lattice
@@ -64,6 +59,7 @@ from merge_env.search.archive import Archive
 from merge_env.search.budget import Budget, BudgetExhausted
 from merge_env.search.pareto import sample_preferences
 from merge_env.search.problem import MergeProblem
+from merge_env.search.proposals import propose_candidates
 from merge_env.wrappers import RepeatPenalty, StopAtOnce
 
 log = logging.getLogger(__name__)
@@ -100,8 +96,8 @@ class PPOAgent(Agent):
         density: float = 0.5,
         t_max: int | None = None,
         coefficients: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5),
-        offline_samples: int = 200,
-        offline_fraction: float = 0.2,
+        proposals: int = 200,
+        proposal_fraction: float = 0.2,
         cheap_examples: int | None = 16,
         n_preferences: int = 256,
         value_extra: int = 2,
@@ -140,12 +136,13 @@ class PPOAgent(Agent):
     ) -> None:
         super().__init__(
             seed, anchors=anchors, screening=screening, screen_keep=screen_keep,
-            cheap_examples=cheap_examples,
+            cheap_examples=cheap_examples, proposals=proposals,
+            proposal_fraction=proposal_fraction,
         )  # fmt: skip
         if level not in LEVELS:
             raise ConfigError(f"agent.level must be one of {LEVELS}, got {level!r}")
-        if not 0.0 <= offline_fraction < 1.0 or not 0.0 <= sweep_fraction < 1.0:
-            raise ConfigError("agent.offline_fraction and agent.sweep_fraction must be in [0, 1)")
+        if not 0.0 <= sweep_fraction < 1.0:
+            raise ConfigError(f"agent.sweep_fraction must be in [0, 1), got {sweep_fraction}")
         if not 0.0 <= fallback_fraction <= 1.0:
             raise ConfigError(f"agent.fallback_fraction must be in [0, 1], got {fallback_fraction}")
         if ent_boost < 1.0 or max_boosts < 0:
@@ -158,8 +155,6 @@ class PPOAgent(Agent):
             t_max=t_max, coefficients=tuple(coefficients), reward=reward, weights=weights,
             param_mode="fixed" if level == "arch" else param_mode,
         )  # fmt: skip
-        self.offline_samples = offline_samples
-        self.offline_fraction = offline_fraction
         self.n_preferences = n_preferences
         self.value_extra = value_extra
         self.bc = dict(epochs=bc_epochs, lr=bc_lr, batch_size=bc_batch_size, ent_coef=bc_ent_coef)
@@ -307,7 +302,7 @@ class PPOAgent(Agent):
     def _run_phase(self, phase: str, problem: MergeProblem, b: Budget) -> None:
         if phase == "anchors" and self.anchors:
             self.seed_anchors(problem, b)
-        elif phase == "offline" and self.pretrained is None and self.offline_samples > 0:
+        elif phase == "offline" and self.pretrained is None and self.proposals > 0:
             self.pretrain_offline(problem, b)
         elif phase in ("sweep", "sweep2"):
             self.sweep(problem, b)
@@ -419,8 +414,7 @@ class PPOAgent(Agent):
         if self.screening:
             self.ensure_cheap(problem)
         scratch: MergeEnv = self.make_env(problem).unwrapped
-        cost = problem.cost(fidelity)
-        n = int(min(self.offline_samples, self.offline_fraction * budget.budget // cost))
+        n = self.proposal_count(problem, budget, fidelity)
         candidates = propose_candidates(scratch, n, rng)
         if self.level == "param":
             candidates = [c for c in candidates if not c.slots]

@@ -7,10 +7,9 @@ reward of *every* preference is known for free (hindsight relabelling, as in HER
 et al., NeurIPS 2017). Scoring goes through the framework's services (agents/base.py:
 ``Agent.score_cheap``, ``Agent.promotion_order``), as for every agent; the framework's anchors (each
 pool model as it is, the references' plain merges) are seeded there too, outside this module.
-Candidates are PPO's own proposals, all expressible as env actions so that the policy can imitate
-them: the env's lattice merges and each pool model's layers alone, then paths that
-interleave layers of a merge and of the base (a few from fine-tunes) with a few random edits: swap
-a slot's source, repeat or drop a layer, rescale a slot, hand a run of layers to one source.
+Candidates come from the framework's proposal distribution (merge_env/search/proposals.py), which
+every agent may screen (``proposals``); they are all expressible as env actions, so the policy can
+imitate them.
 """
 
 from __future__ import annotations
@@ -26,27 +25,9 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from merge_env.env import MergeEnv
 from merge_env.errors import ConfigError
 from merge_env.search.pareto import scalarise
-from merge_env.search.recipe import BASE, MERGED, Recipe, Slot
+from merge_env.search.proposals import Candidate
 
 log = logging.getLogger(__name__)
-
-EDITS = ("swap", "repeat", "drop", "scale", "block")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A path over one of the env's merges; no slots = STOP at once (the plain parameter merge)."""
-
-    merge: int
-    slots: tuple[Slot, ...] = ()
-
-    def recipe(self, env: MergeEnv) -> Recipe:
-        """The recipe the env builds when it is fed this candidate's actions."""
-        return Recipe(merge=env.merges[self.merge], path=self.slots or None)
-
-    def length(self, env: MergeEnv) -> int:
-        """Path length as the env's length penalty counts it (an empty path is the L-layer merge)."""
-        return len(self.slots) if self.slots else env.L
 
 
 # ----------------------------------------------------------------------------- codec
@@ -99,78 +80,6 @@ def trajectory_observations(
             raise ConfigError(f"action sequence ends early at {a.tolist()}")
         out.append(obs)
     return out
-
-
-# ----------------------------------------------------------------------------- candidates
-def propose_candidates(
-    env: MergeEnv, n: int, rng: np.random.Generator, mix: float = 0.3, expert_rate: float = 0.1
-) -> list[Candidate]:
-    """Up to ``n`` distinct candidates: the env's plain merges and single sources, then random
-    interleavings (these are PPO's proposals, expressible as actions; the framework's anchors,
-    which the env cannot express, are ``MergeProblem.anchor_recipes``).
-
-    First: each merge's plain merge (STOP at once; the identity path in aligned mode) and each
-    pool model alone. Interleavings: the identity path over the merged model or the base (even
-    odds), each slot handed to the other of the two with probability ``mix`` and to a random
-    fine-tune with probability ``expert_rate``, then a few random edits (swap, repeat, drop,
-    rescale, a run of layers to one source). Keeping some layers of the base inside a merge is the
-    move that most often rescues a merge whose experts drifted apart (layer-wise / partial merging),
-    and one random edit of the merged identity path alone rarely makes it twice.
-    """
-    merges = range(len(env.merges))
-    out: dict[str, Candidate] = {}
-    for m in merges:
-        cand = _identity(env, m) if env.mode == "aligned" else Candidate(m)
-        out.setdefault(cand.recipe(env).hash, cand)
-    for source in env.sources[1:]:
-        out.setdefault(_identity(env, 0, source).recipe(env).hash, _identity(env, 0, source))
-    anchors = [s for s in (MERGED, BASE) if s in env.sources]
-    experts = [s for s in env.sources if s not in anchors]
-    tries = 0
-    while len(out) < n and tries < 20 * n:
-        tries += 1
-        m = int(rng.integers(len(env.merges)))
-        back = anchors[int(rng.integers(len(anchors)))]
-        slots = []
-        for s in _identity(env, m, back).slots:
-            u = rng.random()
-            if u < expert_rate and experts:
-                s = Slot(experts[int(rng.integers(len(experts)))], s.layer, s.scale)
-            elif u < expert_rate + mix and len(anchors) > 1:
-                s = Slot(anchors[1 - anchors.index(back)], s.layer, s.scale)
-            slots.append(s)
-        for _ in range(int(rng.geometric(0.5)) - 1):
-            slots = _edit(env, slots, rng)
-        cand = Candidate(m, tuple(slots))
-        out.setdefault(cand.recipe(env).hash, cand)
-    return list(out.values())[:n]
-
-
-def _identity(env: MergeEnv, merge: int, source: str = MERGED) -> Candidate:
-    return Candidate(merge, tuple(Slot(source, layer, 1.0) for layer in range(env.L)))
-
-
-def _edit(env: MergeEnv, slots: list[Slot], rng: np.random.Generator) -> list[Slot]:
-    """One random edit; aligned mode keeps depth and layer order, so it only swaps and rescales."""
-    kinds = EDITS if env.mode == "free" else ("swap", "scale", "block")
-    kind = kinds[int(rng.integers(len(kinds)))]
-    i = int(rng.integers(len(slots)))
-    s = slots[i]
-    if kind == "swap":
-        others = [x for x in env.sources if x != s.source]
-        slots[i] = Slot(others[int(rng.integers(len(others)))], s.layer, s.scale)
-    elif kind == "scale":
-        others = [c for c in env.coefficients if c != s.scale]
-        slots[i] = Slot(s.source, s.layer, others[int(rng.integers(len(others)))])
-    elif kind == "repeat" and len(slots) < env.t_max:
-        slots.insert(i + 1, s)
-    elif kind == "drop" and len(slots) > 1:
-        del slots[i]
-    elif kind == "block":
-        src = env.sources[int(rng.integers(len(env.sources)))]
-        j = int(rng.integers(i, len(slots))) + 1
-        slots[i:j] = [Slot(src, x.layer, x.scale) for x in slots[i:j]]
-    return slots
 
 
 # ----------------------------------------------------------------------------- relabelling

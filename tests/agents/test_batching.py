@@ -12,7 +12,7 @@ from merge_env.scoring.prefix import PrefixCache
 from merge_env.search.budget import Budget
 from tests.agents.conftest import backend_calls
 
-PPO = dict(offline_samples=0, sweep_preferences=15, anchors=False, screening=False)
+PPO = dict(proposals=0, sweep_preferences=15, anchors=False, screening=False)
 
 
 def one_by_one_sweep(agent: PPOAgent, problem, budget: Budget) -> None:

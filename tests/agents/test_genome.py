@@ -254,7 +254,8 @@ def _fake_problem(facts: PoolFacts = FACTS) -> SimpleNamespace:
 
 def _env_builds(env, recipe: Recipe) -> Recipe:
     """Feed the env the actions that spell ``recipe`` and return the recipe it builds."""
-    from agents.ppo.offline import Candidate, candidate_actions
+    from agents.ppo.offline import candidate_actions
+    from merge_env.search.proposals import Candidate
 
     merge = next(i for i, m in enumerate(env.merges) if m == recipe.merge)
     # aligned mode has no STOP: the plain merge is its identity path, spelled out

@@ -225,7 +225,7 @@ def test_encodable_anchors_seed_each_agent(fresh_problem):
     moead = AGENTS["moead"](0, **space)
     budget = Budget(problem, 20)
     genome = moead.genome(problem)
-    seeds = [x for x, _ in moead.anchor_genomes(problem, budget, genome)]
+    seeds = [x for x, _ in moead.seed_genomes(problem, budget, genome)]
     assert seeds  # the plain merges the genome can encode
     algorithm = moead._algorithm(3, seeds, genome)
     algorithm.setup(Problem(n_var=genome.dim, n_obj=3, xl=0.0, xu=1.0), seed=0)

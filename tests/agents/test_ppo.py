@@ -11,22 +11,21 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from agents.ppo.agent import PPOAgent
 from agents.ppo.encoder import PathEncoder
 from agents.ppo.offline import (
-    Candidate,
     build_dataset,
     candidate_actions,
     policy_outputs,
     pretrain,
-    propose_candidates,
     relabel,
     trajectory_observations,
 )
 from merge_env.env import MergeEnv
+from merge_env.search.proposals import Candidate, propose_candidates
 from merge_env.search.recipe import BASE, MERGED
 from tests.agents.conftest import backend_calls
 
 # small everything: the tiny zoo scores a recipe in a fraction of a second
 FAST = dict(
-    offline_samples=24, offline_fraction=0.3, cheap_examples=4, n_preferences=32,
+    proposals=24, proposal_fraction=0.3, cheap_examples=4, n_preferences=32,
     bc_epochs=12, n_steps=16, batch_size=16, n_epochs=2, sweep_preferences=6,
 )  # fmt: skip
 
@@ -81,7 +80,7 @@ def test_stalled_search_still_spends_its_budget_on_new_recipes(problem):
     # the rest of the budget goes to epsilon-uniform policy episodes, never to a repeat
     fast = {
         **FAST,
-        "offline_samples": 4,
+        "proposals": 4,
         "max_repeats": 1,
         "lattice_steps": 1,
         "sweep_preferences": 3,
@@ -234,7 +233,7 @@ def test_vectorised_ppo_scores_episodes_in_batches_within_budget(make_problem):
     """n_envs=3: finished episodes' recipes reach the back-end together; the budget holds."""
     problem = make_problem(cheap_examples=4)
     calls = backend_calls(problem)
-    agent = PPOAgent(seed=0, n_envs=3, **{**FAST, "offline_samples": 0, "sweep_fraction": 0.0})
+    agent = PPOAgent(seed=0, n_envs=3, **{**FAST, "proposals": 0, "sweep_fraction": 0.0})
     agent.search(problem, budget=10)
     assert problem.spent <= 10 + 1e-9
     assert len(problem.archive) > 0

@@ -15,13 +15,14 @@ from stable_baselines3.common.logger import Logger
 
 from agents.ppo.agent import PPOAgent
 from agents.ppo.callbacks import BudgetCallback
-from agents.ppo.offline import Candidate, candidate_actions
+from agents.ppo.offline import candidate_actions
 from agents.ppo.vec_env import batch_scoring_env
 from merge_env.env import MergeEnv
 from merge_env.errors import ConfigError
+from merge_env.search.proposals import Candidate
 
 FAST = dict(
-    offline_samples=16, offline_fraction=0.3, cheap_examples=4, n_preferences=32,
+    proposals=16, proposal_fraction=0.3, cheap_examples=4, n_preferences=32,
     bc_epochs=8, n_steps=8, batch_size=8, n_epochs=2, sweep_preferences=3, anchors=False,
     progress=False,
 )  # fmt: skip
@@ -73,7 +74,8 @@ def test_offline_only_ablation_spends_online_but_never_updates(problem):
 def test_preference_changes_the_policys_actions(problem):
     # the best recipe differs by preference (plain merge 0, 5 or 9 by the dominant task): the
     # pre-trained policy acts on the preference it is given, not on the path alone
-    from agents.ppo.offline import build_dataset, pretrain, propose_candidates
+    from agents.ppo.offline import build_dataset, pretrain
+    from merge_env.search.proposals import propose_candidates
 
     env = MergeEnv(problem)
     rng = np.random.default_rng(0)

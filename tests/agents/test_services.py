@@ -94,3 +94,35 @@ def test_screen_promotes_the_best_and_anchors_are_paid_once(make_problem):
     before = problem.spent
     agent.seed_anchors(problem, Budget(problem, 5))
     assert problem.spent == before
+
+
+def test_proposals_seed_a_genome_agent_by_configuration(make_problem):
+    """``proposals: N`` screens N candidates of the framework's proposal distribution (the one
+    PPO pre-trains on) and starts a genome agent's population from the promoted ones."""
+    from agents.nsga2 import NSGA2Agent
+    from merge_env.search.proposals import propose_candidates
+
+    problem = make_problem(cheap_examples=4)
+    problem.references()
+    agent = NSGA2Agent(seed=3, pop_size=4, anchors=False, proposals=12, progress=False)
+    budget, genome = agent.start(problem, 6)
+    seeds = agent.seed_genomes(problem, budget, genome, keep=4)
+    env = agent.proposal_env(problem)
+    n = agent.proposal_count(problem, budget, "cheap")  # as many as 0.2 of the budget pays for
+    assert 0 < n < 12
+    first = [c.recipe(env) for c in propose_candidates(env, n, np.random.default_rng(3))]
+    usable = [r.hash for r in first if genome.encode(r) is not None]
+    charges = _charges(problem)
+    cheap = [c["key"] for c in charges if c["fidelity"] == "cheap"]
+    full = [c for c in charges if c["fidelity"] == "full"]
+    assert len(cheap) == len(usable) > 4  # each usable proposal screened once, cheaply
+    assert len(seeds) == len(full) == 4  # the best 4 promoted, each one a genome
+    for x, scored in seeds:
+        assert scored.recipe.hash in usable and scored.fidelity == "full"
+        assert genome.decode(x).hash == scored.recipe.hash
+    again = agent.seed_genomes(problem, budget, genome, keep=4)  # once per budget: free
+    assert [s.recipe.hash for _, s in again] == [s.recipe.hash for _, s in seeds]
+    assert len(_charges(problem)) == len(charges)
+    off = NSGA2Agent(seed=3, pop_size=4, anchors=False, proposals=0, progress=False)
+    b2, g2 = off.start(problem, 6)
+    assert off.seed_genomes(problem, b2, g2) == [] and len(_charges(problem)) == len(charges)
