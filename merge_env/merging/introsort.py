@@ -91,15 +91,17 @@ def _partition(key: np.ndarray, first: int, last: int, window: tuple[int, int],
     return cut
 
 
-def sorted_window(key: np.ndarray, lo: int, hi: int, value: np.floating) -> np.ndarray | None:
+def sorted_window(
+    key: np.ndarray, lo: int, hi: int, value: np.floating, *, overwrite: bool = False
+) -> np.ndarray | None:
     """The original positions that ``std::sort`` of ``key`` (ascending, by key only) puts at
     sorted positions [lo, hi), in that order, where those all hold ``value`` (keys tied at a
     cut); None where introsort would turn to heapsort, or the window is wider than
-    ``MAX_WINDOW``. ``key`` is left untouched."""
+    ``MAX_WINDOW``. ``key`` is left untouched unless ``overwrite`` (then it is scratch)."""
     n = len(key)
     if hi - lo > MAX_WINDOW:
         return None
-    key = key.copy()
+    key = key if overwrite else key.copy()
     tracked = _Tracked(key, value)
     ranges = [(0, n, 2 * (n.bit_length() - 1))]  # depth limit: __lg(n) * 2
     while ranges:

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,6 +39,14 @@ def _magnitudes(flat: Tensor) -> Tensor:
     return mag.float() if mag.device.type == "cpu" else mag
 
 
+def _kth_smallest(key: Tensor, k: int) -> Tensor:
+    """The k-th smallest key (1-based) as a 0-d tensor. On the CPU through numpy's select,
+    which copies the keys once; torch.kthvalue would also build an int64 index per key."""
+    if key.device.type != "cpu":
+        return torch.kthvalue(key, k).values
+    return torch.from_numpy(np.partition(key.numpy(), k - 1)[k - 1 : k]).reshape(())
+
+
 def _rank_window(key: Tensor, lo: int, hi: int, exact: bool) -> Tensor | None:
     """Mask of the entries whose rank in ascending ``key`` order lies in [lo, hi).
 
@@ -45,7 +54,7 @@ def _rank_window(key: Tensor, lo: int, hi: int, exact: bool) -> Tensor | None:
     non-zero keys, mergekit's unstable sort decides which survive: with ``exact`` we replay
     that sort where it matters (``merging/introsort.py``), or return None where we cannot, so
     the caller runs the sort itself; otherwise the lower positions rank first. (Tied zeros add
-    nothing wherever they are kept.)
+    nothing wherever they are kept.) ``key`` is scratch: it may come back reordered.
     """
     n = key.numel()
     keep = torch.ones_like(key, dtype=torch.bool)
@@ -53,10 +62,10 @@ def _rank_window(key: Tensor, lo: int, hi: int, exact: bool) -> Tensor | None:
         return keep.zero_()
     cuts = []
     if lo > 0:
-        cuts.append(torch.kthvalue(key, lo + 1).values)
+        cuts.append(_kth_smallest(key, lo + 1))
         keep &= key > cuts[-1]
     if hi < n:
-        cuts.append(torch.kthvalue(key, hi).values)
+        cuts.append(_kth_smallest(key, hi))
         keep &= key < cuts[-1]
     for cut in cuts:  # both cuts may fall in one group of equal keys: the same assignment twice
         tied = key == cut
@@ -68,7 +77,8 @@ def _rank_window(key: Tensor, lo: int, hi: int, exact: bool) -> Tensor | None:
                 if key.device.type != "cpu" or bool(torch.isnan(key).any()):
                     return None
                 wlo, whi = max(lo, first), min(hi, first + count)
-                kept = sorted_window(key.numpy(), wlo, whi, cut.numpy())
+                last = cut is cuts[-1]  # then key is not read again: replay in it, no copy
+                kept = sorted_window(key.numpy(), wlo, whi, cut.numpy(), overwrite=last)
                 if kept is None:
                     return None
                 keep[tied] = False
@@ -112,7 +122,7 @@ def trim_magnitude(flat: Tensor, p: ParamDict, ctx: SparsifyContext) -> None:
     key = _magnitudes(flat).neg_()
     keep = _rank_window(key, 0, k, ctx.exact_ties)
     if keep is None:  # equal magnitudes straddle the cut: let mergekit's own sort choose
-        mag = key.neg_()
+        mag = _magnitudes(flat)
         keep = _mask_from(torch.argsort(mag, descending=True)[:k], mag)
     _mask_and_rescale(flat, keep, ctx.rescale)
 
@@ -132,6 +142,7 @@ def trim_outliers(flat: Tensor, p: ParamDict, ctx: SparsifyContext) -> None:
     mag = _magnitudes(flat)
     keep = _rank_window(mag, bottom, bottom + target, ctx.exact_ties)
     if keep is None:
+        mag = _magnitudes(flat)
         keep = _mask_from(torch.sort(mag, descending=False).indices[bottom : bottom + target], mag)
     _mask_and_rescale(flat, keep, ctx.rescale)
 
