@@ -67,18 +67,25 @@ def _partition(key: np.ndarray, first: int, last: int, window: tuple[int, int],
     cut. Keys are swapped only on the sides that overlap ``window`` (the others are dropped)."""
     _median_to_front(key, first, last, tracked)
     p, seg = key[first], key[first + 1 : last]
-    ge, le = seg >= p, seg <= p
     # every key left of the cut ends <= p and every key right of it >= p, which bounds where
-    # the left and right scans can stop: no need to list the stops beyond
-    n_le, n_lt = int(np.count_nonzero(le)), len(seg) - int(np.count_nonzero(ge))
+    # the left and right scans can stop: no need to list the stops beyond (and the masks and
+    # index lists, the largest temporaries, are dropped as soon as they are used)
+    le = seg <= p
+    n_le = int(np.count_nonzero(le))
+    ge = seg >= p
+    start = max(len(seg) - int(np.count_nonzero(ge)) - 1, 0)
     ls = np.flatnonzero(ge[: n_le + 1])
-    start = max(n_lt - 1, 0)
-    rs = np.flatnonzero(le[start:])[::-1] + start
-    del ge, le
+    del ge
+    rs = np.flatnonzero(le[start:])
+    del le
+    rs += start
+    rs = rs[::-1]
     m = min(len(ls), len(rs))
     t = int(np.count_nonzero(ls[:m] < rs[:m]))  # the scans meet after t swaps
     cut = int(ls[t] if t < len(ls) and (t == 0 or ls[t] < rs[t - 1]) else rs[t - 1]) + first + 1
-    left, right = ls[:t] + (first + 1), rs[:t] + (first + 1)
+    left, right = ls[:t], rs[:t]
+    left += first + 1  # in place: these index lists are the partition's largest temporaries
+    right += first + 1
     lo, hi = window
     keep_left, keep_right = first < hi and cut > lo, cut < hi and last > lo
     if keep_left and keep_right:
