@@ -11,7 +11,9 @@ fidelities, services, pool and seeds as in experiments/compare_agents.py, throug
 ==============  ===========================================================================
 full            offline pre-training + online PPO (the configured agent)
 offline_only    pre-trained, then no online update (the policy still spends the budget)
-online_only     no offline phase: online PPO from a fresh policy
+online_only     no pre-training (``bc_epochs=0``): the proposals are screened as for every agent
+                (a protocol service), the policy is not cloned on them; online PPO from a
+                fresh policy
 scalar_reward   the plain scalarised reward instead of the front-building one
 continuous      continuous merge weights (``weights=simplex``, a Box action)
 ==============  ===========================================================================
@@ -48,7 +50,7 @@ console = Console()
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "full": ((), ()),
     "offline_only": (("agent.online_learning=false",), ()),
-    "online_only": (("agent.proposals=0",), ()),
+    "online_only": (("agent.bc_epochs=0",), ()),
     "scalar_reward": (("agent.reward=scalar",), ("env.reward",)),
     "continuous": (("agent.weights=simplex",), ("env.weights", "agent.weights")),
 }

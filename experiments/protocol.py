@@ -121,6 +121,12 @@ def run_config(
         **{f"env.{k}": v for k, v in protocol["env"].items()},
         **{f"evaluator.{k}": v for k, v in protocol["fidelity"].items()},
     }  # fmt: skip
+    fixed = {*settings, *(f"agent.{k}" for k in PASSED)}
+    for override in overrides:  # a run's own override may not be undone by the protocol
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in fixed:
+            raise ConfigError(f"override {override!r}: protocol {protocol['name']!r} fixes {key} "
+                              "for every agent of a comparison")  # fmt: skip
     for key, value in settings.items():
         if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
             raise ConfigError(f"protocol {protocol['name']!r}: {key} is not a setting of "

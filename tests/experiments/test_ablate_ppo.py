@@ -4,6 +4,7 @@ the protocol's space now holds the env's reward and weights keys."""
 from __future__ import annotations
 
 import pytest
+from omegaconf import OmegaConf
 
 from experiments import ablate_ppo as ab
 from experiments import protocol as pr
@@ -61,3 +62,19 @@ def test_one_seed_a_side_has_no_rank_test():
     (result,) = ab.ablate([_run("full", 0, 1.0), _run("offline_only", 0, 0.5)])
     assert "full_vs" not in result["variants"]["offline_only"]
     assert result["variants"]["offline_only"]["search"]["mean"] == 0.5
+
+
+def test_every_variant_keeps_its_own_change_under_the_protocol():
+    """A variant's override survives the protocol (online_only once set proposals=0, which the
+    protocol's proposals: 200 silently undid, so it ran as full); one the protocol fixes is refused."""
+    protocol = pr.load_protocol("smoke")
+    full, _ = pr.run_config(protocol, "ppo", 0, 0, "both")
+    for variant, (overrides, _keys) in ab.VARIANTS.items():
+        cfg, _ = pr.run_config(protocol, "ppo", 0, 0, "both", overrides)
+        for key, value in (o.split("=", 1) for o in overrides):
+            assert str(OmegaConf.select(cfg, key)).lower() == value, variant
+        assert variant == "full" or OmegaConf.to_container(cfg) != OmegaConf.to_container(full)
+    with pytest.raises(ConfigError, match="agent.proposals"):
+        pr.run_config(protocol, "ppo", 0, 0, "both", ["agent.proposals=0"])
+    with pytest.raises(ConfigError, match="budget"):
+        pr.run_config(protocol, "ppo", 0, 0, "both", ["budget=3"])
