@@ -26,6 +26,7 @@ TARGET_GROUPS = ("pool", "tasks", "agent", "logger")
 EVALUATOR_KEYS = {
     "batch_size": int, "max_examples": (int, type(None)), "cheap_examples": (int, type(None)),
     "metric": (str, type(None)), "prefix_cache_bytes": int,
+    "merged_cache_bytes": (int, type(None)),
     # evaluator=ray (merge_env/scoring/parallel.py)
     "backend": str, "num_workers": int, "num_gpus_per_worker": (int, float),
     "num_cpus_per_worker": (int, float), "address": (str, type(None)),
@@ -222,6 +223,7 @@ def check_evaluator_settings(evaluator: Mapping[str, Any]) -> None:
     for key in ("max_examples", "cheap_examples"):
         _at_least(evaluator.get(key), 1, f"evaluator.{key}", nullable=True)
     _at_least(evaluator.get("prefix_cache_bytes", 0), 0, "evaluator.prefix_cache_bytes")
+    _at_least(evaluator.get("merged_cache_bytes"), 0, "evaluator.merged_cache_bytes", nullable=True)
 
 
 def validate_run_config(cfg: DictConfig) -> None:

@@ -184,6 +184,7 @@ def scoring_problem(
         device=cfg.device, batch_size=ev.batch_size, max_examples=ev.max_examples,
         cheap_examples=ev.cheap_examples, metric=ev.metric,
         prefix_cache_bytes=ev.get("prefix_cache_bytes", 256 * 2**20),
+        merged_cache_bytes=ev.get("merged_cache_bytes"),
     )  # fmt: skip
     # evaluator=ray: recipes are scored on Ray actors; the archive and cache stay here
     options = OmegaConf.to_container(ev, resolve=True)

@@ -144,7 +144,7 @@ class ModelPool:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         merged_cache_size: int | None = None,
-        merged_cache_bytes: int = 2 * 2**30,
+        merged_cache_bytes: int | None = None,
     ) -> None:
         if BASE not in sources:
             raise MergeError(f"the pool needs a source named {BASE!r}; got {sorted(sources)}")
@@ -163,7 +163,11 @@ class ModelPool:
         }
         self._merged: OrderedDict[str, PreTrainedModel] = OrderedDict()
         # merged models kept: as many as fit in merged_cache_bytes (at least 2, at most 64), so
-        # a search over a lattice of merge settings does not rebuild each one over and over
+        # a search over a lattice of merge settings does not rebuild each one over and over; by
+        # default half the pool's weights, within [256 MiB, 2 GiB], so a large pool stays near
+        # twice its weights (SmolLM2-135M, 4 sources: 2 merges, not 3) and a small one keeps many
+        if merged_cache_bytes is None:
+            merged_cache_bytes = min(2 * 2**30, max(256 * 2**20, self.weight_bytes // 2))
         fit = int(merged_cache_bytes // max(model_bytes(self.models[BASE]), 1))
         self.merged_cache_size = merged_cache_size or max(2, min(64, fit))
         self.merges_built = 0
@@ -242,7 +246,10 @@ class ModelPool:
         if model is not None:
             self._merged.move_to_end(key)
             return model
-        engine = MergeEngine(merge, resolve=self._resolve)
+        # make room first: the new model is not built while the LRU holds its maximum
+        while self._merged and len(self._merged) >= self.merged_cache_size:
+            self._merged.popitem(last=False)
+        engine = MergeEngine(merge, resolve=self._resident)
         model = copy.deepcopy(self.models[BASE])
         state = model.state_dict()
         with torch.no_grad():
@@ -250,9 +257,15 @@ class ModelPool:
                 state[spec.name].copy_(engine.merged_tensor(spec.name))
         self.merges_built += 1
         self._merged[key] = model
-        while len(self._merged) > self.merged_cache_size:
-            self._merged.popitem(last=False)
         return model
+
+    def _resident(self, name: str) -> Checkpoint:
+        """The merge engine's view of source ``name``: its headers, and its tensors from the
+        loaded model where they are the file's own (same dtype and shape), so a merge does not
+        map the files a second time beside the models."""
+        ckpt = self._resolve(name)
+        model = self.models.get(name)
+        return ckpt if model is None else _ResidentCheckpoint(ckpt, model.state_dict())
 
     def _resolve(self, name: str) -> Checkpoint:
         try:
@@ -402,6 +415,26 @@ class ModelPool:
             writer.add_file("recipe.yaml", recipe.to_yaml())
             writer.add_file("README.md", _readme(recipe, self.paths))
         return Path(out_dir)
+
+
+class _ResidentCheckpoint(Checkpoint):
+    """A Checkpoint whose tensors come from a loaded model's state dict when they equal the
+    file's in dtype and shape (read-only use: the merge engine never writes its inputs), else
+    from the file. Headers, config and layout are the file's, so a merge plans exactly as from
+    the files and gives the same tensors."""
+
+    def __init__(self, ckpt: Checkpoint, state: Mapping[str, torch.Tensor]) -> None:
+        self.__dict__.update(ckpt.__dict__)  # same path, config, headers and arch as ckpt
+        self._handles = {}
+        self._state = state
+
+    def get(self, name: str) -> torch.Tensor:
+        t = self._state.get(name)
+        if t is not None and name in self:
+            info = self.info(name)
+            if t.dtype == info.dtype and tuple(t.shape) == info.shape and t.device.type == "cpu":
+                return t.detach()
+        return super().get(name)
 
 
 def model_bytes(model: nn.Module) -> int:

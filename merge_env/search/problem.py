@@ -389,6 +389,7 @@ def build_problem(
     max_examples: int | None = None,
     cheap_examples: int | None = None,
     prefix_cache_bytes: int = 256 * 2**20,
+    merged_cache_bytes: int | None = None,
     metric: str | None = None,
 ) -> MergeProblem:
     """Wire a MergeProblem from checkpoint folders, tasks and a tokenizer folder."""
@@ -406,7 +407,7 @@ def build_problem(
     )
     objectives = [t.name for t in tasks]
     archive = Archive.open(archive_path, objectives) if archive_path else Archive(None, objectives)
-    pool = ModelPool(sources, device=device)
+    pool = ModelPool(sources, device=device, merged_cache_bytes=merged_cache_bytes)
     ledger = Path(archive_path).with_name("ledger.jsonl") if archive_path else None
     return MergeProblem(
         pool, tasks, evaluator, archive, metric=metric, cheap_examples=cheap_examples,

@@ -112,3 +112,40 @@ def test_every_library_checkpoint_load_goes_through_the_quiet_loader():
         f"merge_env/search/assemble.py:{n}" for n in range(loader.lineno, loader.end_lineno + 1)
     ]
     assert len(loose) == 1 and loose[0] in inside, loose
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "task_arithmetic"])
+def test_merged_model_from_resident_sources_equals_the_files(pool, method):
+    """The pool merges from its loaded models' tensors (no second map of the files): the merged
+    weights equal the engine's from the files bit for bit, and the sources stay untouched."""
+    from merge_env.merging.checkpoint import Checkpoint
+    from merge_env.merging.engine import MergeEngine
+
+    merge = param_merge(method, {"a": 0.7, "b": 0.5},
+                        density=None if method == "task_arithmetic" else 0.5)  # fmt: skip
+    before = {n: {k: t.clone() for k, t in m.state_dict().items()} for n, m in pool.models.items()}
+    served: list[str] = []
+    resident = pool._resident
+    pool._resident = lambda name: (served.append(name), resident(name))[1]
+    model = pool.merged_model(merge)
+    assert set(served) >= {"a", "b"}
+    name = next(
+        n for n in pool.models["a"].state_dict() if n.startswith(pool.arch.layers_prefix + "0.")
+    )
+    assert resident("a").get(name).data_ptr() == pool.models["a"].state_dict()[name].data_ptr()
+    files = MergeEngine(merge, resolve=lambda name: Checkpoint(pool.paths[name]))
+    state = model.state_dict()
+    for spec in files.output_specs():
+        assert torch.equal(state[spec.name], files.merged_tensor(spec.name)), spec.name
+    for n, m in pool.models.items():
+        assert all(torch.equal(before[n][k], t) for k, t in m.state_dict().items()), n
+
+
+def test_merged_model_lru_makes_room_before_building(pool):
+    pool.merged_cache_size = 2
+    sizes = []
+    build = pool._resident
+    pool._resident = lambda name: (sizes.append(len(pool._merged)), build(name))[1]
+    for w in (0.2, 0.4, 0.6, 0.8):
+        pool.merged_model(param_merge("task_arithmetic", {"a": w, "b": 0.5}))
+    assert max(sizes) <= 1 and len(pool._merged) == 2 and pool.merges_built == 4
