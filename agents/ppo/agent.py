@@ -98,6 +98,7 @@ class PPOAgent(Agent):
         coefficients: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5),
         proposals: int = 200,
         proposal_fraction: float = 0.2,
+        promote_proposals: bool = False,
         cheap_examples: int | None = 16,
         n_preferences: int = 256,
         value_extra: int = 2,
@@ -157,6 +158,7 @@ class PPOAgent(Agent):
         )  # fmt: skip
         self.n_preferences = n_preferences
         self.value_extra = value_extra
+        self.promote_proposals = promote_proposals
         self.bc = dict(epochs=bc_epochs, lr=bc_lr, batch_size=bc_batch_size, ent_coef=bc_ent_coef)
         self.ppo_kwargs: dict[str, Any] = dict(
             learning_rate=learning_rate, n_steps=n_steps, batch_size=batch_size,
@@ -437,6 +439,17 @@ class PPOAgent(Agent):
         if not scored:
             log.warning("ppo: no budget for the offline phase; skipping pre-training")
             return
+        if self.promote_proposals and self.screening:
+            # the screening service as the genome agents use it on the proposals: the best
+            # screen_keep share promoted to full fidelity (into the archive), charged here
+            # (those already scored in full, e.g. the anchors, are not promoted again)
+            recipes = [c.recipe(scratch) for c in scored]
+            fresh = [i for i, r in enumerate(recipes) if not problem.is_cached(r)]
+            order = self.promotion_order(problem, np.stack([vectors[i] for i in fresh]))
+            chosen = [fresh[j] for j in order[: self._keep(len(fresh))]]
+            promoted = self._score_prefix(problem, budget, [recipes[i] for i in chosen], "full")
+            for i, full in zip(chosen, promoted):
+                vectors[i] = full.vector  # pre-train on the full score where there is one
         prefs = sample_preferences(self.n_preferences, scratch.k, rng)
         lengths = [c.length(scratch) for c in scored]
         rewards = relabel(scratch, np.stack(vectors), lengths, prefs)

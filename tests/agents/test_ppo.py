@@ -261,3 +261,22 @@ def test_deferred_env_reward_equals_direct_reward(make_problem):
     assert rewards[0] == pytest.approx(r_direct) and rewards[1] == pytest.approx(r_direct)
     assert infos[0]["recipe_hash"] == info_direct["recipe_hash"]
     assert "pending" not in infos[0]
+
+
+def test_promoted_proposals_reach_the_archive_in_full(make_problem):
+    """promote_proposals: the best screen_keep share of the cheaply scored proposals is scored in
+    full in the offline phase (as the genome agents' screening service does), charged there."""
+    spent = {}
+    for promote in (False, True):
+        problem = make_problem(cheap_examples=4)
+        fast = {**FAST, "sweep_fraction": 0.0}
+        agent = PPOAgent(seed=0, promote_proposals=promote, **fast)
+        agent.search(problem, budget=20)
+        n = len(agent.offline["candidates"])
+        recipes = {
+            c.recipe(agent.make_env(problem).unwrapped).hash for c in agent.offline["candidates"]
+        }
+        full = [e for e in problem.archive if e.source == "ppo" and e.recipe_hash in recipes]
+        spent[promote] = agent.phase_spend["offline"]
+        assert (1 <= len(full) <= agent._keep(n)) if promote else not full
+    assert spent[True] > spent[False]
