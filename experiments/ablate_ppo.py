@@ -42,7 +42,7 @@ from rich.table import Table
 
 from experiments import stats
 from experiments.compare_agents import read_store, run_one, write_store
-from experiments.protocol import check_one_space, load_protocol
+from experiments.protocol import check_one_space, git_commit, load_protocol
 from merge_env.errors import ConfigError
 
 console = Console()
@@ -144,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if "full" not in args.variants:
         raise ConfigError("--variants: the ablation compares against full; include it")
+    git_commit()  # pinned now: the runs record the code this process started with
     protocol = load_protocol(args.protocol, args.set)
     out = args.out or Path("outputs/ablate_ppo") / protocol["name"]
     out.mkdir(parents=True, exist_ok=True)

@@ -390,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--rerun", action="store_true", help="ignore finished runs in results.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    git_commit()  # pinned now: the runs record the code this process started with
     protocol = load_protocol(args.protocol, [*legacy_overrides(args), *args.set])
     out = args.out or Path("outputs/compare_agents") / protocol["name"]
     labels = [a + args.tag if a == "ppo" else a for a in args.agents]

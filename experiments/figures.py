@@ -598,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
+    git_commit()  # pinned now: what this process runs, whatever HEAD becomes meanwhile
     try:
         chosen = [s.strip() for s in args.only.split(",") if s.strip()]
         unknown = sorted(set(chosen) - set(SECTIONS))

@@ -182,8 +182,20 @@ def check_one_space(runs: Sequence[Mapping[str, Any]]) -> None:
 
 
 def git_commit(cwd: Path | None = None) -> dict[str, Any]:
-    """{"sha": HEAD's commit, "dirty": tracked files changed} ("unknown", None outside git)."""
-    cwd = cwd or Path(__file__).resolve().parents[1]
+    """{"sha": HEAD's commit, "dirty": tracked files changed} ("unknown", None outside git), as
+    it was when this process first asked: the code a long comparison runs is what it imported
+    at its start, not what HEAD became while it ran."""
+    if cwd is None:
+        if _STARTED_AT is None:
+            globals()["_STARTED_AT"] = _read_commit(Path(__file__).resolve().parents[1])
+        return dict(_STARTED_AT)  # type: ignore[arg-type]
+    return _read_commit(cwd)
+
+
+_STARTED_AT: dict[str, Any] | None = None
+
+
+def _read_commit(cwd: Path) -> dict[str, Any]:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
                              text=True, check=True, timeout=30).stdout.strip()  # fmt: skip

@@ -62,3 +62,11 @@ def test_agents_that_searched_different_spaces_are_refused():
 
 def test_commit_is_unknown_outside_a_git_checkout(tmp_path):
     assert pr.git_commit(tmp_path) == {"sha": "unknown", "dirty": None}
+
+
+def test_the_commit_is_the_one_the_process_started_with(monkeypatch):
+    """A long comparison records the code it imported, not what HEAD became while it ran."""
+    monkeypatch.setattr(pr, "_STARTED_AT", None)
+    first = pr.git_commit()
+    monkeypatch.setattr(pr, "_read_commit", lambda cwd: {"sha": "moved-on", "dirty": False})
+    assert pr.git_commit() == first != {"sha": "moved-on", "dirty": False}
