@@ -220,8 +220,8 @@ class Agent(ABC):
             promoted = self.screen(problem, budget, recipes, keep).promoted
         else:
             scored = self._score_prefix(problem, budget, recipes, "full")
-            order = self.promotion_order(problem, np.array([s.vector for s in scored]))
-            promoted = [scored[i] for i in order[: self._keep(len(scored), keep)]]
+            best = self.best_share(problem, range(len(scored)), [s.vector for s in scored], keep)
+            promoted = [scored[i] for i in best]
         budget.proposals = promoted
         return promoted
 
@@ -275,8 +275,7 @@ class Agent(ABC):
         cheap_scores = problem.score_many([prefix[i] for i in todo], fidelity="cheap",
                                           source=self.name) if todo else []  # fmt: skip
         scores.update(zip(todo, cheap_scores))
-        order = self.promotion_order(problem, np.array([s.vector for s in cheap_scores]))
-        chosen = sorted(todo[j] for j in order[: self._keep(len(todo), keep)])
+        chosen = sorted(self.best_share(problem, todo, [s.vector for s in cheap_scores], keep))
         promoted = (
             problem.score_many([prefix[i] for i in chosen], source=self.name) if chosen else []
         )
@@ -304,6 +303,15 @@ class Agent(ABC):
             order += list(front[np.argsort(-fitness[front], kind="stable")])
             left = np.setdiff1d(left, front)
         return np.asarray(order, int)
+
+    def best_share(
+        self, problem: MergeProblem, ids: Sequence[int], vectors: Sequence[np.ndarray],
+        keep: int | None = None,
+    ) -> list[int]:  # fmt: skip
+        """The ids (``vectors[j]`` scores ``ids[j]``) of the best ``keep`` (default: the
+        ``screen_keep`` share), best first: what screening promotes to full fidelity."""
+        order = self.promotion_order(problem, np.array(vectors))
+        return [ids[j] for j in order[: self._keep(len(ids), keep)]]
 
     def _keep(self, n: int, keep: int | None = None) -> int:
         """How many of a screened batch of ``n`` are promoted."""

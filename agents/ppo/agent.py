@@ -445,8 +445,7 @@ class PPOAgent(Agent):
             # (those already scored in full, e.g. the anchors, are not promoted again)
             recipes = [c.recipe(scratch) for c in scored]
             fresh = [i for i, r in enumerate(recipes) if not problem.is_cached(r)]
-            order = self.promotion_order(problem, np.stack([vectors[i] for i in fresh]))
-            chosen = [fresh[j] for j in order[: self._keep(len(fresh))]]
+            chosen = self.best_share(problem, fresh, [vectors[i] for i in fresh])
             promoted = self._score_prefix(problem, budget, [recipes[i] for i in chosen], "full")
             for i, full in zip(chosen, promoted):
                 vectors[i] = full.vector  # pre-train on the full score where there is one
