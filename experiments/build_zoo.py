@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from merge_env.pools.regime import judge, score_regime
+from merge_env.pools.regime import Regime, judge, score_regime
 from merge_env.pools.smollm2 import SmolConfig, SmolPool
 from merge_env.pools.zoo import Zoo, ZooConfig, build_zoo
 from merge_env.scoring.evaluate import Evaluator, TaskScore
@@ -110,8 +110,11 @@ def print_table(
             console.print(f"  {mark} {sentence}")
 
 
-def print_regime(zoo: Zoo | SmolPool, console: Console, device: str = "cpu") -> None:
-    """Score the plain merges of the experts on the TEST split and print the regime verdict."""
+def print_regime(
+    zoo: Zoo | SmolPool, console: Console, device: str = "cpu"
+) -> tuple[dict[str, dict[str, float]], Regime]:
+    """Score the plain merges of the experts on the TEST split and print the regime verdict;
+    return the scores and the verdict."""
     sources = {"base": zoo.base, **zoo.experts}
     scores = score_regime(sources, zoo.tasks, zoo.tokenizer_dir, split="test", device=device)
     tasks = [t.name for t in zoo.tasks]
@@ -126,6 +129,7 @@ def print_regime(zoo: Zoo | SmolPool, console: Console, device: str = "cpu") -> 
     for holds, sentence in regime.sentences():
         console.print(f"  [{'green' if holds else 'red'}]{'ok ' if holds else 'NO '}[/] {sentence}")
     console.print(f"  regime {'holds' if regime.holds else 'does NOT hold'}")
+    return scores, regime
 
 
 def run(

@@ -9,11 +9,13 @@ drawn (one task, or a mixture of tasks), the learning-rate schedule, the loss an
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from merge_env.errors import ConfigError
 from merge_env.scoring.evaluate import Evaluator
@@ -179,3 +181,72 @@ def finetune(
             on_step(step, losses[-1])
     model.eval()
     return losses
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """Low-rank adapters (Hu et al. 2021) on the decoder layers' linear maps: W + (alpha / rank)
+    B A, A (rank x in) Gaussian / sqrt(in), B (out x rank) zero, so training starts at W."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = LORA_TARGETS
+
+    def __post_init__(self) -> None:
+        if self.rank < 1 or self.alpha <= 0:
+            raise ConfigError(f"lora: rank >= 1 and alpha > 0, got {self.rank}, {self.alpha}")
+
+
+class LoraLinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a trainable low-rank update."""
+
+    def __init__(self, linear: nn.Linear, spec: LoraSpec, generator: torch.Generator) -> None:
+        super().__init__()
+        self.linear = linear
+        self.scale = spec.alpha / spec.rank
+        w = linear.weight
+        a = torch.randn(spec.rank, linear.in_features, generator=generator) / math.sqrt(
+            linear.in_features
+        )
+        self.lora_a = nn.Parameter(a.to(device=w.device, dtype=w.dtype))
+        self.lora_b = nn.Parameter(torch.zeros(linear.out_features, spec.rank, device=w.device,
+                                               dtype=w.dtype))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + (x @ self.lora_a.T @ self.lora_b.T) * self.scale
+
+
+@contextmanager
+def lora_adapters(model: Any, spec: LoraSpec, seed: int) -> Iterator[list[LoraLinear]]:
+    """Train ``model`` through adapters: inside, only the adapters require grad; on exit each
+    update is merged into its weight (W += scale B A) and the model is plain again, every
+    parameter trainable, so it saves as an ordinary checkpoint (a LoRA "merged into the weights").
+    """
+    gen = torch.Generator().manual_seed(seed)
+    trainable = {name: p.requires_grad for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    wrapped: list[tuple[nn.Module, str, LoraLinear]] = []
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if child_name in spec.targets and isinstance(child, nn.Linear):
+                adapter = LoraLinear(child, spec, gen)
+                setattr(module, child_name, adapter)
+                wrapped.append((module, child_name, adapter))
+    if not wrapped:
+        raise ConfigError(f"lora: no linear layer named any of {spec.targets} in the model")
+    try:
+        yield [adapter for _, _, adapter in wrapped]
+    finally:
+        with torch.no_grad():
+            for module, child_name, adapter in wrapped:
+                adapter.linear.weight += adapter.scale * (adapter.lora_b @ adapter.lora_a)
+                setattr(module, child_name, adapter.linear)
+        for name, p in model.named_parameters():
+            p.requires_grad_(trainable.get(name, True))

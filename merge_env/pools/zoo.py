@@ -35,7 +35,14 @@ from merge_env.pools.cache import (
     task_records,
     tasks_from_records,
 )
-from merge_env.pools.finetune import encode_rows, finetune, mixture_batches, warmup_cosine
+from merge_env.pools.finetune import (
+    LoraSpec,
+    encode_rows,
+    finetune,
+    lora_adapters,
+    mixture_batches,
+    warmup_cosine,
+)
 from merge_env.scoring.tasks.synthetic import ZOO_TASK_KINDS, char_tokenizer, make_task
 from merge_env.scoring.tasks.task import Task
 
@@ -511,6 +518,61 @@ def build_zoo(
         )  # fmt: skip
     logger.info("zoo extras built in %.1f s: %s", info["build_seconds"], root / EXTRAS)
     return load_zoo(root)
+
+
+# ZooConfig keys a variant of the experts may change (the base, its data and the tasks stay)
+EXPERT_KEYS = ("expert_steps", "expert_lr", "expert_replay")
+
+
+def train_expert_variant(
+    zoo: Zoo,
+    out: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    lora: LoraSpec | None = None,
+    progress: bool = True,
+    device: str = "cpu",
+) -> dict[str, Path]:
+    """Fine-tune the experts again from the zoo's own base, with other expert settings.
+
+    ``overrides``: keys of ``EXPERT_KEYS``; ``lora``: train low-rank adapters instead of every
+    weight, merged into the weights when done. Everything else is the zoo's: the base, the
+    pretraining and task data, the seeds and the order, so with no change the experts come out
+    bit for bit the zoo's own (at the thread count it was built with). Returns {task: checkpoint
+    dir} under ``out/experts``, for comparing regimes (``experiments.regime_variants``).
+    """
+    from safetensors.torch import load_file
+
+    if zoo.config is None:
+        raise ConfigError(f"{zoo.root}: the zoo manifest has no config to vary")
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(EXPERT_KEYS))
+    if unknown:
+        raise ConfigError(f"expert variant: {unknown} not among the expert keys {EXPERT_KEYS}")
+    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    config = dataclasses.replace(zoo.config, **fixed)
+    out = Path(out)
+    run = _Trainer(config, sum(config.expert_steps), progress, device)
+    domain = run.rows("data", [None] * len(config.tasks))
+    pretraining = run.rows("pretrain", config.per_task("base_rare_mass"))
+    experts: dict[str, Path] = {}
+    with pinned_threads(), run.bar:
+        model = run.model(config.shape, "init")
+        weights = zoo.base / "model.safetensors"
+        model.load_state_dict(load_file(str(weights), device=device))
+        base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        lrs = config.per_task("expert_lr")
+        for task, n, lr in zip(config.tasks, config.expert_steps, lrs, strict=True):
+            model.load_state_dict(base)
+            phase = f"expert:{task}"
+            mix = _expert_mix(config, task)
+            if lora is None:
+                run.fit(model, [*pretraining, *domain], mix, n, lr, phase)
+            else:
+                with lora_adapters(model, lora, sub_seed(config.seed, f"lora:{task}")):
+                    run.fit(model, [*pretraining, *domain], mix, n, lr, phase)
+            experts[task] = out / run.save(model, out, f"experts/{task}")
+    return experts
 
 
 def load_zoo(root: str | Path) -> Zoo:

@@ -277,3 +277,110 @@ def test_build_zoo_cli_prints_table_from_cache(tiny_zoo):
     assert "found in cache" in text
     for row in ["base", "expert:add", f"odd:{zoo.odd_expert_task}", "recycle:stage80"]:
         assert row in text
+
+
+# ---------------------------------------------------------------- expert variants (regime study)
+
+
+def _zoo_threads(zoo, monkeypatch) -> None:
+    """Train at the thread count the zoo was built with (CPU results depend on it)."""
+    built_with = json.loads((zoo.root / "zoo.json").read_text())["train_threads"]
+    monkeypatch.setenv("MERGEGYM_TRAIN_THREADS", str(built_with))
+
+
+def test_expert_variant_with_the_zoos_settings_reproduces_its_experts(
+    tiny_zoo, tmp_path, monkeypatch
+):
+    from merge_env.pools.zoo import train_expert_variant
+
+    _zoo_threads(tiny_zoo, monkeypatch)
+    experts = train_expert_variant(tiny_zoo, tmp_path, progress=False)
+    assert experts.keys() == tiny_zoo.experts.keys()
+    for task, folder in experts.items():
+        got = load_file(folder / "model.safetensors")
+        want = load_file(tiny_zoo.experts[task] / "model.safetensors")
+        assert got.keys() == want.keys()
+        for key in want:
+            assert torch.equal(got[key], want[key]), f"expert {task}: {key} differs"
+
+
+def test_expert_variant_changes_only_what_it_is_told(tiny_zoo, tmp_path, monkeypatch):
+    from merge_env.pools.finetune import LoraSpec
+    from merge_env.pools.zoo import train_expert_variant
+
+    _zoo_threads(tiny_zoo, monkeypatch)
+    with pytest.raises(ConfigError, match="base_lr"):
+        train_expert_variant(tiny_zoo, tmp_path / "bad", {"base_lr": 1e-3}, progress=False)
+    assert not (tmp_path / "bad").exists()
+    gentler = train_expert_variant(
+        tiny_zoo, tmp_path / "lr", {"expert_lr": [1e-5] * 3}, progress=False
+    )
+    base = load_file(tiny_zoo.base / "model.safetensors")
+    task = next(iter(tiny_zoo.experts))
+    full = load_file(tiny_zoo.experts[task] / "model.safetensors")
+    low = load_file(gentler[task] / "model.safetensors")
+    drift = lambda sd: sum(float((sd[k] - base[k]).norm()) for k in base)  # noqa: E731
+    assert 0 < drift(low) < drift(full)
+    rank = 2
+    lora = train_expert_variant(
+        tiny_zoo, tmp_path / "lora", lora=LoraSpec(rank=rank, alpha=4.0), progress=False
+    )
+    adapted = load_file(lora[task] / "model.safetensors")
+    for key, value in base.items():
+        delta = adapted[key] - value
+        if key.endswith(("proj.weight",)):
+            # a LoRA merged into the weights: a rank-r update of each adapted matrix (up to
+            # float32 rounding of W + update)
+            sv = torch.linalg.svdvals(delta.double())
+            assert sv[0] > 0 and sv[rank] < 1e-4 * sv[0], (key, sv[: rank + 1])
+        else:  # embeddings, norms and the head are frozen
+            assert torch.equal(adapted[key], value), key
+
+
+def test_lora_adapters_merge_into_the_weights_they_trained():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from merge_env.pools.finetune import LoraSpec, lora_adapters
+
+    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 32, (2, 5))
+    with lora_adapters(model, LoraSpec(rank=2, alpha=2.0), seed=0) as adapters:
+        assert len(adapters) == 2 * 7
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable and all("lora_" in n for n in trainable)
+        with torch.no_grad():
+            for a in adapters:
+                a.lora_b.normal_()  # as if trained
+            adapted = model(input_ids=ids).logits
+    assert all(p.requires_grad for p in model.parameters())
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    with torch.no_grad():
+        merged = model(input_ids=ids).logits
+    torch.testing.assert_close(merged, adapted, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="rank"):
+        LoraSpec(rank=0)
+
+
+def test_regime_variants_cli_prints_the_verdict_and_records_it(tiny_zoo, tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from experiments.regime_variants import parse_settings, run
+
+    _zoo_threads(tiny_zoo, monkeypatch)
+    settings = parse_settings(["expert_lr=2e-4", "expert_steps=[3,3,3]"])
+    assert settings == {"expert_lr": 2e-4, "expert_steps": [3, 3, 3]}
+    for bad in (["base_lr=1"], ["expert_lr"], ["expert_lr=fast"]):
+        with pytest.raises(ConfigError, match="--set"):
+            parse_settings(bad)
+    out = io.StringIO()
+    record = run("tiny", 0, settings, None, tmp_path, cache_dir=str(tiny_zoo.root.parent),
+                 progress=False, console=Console(file=out, width=200))  # fmt: skip
+    text = out.getvalue()
+    assert "fine-tune regime" in text and "ties d0.5" in text and "regime " in text
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1]) == json.loads(json.dumps(record))
+    assert record["gains"].keys() == tiny_zoo.experts.keys()
+    assert record["holds"] in (True, False) and record["settings"] == settings
