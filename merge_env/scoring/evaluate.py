@@ -291,23 +291,31 @@ class Evaluator:
             rows.extend([r] * len(span))
             cols.extend(span)
             targets.extend(enc.ids[enc.n_prompt :])
-        kwargs: dict[str, Any] = {}
-        if "use_cache" in accepts:
-            kwargs["use_cache"] = False
-        if "logits_to_keep" in accepts:
-            # The head only runs on positions from the earliest answer start onwards.
-            kwargs["logits_to_keep"] = width - min(enc.n_prompt - 1 for enc in batch)
-        out = model(input_ids=inputs.to(self.device), attention_mask=mask.to(self.device), **kwargs)
-        self.forward_calls += 1
-        logits = out.logits if hasattr(out, "logits") else out
-        if isinstance(logits, tuple):
-            logits = logits[0]
-        offset = width - logits.shape[1]
         row_t = torch.tensor(rows, device=self.device)
-        col_t = torch.tensor(cols, device=self.device) - offset
+        col_t = torch.tensor(cols, device=self.device)
         tgt_t = torch.tensor(targets, device=self.device)
-        # Gather the answer positions first: log_softmax over the vocab only where it is needed.
-        sel = logits[row_t, col_t].float()
+        inputs, mask = inputs.to(self.device), mask.to(self.device)
+        split = _decoder_and_head(model)
+        if split is not None:
+            # The head runs on the answer positions only: a vocabulary row per answer token, not
+            # per position of every row from the earliest answer on (SmolLM2: 49k words)
+            decoder, head = split
+            hidden = decoder(input_ids=inputs, attention_mask=mask, use_cache=False)[0]
+            sel = head(hidden[row_t, col_t]).float()
+        else:
+            kwargs: dict[str, Any] = {}
+            if "use_cache" in accepts:
+                kwargs["use_cache"] = False
+            if "logits_to_keep" in accepts:
+                # The head only runs on positions from the earliest answer start onwards.
+                kwargs["logits_to_keep"] = width - min(enc.n_prompt - 1 for enc in batch)
+            out = model(input_ids=inputs, attention_mask=mask, **kwargs)
+            logits = out.logits if hasattr(out, "logits") else out
+            if isinstance(logits, tuple):
+                logits = logits[0]
+            # Gather the answer positions first: log_softmax over the vocab only where needed.
+            sel = logits[row_t, col_t - (width - logits.shape[1])].float()
+        self.forward_calls += 1
         logp = sel.gather(1, tgt_t[:, None]).squeeze(1) - torch.logsumexp(sel, dim=-1)
         hit = (sel.argmax(dim=-1) == tgt_t).double()
         per = torch.zeros(len(batch), 3, dtype=torch.float64, device=self.device)
@@ -418,6 +426,24 @@ class Evaluator:
             spans.append((len(encoded), len(encoded) + len(part)))
             encoded.extend(part)
         return encoded, spans
+
+
+# Causal-LM families whose forward is exactly ``lm_head(decoder(...)[0])`` (no logit scaling or
+# soft-capping between them), so the head may run on chosen positions alone.
+PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2"})
+
+
+def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
+    """(decoder, LM head) of a Hugging Face causal LM of a ``PLAIN_HEAD_TYPES`` family, or None
+    (any other model is scored through its own forward)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in PLAIN_HEAD_TYPES:
+        return None
+    try:
+        decoder, head = model.get_decoder(), model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    return (decoder, head) if decoder is not None and head is not None else None
 
 
 def _aggregate(stats: np.ndarray) -> TaskScore:
