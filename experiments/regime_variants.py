@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--preset", default="default", choices=["default", "tiny"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                         help=f"expert settings: {', '.join(EXPERT_KEYS)}")  # fmt: skip
     parser.add_argument("--lora-rank", type=int, default=0, help="0: full fine-tunes (the zoo's)")
     parser.add_argument("--lora-alpha", type=float, default=16.0)

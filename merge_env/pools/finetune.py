@@ -224,29 +224,38 @@ class LoraLinear(nn.Module):
 
 @contextmanager
 def lora_adapters(model: Any, spec: LoraSpec, seed: int) -> Iterator[list[LoraLinear]]:
-    """Train ``model`` through adapters: inside, only the adapters require grad; on exit each
-    update is merged into its weight (W += scale B A) and the model is plain again, every
-    parameter trainable, so it saves as an ordinary checkpoint (a LoRA "merged into the weights").
+    """Train ``model`` through adapters: inside, only the adapters require grad; on a normal exit
+    each update is merged into its weight (W += scale B A) and the model is plain again, every
+    parameter as trainable as before, so it saves as an ordinary checkpoint (a LoRA "merged into
+    the weights"). On an exception the original layers come back unchanged (nothing merged).
+    A linear layer shared by two modules would get its update twice: none is in these families.
     """
+    targets = [
+        (module, name, child)
+        for module in model.modules()
+        for name, child in module.named_children()
+        if name in spec.targets and isinstance(child, nn.Linear)
+    ]
+    if not targets:
+        raise ConfigError(f"lora: no linear layer named any of {spec.targets} in the model")
     gen = torch.Generator().manual_seed(seed)
     trainable = {name: p.requires_grad for name, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
     wrapped: list[tuple[nn.Module, str, LoraLinear]] = []
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if child_name in spec.targets and isinstance(child, nn.Linear):
-                adapter = LoraLinear(child, spec, gen)
-                setattr(module, child_name, adapter)
-                wrapped.append((module, child_name, adapter))
-    if not wrapped:
-        raise ConfigError(f"lora: no linear layer named any of {spec.targets} in the model")
+    merge = False
     try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for module, name, child in targets:
+            adapter = LoraLinear(child, spec, gen)
+            setattr(module, name, adapter)
+            wrapped.append((module, name, adapter))
         yield [adapter for _, _, adapter in wrapped]
+        merge = True
     finally:
         with torch.no_grad():
-            for module, child_name, adapter in wrapped:
-                adapter.linear.weight += adapter.scale * (adapter.lora_b @ adapter.lora_a)
-                setattr(module, child_name, adapter.linear)
+            for module, name, adapter in wrapped:
+                if merge:
+                    adapter.linear.weight += adapter.scale * (adapter.lora_b @ adapter.lora_a)
+                setattr(module, name, adapter.linear)
         for name, p in model.named_parameters():
             p.requires_grad_(trainable.get(name, True))

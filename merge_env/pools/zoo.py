@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -538,11 +539,11 @@ def train_expert_variant(
     ``overrides``: keys of ``EXPERT_KEYS``; ``lora``: train low-rank adapters instead of every
     weight, merged into the weights when done. Everything else is the zoo's: the base, the
     pretraining and task data, the seeds and the order, so with no change the experts come out
-    bit for bit the zoo's own (at the thread count it was built with). Returns {task: checkpoint
-    dir} under ``out/experts``, for comparing regimes (``experiments.regime_variants``).
+    bit for bit the zoo's own (at the thread count it was built with). The experts are trained
+    in a dot-folder and published as ``out`` (``out/variant.json`` records the settings); an
+    existing ``out`` is replaced, a failed run leaves none. Returns {task: checkpoint dir} under
+    ``out/experts``, for comparing regimes (``experiments.regime_variants``).
     """
-    from safetensors.torch import load_file
-
     if zoo.config is None:
         raise ConfigError(f"{zoo.root}: the zoo manifest has no config to vary")
     overrides = dict(overrides or {})
@@ -550,13 +551,32 @@ def train_expert_variant(
     if unknown:
         raise ConfigError(f"expert variant: {unknown} not among the expert keys {EXPERT_KEYS}")
     fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    config = dataclasses.replace(zoo.config, **fixed)
+    try:
+        config = dataclasses.replace(zoo.config, **fixed)
+    except TypeError as err:  # e.g. expert_steps=300 where one count per task is due
+        raise ConfigError(f"expert variant: {overrides}: {err}") from err
     out = Path(out)
+    if out.exists():  # the same variant trained before: replaced, never mixed
+        shutil.rmtree(out)
+    with pinned_threads():
+        build_atomically(
+            out, "variant.json",
+            lambda tmp: _train_experts(zoo, config, tmp, lora, progress, device), "seconds",
+        )  # fmt: skip
+    return {task: out / "experts" / task for task in config.tasks}
+
+
+def _train_experts(
+    zoo: Zoo, config: ZooConfig, out: Path, lora: LoraSpec | None, progress: bool, device: str
+) -> dict[str, Any]:
+    """``train_expert_variant``'s training into ``out``; returns its manifest."""
+    from safetensors.torch import load_file
+
     run = _Trainer(config, sum(config.expert_steps), progress, device)
     domain = run.rows("data", [None] * len(config.tasks))
     pretraining = run.rows("pretrain", config.per_task("base_rare_mass"))
-    experts: dict[str, Path] = {}
-    with pinned_threads(), run.bar:
+    experts: dict[str, str] = {}
+    with run.bar:
         model = run.model(config.shape, "init")
         weights = zoo.base / "model.safetensors"
         model.load_state_dict(load_file(str(weights), device=device))
@@ -571,8 +591,11 @@ def train_expert_variant(
             else:
                 with lora_adapters(model, lora, sub_seed(config.seed, f"lora:{task}")):
                     run.fit(model, [*pretraining, *domain], mix, n, lr, phase)
-            experts[task] = out / run.save(model, out, f"experts/{task}")
-    return experts
+            experts[task] = run.save(model, out, f"experts/{task}")
+    return {
+        "format": "mergegym-expert-variant", "zoo": str(zoo.root), "config": config.to_dict(),
+        "lora": dataclasses.asdict(lora) if lora else None, "experts": experts,
+    }  # fmt: skip
 
 
 def load_zoo(root: str | Path) -> Zoo:

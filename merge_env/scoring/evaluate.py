@@ -298,7 +298,10 @@ class Evaluator:
         split = _decoder_and_head(model)
         if split is not None:
             # The head runs on the answer positions only: a vocabulary row per answer token, not
-            # per position of every row from the earliest answer on (SmolLM2: 49k words)
+            # per position of every row from the earliest answer on (SmolLM2: 49k words). On
+            # the CPU in float32 the scores equal the full forward's bit for bit (measured on
+            # SmolLM2); another GEMM shape may round differently on a GPU or in bfloat16, an ulp
+            # below what SCORING_VERSION guards (the meaning of a score), so it is not bumped.
             decoder, head = split
             hidden = decoder(input_ids=inputs, attention_mask=mask, use_cache=False)[0]
             sel = head(hidden[row_t, col_t]).float()

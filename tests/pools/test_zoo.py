@@ -311,6 +311,8 @@ def test_expert_variant_changes_only_what_it_is_told(tiny_zoo, tmp_path, monkeyp
     _zoo_threads(tiny_zoo, monkeypatch)
     with pytest.raises(ConfigError, match="base_lr"):
         train_expert_variant(tiny_zoo, tmp_path / "bad", {"base_lr": 1e-3}, progress=False)
+    with pytest.raises(ConfigError, match="expert_steps"):  # one count per task is due
+        train_expert_variant(tiny_zoo, tmp_path / "bad", {"expert_steps": 300}, progress=False)
     assert not (tmp_path / "bad").exists()
     gentler = train_expert_variant(
         tiny_zoo, tmp_path / "lr", {"expert_lr": [1e-5] * 3}, progress=False
@@ -362,6 +364,19 @@ def test_lora_adapters_merge_into_the_weights_they_trained():
     torch.testing.assert_close(merged, adapted, rtol=1e-4, atol=1e-4)
     with pytest.raises(ConfigError, match="rank"):
         LoraSpec(rank=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="diverged"):
+        with lora_adapters(model, LoraSpec(rank=2), seed=1) as adapters:
+            with torch.no_grad():
+                adapters[0].lora_b.fill_(1.0)
+            raise RuntimeError("training diverged")
+    after = model.state_dict()  # a failed training merges nothing and leaves the plain layers
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ConfigError, match="no linear layer"):
+        with lora_adapters(model, LoraSpec(targets=("nothing",)), seed=0):
+            pass
+    assert all(p.requires_grad for p in model.parameters())
 
 
 def test_regime_variants_cli_prints_the_verdict_and_records_it(tiny_zoo, tmp_path, monkeypatch):
@@ -370,6 +385,10 @@ def test_regime_variants_cli_prints_the_verdict_and_records_it(tiny_zoo, tmp_pat
     from experiments.regime_variants import parse_settings, run
 
     _zoo_threads(tiny_zoo, monkeypatch)
+    from experiments.regime_variants import main
+
+    with pytest.raises(ConfigError, match="base_lr"):  # every --set is read, not the last only
+        main(["--preset", "tiny", "--set", "base_lr=1", "--set", "expert_lr=1e-3"])
     settings = parse_settings(["expert_lr=2e-4", "expert_steps=[3,3,3]"])
     assert settings == {"expert_lr": 2e-4, "expert_steps": [3, 3, 3]}
     for bad in (["base_lr=1"], ["expert_lr"], ["expert_lr=fast"]):
