@@ -382,11 +382,9 @@ def test_lora_adapters_merge_into_the_weights_they_trained():
 def test_regime_variants_cli_prints_the_verdict_and_records_it(tiny_zoo, tmp_path, monkeypatch):
     from rich.console import Console
 
-    from experiments.regime_variants import parse_settings, run
+    from experiments.regime_variants import main, parse_settings, run
 
     _zoo_threads(tiny_zoo, monkeypatch)
-    from experiments.regime_variants import main
-
     with pytest.raises(ConfigError, match="base_lr"):  # every --set is read, not the last only
         main(["--preset", "tiny", "--set", "base_lr=1", "--set", "expert_lr=1e-3"])
     settings = parse_settings(["expert_lr=2e-4", "expert_steps=[3,3,3]"])
