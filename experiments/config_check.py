@@ -25,7 +25,7 @@ from merge_env.errors import ConfigError
 TARGET_GROUPS = ("pool", "tasks", "agent", "logger")
 EVALUATOR_KEYS = {
     "batch_size": int, "max_examples": (int, type(None)), "cheap_examples": (int, type(None)),
-    "metric": (str, type(None)), "prefix_cache_bytes": int,
+    "metric": (str, type(None)), "prefix_cache_bytes": int, "prompt_prefix": bool,
     "merged_cache_bytes": (int, type(None)),
     # evaluator=ray (merge_env/scoring/parallel.py)
     "backend": str, "num_workers": int, "num_gpus_per_worker": (int, float),

@@ -52,7 +52,7 @@ NOT_SEARCH = {
 }  # fmt: skip
 NOT_SEARCH_IN = {
     "agent": {"device", "progress", "save_path"},
-    "evaluator": {"batch_size", "backend", "prefix_cache_bytes", *RAY_OPTIONS},
+    "evaluator": {"batch_size", "backend", "prefix_cache_bytes", "prompt_prefix", *RAY_OPTIONS},
 }
 
 
@@ -184,6 +184,7 @@ def scoring_problem(
         device=cfg.device, batch_size=ev.batch_size, max_examples=ev.max_examples,
         cheap_examples=ev.cheap_examples, metric=ev.metric,
         prefix_cache_bytes=ev.get("prefix_cache_bytes", 256 * 2**20),
+        prompt_prefix=ev.get("prompt_prefix", True),
         merged_cache_bytes=ev.get("merged_cache_bytes"),
     )  # fmt: skip
     # evaluator=ray: recipes are scored on Ray actors; the archive and cache stay here

@@ -15,10 +15,14 @@ faster than the bare forward, since it skips the LM head on prompt positions.
 
 ``--candidates`` scores whole batches of recipes on a pool (``zoo``: the default zoo, built into
 the cache on first use; ``tiny``: seconds; ``smollm2``: the SmolLM2-135M pool, built by
-``python -m experiments.build_zoo --pool smollm2`` or on first use) the way the local back-end does, with prefix sharing
-off (each recipe assembled and scored alone, as before) and on (``ModelPool.score_recipes``), and
-prints candidates per minute, the speed-up, the prefix hit rate (the fraction of slot forwards
-reused) and whether every score came out identical. Batches: a PPO-like vector step (8 episodes,
+``python -m experiments.build_zoo --pool smollm2`` or on first use) the way the local back-end
+does, with four scorers: ``issue`` (the scorer as issue 18 found it: each recipe assembled and
+scored alone through the model's own forward, the LM head from the earliest answer position on),
+``off`` (alone, the head on answer positions only), ``path`` (``ModelPool.score_recipes``: shared
+path prefixes run once) and ``on`` (path prefixes, and the prompt tokens every row of an example
+batch shares, e.g. a chat template's system turn, run once). It prints candidates per minute,
+the speed-ups, the path-prefix hit rate (the fraction of slot forwards reused), the share of
+token positions prompt sharing skips, and whether every scorer's scores came out identical. Batches: a PPO-like vector step (8 episodes,
 each a few random edits of the identity path under one merge) and CMA-ES-like generations drawn
 around the identity genome (``level=arch``: one merge; ``level=both``: a merge per candidate).
 It ends with the process's memory: peak RSS next to the pool's weights, the merged-model LRU and
@@ -156,7 +160,8 @@ def memory_line(pool: Any, prefix_bytes: int) -> str:
 
 
 def candidates_main(args: argparse.Namespace) -> None:
-    """Candidates per minute with prefix sharing off and on, over a pool's tasks."""
+    """Candidates per minute: the scorer as issue 18 found it, without sharing, with path-prefix
+    sharing, and with path- and prompt-prefix sharing, over a pool's tasks."""
     from transformers import AutoTokenizer
 
     from merge_env.search.assemble import ModelPool
@@ -172,42 +177,77 @@ def candidates_main(args: argparse.Namespace) -> None:
         "cmaes generation, level=both": cmaes_like_generation(pool, "both", args.seed),
     }  # fmt: skip
     n_ex = sum(min(len(t.search), args.max_examples or len(t.search)) for t in tasks)
+    probe = Evaluator(tok, batch_size=args.batch_size, max_examples=args.max_examples)
     print(f"device {args.device}  threads {torch.get_num_threads()}  pool {spec.name} "
-          f"({pool.num_layers} layers, {len(pool.names)} sources)  examples {n_ex}")  # fmt: skip
-    print(f"{'batch':30}{'n':>4}{'off c/min':>11}{'on c/min':>10}{'speed-up':>10}"
-          f"{'hit rate':>10}{'identical':>11}")  # fmt: skip
+          f"({pool.num_layers} layers, {len(pool.names)} sources)  examples {n_ex}  "
+          f"prompt tokens shared {prompt_share(probe, tasks):.1%}")  # fmt: skip
+    print("c/min: issue = the scorer as issue 18 found it (the model's forward, head from the "
+          "earliest answer on), off = no sharing, path = path prefixes shared, on = path and "
+          "prompt prefixes shared")  # fmt: skip
+    print(f"{'batch':30}{'n':>4}{'issue':>8}{'off':>8}{'path':>8}{'on':>8}{'on/issue':>10}"
+          f"{'on/off':>8}{'hit rate':>10}{'identical':>11}")  # fmt: skip
     prefix_bytes = 0
     for label, recipes in batches.items():
         row = sharing_row(pool, tok, tasks, recipes, args)
         prefix_bytes = max(prefix_bytes, row["prefix_bytes"])
-        print(f"{label:30}{len(recipes):4d}{row['off']:11.1f}{row['on']:10.1f}"
-              f"{row['on'] / row['off']:9.2f}x{row['hit_rate']:10.1%}{row['identical']!s:>11}")  # fmt: skip
+        print(f"{label:30}{len(recipes):4d}{row['issue']:8.1f}{row['off']:8.1f}{row['path']:8.1f}"
+              f"{row['on']:8.1f}{row['on'] / row['issue']:9.2f}x{row['on'] / row['off']:7.2f}x"
+              f"{row['hit_rate']:10.1%}{row['identical']!s:>11}")  # fmt: skip
     print(memory_line(pool, prefix_bytes))
+
+
+def prompt_share(ev: Evaluator, tasks: list) -> float:
+    """The share of the search split's padded token positions that prompt-prefix sharing skips."""
+    encoded = [e for t in tasks for e in ev._encoded_split(t, "search")]
+    total = skipped = 0
+    for idx, inputs, _ in ev._batches(encoded):
+        total += inputs.numel()
+        skipped += ev.shared_prompt([encoded[i] for i in idx]) * inputs.shape[0]
+    return skipped / total if total else 0.0
+
+
+# the scorers a --candidates row compares: (prefix cache on, prompt prefix on, head on answers)
+SCORERS = {
+    "issue": (False, False, False),
+    "off": (False, False, True),
+    "path": (True, False, True),
+    "on": (True, True, True),
+}
 
 
 def sharing_row(
     pool: Any, tok: Any, tasks: list, recipes: list[Recipe], args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Best-of-``repeats`` candidates/minute off and on (a fresh prefix cache each time, so only
-    sharing within the batch counts), the hit rate, and whether the scores agree bit for bit."""
+    """Best-of-``repeats`` candidates/minute per scorer (``SCORERS``; a fresh prefix cache each
+    time, so only sharing within the batch counts), the path-prefix hit rate, and whether every
+    scorer's scores agree bit for bit."""
     device = torch.device(args.device)
     kw = dict(device=device, batch_size=args.batch_size, max_examples=args.max_examples)
-    off_ev = Evaluator(tok, prefix_cache_bytes=0, **kw)
-    expected = pool.score_recipes(recipes, off_ev, tasks)  # warm-up: merges built, tasks encoded
-    off_runs, on_runs, identical, hit_rate, held = [], [], True, 0.0, 0
+
+    def evaluator(name: str) -> Evaluator:
+        path, prompt, head = SCORERS[name]
+        ev = Evaluator(tok, prefix_cache_bytes=args.prefix_cache_bytes if path else 0,
+                       prompt_prefix=prompt, **kw)  # fmt: skip
+        ev.head_on_answers = head
+        return ev
+
+    expected = pool.score_recipes(recipes, evaluator("off"), tasks)  # warm-up: merges, encoding
+    runs: dict[str, list[float]] = {name: [] for name in SCORERS}
+    identical, hit_rate, held = True, 0.0, 0
     for _ in range(args.repeats):
-        off_runs.append(timed(lambda: pool.score_recipes(recipes, off_ev, tasks), device))
-        on_ev = Evaluator(tok, prefix_cache_bytes=args.prefix_cache_bytes, **kw)
-        got: list = []
-        on_runs.append(
-            timed(partial(_extend, got, pool.score_recipes, recipes, on_ev, tasks), device)
-        )
-        identical &= got == expected
-        hit_rate = on_ev.prefix_cache.stats.hit_rate
-        held = max(held, on_ev.prefix_cache.bytes)
+        for name in SCORERS:
+            ev, got = evaluator(name), []
+            runs[name].append(
+                timed(partial(_extend, got, pool.score_recipes, recipes, ev, tasks), device)
+            )
+            identical &= got == expected
+            if name == "on":
+                hit_rate = ev.prefix_cache.stats.hit_rate
+                held = max(held, ev.prefix_cache.bytes)
     per_min = 60.0 * len(recipes)
-    return {"off": per_min / min(off_runs), "on": per_min / min(on_runs), "hit_rate": hit_rate,
-            "identical": identical, "prefix_bytes": held}  # fmt: skip
+    out: dict[str, Any] = {name: per_min / min(t) for name, t in runs.items()}
+    out.update(hit_rate=hit_rate, identical=identical, prefix_bytes=held)
+    return out
 
 
 def _extend(out: list, fn: Callable[..., list], *args: Any) -> None:

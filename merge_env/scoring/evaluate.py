@@ -40,6 +40,12 @@ logger = logging.getLogger(__name__)
 # Bump when the meaning of a score changes, so old cache rows stop matching.
 SCORING_VERSION = "teacher-forced-v1"
 
+# Prompt-prefix sharing: a batch's leading tokens common to every row (a chat template's system
+# turn, a task's instruction) run once when there are at least this many of them...
+PROMPT_PREFIX_MIN_LEN = 4
+# ... on enough copies of the first row that the pass has at least this many token rows.
+PROMPT_PREFIX_MIN_TOKENS = 64
+
 
 @dataclass(frozen=True)
 class TaskScore:
@@ -102,6 +108,7 @@ class Evaluator:
         dtype: torch.dtype | None = None,
         prefix_cache_bytes: int = 256 * 2**20,
         prefix_cache: PrefixCache | None = None,
+        prompt_prefix: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"evaluator: batch_size must be >= 1, got {batch_size}")
@@ -124,6 +131,11 @@ class Evaluator:
         if prefix_cache is None and prefix_cache_bytes > 0:
             prefix_cache = PrefixCache(prefix_cache_bytes)
         self.prefix_cache = prefix_cache
+        # the batch's shared prompt tokens run once, their keys/values reused by every row
+        self.prompt_prefix = bool(prompt_prefix)
+        # the LM head on answer positions only (Llama-like models); False: the model's own
+        # forward, the head from the earliest answer on, as issue 18 found it (benchmarks)
+        self.head_on_answers = True
         self._eos = int(tokenizer.eos_token_id)
         pad = tokenizer.pad_token_id
         self._pad = int(pad) if pad is not None else self._eos
@@ -141,6 +153,7 @@ class Evaluator:
             self.tokenizer, device=self.device, batch_size=self.batch_size,
             max_examples=max_examples, cache=self.cache, dtype=self.dtype,
             prefix_cache_bytes=0, prefix_cache=self.prefix_cache,
+            prompt_prefix=self.prompt_prefix,
         )  # fmt: skip
 
     # ------------------------------------------------------------ keys and encoding
@@ -248,6 +261,10 @@ class Evaluator:
             return set()
         return {k for k in ("use_cache", "logits_to_keep") if k in params}
 
+    def _split(self, model: Any) -> tuple[Any, Any] | None:
+        """(decoder, head) when the head runs on answer positions only, else None."""
+        return _decoder_and_head(model) if self.head_on_answers else None
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         """Autocast to the evaluator's dtype, or nothing for float32."""
         return (
@@ -261,6 +278,7 @@ class Evaluator:
         self._check_device(model)
         stats = np.zeros((len(encoded), 3), dtype=np.float64)
         accepts = self._forward_kwargs(model)
+        split = self._split(model) is not None
         autocast = self._autocast()
         was_training = bool(getattr(model, "training", False))
         if hasattr(model, "eval"):
@@ -269,11 +287,70 @@ class Evaluator:
             with torch.inference_mode(), autocast:
                 for idx, inputs, mask in self._batches(encoded):
                     batch = [encoded[i] for i in idx]
-                    stats[idx] = self._score_batch(model, batch, inputs, mask, accepts)
+                    shared = self.shared_prompt(batch) if split else 0
+                    stats[idx] = self._score_batch(model, batch, inputs, mask, accepts,
+                                                   shared=shared)  # fmt: skip
         finally:
             if was_training:
                 model.train()
         return stats
+
+    def shared_prompt(self, batch: Sequence[EncodedExample]) -> int:
+        """How many leading tokens every row of the batch shares and the prompt-prefix pass runs
+        once (0: none, too few, or prompt-prefix sharing off). Never an answer position's input."""
+        if not self.prompt_prefix or len(batch) < 2:
+            return 0
+        if len({len(enc.ids) for enc in batch}) == 1:
+            # unpadded: the plain forward drops the mask for causal attention, whose kernel a
+            # pass after cached keys cannot use, and rounds differently
+            return 0
+        first, limit = batch[0].ids, min(enc.n_prompt for enc in batch) - 1
+        n = 0
+        while n < limit and all(enc.ids[n] == first[n] for enc in batch[1:]):
+            n += 1
+        return n if n >= PROMPT_PREFIX_MIN_LEN else 0
+
+    def _prompt_state(
+        self, model: Any, inputs: torch.Tensor, mask: torch.Tensor, n: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the keys and values of the batch's ``n`` shared tokens (one row).
+
+        The pass runs the first row at the batch's full width, the tokens after the prefix masked
+        out as padding (the batch is padded, so its attention takes an explicit mask too), on enough copies that its matmuls are as tall as a batch's, so its
+        arithmetic, and so each key and value, is the batch forward's own (CPU BLAS switches
+        kernels, and rounding, for matmuls of a few rows only).
+        """
+        from transformers.cache_utils import DynamicCache
+
+        decoder = model.get_decoder()
+        width = inputs.shape[1]
+        rows = min(inputs.shape[0], -(-PROMPT_PREFIX_MIN_TOKENS // width))
+        ids = inputs[:1].expand(rows, width)
+        own = torch.ones((rows, width), dtype=mask.dtype, device=mask.device)
+        own[:, n:] = 0  # padded, as the batch is (shared_prompt)
+        cache = DynamicCache()
+        decoder(input_ids=ids, attention_mask=own, use_cache=True, **{_cache_kw(decoder): cache})
+        return [(layer.keys[:1, :, :n], layer.values[:1, :, :n]) for layer in cache.layers]
+
+    def _suffix_hidden(
+        self,
+        decoder: Any,
+        prompt: list[tuple[torch.Tensor, torch.Tensor]],
+        inputs: torch.Tensor,
+        mask: torch.Tensor,
+        n: int,
+    ) -> torch.Tensor:
+        """The decoder's hidden states at positions ``n`` onwards, the first ``n`` tokens' keys
+        and values given (``_prompt_state``) instead of computed again for every row."""
+        from transformers.cache_utils import DynamicCache
+
+        rows = inputs.shape[0]
+        past = DynamicCache()
+        for i, (k, v) in enumerate(prompt):
+            past.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)
+        kw = {_cache_kw(decoder): past}
+        out = decoder(input_ids=inputs[:, n:], attention_mask=mask, use_cache=True, **kw)
+        return out[0]
 
     def _score_batch(
         self,
@@ -282,8 +359,16 @@ class Evaluator:
         inputs: torch.Tensor,
         mask: torch.Tensor,
         accepts: set[str],
+        *,
+        shared: int = 0,
+        whole: Any = None,
     ) -> np.ndarray:
-        """Return (n_tokens, n_correct, loglik_sum) rows for one right-padded batch."""
+        """Return (n_tokens, n_correct, loglik_sum) rows for one right-padded batch.
+
+        ``shared`` (from ``shared_prompt``): the leading tokens every row shares, run once by
+        ``whole`` (the candidate's whole model; default ``model``) and skipped by ``model``'s
+        own pass, which may be a prefix-shared model starting from a replayed state.
+        """
         width = inputs.shape[1]
         rows, cols, targets = [], [], []
         for r, enc in enumerate(batch):
@@ -295,7 +380,7 @@ class Evaluator:
         col_t = torch.tensor(cols, device=self.device)
         tgt_t = torch.tensor(targets, device=self.device)
         inputs, mask = inputs.to(self.device), mask.to(self.device)
-        split = _decoder_and_head(model)
+        split = self._split(model)
         if split is not None:
             # The head runs on the answer positions only: a vocabulary row per answer token, not
             # per position of every row from the earliest answer on (SmolLM2: 49k words). On
@@ -303,8 +388,13 @@ class Evaluator:
             # SmolLM2); another GEMM shape may round differently on a GPU or in bfloat16, an ulp
             # below what SCORING_VERSION guards (the meaning of a score), so it is not bumped.
             decoder, head = split
-            hidden = decoder(input_ids=inputs, attention_mask=mask, use_cache=False)[0]
-            sel = head(hidden[row_t, col_t]).float()
+            if shared:
+                prompt = self._prompt_state(model if whole is None else whole, inputs, mask, shared)
+                hidden = self._suffix_hidden(decoder, prompt, inputs, mask, shared)
+                sel = head(hidden[row_t, col_t - shared]).float()
+            else:
+                hidden = decoder(input_ids=inputs, attention_mask=mask, use_cache=False)[0]
+                sel = head(hidden[row_t, col_t]).float()
         else:
             kwargs: dict[str, Any] = {}
             if "use_cache" in accepts:
@@ -402,11 +492,15 @@ class Evaluator:
         """Fill each candidate's per-example rows, batch by batch, candidates in trie order."""
         assert self.prefix_cache is not None
         order = PrefixRun.trie_order(paths)
-        settings = (str(self.device), str(self.dtype))
         accepts: dict[type, set[str]] = {}  # per model class: a signature costs more than a slot
+        split: dict[type, bool] = {}
         with torch.inference_mode(), self._autocast():
             for b, (idx, inputs, mask) in enumerate(self._batches(encoded)):
                 batch = [encoded[i] for i in idx]
+                # replayed states cover the positions after the shared prompt only: its length
+                # is part of the states' scope
+                shared = self.shared_prompt(batch)
+                settings = (str(self.device), str(self.dtype), shared)
                 run = PrefixRun(paths, self.prefix_cache, batch_scope(inputs, mask, settings))
                 for i in order:
                     model = run.model_for(paths[i])
@@ -414,8 +508,13 @@ class Evaluator:
                         self._check_device(model)
                     if type(model) not in accepts:
                         accepts[type(model)] = self._forward_kwargs(model)
-                    kw = accepts[type(model)]
-                    stats[i][idx] = self._score_batch(model, batch, inputs, mask, kw)
+                        split[type(model)] = self._split(model) is not None
+                    kw, whole = accepts[type(model)], None
+                    if shared and split[type(model)]:
+                        whole = paths[i].build(list(paths[i].slots),
+                                               list(range(len(paths[i].slots))))  # fmt: skip
+                    stats[i][idx] = self._score_batch(model, batch, inputs, mask, kw,
+                                                      shared=shared if whole else 0, whole=whole)  # fmt: skip
                     run.finish()
 
     def _encoded_tasks(
@@ -447,6 +546,16 @@ def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
     except (AttributeError, NotImplementedError):
         return None
     return (decoder, head) if decoder is not None and head is not None else None
+
+
+def _cache_kw(decoder: Any) -> str:
+    """The keyword a decoder's forward takes its KV cache by (``cache`` since transformers 5.2x,
+    ``past_key_values`` before)."""
+    try:
+        params = inspect.signature(decoder.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _aggregate(stats: np.ndarray) -> TaskScore:

@@ -389,6 +389,7 @@ def build_problem(
     max_examples: int | None = None,
     cheap_examples: int | None = None,
     prefix_cache_bytes: int = 256 * 2**20,
+    prompt_prefix: bool = True,
     merged_cache_bytes: int | None = None,
     metric: str | None = None,
 ) -> MergeProblem:
@@ -404,6 +405,7 @@ def build_problem(
         max_examples=max_examples,
         cache=cache,
         prefix_cache_bytes=prefix_cache_bytes,
+        prompt_prefix=prompt_prefix,
     )
     objectives = [t.name for t in tasks]
     archive = Archive.open(archive_path, objectives) if archive_path else Archive(None, objectives)

@@ -226,3 +226,17 @@ def test_a_kill_while_writing_run_state_leaves_a_readable_one(tmp_path, monkeypa
             run_state(tmp_path)
     assert run_state(tmp_path)["run_id"]  # no torn file was left behind to trip on
     assert [p.name for p in tmp_path.iterdir()] == ["run_state.json"]
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_the_evaluator_settings_reach_the_problem(zoo_cache, on):
+    from experiments.jobs import pool_and_tasks, scoring_problem
+
+    cfg = _cfg(zoo_cache, f"evaluator.prompt_prefix={str(on).lower()}",
+               "evaluator.prefix_cache_bytes=4096")  # fmt: skip
+    pool, tasks = pool_and_tasks(cfg)
+    run_dir = zoo_cache / "run"
+    run_dir.mkdir()
+    problem = scoring_problem(build_problem, pool.sources, tasks, pool, cfg, run_dir)
+    assert problem.evaluator.prompt_prefix is on
+    assert problem.evaluator.prefix_cache.max_bytes == 4096

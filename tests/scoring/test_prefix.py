@@ -158,3 +158,89 @@ def test_only_branch_points_are_pinned(pool, tok, tasks):
             peak = max(peak, run.pinned)
     assert peak == 1 and run.pinned == 0
     assert (cache.stats.slots_run, cache.stats.slots_reused) == (3 + 5, 3 * 4)
+
+
+# ------------------------------------------------------------ prompt-prefix sharing
+
+
+def _instructed(tasks, instruction: str = "Answer the question: "):
+    """The tasks with an instruction before every prompt, as a chat template's system turn."""
+    from merge_env.scoring.tasks.task import Example, Task
+
+    def lead(examples):
+        return tuple(Example(instruction + ex.prompt, ex.answer) for ex in examples)
+
+    return [Task(t.name, lead(t.search), lead(t.test)) for t in tasks]
+
+
+@pytest.fixture(scope="module")
+def instructed(tasks):
+    return _instructed(tasks)
+
+
+@pytest.mark.parametrize("batch_size", [8, 1000])
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_prompt_prefix_sharing_is_bit_identical(pool, tok, instructed, dtype, batch_size):
+    recipes = _recipes()
+    plain = Evaluator(tok, batch_size=batch_size, dtype=dtype, prefix_cache_bytes=0,
+                      prompt_prefix=False)  # fmt: skip
+    expected = _alone(pool, plain, recipes, instructed)
+    for prefix_bytes in (0, 256 * 2**20):  # alone, and under path-prefix sharing
+        ev = Evaluator(tok, batch_size=batch_size, dtype=dtype, prefix_cache_bytes=prefix_bytes)
+        calls: list[int] = []
+
+        def spy(*a, _real=ev._prompt_state, _calls=calls, **k):
+            _calls.append(a[-1])  # the shared length
+            return _real(*a, **k)
+
+        ev._prompt_state = spy
+        got = (_alone(pool, ev, recipes, instructed) if prefix_bytes == 0
+               else pool.score_recipes(recipes, ev, instructed))  # fmt: skip
+        for recipe, want, have in zip(recipes, expected, got):
+            for name in want:
+                assert have[name] == want[name], (recipe.to_dict(), name, prefix_bytes)
+        if pool.arch.family.name == "llama":
+            # <s> and the instruction (and a task's own word): run once per candidate and batch
+            assert calls and min(calls) == 1 + len("Answer the question: ")
+        else:  # GPT-2 is scored through its own forward: nothing shared, nothing changed
+            assert not calls
+
+
+def test_prompt_prefix_ignores_what_is_not_shared(tok, tasks):
+    ev = Evaluator(tok)
+    mixed = ev.encode([t.search[0] for t in tasks])
+    assert ev.shared_prompt(mixed) == 0  # '<s>' alone: under the minimum
+    adds = ev.encode(tasks[0].search[:4])
+    assert ev.shared_prompt(adds) == 1 + len("add ")  # the zoo's own task words are shared
+    led = ev.encode(_instructed(tasks)[0].search[:4])
+    assert ev.shared_prompt(led) == 1 + len("Answer the question: add ")
+    assert ev.shared_prompt(led[:1]) == 0  # one row: nothing to share
+    assert Evaluator(tok, prompt_prefix=False).shared_prompt(led) == 0
+    # never past an answer's first input: a prompt that is another's prefix caps it
+    from merge_env.scoring.tasks.task import Example
+
+    short = ev.encode([Example("Answer the q", "x"), Example("Answer the question", "y")])
+    assert ev.shared_prompt(short) == 1 + len("Answer the q") - 1
+
+
+def test_prompt_prefix_with_rows_of_one_length(tiny_factory, tok):
+    """No padding in the batch (the forward drops the mask): not shared, the plain scores."""
+    from merge_env.scoring.tasks.task import Example, Task
+
+    base = tiny_factory("llama", layers=3, vocab=len(tok), seed=0)
+    pool = ModelPool({BASE: base})
+    rows = tuple(Example(f"Answer the question: {a}+{b}=", f"{a + b:02d}")
+                 for a in range(5) for b in range(5, 9))  # fmt: skip
+    test = (Example("Answer the question: 9+9=", "18"),)
+    task = Task("sums", rows, test)
+    model = pool.assemble(Recipe())
+    want = Evaluator(tok, prompt_prefix=False).score_tasks(model, [task])
+    ev = Evaluator(tok)
+    assert ev.shared_prompt(ev.encode(rows)) == 0
+    assert ev.score_tasks(model, [task]) == want
+    # one row longer: padded, so shared, and still bit for bit
+    longer = (*rows, Example("Answer the question: 10+10=", "020"))
+    task = Task("sums", longer, test)
+    assert ev.shared_prompt(ev.encode(longer)) == 1 + len("Answer the question: ")
+    want = Evaluator(tok, prompt_prefix=False).score_tasks(model, [task])
+    assert ev.score_tasks(model, [task]) == want
