@@ -426,13 +426,7 @@ def _build_core(tmp: Path, config: ZooConfig, progress: bool, device: str) -> di
             base_run[str(step)] = f"base_run/step-{step}.safetensors"
             (tmp / "base_run").mkdir(exist_ok=True)
             save_file(state, str(tmp / base_run[str(step)]))
-        experts = {}
-        lrs = config.per_task("expert_lr")
-        for task, n, lr in zip(config.tasks, config.expert_steps, lrs, strict=True):
-            model.load_state_dict(final)
-            mix = _expert_mix(config, task)
-            run.fit(model, [*pretraining, *domain], mix, n, lr, f"expert:{task}")
-            experts[task] = run.save(model, tmp, f"experts/{task}")
+        experts = _fit_experts(run, model, final, [*pretraining, *domain], tmp)
     return {
         "format": "mergegym-zoo",
         "version": ZOO_VERSION,
@@ -575,27 +569,42 @@ def _train_experts(
     run = _Trainer(config, sum(config.expert_steps), progress, device)
     domain = run.rows("data", [None] * len(config.tasks))
     pretraining = run.rows("pretrain", config.per_task("base_rare_mass"))
-    experts: dict[str, str] = {}
     with run.bar:
         model = run.model(config.shape, "init")
         weights = zoo.base / "model.safetensors"
         model.load_state_dict(load_file(str(weights), device=device))
         base = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        lrs = config.per_task("expert_lr")
-        for task, n, lr in zip(config.tasks, config.expert_steps, lrs, strict=True):
-            model.load_state_dict(base)
-            phase = f"expert:{task}"
-            mix = _expert_mix(config, task)
-            if lora is None:
-                run.fit(model, [*pretraining, *domain], mix, n, lr, phase)
-            else:
-                with lora_adapters(model, lora, sub_seed(config.seed, f"lora:{task}")):
-                    run.fit(model, [*pretraining, *domain], mix, n, lr, phase)
-            experts[task] = run.save(model, out, f"experts/{task}")
+        experts = _fit_experts(run, model, base, [*pretraining, *domain], out, lora)
     return {
         "format": "mergegym-expert-variant", "zoo": str(zoo.root), "config": config.to_dict(),
         "lora": dataclasses.asdict(lora) if lora else None, "experts": experts,
     }  # fmt: skip
+
+
+def _fit_experts(
+    run: _Trainer,
+    model: Any,
+    base: Mapping[str, Any],
+    rows: list,
+    out: Path,
+    lora: LoraSpec | None = None,
+) -> dict[str, str]:
+    """Fine-tune one expert per task of ``run``'s config from the ``base`` state, on the
+    pretraining and task ``rows`` in the task's expert mix, each saved under ``out/experts``
+    (``lora``: low-rank adapters merged into the weights when done); returns {task: path}."""
+    config = run.config
+    experts: dict[str, str] = {}
+    lrs = config.per_task("expert_lr")
+    for task, n, lr in zip(config.tasks, config.expert_steps, lrs, strict=True):
+        model.load_state_dict(base)
+        phase, mix = f"expert:{task}", _expert_mix(config, task)
+        if lora is None:
+            run.fit(model, rows, mix, n, lr, phase)
+        else:
+            with lora_adapters(model, lora, sub_seed(config.seed, f"lora:{task}")):
+                run.fit(model, rows, mix, n, lr, phase)
+        experts[task] = run.save(model, out, f"experts/{task}")
+    return experts
 
 
 def load_zoo(root: str | Path) -> Zoo:

@@ -41,9 +41,9 @@ from merge_env.search.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
-# (batch_size, max_examples, autocast dtype name, prefix cache bytes): everything an Evaluator's
-# results depend on, and its prefix sharing (which leaves them bit for bit the same)
-Settings = tuple[int, int | None, str | None, int]
+# (batch_size, max_examples, autocast dtype name, prefix cache bytes, prompt prefix): everything
+# an Evaluator's results depend on, and its prefix sharing (which leaves them bit for bit the same)
+Settings = tuple[int, int | None, str | None, int, bool]
 HOMES = 4096  # merges whose last actor the backend remembers
 
 
@@ -61,7 +61,7 @@ def settings_of(evaluator: Evaluator) -> Settings:
     """The evaluator settings a worker must copy for its scores to match the driver's keys."""
     dtype = None if evaluator.dtype is None else str(evaluator.dtype).removeprefix("torch.")
     prefix = 0 if evaluator.prefix_cache is None else evaluator.prefix_cache.max_bytes
-    return (evaluator.batch_size, evaluator.max_examples, dtype, prefix)
+    return (evaluator.batch_size, evaluator.max_examples, dtype, prefix, evaluator.prompt_prefix)
 
 
 def route_key(recipe: Recipe, num_layers: int) -> RouteKey:
@@ -129,13 +129,13 @@ class ScoringWorker:
 
     def _evaluator(self, settings: Settings) -> Evaluator:
         if settings not in self._evaluators:
-            batch_size, max_examples, dtype, prefix_bytes = settings
+            batch_size, max_examples, dtype, prefix_bytes, prompt_prefix = settings
             prefix = self._prefix.setdefault(prefix_bytes, PrefixCache(prefix_bytes))
             self._evaluators[settings] = Evaluator(
                 self.tokenizer, device=self.device, batch_size=batch_size,
                 max_examples=max_examples, cache=None,
                 dtype=None if dtype is None else getattr(torch, dtype), prefix_cache_bytes=0,
-                prefix_cache=prefix if prefix_bytes > 0 else None,
+                prefix_cache=prefix if prefix_bytes > 0 else None, prompt_prefix=prompt_prefix,
             )  # fmt: skip
         return self._evaluators[settings]
 
