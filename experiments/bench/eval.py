@@ -184,15 +184,20 @@ def candidates_main(args: argparse.Namespace) -> None:
     print("c/min: issue = the scorer as issue 18 found it (the model's forward, head from the "
           "earliest answer on), off = no sharing, path = path prefixes shared, on = path and "
           "prompt prefixes shared")  # fmt: skip
+    print(
+        "identical: every score of path and on equals off's bit for bit; issue: whether its "
+        "exact match and token accuracy equal off's, and its largest loglik difference"
+    )
     print(f"{'batch':30}{'n':>4}{'issue':>8}{'off':>8}{'path':>8}{'on':>8}{'on/issue':>10}"
-          f"{'on/off':>8}{'hit rate':>10}{'identical':>11}")  # fmt: skip
+          f"{'on/off':>8}{'hit rate':>10}{'identical':>11}{'issue':>7}{'|dll|':>9}")  # fmt: skip
     prefix_bytes = 0
     for label, recipes in batches.items():
         row = sharing_row(pool, tok, tasks, recipes, args)
         prefix_bytes = max(prefix_bytes, row["prefix_bytes"])
         print(f"{label:30}{len(recipes):4d}{row['issue']:8.1f}{row['off']:8.1f}{row['path']:8.1f}"
               f"{row['on']:8.1f}{row['on'] / row['issue']:9.2f}x{row['on'] / row['off']:7.2f}x"
-              f"{row['hit_rate']:10.1%}{row['identical']!s:>11}")  # fmt: skip
+              f"{row['hit_rate']:10.1%}{row['identical']!s:>11}{row['issue_same']!s:>7}"
+              f"{row['issue_dll']:9.1e}")  # fmt: skip
     print(memory_line(pool, prefix_bytes))
 
 
@@ -219,8 +224,10 @@ def sharing_row(
     pool: Any, tok: Any, tasks: list, recipes: list[Recipe], args: argparse.Namespace
 ) -> dict[str, Any]:
     """Best-of-``repeats`` candidates/minute per scorer (``SCORERS``; a fresh prefix cache each
-    time, so only sharing within the batch counts), the path-prefix hit rate, and whether every
-    scorer's scores agree bit for bit."""
+    time, so only sharing within the batch counts), the path-prefix hit rate, whether the sharing
+    scorers' scores equal ``off``'s bit for bit, and how the ``issue`` scorer's differ (the head
+    over other rows may round the logits differently: exact match and token accuracy compared,
+    the largest loglik difference)."""
     device = torch.device(args.device)
     kw = dict(device=device, batch_size=args.batch_size, max_examples=args.max_examples)
 
@@ -233,20 +240,31 @@ def sharing_row(
 
     expected = pool.score_recipes(recipes, evaluator("off"), tasks)  # warm-up: merges, encoding
     runs: dict[str, list[float]] = {name: [] for name in SCORERS}
-    identical, hit_rate, held = True, 0.0, 0
+    identical, hit_rate, held, issue_same, issue_dll = True, 0.0, 0, True, 0.0
     for _ in range(args.repeats):
         for name in SCORERS:
             ev, got = evaluator(name), []
             runs[name].append(
                 timed(partial(_extend, got, pool.score_recipes, recipes, ev, tasks), device)
             )
-            identical &= got == expected
+            if name == "issue":
+                for have, want in zip(got, expected):
+                    for task, s in have.items():
+                        w = want[task]
+                        issue_same &= (s.exact_match, s.token_accuracy) == (
+                            w.exact_match,
+                            w.token_accuracy,
+                        )
+                        issue_dll = max(issue_dll, abs(s.loglik - w.loglik))
+            else:
+                identical &= got == expected
             if name == "on":
                 hit_rate = ev.prefix_cache.stats.hit_rate
                 held = max(held, ev.prefix_cache.bytes)
     per_min = 60.0 * len(recipes)
     out: dict[str, Any] = {name: per_min / min(t) for name, t in runs.items()}
-    out.update(hit_rate=hit_rate, identical=identical, prefix_bytes=held)
+    out.update(hit_rate=hit_rate, identical=identical, prefix_bytes=held, issue_same=issue_same,
+               issue_dll=issue_dll)  # fmt: skip
     return out
 
 
