@@ -235,7 +235,7 @@ class RayBackend:
         if short:  # an autoscaling cluster may still add nodes, so wait before giving up
             log.warning("ray: %d workers need %s, the cluster has %s now", self.num_workers,
                         need, {k: have.get(k, 0.0) for k in need})  # fmt: skip
-        refs = [w.probe.remote((1, 1, None, 0), "search") for w in self.workers]
+        refs = [w.probe.remote((1, 1, None, 0, False), "search") for w in self.workers]
         done, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         if pending:
             self.close()
