@@ -176,6 +176,8 @@ def candidates_main(args: argparse.Namespace) -> None:
         "cmaes generation, level=arch": cmaes_like_generation(pool, "arch", args.seed),
         "cmaes generation, level=both": cmaes_like_generation(pool, "both", args.seed),
     }  # fmt: skip
+    if args.only:
+        batches = {k: v for k, v in batches.items() if args.only in k}
     n_ex = sum(min(len(t.search), args.max_examples or len(t.search)) for t in tasks)
     probe = Evaluator(tok, batch_size=args.batch_size, max_examples=args.max_examples)
     print(f"device {args.device}  threads {torch.get_num_threads()}  pool {spec.name} "
@@ -336,6 +338,9 @@ def main(argv: list[str] | None = None) -> None:
         help="candidates/minute of recipe batches with prefix sharing off and on",
     )
     parser.add_argument("--edits", type=int, default=3, help="--candidates: edits per episode")
+    parser.add_argument(
+        "--only", default=None, help="--candidates: the batches whose label has this"
+    )
     parser.add_argument("--max-examples", type=int, default=None, help="--candidates: per task")
     parser.add_argument("--prefix-cache-bytes", type=int, default=256 * 2**20)
     parser.add_argument("--tasks", default=",".join(ZOO_TASK_KINDS), help="zoo task kinds")

@@ -7,6 +7,9 @@ rows in parallel threads, random drops in model order so a seeded generator matc
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -161,8 +164,71 @@ def drop_random(flat: Tensor, p: ParamDict, ctx: SparsifyContext) -> None:
     # mergekit draws in float32 on CPU (no half-precision bernoulli there) except for bfloat16
     on_cpu = flat.device.type == "cpu" and flat.dtype != torch.bfloat16
     mask_dtype = torch.float32 if on_cpu else flat.dtype
-    probs = torch.full_like(flat, density, dtype=mask_dtype)
-    _mask_and_rescale(flat, torch.bernoulli(probs, generator=ctx.generator), ctx.rescale)
+    _mask_and_rescale(flat, DARE_DRAWS.bernoulli(flat, density, mask_dtype, ctx.generator),
+                      ctx.rescale)  # fmt: skip
+
+
+class DrawCache:
+    """DARE's Bernoulli masks, kept (one bit per entry) under the generator state they start from.
+
+    A search builds many DARE merges that differ only in their weights: the same seed, densities
+    and tensors, so the same draws, which cost ~40 % of a merge (SmolLM2). A draw is looked up
+    by (digest of the generator's state, size, density, dtype); a hit sets the generator to the
+    state the draw left it in, so every later draw, and the mask itself, is exactly what
+    ``torch.bernoulli`` gives. CPU generators only; an LRU bounded by ``max_bytes`` (0: off).
+    """
+
+    def __init__(self, max_bytes: int = 64 * 2**20) -> None:
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._draws: OrderedDict[tuple, tuple[np.ndarray, Tensor]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        """Drop every kept draw (the counters stay)."""
+        with self._lock:
+            self._draws.clear()
+            self.bytes = 0
+
+    def bernoulli(
+        self, flat: Tensor, density: float, dtype: torch.dtype, gen: torch.Generator | None
+    ) -> Tensor:
+        """``torch.bernoulli`` of a ``density``-filled tensor shaped like ``flat``, drawn with
+        ``gen`` (advanced exactly as the draw would)."""
+        n = flat.numel()
+        cacheable = (gen is not None and gen.device.type == "cpu" and flat.device.type == "cpu"
+                     and 0 < (n + 7) // 8 <= self.max_bytes)  # fmt: skip
+        if not cacheable:
+            return torch.bernoulli(torch.full_like(flat, density, dtype=dtype), generator=gen)
+        state = gen.get_state()
+        key = (hashlib.blake2b(state.numpy().tobytes(), digest_size=16).digest(), n,
+               float(density), str(dtype))  # fmt: skip
+        with self._lock:
+            hit = self._draws.get(key)
+            if hit is not None:
+                self._draws.move_to_end(key)
+                self.hits += 1
+        if hit is not None:
+            bits, after = hit
+            gen.set_state(after)
+            mask = torch.from_numpy(np.unpackbits(bits, count=n))
+            return mask.to(dtype).reshape(flat.shape)
+        mask = torch.bernoulli(torch.full_like(flat, density, dtype=dtype), generator=gen)
+        bits = np.packbits(mask.reshape(-1).numpy() != 0)
+        with self._lock:
+            self.misses += 1
+            if key not in self._draws:
+                self._draws[key] = (bits, gen.get_state())
+                self.bytes += bits.nbytes
+            while self.bytes > self.max_bytes:
+                _, (old, _) = self._draws.popitem(last=False)
+                self.bytes -= old.nbytes
+        return mask
+
+
+# the process's DARE draws (merges built during a search share them)
+DARE_DRAWS = DrawCache()
 
 
 Sparsifier = Callable[[Tensor, ParamDict, SparsifyContext], None]

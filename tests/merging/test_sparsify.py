@@ -59,3 +59,59 @@ def test_density_one_and_zero():
     assert flat.tolist() == [1.0, -2.0, 3.0]
     trim_magnitude(flat, {"density": 0.0}, PLAIN)
     assert flat.tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kept_dare_draws_give_the_drawn_merge_bit_for_bit(method, dtype):
+    from merge_env.merging.methods.registry import merge_tensors
+    from merge_env.merging.sparsify import DARE_DRAWS
+
+    torch.manual_seed(0)
+    base = torch.randn(300, 70).to(dtype)
+    experts = [(base + 0.1 * torch.randn(300, 70)).to(dtype) for _ in range(3)]
+
+    def merged(weights, cache_bytes):
+        DARE_DRAWS.max_bytes = cache_bytes
+        gen = torch.Generator().manual_seed(7)
+        params = [{"weight": w, "density": d} for w, d in zip(weights, (0.5, 0.3, 0.5))]
+        out = merge_tensors(method, experts, base, params, {"rescale": 1.0, "normalize": 1.0},
+                            generator=gen)  # fmt: skip
+        return out, gen.get_state()
+
+    old = DARE_DRAWS.max_bytes
+    try:
+        DARE_DRAWS.clear()
+        misses0 = DARE_DRAWS.misses
+        for weights in ([0.2, 0.3, 0.5], [0.5, 0.1, 0.4], [0.2, 0.3, 0.5]):
+            want, want_state = merged(weights, 0)  # drawn every time
+            hits = DARE_DRAWS.hits
+            got, state = merged(weights, 1 << 20)
+            assert torch.equal(got, want)
+            assert torch.equal(state, want_state)  # the generator ends where the draws leave it
+        # the first merge drew and kept its three masks; every later one found them
+        assert DARE_DRAWS.misses - misses0 == 3 and DARE_DRAWS.hits - hits == 3
+        assert 0 < DARE_DRAWS.bytes <= 3 * (300 * 70 // 8 + 1)
+    finally:
+        DARE_DRAWS.max_bytes = old
+        DARE_DRAWS.clear()
+
+
+def test_dare_draws_stay_within_their_bound():
+    from merge_env.merging.sparsify import DrawCache
+
+    cache = DrawCache(max_bytes=2 * 125)  # two draws of 1,000 entries
+    gen = torch.Generator().manual_seed(0)
+    flat = torch.zeros(1000)
+    masks, states = [], []
+    for _ in range(4):
+        states.append(gen.get_state())
+        masks.append(cache.bernoulli(flat, 0.5, torch.float32, gen))
+    end = gen.get_state()
+    assert cache.bytes <= cache.max_bytes and len(cache._draws) == 2 and cache.misses == 4
+    gen.set_state(states[2])  # the last two draws are kept
+    assert all(torch.equal(cache.bernoulli(flat, 0.5, torch.float32, gen), m) for m in masks[2:])
+    assert cache.hits == 2 and torch.equal(gen.get_state(), end)
+    gen.set_state(states[0])  # the first two were evicted: drawn again, the same
+    assert torch.equal(cache.bernoulli(flat, 0.5, torch.float32, gen), masks[0])
+    assert cache.misses == 5
