@@ -219,11 +219,12 @@ class DrawCache:
         with self._lock:
             self.misses += 1
             if key not in self._draws:
-                self._draws[key] = (bits, gen.get_state())
-                self.bytes += bits.nbytes
+                after = gen.get_state()
+                self._draws[key] = (bits, after)
+                self.bytes += bits.nbytes + after.numel()
             while self.bytes > self.max_bytes:
-                _, (old, _) = self._draws.popitem(last=False)
-                self.bytes -= old.nbytes
+                _, (old, state) = self._draws.popitem(last=False)
+                self.bytes -= old.nbytes + state.numel()
         return mask
 
 

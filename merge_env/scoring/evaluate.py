@@ -14,7 +14,7 @@ encoded on its own, without specials, and a warning is logged once. Prompts shou
 end in whitespace. Character-level tokenizers never hit the fallback.
 
 Speed (Llama, Mistral and Qwen2 models): the LM head runs on the answer positions alone (a logit
-may round differently from the head over every position, ~1e-7 in mean loglik; exact match and
+may round differently from the head over every position, up to ~2e-6 in mean loglik; exact match and
 token accuracy came out the same in every benchmark row), and the prompt tokens every row of an
 example batch shares (a chat template's system turn, a task's instruction) run once per batch,
 their keys and values given to the other rows (``prompt_prefix``: bit for bit, tested). Across
@@ -156,12 +156,14 @@ class Evaluator:
     def capped(self, max_examples: int) -> Evaluator:
         """This evaluator (tokenizer, device, batch, cache, dtype) scoring at most
         ``max_examples`` per task: a problem's cheap fidelity."""
-        return Evaluator(
+        ev = Evaluator(
             self.tokenizer, device=self.device, batch_size=self.batch_size,
             max_examples=max_examples, cache=self.cache, dtype=self.dtype,
             prefix_cache_bytes=0, prefix_cache=self.prefix_cache,
             prompt_prefix=self.prompt_prefix,
         )  # fmt: skip
+        ev.head_on_answers = self.head_on_answers
+        return ev
 
     # ------------------------------------------------------------ keys and encoding
 
@@ -272,6 +274,11 @@ class Evaluator:
         """(decoder, head) when the head runs on answer positions only, else None."""
         return _decoder_and_head(model) if self.head_on_answers else None
 
+    def _can_share(self, model: Any) -> bool:
+        """Whether the model's prompt prefix may run once: split, its decoder takes a cache."""
+        split = self._split(model)
+        return split is not None and _cache_kw(split[0]) is not None
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         """Autocast to the evaluator's dtype, or nothing for float32."""
         return (
@@ -285,7 +292,7 @@ class Evaluator:
         self._check_device(model)
         stats = np.zeros((len(encoded), 3), dtype=np.float64)
         accepts = self._forward_kwargs(model)
-        split = self._split(model) is not None
+        can_share = self._can_share(model)
         autocast = self._autocast()
         was_training = bool(getattr(model, "training", False))
         if hasattr(model, "eval"):
@@ -294,7 +301,7 @@ class Evaluator:
             with torch.inference_mode(), autocast:
                 for idx, inputs, mask in self._batches(encoded):
                     batch = [encoded[i] for i in idx]
-                    shared = self.shared_prompt(batch) if split else 0
+                    shared = self.shared_prompt(batch) if can_share else 0
                     stats[idx] = self._score_batch(model, batch, inputs, mask, accepts,
                                                    shared=shared)  # fmt: skip
         finally:
@@ -315,6 +322,9 @@ class Evaluator:
         n = 0
         while n < limit and all(enc.ids[n] == first[n] for enc in batch[1:]):
             n += 1
+        width = max(len(enc.ids) for enc in batch) - 1
+        if len(batch) * (width - n) < PROMPT_PREFIX_MIN_TOKENS:
+            return 0  # a pass of a few token rows: CPU BLAS would pick another kernel
         return n if n >= PROMPT_PREFIX_MIN_LEN else 0
 
     def _prompt_state(
@@ -323,9 +333,10 @@ class Evaluator:
         """Per layer, the keys and values of the batch's ``n`` shared tokens (one row).
 
         The pass runs the first row at the batch's full width, the tokens after the prefix masked
-        out as padding (the batch is padded, so its attention takes an explicit mask too), on enough copies that its matmuls are as tall as a batch's, so its
-        arithmetic, and so each key and value, is the batch forward's own (CPU BLAS switches
-        kernels, and rounding, for matmuls of a few rows only).
+        out as padding (the batch is padded, so its attention takes an explicit mask too), on
+        enough copies for at least ``PROMPT_PREFIX_MIN_TOKENS`` token rows, so its arithmetic,
+        and so each key and value, is the batch forward's own (CPU BLAS switches kernels, and
+        rounding, for matmuls of a few rows only; measured on CPU, not on GPUs).
         """
         from transformers.cache_utils import DynamicCache
 
@@ -337,7 +348,11 @@ class Evaluator:
         own[:, n:] = 0  # padded, as the batch is (shared_prompt)
         cache = DynamicCache()
         decoder(input_ids=ids, attention_mask=own, use_cache=True, **{_cache_kw(decoder): cache})
-        return [(layer.keys[:1, :, :n], layer.values[:1, :, :n]) for layer in cache.layers]
+        if hasattr(cache, "layers"):  # transformers >= 4.56
+            kv = [(layer.keys, layer.values) for layer in cache.layers]
+        else:
+            kv = list(zip(cache.key_cache, cache.value_cache))
+        return [(k[:1, :, :n], v[:1, :, :n]) for k, v in kv]
 
     def _suffix_hidden(
         self,
@@ -392,7 +407,7 @@ class Evaluator:
             # The head runs on the answer positions only: a vocabulary row per answer token, not
             # per position of every row from the earliest answer on (SmolLM2: 49k words). The
             # matmul over other rows may round a logit differently (SmolLM2 merges, CPU: mean
-            # loglik within 1e-6, exact match and token accuracy the same), an ulp below what
+            # loglik within 2e-6, exact match and token accuracy the same), an ulp below what
             # SCORING_VERSION guards (the meaning of a score), so it is not bumped.
             decoder, head = split
             if shared:
@@ -507,7 +522,7 @@ class Evaluator:
                 # replayed states cover the positions after the shared prompt only: its length
                 # is part of the states' scope
                 shared = self.shared_prompt(batch)
-                settings = (str(self.device), str(self.dtype), shared)
+                settings = (str(self.device), str(self.dtype), shared, self.head_on_answers)
                 run = PrefixRun(paths, self.prefix_cache, batch_scope(inputs, mask, settings))
                 for i in order:
                     model = run.model_for(paths[i])
@@ -515,13 +530,14 @@ class Evaluator:
                         self._check_device(model)
                     if type(model) not in accepts:
                         accepts[type(model)] = self._forward_kwargs(model)
-                        split[type(model)] = self._split(model) is not None
+                        split[type(model)] = self._can_share(model)
                     kw, whole = accepts[type(model)], None
                     if shared and split[type(model)]:
                         whole = paths[i].build(list(paths[i].slots),
                                                list(range(len(paths[i].slots))))  # fmt: skip
                     stats[i][idx] = self._score_batch(model, batch, inputs, mask, kw,
-                                                      shared=shared if whole else 0, whole=whole)  # fmt: skip
+                                                      shared=shared if whole is not None else 0,
+                                                      whole=whole)  # fmt: skip
                     run.finish()
 
     def _encoded_tasks(
@@ -555,14 +571,14 @@ def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
     return (decoder, head) if decoder is not None and head is not None else None
 
 
-def _cache_kw(decoder: Any) -> str:
+def _cache_kw(decoder: Any) -> str | None:
     """The keyword a decoder's forward takes its KV cache by (``cache`` since transformers 5.2x,
-    ``past_key_values`` before)."""
+    ``past_key_values`` before), or None if it names neither."""
     try:
         params = inspect.signature(decoder.forward).parameters
     except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
+        return None
+    return next((k for k in ("cache", "past_key_values") if k in params), None)
 
 
 def _aggregate(stats: np.ndarray) -> TaskScore:

@@ -210,16 +210,18 @@ def test_prompt_prefix_ignores_what_is_not_shared(tok, tasks):
     ev = Evaluator(tok)
     mixed = ev.encode([t.search[0] for t in tasks])
     assert ev.shared_prompt(mixed) == 0  # '<s>' alone: under the minimum
-    adds = ev.encode(tasks[0].search[:4])
+    adds = ev.encode(tasks[0].search)
     assert ev.shared_prompt(adds) == 1 + len("add ")  # the zoo's own task words are shared
-    led = ev.encode(_instructed(tasks)[0].search[:4])
+    # a pass after the prefix of a few token rows (4 x 7 here) would round differently
+    assert ev.shared_prompt(adds[:4]) == 0
+    led = ev.encode(_instructed(tasks)[0].search)
     assert ev.shared_prompt(led) == 1 + len("Answer the question: add ")
     assert ev.shared_prompt(led[:1]) == 0  # one row: nothing to share
     assert Evaluator(tok, prompt_prefix=False).shared_prompt(led) == 0
     # never past an answer's first input: a prompt that is another's prefix caps it
     from merge_env.scoring.tasks.task import Example
 
-    short = ev.encode([Example("Answer the q", "x"), Example("Answer the question", "y")])
+    short = ev.encode([Example("Answer the q", "x" * 40), Example("Answer the question", "y" * 40)])
     assert ev.shared_prompt(short) == 1 + len("Answer the q") - 1
 
 
@@ -244,3 +246,22 @@ def test_prompt_prefix_with_rows_of_one_length(tiny_factory, tok):
     assert ev.shared_prompt(ev.encode(longer)) == 1 + len("Answer the question: ")
     want = Evaluator(tok, prompt_prefix=False).score_tasks(model, [task])
     assert ev.score_tasks(model, [task]) == want
+
+
+def test_prompt_sharing_needs_a_decoder_that_takes_a_cache(tok):
+    from merge_env.scoring.evaluate import _cache_kw
+
+    class Takes:
+        def forward(self, input_ids, cache=None): ...
+
+    class Older:
+        def forward(self, input_ids, past_key_values=None): ...
+
+    class Neither:
+        def forward(self, input_ids, **kwargs): ...
+
+    assert _cache_kw(Takes()) == "cache" and _cache_kw(Older()) == "past_key_values"
+    assert _cache_kw(Neither()) is None  # its keys would be dropped silently: no sharing
+    ev = Evaluator(tok)
+    ev.head_on_answers = False
+    assert ev.capped(4).head_on_answers is False  # one prefix cache, one kind of state
