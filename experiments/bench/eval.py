@@ -7,6 +7,7 @@
     python -m experiments.bench_eval --candidates --pool tiny --repeats 3
     python -m experiments.bench_eval --candidates --pool smollm2 --repeats 1 --threads 2
     python -m experiments.bench_eval --job 12 --pool smollm2   # the main job's peak RSS
+    python -m experiments.bench_eval --merges 4 --pool smollm2 --threads 1   # s per merge
 
 The bare forward runs the model over exactly the padded batches the evaluator builds, so the ratio
 (scoring time / forward time) is what the scoring loop adds: encoding, gathering answer positions,
@@ -203,6 +204,41 @@ def candidates_main(args: argparse.Namespace) -> None:
     print(memory_line(pool, prefix_bytes))
 
 
+def merges_main(args: argparse.Namespace) -> None:
+    """Seconds per parameter merge of a CMA-ES generation (``level=both``: a DARE-TIES merge per
+    candidate), with DARE's draws drawn every time and kept (``merging/sparsify.py``)."""
+    from merge_env.merging.sparsify import DARE_DRAWS
+    from merge_env.search.assemble import ModelPool
+
+    spec = pool_spec(args.pool or "zoo", args.seed)
+    pool = ModelPool(spec.sources, device=args.device)
+    merges: dict[str, Any] = {}
+    for recipe in cmaes_like_generation(pool, "both", args.seed):
+        merges.setdefault(Recipe(merge=recipe.merge).canonical_json(), recipe.merge)
+    chosen = list(merges.values())[: args.merges]
+    print(f"pool {spec.name}  threads {torch.get_num_threads()}  {len(chosen)} distinct merges "
+          f"of one generation ({chosen[0].merge_method})")  # fmt: skip
+    kept_bytes, last = DARE_DRAWS.max_bytes, []
+    try:
+        for label, size in (("draws off", 0), ("draws kept", kept_bytes)):
+            DARE_DRAWS.clear()
+            DARE_DRAWS.max_bytes = size
+            times = []
+            for merge in chosen:
+                pool._merged.clear()  # built afresh, not found in the merged-model LRU
+                times.append(timed(partial(pool.merged_model, merge), torch.device(args.device)))
+            last.append(pool.merged_model(chosen[-1]).state_dict())
+            print(
+                f"{label:12}"
+                + " ".join(f"{t:6.1f}" for t in times)
+                + f"   mean {np.mean(times):.1f} s"
+            )
+    finally:
+        DARE_DRAWS.max_bytes = kept_bytes
+    same = all(torch.equal(last[0][k], last[1][k]) for k in last[0])
+    print(f"last merge's tensors identical: {same}")
+
+
 def prompt_share(ev: Evaluator, tasks: list) -> float:
     """The share of the search split's padded token positions that prompt-prefix sharing skips."""
     encoded = [e for t in tasks for e in ev._encoded_split(t, "search")]
@@ -338,6 +374,9 @@ def main(argv: list[str] | None = None) -> None:
         help="candidates/minute of recipe batches with prefix sharing off and on",
     )
     parser.add_argument("--edits", type=int, default=3, help="--candidates: edits per episode")
+    parser.add_argument("--merges", type=int, default=None, metavar="N",
+                        help="seconds per merge of N distinct merges of a CMA-ES generation, "
+                        "DARE draws off and kept")  # fmt: skip
     parser.add_argument(
         "--only", default=None, help="--candidates: the batches whose label has this"
     )
@@ -359,6 +398,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.candidates:
         candidates_main(args)
+        return
+    if args.merges:
+        merges_main(args)
         return
     if args.pool in ("zoo", "tiny"):
         parser.error("--pool zoo/tiny is for --candidates or --job")
