@@ -197,10 +197,14 @@ class DrawCache:
         """``torch.bernoulli`` of a ``density``-filled tensor shaped like ``flat``, drawn with
         ``gen`` (advanced exactly as the draw would)."""
         n = flat.numel()
+
+        def draw() -> Tensor:  # the draw itself, kept or not
+            return torch.bernoulli(torch.full_like(flat, density, dtype=dtype), generator=gen)
+
         cacheable = (gen is not None and gen.device.type == "cpu" and flat.device.type == "cpu"
                      and 0 < (n + 7) // 8 <= self.max_bytes)  # fmt: skip
         if not cacheable:
-            return torch.bernoulli(torch.full_like(flat, density, dtype=dtype), generator=gen)
+            return draw()
         state = gen.get_state()
         key = (hashlib.blake2b(state.numpy().tobytes(), digest_size=16).digest(), n,
                float(density), str(dtype))  # fmt: skip
@@ -214,7 +218,7 @@ class DrawCache:
             gen.set_state(after)
             mask = torch.from_numpy(np.unpackbits(bits, count=n))
             return mask.to(dtype).reshape(flat.shape)
-        mask = torch.bernoulli(torch.full_like(flat, density, dtype=dtype), generator=gen)
+        mask = draw()
         bits = np.packbits(mask.reshape(-1).numpy() != 0)
         with self._lock:
             self.misses += 1

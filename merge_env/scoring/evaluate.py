@@ -515,7 +515,8 @@ class Evaluator:
         assert self.prefix_cache is not None
         order = PrefixRun.trie_order(paths)
         accepts: dict[type, set[str]] = {}  # per model class: a signature costs more than a slot
-        split: dict[type, bool] = {}
+        shares: dict[type, bool] = {}  # per model class: whether its prompt prefix may run once
+        wholes: dict[int, Any] = {}  # per candidate: its whole model, for the prompt pass
         with torch.inference_mode(), self._autocast():
             for b, (idx, inputs, mask) in enumerate(self._batches(encoded)):
                 batch = [encoded[i] for i in idx]
@@ -530,11 +531,13 @@ class Evaluator:
                         self._check_device(model)
                     if type(model) not in accepts:
                         accepts[type(model)] = self._forward_kwargs(model)
-                        split[type(model)] = self._can_share(model)
+                        shares[type(model)] = self._can_share(model)
                     kw, whole = accepts[type(model)], None
-                    if shared and split[type(model)]:
-                        whole = paths[i].build(list(paths[i].slots),
-                                               list(range(len(paths[i].slots))))  # fmt: skip
+                    if shared and shares[type(model)]:
+                        if i not in wholes:  # built once, whatever the batch
+                            slots = list(paths[i].slots)
+                            wholes[i] = paths[i].build(slots, list(range(len(slots))))
+                        whole = wholes[i]
                     stats[i][idx] = self._score_batch(model, batch, inputs, mask, kw,
                                                       shared=shared if whole is not None else 0,
                                                       whole=whole)  # fmt: skip
