@@ -8,8 +8,6 @@ rows in parallel threads, random drops in model order so a seeded generator matc
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from merge_env.lru import ByteLRU
 from merge_env.merging.introsort import sorted_window
 
 PARALLEL_MIN_NUMEL = 1 << 16  # below this, threads cost more than they save
@@ -179,17 +178,29 @@ class DrawCache:
     """
 
     def __init__(self, max_bytes: int = 64 * 2**20) -> None:
-        self.max_bytes = int(max_bytes)
-        self.bytes = 0
+        self._kept = ByteLRU(max_bytes, what="DARE draws")
         self.hits = self.misses = 0
-        self._draws: OrderedDict[tuple, tuple[np.ndarray, Tensor]] = OrderedDict()
-        self._lock = threading.Lock()
+
+    @property
+    def max_bytes(self) -> int:
+        """The bound on the bits and generator states kept (0: draws are not kept)."""
+        return self._kept.max_bytes
+
+    @max_bytes.setter
+    def max_bytes(self, value: int) -> None:
+        self._kept.max_bytes = int(value)
+
+    @property
+    def bytes(self) -> int:
+        """The bits and generator states kept now."""
+        return self._kept.bytes
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
     def clear(self) -> None:
         """Drop every kept draw (the counters stay)."""
-        with self._lock:
-            self._draws.clear()
-            self.bytes = 0
+        self._kept.clear()
 
     def bernoulli(
         self, flat: Tensor, density: float, dtype: torch.dtype, gen: torch.Generator | None
@@ -208,27 +219,17 @@ class DrawCache:
         state = gen.get_state()
         key = (hashlib.blake2b(state.numpy().tobytes(), digest_size=16).digest(), n,
                float(density), str(dtype))  # fmt: skip
-        with self._lock:
-            hit = self._draws.get(key)
-            if hit is not None:
-                self._draws.move_to_end(key)
-                self.hits += 1
+        hit = self._kept.get(key)
         if hit is not None:
+            self.hits += 1
             bits, after = hit
             gen.set_state(after)
             mask = torch.from_numpy(np.unpackbits(bits, count=n))
             return mask.to(dtype).reshape(flat.shape)
+        self.misses += 1
         mask = draw()
-        bits = np.packbits(mask.reshape(-1).numpy() != 0)
-        with self._lock:
-            self.misses += 1
-            if key not in self._draws:
-                after = gen.get_state()
-                self._draws[key] = (bits, after)
-                self.bytes += bits.nbytes + after.numel()
-            while self.bytes > self.max_bytes:
-                _, (old, state) = self._draws.popitem(last=False)
-                self.bytes -= old.nbytes + state.numel()
+        bits, after = np.packbits(mask.reshape(-1).numpy() != 0), gen.get_state()
+        self._kept.put(key, (bits, after), bits.nbytes + after.numel())
         return mask
 
 

@@ -21,13 +21,15 @@ slot, and so every logit, is bit for bit what the candidate's own assembled mode
 from __future__ import annotations
 
 import hashlib
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from merge_env.lru import ByteLRU
 
 # the key of a prefix state: (scope of the example batch, prefix key)
 StateKey = tuple[Hashable, Hashable]
@@ -79,50 +81,19 @@ class PrefixStats:
         return self.slots_reused / total if total else 0.0
 
 
-class PrefixCache:
-    """Prefix hidden states kept across calls: an LRU bounded by ``max_bytes`` (0 keeps none)."""
+class PrefixCache(ByteLRU):
+    """Prefix hidden states kept across calls: an LRU bounded by ``max_bytes`` (0 keeps none),
+    each state counted by ``state_bytes``; evictions are counted in ``stats`` too."""
 
     def __init__(self, max_bytes: int) -> None:
-        if max_bytes < 0:
-            raise ValueError(f"prefix cache: max_bytes must be >= 0, got {max_bytes}")
-        self.max_bytes = int(max_bytes)
-        self.bytes = 0
+        super().__init__(max_bytes, what="prefix cache")
         self.stats = PrefixStats()
-        self._states: OrderedDict[StateKey, tuple[Any, int]] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._states)
-
-    def __contains__(self, key: StateKey) -> bool:
-        return key in self._states
-
-    def get(self, key: StateKey) -> Any | None:
-        """The state under ``key`` (now the most recent), or None."""
-        item = self._states.get(key)
-        if item is None:
-            return None
-        self._states.move_to_end(key)
-        return item[0]
-
-    def put(self, key: StateKey, state: Any) -> None:
+    def put(self, key: StateKey, state: Any) -> None:  # type: ignore[override]
         """Keep ``state``, evicting the least recent states until the bound holds."""
-        size = state_bytes(state)
-        if size > self.max_bytes:
-            return
-        old = self._states.pop(key, None)
-        if old is not None:
-            self.bytes -= old[1]
-        self._states[key] = (state, size)
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            _, (_, freed) = self._states.popitem(last=False)
-            self.bytes -= freed
-            self.stats.evictions += 1
-
-    def clear(self) -> None:
-        """Drop every state (the counters stay)."""
-        self._states.clear()
-        self.bytes = 0
+        before = self.evictions
+        super().put(key, state, state_bytes(state))
+        self.stats.evictions += self.evictions - before
 
 
 def batch_scope(inputs: torch.Tensor, mask: torch.Tensor, settings: Hashable) -> str:

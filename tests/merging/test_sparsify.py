@@ -108,7 +108,7 @@ def test_dare_draws_stay_within_their_bound():
         states.append(gen.get_state())
         masks.append(cache.bernoulli(flat, 0.5, torch.float32, gen))
     end = gen.get_state()
-    assert cache.bytes <= cache.max_bytes and len(cache._draws) == 2 and cache.misses == 4
+    assert cache.bytes <= cache.max_bytes and len(cache) == 2 and cache.misses == 4
     gen.set_state(states[2])  # the last two draws are kept
     assert all(torch.equal(cache.bernoulli(flat, 0.5, torch.float32, gen), m) for m in masks[2:])
     assert cache.hits == 2 and torch.equal(gen.get_state(), end)
