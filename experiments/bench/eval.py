@@ -171,14 +171,15 @@ def candidates_main(args: argparse.Namespace) -> None:
     pool = ModelPool(spec.sources, device=args.device)
     tok = AutoTokenizer.from_pretrained(str(spec.tokenizer_dir))
     tasks = list(spec.tasks)
+    seed = args.seed if args.batch_seed is None else args.batch_seed
     batches = {
         "ppo step (8 episodes)": ppo_like_batch(pool.experts, pool.num_layers, 8, args.edits,
-                                                args.seed),
-        "cmaes generation, level=arch": cmaes_like_generation(pool, "arch", args.seed),
-        "cmaes generation, level=both": cmaes_like_generation(pool, "both", args.seed),
+                                                seed),
+        "cmaes generation, level=arch": cmaes_like_generation(pool, "arch", seed),
+        "cmaes generation, level=both": cmaes_like_generation(pool, "both", seed),
     }  # fmt: skip
     if args.only:
-        batches = {k: v for k, v in batches.items() if args.only in k}
+        batches = {k: v for k, v in batches.items() if any(w in k for w in args.only.split(","))}
     n_ex = sum(min(len(t.search), args.max_examples or len(t.search)) for t in tasks)
     probe = Evaluator(tok, batch_size=args.batch_size, max_examples=args.max_examples)
     print(f"device {args.device}  threads {torch.get_num_threads()}  pool {spec.name} "
@@ -193,7 +194,7 @@ def candidates_main(args: argparse.Namespace) -> None:
     )
     print(f"{'batch':30}{'n':>4}{'issue':>8}{'off':>8}{'path':>8}{'on':>8}{'on/issue':>10}"
           f"{'on/off':>8}{'hit rate':>10}{'identical':>11}{'issue':>7}{'|dll|':>9}")  # fmt: skip
-    prefix_bytes = 0
+    prefix_bytes, legacy = 0, []
     for label, recipes in batches.items():
         row = sharing_row(pool, tok, tasks, recipes, args)
         prefix_bytes = max(prefix_bytes, row["prefix_bytes"])
@@ -201,7 +202,43 @@ def candidates_main(args: argparse.Namespace) -> None:
               f"{row['on']:8.1f}{row['on'] / row['issue']:9.2f}x{row['on'] / row['off']:7.2f}x"
               f"{row['hit_rate']:10.1%}{row['identical']!s:>11}{row['issue_same']!s:>7}"
               f"{row['issue_dll']:9.1e}")  # fmt: skip
+        if args.legacy:
+            legacy.append((label, recipes, row))
     print(memory_line(pool, prefix_bytes))
+    for label, recipes, row in legacy:
+        then = legacy_row(spec, tasks, recipes, row, args)
+        print(f"{label:30} at {args.legacy}: {then['c_min']:.1f} c/min (merges built "
+              f"{then['merges_built']}, merged-model LRU {then['lru']}); on / then "
+              f"{row['on'] / then['c_min']:.2f}x; exact match and token accuracy equal to off's: "
+              f"{then['same']}, largest loglik difference {then['dll']:.1e}")  # fmt: skip
+
+
+def legacy_row(
+    spec: Any, tasks: list, recipes: list[Recipe], row: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The batch scored by MergeGym at commit ``args.legacy`` (``experiments/bench/legacy.py``):
+    its candidates per minute (best of ``repeats``), its merges built per pass, and how its scores
+    compare with today's ``off`` scorer (exact match and token accuracy equal; largest loglik
+    difference)."""
+    import dataclasses
+
+    from experiments.bench.legacy import run_legacy
+
+    job = dict(sources={k: str(v) for k, v in spec.sources.items()},
+               tokenizer_dir=str(spec.tokenizer_dir), device=args.device,
+               tasks=[dataclasses.replace(t, scorer=None) for t in tasks],
+               recipes=[r.to_dict() for r in recipes], batch_size=args.batch_size,
+               max_examples=args.max_examples, threads=torch.get_num_threads(),
+               repeats=args.repeats)  # fmt: skip
+    out = run_legacy(args.legacy, job, Path(__file__).resolve().parents[2])
+    same, dll = True, 0.0
+    for have, want in zip(out["scores"], row["expected"]):
+        for task, (em, acc, ll) in have.items():
+            w = want[task]
+            same &= (em, acc) == (w.exact_match, w.token_accuracy)
+            dll = max(dll, abs(ll - w.loglik))
+    return dict(c_min=60.0 * len(recipes) / min(out["seconds"]), same=same, dll=dll,
+                merges_built=out["merges_built"], lru=out["merged_cache_size"])  # fmt: skip
 
 
 def merges_main(args: argparse.Namespace) -> None:
@@ -302,7 +339,7 @@ def sharing_row(
     per_min = 60.0 * len(recipes)
     out: dict[str, Any] = {name: per_min / min(t) for name, t in runs.items()}
     out.update(hit_rate=hit_rate, identical=identical, prefix_bytes=held, issue_same=issue_same,
-               issue_dll=issue_dll)  # fmt: skip
+               issue_dll=issue_dll, expected=expected)  # fmt: skip
     return out
 
 
@@ -377,10 +414,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--merges", type=int, default=None, metavar="N",
                         help="seconds per merge of N distinct merges of a CMA-ES generation, "
                         "DARE draws off and kept")  # fmt: skip
-    parser.add_argument(
-        "--only", default=None, help="--candidates: the batches whose label has this"
-    )
+    parser.add_argument("--only", default=None,
+                        help="--candidates: the batches whose label has one of these "
+                        "comma-separated words (ppo, arch, both)")  # fmt: skip
+    parser.add_argument("--batch-seed", type=int, default=None,
+                        help="--candidates: the seed the batches are drawn with (default "
+                        "--seed, which also picks the pool)")  # fmt: skip
     parser.add_argument("--max-examples", type=int, default=None, help="--candidates: per task")
+    parser.add_argument("--legacy", default=None, metavar="COMMIT",
+                        help="--candidates: also score each batch with MergeGym at COMMIT (a git "
+                        "worktree; e.g. 86b6e4e, the code issue 18 was filed against)")  # fmt: skip
     parser.add_argument("--prefix-cache-bytes", type=int, default=256 * 2**20)
     parser.add_argument("--tasks", default=",".join(ZOO_TASK_KINDS), help="zoo task kinds")
     parser.add_argument("--n", type=int, default=512, help="examples per task")
