@@ -250,14 +250,18 @@ class ModelPool:
         while self._merged and len(self._merged) >= self.merged_cache_size:
             self._merged.popitem(last=False)
         engine = MergeEngine(merge, resolve=self._resident)
-        model = copy.deepcopy(self.models[BASE])
-        state = model.state_dict()
         with torch.no_grad():
-            for spec in engine.output_specs():
-                state[spec.name].copy_(engine.merged_tensor(spec.name))
+            merged = {spec.name: engine.merged_tensor(spec.name) for spec in engine.output_specs()}
+            model = _model_around(self.models[BASE], merged, self._pool_storages())
         self.merges_built += 1
         self._merged[key] = model
         return model
+
+    def _pool_storages(self) -> set[int]:
+        """The storage addresses of every loaded source's tensors (a merged tensor found among
+        them is copied, never shared: the merged model must not alias a source)."""
+        return {t.untyped_storage().data_ptr() for m in self.models.values()
+                for t in m.state_dict().values()}  # fmt: skip
 
     def _resident(self, name: str) -> Checkpoint:
         """The merge engine's view of source ``name``: its headers, and its tensors from the
@@ -415,6 +419,41 @@ class ModelPool:
             writer.add_file("recipe.yaml", recipe.to_yaml())
             writer.add_file("README.md", _readme(recipe, self.paths))
         return Path(out_dir)
+
+
+def _model_around(
+    base: PreTrainedModel, merged: Mapping[str, torch.Tensor], taken: set[int]
+) -> PreTrainedModel:
+    """A copy of ``base`` whose tensors named in ``merged`` are those tensors themselves.
+
+    The copy takes each merged tensor in place of the base's (a ``deepcopy`` memo entry), so the
+    base's weights are neither copied nor overwritten: a merge costs one write of its tensors,
+    not three. Where that cannot hold the tensor is copied into the copy, as before: a dtype,
+    shape or device other than the base's, two merged names for one tensor of the base (tied
+    weights merged under both names: each written in order, the last one winning), or a tensor
+    that lives in a source (``taken``). Tied weights merged under one name take it under all.
+    """
+    params = [*base.named_parameters(remove_duplicate=False),
+              *base.named_buffers(remove_duplicate=False)]  # fmt: skip
+    merged_names: dict[int, int] = {}  # per tensor of the base: how many of its names merged
+    for name, p in params:
+        merged_names[id(p)] = merged_names.get(id(p), 0) + (name in merged)
+    memo: dict[int, Any] = {}
+    placed = set()
+    for name, p in params:
+        t = merged.get(name)
+        if (t is None or merged_names[id(p)] > 1 or t.shape != p.shape or t.dtype != p.dtype
+                or t.device != p.device or t.untyped_storage().data_ptr() in taken):  # fmt: skip
+            continue
+        memo[id(p)] = nn.Parameter(t, requires_grad=p.requires_grad) if isinstance(
+            p, nn.Parameter) else t  # fmt: skip
+        placed.add(name)
+    model = copy.deepcopy(base, memo)
+    state = model.state_dict()
+    for name, t in merged.items():
+        if name not in placed:
+            state[name].copy_(t)
+    return model
 
 
 class _ResidentCheckpoint(Checkpoint):

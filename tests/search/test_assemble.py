@@ -149,3 +149,28 @@ def test_merged_model_lru_makes_room_before_building(pool):
     for w in (0.2, 0.4, 0.6, 0.8):
         pool.merged_model(param_merge("task_arithmetic", {"a": w, "b": 0.5}))
     assert max(sizes) <= 1 and len(pool._merged) == 2 and pool.merges_built == 4
+
+
+def test_merged_model_takes_its_tensors_and_shares_nothing_with_the_sources(pool):
+    """A merged model holds the merge's own tensors (not copies into a copy of the base), never a
+    source's storage, keeps tied weights tied, and runs like any copy of the base."""
+    from merge_env.search.assemble import _model_around
+
+    model = pool.merged_model(param_merge("ties", {"a": 0.6, "b": 0.4}, density=0.5))
+    ours = {t.untyped_storage().data_ptr() for t in model.state_dict().values()}
+    assert not ours & pool._pool_storages()
+    base = pool.models["base"]
+    tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
+    assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == tied
+    # the tensors handed over are taken, except one that lives in a source, which is copied
+    state = base.state_dict()
+    name = next(n for n in state if n.startswith(pool.arch.layers_prefix + "0."))
+    fresh, owned = state[name] * 2, state[name]
+    other = next(n for n in state if n.startswith(pool.arch.layers_prefix + "1."))
+    built = _model_around(base, {name: fresh, other: owned}, pool._pool_storages())
+    got = built.state_dict()
+    assert got[name].data_ptr() == fresh.data_ptr()
+    assert torch.equal(got[other], owned) and got[other].data_ptr() != owned.data_ptr()
+    assert torch.equal(pool.models["base"].state_dict()[name], owned)  # the base untouched
+    with torch.no_grad():
+        assert torch.isfinite(built(IDS).logits).all()
