@@ -250,18 +250,15 @@ class ModelPool:
         while self._merged and len(self._merged) >= self.merged_cache_size:
             self._merged.popitem(last=False)
         engine = MergeEngine(merge, resolve=self._resident)
+        specs = engine.output_specs()
+        model = _blank_copy(self.models[BASE], {spec.name for spec in specs})
+        state = model.state_dict()
         with torch.no_grad():
-            merged = {spec.name: engine.merged_tensor(spec.name) for spec in engine.output_specs()}
-            model = _model_around(self.models[BASE], merged, self._pool_storages())
+            for spec in specs:  # every blank tensor is written here, whole
+                state[spec.name].copy_(engine.merged_tensor(spec.name))
         self.merges_built += 1
         self._merged[key] = model
         return model
-
-    def _pool_storages(self) -> set[int]:
-        """The storage addresses of every loaded source's tensors (a merged tensor found among
-        them is copied, never shared: the merged model must not alias a source)."""
-        return {t.untyped_storage().data_ptr() for m in self.models.values()
-                for t in m.state_dict().values()}  # fmt: skip
 
     def _resident(self, name: str) -> Checkpoint:
         """The merge engine's view of source ``name``: its headers, and its tensors from the
@@ -421,39 +418,24 @@ class ModelPool:
         return Path(out_dir)
 
 
-def _model_around(
-    base: PreTrainedModel, merged: Mapping[str, torch.Tensor], taken: set[int]
-) -> PreTrainedModel:
-    """A copy of ``base`` whose tensors named in ``merged`` are those tensors themselves.
+def _blank_copy(base: PreTrainedModel, written: set[str]) -> PreTrainedModel:
+    """A copy of ``base`` whose tensors named in ``written`` are allocated, not copied.
 
-    The copy takes each merged tensor in place of the base's (a ``deepcopy`` memo entry), so the
-    base's weights are neither copied nor overwritten: a merge costs one write of its tensors,
-    not three. Where that cannot hold the tensor is copied into the copy, as before: a dtype,
-    shape or device other than the base's, two merged names for one tensor of the base (tied
-    weights merged under both names: each written in order, the last one winning), or a tensor
-    that lives in a source (``taken``). Tied weights merged under one name take it under all.
+    A merge overwrites those tensors anyway, so copying the base's values into them first (a
+    plain ``deepcopy``) is a wasted pass over the model: a ``deepcopy`` memo entry hands the copy
+    an uninitialised tensor of the same shape, dtype and device instead. They are all allocated
+    before the merge starts, as the plain copy did, so the merge's short-lived working tensors
+    are freed above them and the allocator can give that memory back (building the merged
+    tensors first and handing them over instead left the job's peak RSS 0.3 GB higher).
     """
-    params = [*base.named_parameters(remove_duplicate=False),
-              *base.named_buffers(remove_duplicate=False)]  # fmt: skip
-    merged_names: dict[int, int] = {}  # per tensor of the base: how many of its names merged
-    for name, p in params:
-        merged_names[id(p)] = merged_names.get(id(p), 0) + (name in merged)
     memo: dict[int, Any] = {}
-    placed = set()
-    for name, p in params:
-        t = merged.get(name)
-        if (t is None or merged_names[id(p)] > 1 or t.shape != p.shape or t.dtype != p.dtype
-                or t.device != p.device or t.untyped_storage().data_ptr() in taken):  # fmt: skip
-            continue
-        memo[id(p)] = nn.Parameter(t, requires_grad=p.requires_grad) if isinstance(
-            p, nn.Parameter) else t  # fmt: skip
-        placed.add(name)
-    model = copy.deepcopy(base, memo)
-    state = model.state_dict()
-    for name, t in merged.items():
-        if name not in placed:
-            state[name].copy_(t)
-    return model
+    for name, p in [*base.named_parameters(remove_duplicate=False),
+                    *base.named_buffers(remove_duplicate=False)]:  # fmt: skip
+        if name in written and id(p) not in memo:
+            blank = torch.empty_like(p, memory_format=torch.contiguous_format)
+            memo[id(p)] = nn.Parameter(blank, requires_grad=p.requires_grad) if isinstance(
+                p, nn.Parameter) else blank  # fmt: skip
+    return copy.deepcopy(base, memo)
 
 
 class _ResidentCheckpoint(Checkpoint):
