@@ -24,7 +24,7 @@ class ByteLRU:
             raise ValueError(f"{what}: max_bytes must be >= 0, got {max_bytes}")
         self.max_bytes = int(max_bytes)
         self.bytes = 0
-        self.evictions = 0
+        self.hits = self.misses = self.evictions = 0
         self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -35,11 +35,13 @@ class ByteLRU:
         return key in self._items
 
     def get(self, key: Hashable) -> Any | None:
-        """The value under ``key`` (now the most recent), or None."""
+        """The value under ``key`` (now the most recent), or None; counted as a hit or a miss."""
         with self._lock:
             item = self._items.get(key)
             if item is None:
+                self.misses += 1
                 return None
+            self.hits += 1
             self._items.move_to_end(key)
             return item[0]
 
@@ -61,7 +63,7 @@ class ByteLRU:
         return True
 
     def clear(self) -> None:
-        """Drop every entry (the eviction count stays)."""
+        """Drop every entry (the counts stay)."""
         with self._lock:
             self._items.clear()
             self.bytes = 0

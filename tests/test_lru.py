@@ -15,6 +15,7 @@ def test_evicts_least_recent_until_within_bound():
     lru.put("d", "D", 10)
     assert "b" not in lru and {"a", "c", "d"} <= {k for k in "abcd" if k in lru}
     assert lru.bytes == 30 and lru.evictions == 1
+    assert lru.get("b") is None and (lru.hits, lru.misses) == (1, 1)
     lru.put("e", "E", 25)  # makes room for itself: three go
     assert len(lru) == 1 and lru.bytes == 25 and lru.evictions == 4
 

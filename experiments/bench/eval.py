@@ -231,12 +231,7 @@ def legacy_row(
                max_examples=args.max_examples, threads=torch.get_num_threads(),
                repeats=args.repeats)  # fmt: skip
     out = run_legacy(args.legacy, job, Path(__file__).resolve().parents[2])
-    same, dll = True, 0.0
-    for have, want in zip(out["scores"], row["expected"]):
-        for task, (em, acc, ll) in have.items():
-            w = want[task]
-            same &= (em, acc) == (w.exact_match, w.token_accuracy)
-            dll = max(dll, abs(ll - w.loglik))
+    same, dll = agreement(out["scores"], row["expected"])
     return dict(c_min=60.0 * len(recipes) / min(out["seconds"]), same=same, dll=dll,
                 merges_built=out["merges_built"], lru=out["merged_cache_size"])  # fmt: skip
 
@@ -323,14 +318,10 @@ def sharing_row(
                 timed(partial(_extend, got, pool.score_recipes, recipes, ev, tasks), device)
             )
             if name == "issue":
-                for have, want in zip(got, expected):
-                    for task, s in have.items():
-                        w = want[task]
-                        issue_same &= (s.exact_match, s.token_accuracy) == (
-                            w.exact_match,
-                            w.token_accuracy,
-                        )
-                        issue_dll = max(issue_dll, abs(s.loglik - w.loglik))
+                same, dll = agreement(
+                    [{t: (s.exact_match, s.token_accuracy, s.loglik) for t, s in have.items()}
+                     for have in got], expected)  # fmt: skip
+                issue_same, issue_dll = issue_same and same, max(issue_dll, dll)
             else:
                 identical &= got == expected
             if name == "on":
@@ -341,6 +332,20 @@ def sharing_row(
     out.update(hit_rate=hit_rate, identical=identical, prefix_bytes=held, issue_same=issue_same,
                issue_dll=issue_dll, expected=expected)  # fmt: skip
     return out
+
+
+def agreement(
+    got: Sequence[dict[str, tuple[float, float, float]]], want: Sequence[dict[str, Any]]
+) -> tuple[bool, float]:
+    """Whether every recipe's {task: (exact match, token accuracy, loglik)} in ``got`` has the
+    exact match and token accuracy of its scores in ``want``, and the largest loglik difference."""
+    same, dll = True, 0.0
+    for have, scores in zip(got, want):
+        for task, (em, acc, ll) in have.items():
+            w = scores[task]
+            same &= (em, acc) == (w.exact_match, w.token_accuracy)
+            dll = max(dll, abs(ll - w.loglik))
+    return same, dll
 
 
 def _extend(out: list, fn: Callable[..., list], *args: Any) -> None:

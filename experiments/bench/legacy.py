@@ -17,7 +17,6 @@ and the worktree's own ``merge_env``, whose API for these calls (``ModelPool(sou
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import subprocess
@@ -91,5 +90,4 @@ def _child(job_file: str, out_file: str) -> None:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        _child(sys.argv[1], sys.argv[2])
+    _child(sys.argv[1], sys.argv[2])

@@ -179,7 +179,6 @@ class DrawCache:
 
     def __init__(self, max_bytes: int = 64 * 2**20) -> None:
         self._kept = ByteLRU(max_bytes, what="DARE draws")
-        self.hits = self.misses = 0
 
     @property
     def max_bytes(self) -> int:
@@ -194,6 +193,16 @@ class DrawCache:
     def bytes(self) -> int:
         """The bits and generator states kept now."""
         return self._kept.bytes
+
+    @property
+    def hits(self) -> int:
+        """Draws served from the kept masks."""
+        return self._kept.hits
+
+    @property
+    def misses(self) -> int:
+        """Keepable draws that were drawn."""
+        return self._kept.misses
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -221,12 +230,10 @@ class DrawCache:
                float(density), str(dtype))  # fmt: skip
         hit = self._kept.get(key)
         if hit is not None:
-            self.hits += 1
             bits, after = hit
             gen.set_state(after)
             mask = torch.from_numpy(np.unpackbits(bits, count=n))
             return mask.to(dtype).reshape(flat.shape)
-        self.misses += 1
         mask = draw()
         bits, after = np.packbits(mask.reshape(-1).numpy() != 0), gen.get_state()
         self._kept.put(key, (bits, after), bits.nbytes + after.numel())

@@ -89,11 +89,13 @@ class PrefixCache(ByteLRU):
         super().__init__(max_bytes, what="prefix cache")
         self.stats = PrefixStats()
 
-    def put(self, key: StateKey, state: Any) -> None:  # type: ignore[override]
-        """Keep ``state``, evicting the least recent states until the bound holds."""
+    def put(self, key: StateKey, state: Any, size: int | None = None) -> bool:
+        """Keep ``state`` (``size``: its ``state_bytes`` unless given), evicting the least recent
+        states until the bound holds; False where it alone exceeds the bound."""
         before = self.evictions
-        super().put(key, state, state_bytes(state))
+        kept = super().put(key, state, state_bytes(state) if size is None else size)
         self.stats.evictions += self.evictions - before
+        return kept
 
 
 def batch_scope(inputs: torch.Tensor, mask: torch.Tensor, settings: Hashable) -> str:
