@@ -10,7 +10,9 @@ to pass: every expert is the best of base + experts on its own task, and worse t
 another expert on some other task; the base scores above zero on every task. Then the fine-tune
 regime (merge_env/pools/regime.py): the plain merges a user would try (TIES density 0.5, task
 arithmetic 0.5 and 1.0, uniform linear) scored on the TEST split, each expert's own-task gain and
-the share of it each merge keeps; ``--no-regime`` skips it.
+the share of it each merge keeps, and TIES and task arithmetic again at the scaling λ their papers
+would pick on validation data (the one that scores best on the SEARCH split, from
+``regime.LAMBDA_GRIDS``; ``--fixed-lambda`` skips that); ``--no-regime`` skips it all.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ import argparse
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from merge_env.pools.regime import Regime, judge, score_regime
+from merge_env.pools.regime import LAMBDA_GRIDS, Regime, judge, score_regime
 from merge_env.pools.smollm2 import SmolConfig, SmolPool
 from merge_env.pools.zoo import Zoo, ZooConfig, build_zoo
 from merge_env.scoring.evaluate import Evaluator, TaskScore
@@ -111,12 +113,23 @@ def print_table(
 
 
 def print_regime(
-    zoo: Zoo | SmolPool, console: Console, device: str = "cpu"
+    zoo: Zoo | SmolPool,
+    console: Console,
+    device: str = "cpu",
+    grids: Mapping[str, Sequence[float]] | None = LAMBDA_GRIDS,
 ) -> tuple[dict[str, dict[str, float]], Regime]:
     """Score the plain merges of the experts on the TEST split and print the regime verdict;
-    return the scores and the verdict."""
+    return the scores and the verdict. ``grids``: also each method at the scaling λ chosen on
+    the SEARCH split (its papers' protocol); None skips that."""
     sources = {"base": zoo.base, **zoo.experts}
-    scores = score_regime(sources, zoo.tasks, zoo.tokenizer_dir, split="test", device=device)
+    curves: dict[str, dict[float, float]] = {}
+    scores = score_regime(
+        sources, zoo.tasks, zoo.tokenizer_dir, split="test", device=device, grids=grids,
+        curves=curves,
+    )  # fmt: skip
+    for family, curve in curves.items():
+        points = "  ".join(f"{lam:g}: {mean:.3f}" for lam, mean in curve.items())
+        console.print(f"  {family}, λ on the SEARCH split (mean exact match): {points}")
     tasks = [t.name for t in zoo.tasks]
     table = Table(title="fine-tune regime: plain merges of the experts, TEST exact match")
     table.add_column("model", no_wrap=True)
@@ -140,6 +153,7 @@ def run(
     progress: bool = True,
     console: Console | None = None,
     regime: bool = True,
+    tune_lambda: bool = True,
 ) -> Zoo:
     """Build or find the zoo, print build time, the TEST table and the regime; return the zoo."""
     console = console or Console()
@@ -162,7 +176,7 @@ def run(
     n_test = len(zoo.tasks[0].test) if zoo.tasks else 0
     print_table(zoo, scores, console, f"zoo {preset!r}: TEST split ({n_test} examples per task)")
     if regime:
-        print_regime(zoo, console, device)
+        print_regime(zoo, console, device, LAMBDA_GRIDS if tune_lambda else None)
     return zoo
 
 
@@ -174,6 +188,7 @@ def run_smollm2(
     console: Console | None = None,
     config: SmolConfig | None = None,
     regime: bool = True,
+    tune_lambda: bool = True,
 ) -> SmolPool:
     """Build or find the SmolLM2 pool, print conversion and fine-tune times and the TEST table.
 
@@ -196,7 +211,7 @@ def run_smollm2(
     title = f"SmolLM2-135M-Instruct pool: TEST split ({n_test} examples per task)"
     print_table(pool, scores, console, title, metrics=("exact_match", "token_accuracy"))
     if regime:
-        print_regime(pool, console, device)
+        print_regime(pool, console, device, LAMBDA_GRIDS if tune_lambda else None)
     return pool
 
 
@@ -216,16 +231,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-regime", action="store_true", help="skip scoring the plain merges of the experts"
     )
+    parser.add_argument(
+        "--fixed-lambda", action="store_true",
+        help="judge the regime by the fixed-weight merges only (skip choosing each method's "
+        "scaling on the search split: 21 more merges)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.pool == "smollm2":
         run_smollm2(
-            args.seed, args.cache_dir, args.device, not args.no_progress, regime=not args.no_regime
-        )
+            args.seed, args.cache_dir, args.device, not args.no_progress,
+            regime=not args.no_regime, tune_lambda=not args.fixed_lambda,
+        )  # fmt: skip
     else:
         run(
             args.preset, args.seed, args.cache_dir, args.device, not args.no_progress,
-            regime=not args.no_regime,
+            regime=not args.no_regime, tune_lambda=not args.fixed_lambda,
         )  # fmt: skip
     return 0
 

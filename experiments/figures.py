@@ -76,7 +76,7 @@ from experiments.protocol import (
 )
 from experiments.report import markdown_table
 from merge_env.errors import ConfigError, MergeGymError
-from merge_env.pools.regime import judge, score_regime
+from merge_env.pools.regime import LAMBDA_GRIDS, judge, score_regime
 from merge_env.pools.zoo import ZooConfig, build_zoo
 from merge_env.search.recipe import BASE
 
@@ -161,8 +161,10 @@ def run_zoo(ctx: Context) -> dict[str, Any]:
         elapsed = time.perf_counter() - t0
         scores = score_zoo(zoo, "test")
         print_zoo_table(zoo, scores, console, f"zoo {pool.preset!r} seed {zoo_seed}: TEST split")
+        curves: dict[str, dict[float, float]] = {}
         regime_scores = score_regime({BASE: zoo.base, **zoo.experts}, zoo.tasks,
-                                     zoo.tokenizer_dir, split="test")  # fmt: skip
+                                     zoo.tokenizer_dir, split="test", grids=LAMBDA_GRIDS,
+                                     curves=curves)  # fmt: skip
         regime = judge(regime_scores, {t: t for t in zoo.experts})
         out.append({
             "zoo_seed": zoo_seed, "preset": pool.preset, "root": str(zoo.root),
@@ -176,7 +178,7 @@ def run_zoo(ctx: Context) -> dict[str, Any]:
                                            for h, s in tradeoff_report(zoo, scores, metric)],
             "regime": {"scores": regime_scores, "gains": regime.gains, "kept": regime.kept,
                        "dominant": regime.dominant, "best_judged": list(regime.best_judged),
-                       "holds": regime.holds,
+                       "holds": regime.holds, "lambda_on_search": curves,
                        "checks": [{"holds": h, "sentence": s} for h, s in regime.sentences()]},
         })  # fmt: skip
     return {"zoos": out}

@@ -8,6 +8,9 @@ engine and scorer, so every build can print it:
 * each expert beats the base on its own task by at least ``min_gain``;
 * TIES (density 0.5, the TIES paper's setting) or task arithmetic (weight 0.5 or 1.0, the
   task-arithmetic paper's range) keeps at least ``min_kept`` of every expert's own-task gain;
+  both papers also pick the merged task vector's scaling λ on held-out validation data, so
+  ``score_regime`` can add each method at the λ of ``LAMBDA_GRIDS`` that scores best on a
+  validation split (the search split), judged like the fixed ones on the test split;
 * no plain merge is within ``tolerance`` of every expert on every expert's task (else there is
   no front to search for).
 
@@ -25,8 +28,15 @@ from merge_env.merging.plan import ParamMerge
 from merge_env.scoring.tasks.task import Task
 from merge_env.search.recipe import BASE, param_merge
 
-# Merges whose kept share decides the regime; the uniform linear merge is shown, not judged.
-JUDGED = ("ties d0.5", "task arith 0.5", "task arith 1.0")
+# Every merge's kept share decides the regime except these, which are shown, not judged.
+SHOWN_ONLY = ("linear uniform",)
+# The scaling λ each paper selects on validation data: task arithmetic searches λ in (0, 1]
+# (Ilharco et al. 2023); TIES scales its merged task vector by λ around its default of 1
+# (Yadav et al. 2023). The regime's grids: steps of 0.1 over those ranges.
+LAMBDA_GRIDS: dict[str, tuple[float, ...]] = {
+    "task arith": tuple(round(0.1 * i, 1) for i in range(1, 11)),
+    "ties d0.5": tuple(round(0.8 + 0.1 * i, 1) for i in range(11)),
+}
 # Scores are fractions of a test split: a share of exactly 0.5 must not fail on rounding.
 _EPS = 1e-9
 
@@ -35,13 +45,30 @@ def regime_merges(experts: Sequence[str]) -> dict[str, ParamMerge]:
     """The plain merges of ``experts`` on the base that the regime is judged by (mergekit's forms)."""
     k = len(experts)
     return {
-        "ties d0.5": param_merge(
-            "ties", dict.fromkeys(experts, 1.0), density=0.5, parameters={"normalize": True}
-        ),
-        "task arith 0.5": param_merge("task_arithmetic", dict.fromkeys(experts, 0.5)),
-        "task arith 1.0": param_merge("task_arithmetic", dict.fromkeys(experts, 1.0)),
+        "ties d0.5": scaled_merge("ties d0.5", experts, 1.0),
+        "task arith 0.5": scaled_merge("task arith", experts, 0.5),
+        "task arith 1.0": scaled_merge("task arith", experts, 1.0),
         "linear uniform": param_merge("linear", dict.fromkeys(experts, 1.0 / k), base=None),
     }
+
+
+def scaled_merge(family: str, experts: Sequence[str], lam: float) -> ParamMerge:
+    """A merge of ``LAMBDA_GRIDS``' ``family`` at scaling ``lam``: task arithmetic with every
+    weight ``lam``; TIES (density 0.5, weights 1, normalised) with its merged vector times ``lam``
+    (mergekit's ``lambda``)."""
+    if family == "task arith":
+        return param_merge("task_arithmetic", dict.fromkeys(experts, float(lam)))
+    if family == "ties d0.5":
+        parameters: dict[str, object] = {"normalize": True}
+        if lam != 1.0:
+            parameters["lambda"] = float(lam)
+        return param_merge("ties", dict.fromkeys(experts, 1.0), density=0.5, parameters=parameters)
+    raise ValueError(f"regime: no merge family {family!r} (known: {', '.join(LAMBDA_GRIDS)})")
+
+
+def tuned_name(family: str, lam: float) -> str:
+    """The row name of ``family`` at the λ chosen on validation data."""
+    return f"{family} λ{lam:g} (val)"
 
 
 @dataclass(frozen=True)
@@ -62,9 +89,9 @@ class Regime:
     @property
     def best_judged(self) -> tuple[str, float]:
         """The judged merge whose worst kept share is highest, and that share."""
-        worst = {m: _worst(self.kept[m].values()) for m in JUDGED if m in self.kept}
+        worst = {m: _worst(v.values()) for m, v in self.kept.items() if m not in SHOWN_ONLY}
         if not worst:
-            return JUDGED[0], math.nan
+            return "none judged", math.nan
         name = max(worst, key=lambda m: -math.inf if math.isnan(worst[m]) else worst[m])
         return name, worst[name]
 
@@ -143,24 +170,47 @@ def score_regime(
     *,
     split: str = "test",
     device: str = "cpu",
+    grids: Mapping[str, Sequence[float]] | None = None,
+    validation_split: str = "search",
+    curves: dict[str, dict[float, float]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Exact match of the base, every expert and every ``regime_merges`` merge on ``split``.
 
     ``sources`` are the pool's checkpoints by name (``base`` and one per expert, named for its
-    task); merges are built in memory by the merge engine, as a search builds them.
+    task); merges are built in memory by the merge engine, as a search builds them. ``grids``
+    (e.g. ``LAMBDA_GRIDS``): each family is also scored on ``validation_split`` at every λ of
+    its grid, and the λ with the best mean exact match over the tasks (the first on a tie) is
+    scored on ``split`` as row ``tuned_name(family, λ)``; ``curves`` receives {family: {λ: mean}}.
     """
     from transformers import AutoTokenizer
 
     from merge_env.scoring.evaluate import Evaluator
     from merge_env.search.assemble import ModelPool
 
+    if split == validation_split and grids:
+        raise ValueError(f"regime: λ chosen on {split!r} cannot be judged on the same split")
     pool = ModelPool(sources, device=device)
     evaluator = Evaluator(AutoTokenizer.from_pretrained(tokenizer_dir), device=device)
     experts = [n for n in sources if n != BASE]
-    models = {name: pool.models[name] for name in sources}
-    models.update({m: pool.merged_model(spec) for m, spec in regime_merges(experts).items()})
-    out = {}
-    for name, model in models.items():
-        scores = evaluator.score_tasks(model, tasks, split)
-        out[name] = {task: score.exact_match for task, score in scores.items()}
+
+    def exact_match(model: object, on: str) -> dict[str, float]:
+        scores = evaluator.score_tasks(model, tasks, on)
+        return {task: score.exact_match for task, score in scores.items()}
+
+    out = {name: exact_match(pool.models[name], split) for name in sources}
+    for name, spec in regime_merges(experts).items():
+        out[name] = exact_match(pool.merged_model(spec), split)
+    for family, grid in (grids or {}).items():
+        curve = {}
+        for lam in grid:
+            val = exact_match(
+                pool.merged_model(scaled_merge(family, experts, lam)), validation_split
+            )
+            curve[float(lam)] = sum(val.values()) / len(val)
+        best = max(curve, key=lambda lam: (curve[lam], -list(curve).index(lam)))
+        out[tuned_name(family, best)] = exact_match(
+            pool.merged_model(scaled_merge(family, experts, best)), split
+        )
+        if curves is not None:
+            curves[family] = curve
     return out

@@ -9,7 +9,14 @@ import pytest
 import torch
 from rich.console import Console
 
-from merge_env.pools.regime import judge, regime_merges, score_regime
+from merge_env.pools.regime import (
+    LAMBDA_GRIDS,
+    judge,
+    regime_merges,
+    scaled_merge,
+    score_regime,
+    tuned_name,
+)
 from merge_env.search.recipe import BASE
 
 EXPERTS = {"a": "exp_a", "b": "exp_b"}
@@ -59,6 +66,62 @@ def test_merges_are_the_papers_settings():
     assert ties.parameters["normalize"] is True
     assert [m.parameters["weight"] for m in merges["task arith 0.5"].models] == [0.5, 0.5]
     assert merges["linear uniform"].base_model is None
+    # λ = 1 is the fixed TIES merge itself; other λ scale TIES's merged vector (mergekit's lambda)
+    # and set every task-arithmetic weight
+    assert scaled_merge("ties d0.5", ["add", "reverse"], 1.0) == ties
+    assert scaled_merge("ties d0.5", ["add", "reverse"], 1.3).parameters == {
+        "normalize": True,
+        "lambda": 1.3,
+    }
+    assert [m.parameters["weight"] for m in scaled_merge("task arith", ["a", "b"], 0.7).models] == [
+        0.7,
+        0.7,
+    ]
+    assert LAMBDA_GRIDS["task arith"][0] == 0.1 and LAMBDA_GRIDS["task arith"][-1] == 1.0
+    assert LAMBDA_GRIDS["ties d0.5"][0] == 0.8 and LAMBDA_GRIDS["ties d0.5"][-1] == 1.8
+    with pytest.raises(ValueError, match="no merge family 'slerp'"):
+        scaled_merge("slerp", ["a"], 0.5)
+
+
+def test_tuned_merges_are_judged_and_the_linear_one_is_not():
+    name = tuned_name("task arith", 0.7)
+    regime = judge(
+        _scores(**{name: {"a": 0.6, "b": 0.7}, "linear uniform": {"a": 0.8, "b": 0.9}}), EXPERTS
+    )
+    # the tuned merge decides (2/3 and 3/5 kept); the better linear merge is shown only
+    assert regime.best_judged == (name, pytest.approx(0.6)) and regime.merging_holds
+
+
+def test_lambda_is_chosen_on_the_search_split_and_judged_on_test(tiny_zoo):
+    sources = {BASE: tiny_zoo.base, **tiny_zoo.experts}
+    grids = {"task arith": (0.3, 1.0), "ties d0.5": (1.0, 1.5)}
+    curves: dict = {}
+    scores = score_regime(
+        sources, tiny_zoo.tasks, tiny_zoo.tokenizer_dir, grids=grids, curves=curves
+    )
+    assert set(curves) == set(grids) and all(set(c) == set(grids[f]) for f, c in curves.items())
+    # each family's row is the λ with the best mean SEARCH score (the first on a tie), on TEST
+    fixed = score_regime(sources, tiny_zoo.tasks, tiny_zoo.tokenizer_dir)
+    search = score_regime(sources, tiny_zoo.tasks, tiny_zoo.tokenizer_dir, split="search")
+    for family, curve in curves.items():
+        best = max(curve.values())
+        lam = next(lam for lam, mean in curve.items() if mean == best)
+        assert tuned_name(family, lam) in scores
+        if family == "task arith" and lam == 1.0:
+            assert curve[1.0] == pytest.approx(
+                sum(search["task arith 1.0"].values()) / len(tiny_zoo.tasks)
+            )
+            assert scores[tuned_name(family, lam)] == fixed["task arith 1.0"]
+        if family == "ties d0.5":
+            assert curve[1.0] == pytest.approx(
+                sum(search["ties d0.5"].values()) / len(tiny_zoo.tasks)
+            )
+    tuned = [n for n in scores if n.endswith("(val)")]
+    assert len(tuned) == 2 and judge(scores, {t: t for t in tiny_zoo.experts}).kept.keys() >= set(
+        tuned
+    )
+    with pytest.raises(ValueError, match="cannot be judged on the same split"):
+        score_regime(sources, tiny_zoo.tasks, tiny_zoo.tokenizer_dir, split="search", grids=grids)
 
 
 def test_scores_on_the_tiny_zoo_match_a_hand_merge(tiny_zoo):
