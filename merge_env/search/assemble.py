@@ -240,8 +240,14 @@ class ModelPool:
 
     # -- sources -----------------------------------------------------------------------------
     def merged_model(self, merge: ParamMerge) -> PreTrainedModel:
-        """The parameter-level merge as a model, built once per setting (LRU)."""
-        key = Recipe(merge=merge).canonical_json()
+        """The parameter-level merge as a model, built once per setting (LRU).
+
+        The model is built from the merge's canonical form (floats rounded as in
+        ``Recipe.canonical_json``, its LRU key), so it is a function of that key: merges that
+        differ below the rounding get the same model whichever comes first, and a recipe saved
+        and read back rebuilds the very model that was scored."""
+        canonical = Recipe(merge=merge)
+        key = canonical.canonical_json()
         model = self._merged.get(key)
         if model is not None:
             self._merged.move_to_end(key)
@@ -249,7 +255,9 @@ class ModelPool:
         # make room first: the new model is not built while the LRU holds its maximum
         while self._merged and len(self._merged) >= self.merged_cache_size:
             self._merged.popitem(last=False)
-        engine = MergeEngine(merge, resolve=self._resident)
+        rounded = Recipe.from_dict(canonical.to_dict()).merge
+        assert rounded is not None
+        engine = MergeEngine(rounded, resolve=self._resident)
         specs = engine.output_specs()
         model = _blank_copy(self.models[BASE], {spec.name for spec in specs})
         state = model.state_dict()

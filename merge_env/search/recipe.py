@@ -52,6 +52,11 @@ class Slot:
     layer: int
     scale: float = 1.0
 
+    def __post_init__(self) -> None:
+        # rounded as in the canonical form, so the layer scored is the layer a saved recipe
+        # rebuilds, and slots equal in the canonical form are equal
+        object.__setattr__(self, "scale", _round(float(self.scale)))
+
     def to_list(self) -> list:
         """[source, layer, scale]."""
         return [self.source, self.layer, _round(float(self.scale))]

@@ -171,3 +171,27 @@ def test_merged_model_shares_nothing_with_the_sources(pool):
         assert blank[name].shape == t.shape and blank[name].data_ptr() != t.data_ptr()
         if name not in written:
             assert torch.equal(blank[name], t), name
+
+
+def test_a_merge_is_built_from_its_canonical_form(tiny_factory):
+    """The merged model is a function of the merge's LRU key (its canonical, rounded form):
+    merges equal after rounding build the same tensors whichever is asked for first, and a
+    recipe written out and read back rebuilds the model that was scored."""
+    base = tiny_factory("llama", layers=2, seed=0)
+    sources = {
+        "base": base,
+        "a": tiny_factory("llama", like=base, seed=1, noise=0.05),
+        "b": tiny_factory("llama", like=base, seed=2, noise=0.05),
+    }
+    exact = param_merge("task_arithmetic", {"a": 1 / 3, "b": 2 / 3})
+    near = param_merge("task_arithmetic", {"a": 1 / 3 + 1e-7, "b": 2 / 3})
+    read_back = Recipe.from_dict(Recipe(merge=exact).to_dict()).merge
+    assert read_back != exact  # the written form rounds the weights to 6 decimals
+    states = []
+    for first in (exact, near, read_back):
+        model = ModelPool(sources).merged_model(first)
+        states.append({k: t.clone() for k, t in model.state_dict().items()})
+    for state in states[1:]:
+        assert all(torch.equal(state[k], states[0][k]) for k in state)
+    # slot scales are rounded the same way
+    assert Slot("a", 0, 1.25 + 1e-9) == Slot("a", 0, 1.25)
