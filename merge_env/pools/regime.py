@@ -207,7 +207,7 @@ def score_regime(
                 pool.merged_model(scaled_merge(family, experts, lam)), validation_split
             )
             curve[float(lam)] = sum(val.values()) / len(val)
-        best = max(curve, key=lambda lam: (curve[lam], -list(curve).index(lam)))
+        best = max(curve, key=curve.__getitem__)  # max keeps the first of equals
         out[tuned_name(family, best)] = exact_match(
             pool.merged_model(scaled_merge(family, experts, best)), split
         )
