@@ -58,8 +58,8 @@ class Slot:
         object.__setattr__(self, "scale", _round(float(self.scale)))
 
     def to_list(self) -> list:
-        """[source, layer, scale]."""
-        return [self.source, self.layer, _round(float(self.scale))]
+        """[source, layer, scale] (the scale already rounded)."""
+        return [self.source, self.layer, self.scale]
 
 
 @dataclass(frozen=True)
