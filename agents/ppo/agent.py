@@ -50,7 +50,13 @@ from tqdm.auto import tqdm
 from agents.base import Agent
 from agents.ppo.callbacks import BudgetCallback, CheckpointCallback
 from agents.ppo.encoder import PathEncoder
-from agents.ppo.offline import build_dataset, pretrain, relabel
+from agents.ppo.offline import (
+    build_dataset,
+    candidate_actions,
+    front_relabel,
+    pretrain,
+    relabel,
+)
 from agents.ppo.online import OnlinePPO
 from agents.ppo.vec_env import batch_scoring_env
 from merge_env.env import MergeEnv, weight_lattice
@@ -59,7 +65,8 @@ from merge_env.search.archive import Archive
 from merge_env.search.budget import Budget, BudgetExhausted
 from merge_env.search.pareto import sample_preferences
 from merge_env.search.problem import MergeProblem
-from merge_env.search.proposals import propose_candidates
+from merge_env.search.proposals import Candidate, propose_candidates
+from merge_env.search.recipe import Recipe
 from merge_env.wrappers import RepeatPenalty, StopAtOnce
 
 log = logging.getLogger(__name__)
@@ -125,6 +132,9 @@ class PPOAgent(Agent):
         max_boosts: int = 3,
         fallback_fraction: float = 0.2,
         online_learning: bool = True,
+        sil_epochs: int = 0,
+        sil_preferences: int = 64,
+        sil_offline: bool = True,
         explore_epsilon: float = 0.3,
         pretrained: str | None = None,
         save_path: str | None = None,
@@ -177,6 +187,12 @@ class PPOAgent(Agent):
         self.ent_boost, self.max_boosts = float(ent_boost), int(max_boosts)
         self.fallback_fraction = float(fallback_fraction)
         self.online_learning = bool(online_learning)
+        if sil_epochs < 0 or sil_preferences < 1:
+            raise ConfigError(f"agent.sil_epochs must be >= 0 and agent.sil_preferences >= 1, "
+                              f"got {sil_epochs}, {sil_preferences}")  # fmt: skip
+        self.sil_epochs, self.sil_preferences = int(sil_epochs), int(sil_preferences)
+        self.sil_offline = bool(sil_offline)
+        self._problem: MergeProblem | None = None
         self.explore_epsilon = float(explore_epsilon)
         self.pretrained = pretrained
         self.save_path = save_path
@@ -232,6 +248,8 @@ class PPOAgent(Agent):
             verbose=0, **self.ppo_kwargs,
         )  # fmt: skip
         model.frozen = not self.online_learning
+        if self.sil_epochs:
+            model.after_train = self.self_imitate
         # always our own logger: SB3's default makes an empty SB3-<date> folder in /tmp per learn()
         outputs = [self.sb3_output] if self.sb3_output is not None else []
         model.set_logger(Logger(folder=None, output_formats=outputs))
@@ -269,6 +287,7 @@ class PPOAgent(Agent):
             resume = self._checkpoint_dir() / checkpoint["model"]
         self.model = self.build_model(env, resume)
         b = self._budget = Budget(problem, budget)
+        self._problem = problem
         self.phase_spend, self._done, self.stalled, self._boosts = {}, [], False, 0
         self._callback_state, mark = None, b.used
         if checkpoint is not None:
@@ -452,7 +471,13 @@ class PPOAgent(Agent):
         prefs = sample_preferences(self.n_preferences, scratch.k, rng)
         lengths = [c.length(scratch) for c in scored]
         rewards = relabel(scratch, np.stack(vectors), lengths, prefs)
-        data = build_dataset(scratch, scored, rewards, prefs, rng, self.value_extra)
+        # the value net learns what the online phase will pay (front: what a recipe adds)
+        values = (
+            front_relabel(scratch, np.stack(vectors), prefs)
+            if scratch.reward == "front"
+            else rewards
+        )
+        data = build_dataset(scratch, scored, rewards, prefs, rng, self.value_extra, values)
         gen = torch.Generator().manual_seed(self.seed)
         self.pretrain_history = pretrain(self.model.policy, data, generator=gen, **self.bc)
         for row in self.pretrain_history if self.sb3_output is not None else []:
@@ -499,6 +524,59 @@ class PPOAgent(Agent):
             log.info("ppo: no new recipe after %d entropy boosts; online phase stopped",
                      cb.total_boosts)  # fmt: skip
         return cb.stalled
+
+    def self_imitate(self) -> dict[str, float]:
+        """Hindsight self-imitation after an online training (``sil_epochs`` > 0).
+
+        Every recipe scored so far that the env can express (the offline candidates at their
+        cheap score, replaced by the full score once one is archived, unless ``sil_offline`` is
+        false; and the archive's full-fidelity recipes: the policy's episodes, the sweeps, the
+        plain merges among the anchors) is relabelled for
+        ``sil_preferences`` sampled preferences, and the policy imitates, for ``sil_epochs``,
+        the best one per preference, as in the offline phase (the value net regresses on what
+        the online reward pays). So the real rewards PPO collected reach the policy for every
+        preference at once, not only through the sparse front reward of the episode that
+        found them: the stochastic policy then samples around the best recipes *known at full
+        fidelity*, where the offline policy samples around the cheap scores' best. Self-imitation
+        learning (Oh et al., ICML 2018) with HER-style relabelling; its own Adam, so PPO's
+        optimiser state and ``updates`` are untouched."""
+        if self.model is None or self._problem is None:
+            return {}
+        problem = self._problem
+        scratch: MergeEnv = self.make_env(problem).unwrapped
+        by_hash: dict[str, Any] = {}
+        offline = zip(self.offline["candidates"], self.offline["vectors"]) if self.offline else ()
+        for cand, vector in offline if self.sil_offline else ():
+            by_hash[cand.recipe(scratch).hash] = [cand, np.asarray(vector, float)]
+        merge_index = {Recipe(merge=m).hash: i for i, m in enumerate(scratch.merges)}
+        for entry in problem.archive:
+            vector = entry.vector(problem.objectives)
+            if not np.all(np.isfinite(vector)):
+                continue
+            if entry.recipe_hash in by_hash:
+                by_hash[entry.recipe_hash][1] = vector  # the full score replaces the cheap one
+                continue
+            cand = _as_candidate(scratch, entry.recipe, merge_index)
+            if cand is not None:
+                by_hash[entry.recipe_hash] = [cand, vector]
+        if not by_hash:
+            return {}
+        cands = [c for c, _ in by_hash.values()]
+        vectors = np.stack([v for _, v in by_hash.values()])
+        rng = np.random.default_rng([self.seed, self.model.trainings])
+        prefs = sample_preferences(self.sil_preferences, scratch.k, rng)
+        lengths = [c.length(scratch) for c in cands]
+        rewards = relabel(scratch, vectors, lengths, prefs)
+        values = front_relabel(scratch, vectors, prefs) if scratch.reward == "front" else rewards
+        data = build_dataset(scratch, cands, rewards, prefs, rng, self.value_extra, values)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        bc = {**self.bc, "epochs": self.sil_epochs}
+        history = pretrain(self.model.policy, data, generator=gen, **bc)
+        return {
+            "sil_imitation_loss": history[-1]["imitation_loss"],
+            "sil_value_loss": history[-1]["value_loss"],
+            "sil_recipes": float(len(cands)),
+        }
 
     def promote(self, problem: MergeProblem, budget: Budget, cap: float | None = None) -> None:
         """Spend what is left, at most ``cap`` evaluations, on the offline candidates, best first
@@ -581,6 +659,23 @@ def _affordable(problem: MergeProblem, budget: Budget, recipes: list, fidelity: 
             spend += problem.cost(fidelity)
         seen.add(recipe.hash)
     return len(recipes)
+
+
+def _as_candidate(env: MergeEnv, recipe: dict, merge_index: dict[str, int]) -> Candidate | None:
+    """The env candidate that builds an archived recipe (its canonical dict), or None when the
+    env cannot express it (a single pool model, a merge off the lattice, a path it cannot take)."""
+    r = Recipe.from_dict(recipe)
+    if r.merge is None or r.shell is not None:
+        return None
+    index = merge_index.get(Recipe(merge=r.merge).hash)
+    if index is None:
+        return None
+    cand = Candidate(index, tuple(r.path or ()))
+    try:
+        candidate_actions(env, cand)
+    except ConfigError:
+        return None
+    return cand
 
 
 def _envs(venv: Any) -> list[gym.Env]:

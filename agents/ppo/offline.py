@@ -97,6 +97,24 @@ def relabel(
     return np.asarray(values) - env.beta * np.asarray(lengths, float)[None, :] / env.L
 
 
+def front_relabel(env: MergeEnv, vectors: np.ndarray, preferences: np.ndarray) -> np.ndarray:
+    """Rewards (n_preferences, n_candidates) under ``reward="front"``: what each candidate would
+    add to the env's archive as it is now, for each preference, ``max(0, s(f) - max_a s(f_a))``
+    (``MergeEnv.final_reward`` of a recipe not scored yet, broadcast).
+
+    The value net is regressed on these when the online reward is the front-building one: a value
+    fitted to the plain scalarised score (``relabel``, about 0.5) would be wrong by that much
+    where the online reward is mostly 0, and PPO's advantages, ``reward - value``, would then push
+    the policy towards whatever the value net under-rates instead of what earns reward.
+    """
+    f = env.problem.normalised(np.atleast_2d(vectors))
+    prefs = np.atleast_2d(np.asarray(preferences, float))
+    values = np.asarray(scalarise(f[None, :, :], prefs[:, None, :], np.ones(env.k),
+                                  env.scalarisation))  # fmt: skip
+    best = np.array([env.archive_best(p) for p in prefs])
+    return np.maximum(0.0, values - best[:, None])
+
+
 def reachable(
     env: MergeEnv, candidates: Sequence[Candidate], preferences: np.ndarray
 ) -> np.ndarray:
@@ -131,9 +149,17 @@ def build_dataset(
     preferences: np.ndarray,
     rng: np.random.Generator,
     value_extra: int = 2,
+    values: np.ndarray | None = None,
 ) -> OfflineData:
     """States along the best candidate's trajectory per preference (imitated, value = its reward),
-    plus ``value_extra`` random candidates' trajectories per preference (value targets only)."""
+    plus ``value_extra`` random candidates' trajectories per preference (value targets only).
+
+    ``rewards`` (n_preferences, n_candidates) choose what is imitated; ``values`` (same shape,
+    default ``rewards``) are the value targets, e.g. ``front_relabel``'s for the front reward."""
+    targets = rewards if values is None else np.asarray(values, float)
+    if targets.shape != rewards.shape:
+        raise ConfigError(f"build_dataset: values {targets.shape} do not match rewards "
+                          f"{rewards.shape}")  # fmt: skip
     obs: list[dict] = []
     acts, masks, imitate, value = [], [], [], []
     ok = reachable(env, candidates, preferences)
@@ -149,7 +175,7 @@ def build_dataset(
             acts.append(a)
             masks.append(m)
             imitate += [best] * len(a)
-            value += [rewards[i, j]] * len(a)
+            value += [targets[i, j]] * len(a)
     width = max(x.shape[1] for x in acts)
     stacked = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
     return OfflineData(

@@ -18,6 +18,7 @@ run log (experiments/tracking.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,9 @@ class OnlinePPO(PPO):
         self.partial_trainings = 0
         self.stats: list[dict[str, float]] = []
         self.frozen = False  # True: collect episodes but never train (the offline-only ablation)
+        # called after every training (the agent's hindsight self-imitation); what it returns
+        # joins that training's ``stats`` row
+        self.after_train: Callable[[], dict[str, float]] | None = None
         self._hook_optimiser()
 
     def _hook_optimiser(self) -> None:
@@ -107,16 +111,18 @@ class OnlinePPO(PPO):
         before = self.updates
         self.train()
         self.trainings += 1
+        extra = self.after_train() if self.after_train is not None else {}
         values = dict(self.logger.name_to_value)
         row = {"timesteps": float(self.num_timesteps), "rollout_steps": float(steps),
                "transitions": float(steps * self.n_envs), "updates": float(self.updates),
                "rollout_updates": float(self.updates - before),
                "ent_coef": float(self.ent_coef)}  # fmt: skip
         row.update({short: float(values[k]) for k, short in TRAIN_KEYS.items() if k in values})
+        row.update(extra)
         if "entropy_loss" in row:
             row["entropy"] = -row["entropy_loss"]
         self.stats.append(row)
-        for key in ("updates", "rollout_steps", "entropy", "ent_coef"):
+        for key in ("updates", "rollout_steps", "entropy", "ent_coef", *extra):
             if key in row:
                 self.logger.record(f"online/{key}", row[key])
         self.logger.dump(step=self.num_timesteps)

@@ -13,12 +13,14 @@ from agents.ppo.encoder import PathEncoder
 from agents.ppo.offline import (
     build_dataset,
     candidate_actions,
+    front_relabel,
     policy_outputs,
     pretrain,
     relabel,
     trajectory_observations,
 )
 from merge_env.env import MergeEnv
+from merge_env.errors import ConfigError
 from merge_env.search.proposals import Candidate, propose_candidates
 from merge_env.search.recipe import BASE, MERGED
 from tests.agents.conftest import backend_calls
@@ -137,6 +139,41 @@ def test_relabelling_matches_env_reward(problem, kind):
         env.reset(options={"preference": pref})
         for j, (v, n) in enumerate(zip(vectors, lengths)):
             assert rewards[i, j] == pytest.approx(env.reward_of(v, n), rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["tchebycheff", "weighted_sum"])
+def test_front_relabelling_matches_env_front_reward(problem, kind):
+    env = MergeEnv(problem, scalarisation=kind, reward="front")
+    env.reset(seed=0)
+    # the archive to improve on: the plain merge, scored by an episode that STOPs at once
+    _, _, done, _, info = env.step(env.encode_action(0, len(env.sources), 0, 0))
+    assert done and len(problem.archive) == 1
+    rng = np.random.default_rng(0)
+    vectors = np.vstack([rng.uniform(0, 1, (5, env.k)), info["vector"]])
+    prefs = rng.dirichlet(np.ones(env.k), 4)
+    values = front_relabel(env, vectors, prefs)
+    assert values.shape == (4, 6) and (values >= 0).all()
+    assert (values[:, -1] == 0).all()  # the archived recipe's own score adds nothing
+    assert (values > 0).any()
+    for i, pref in enumerate(prefs):
+        env.reset(options={"preference": pref})
+        for j, v in enumerate(vectors):
+            assert values[i, j] == pytest.approx(env.final_reward(v, 3), rel=1e-12, abs=1e-12)
+
+
+def test_value_targets_can_differ_from_the_imitation_rewards(problem):
+    env = MergeEnv(problem)
+    rng = np.random.default_rng(0)
+    cands = propose_candidates(env, 10, rng)
+    prefs = rng.dirichlet(np.ones(env.k), 3)
+    rewards = rng.uniform(0, 1, (3, len(cands)))
+    plain = build_dataset(env, cands, rewards, prefs, np.random.default_rng(1), value_extra=1)
+    values = rewards - 5.0
+    data = build_dataset(env, cands, rewards, prefs, np.random.default_rng(1), 1, values)
+    np.testing.assert_array_equal(data.actions, plain.actions)  # the same states imitated
+    np.testing.assert_allclose(data.value, plain.value - 5.0, atol=1e-5)
+    with pytest.raises(ConfigError, match="values"):
+        build_dataset(env, cands, rewards, prefs, rng, 1, values[:2])
 
 
 @pytest.mark.parametrize("mode", ["free", "aligned"])

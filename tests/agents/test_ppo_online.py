@@ -20,6 +20,7 @@ from agents.ppo.vec_env import batch_scoring_env
 from merge_env.env import MergeEnv
 from merge_env.errors import ConfigError
 from merge_env.search.proposals import Candidate
+from merge_env.search.recipe import Slot
 
 FAST = dict(
     proposals=16, proposal_fraction=0.3, cheap_examples=4, n_preferences=32,
@@ -62,6 +63,48 @@ def test_online_phase_trains_on_the_partial_rollout_and_moves_the_pretrained_wei
         assert np.isfinite(stats[key])
     after = agent.model.policy.state_dict()
     assert any(not torch.equal(after[k], v) for k, v in snapshot.items())
+
+
+def test_self_imitation_relabels_the_archive_and_imitates_it_after_every_training(problem):
+    agent = PPOAgent(seed=0, sil_epochs=2, sil_preferences=8, **{**FAST, "sweep_fraction": 0.0})
+    calls = []
+    imitate = agent.self_imitate
+
+    def spy():
+        before = _params(agent.model.policy)
+        out = imitate()
+        calls.append((before, _params(agent.model.policy), out, len(problem.archive)))
+        return out
+
+    agent.self_imitate = spy  # build_model hands the model this attribute
+    agent.search(problem, budget=10)
+    stats = agent.online_stats
+    assert stats["trainings"] >= 1 and len(calls) == stats["trainings"]
+    before, after, out, archived = calls[-1]
+    assert any(not torch.equal(after[k], v) for k, v in before.items())  # it trained the policy
+    # the offline candidates and the archive's env-expressible recipes, each once
+    assert len(agent.offline["candidates"]) <= out["sil_recipes"]
+    assert out["sil_recipes"] <= len(agent.offline["candidates"]) + archived
+    assert np.isfinite(out["sil_imitation_loss"]) and np.isfinite(out["sil_value_loss"])
+    assert "sil_imitation_loss" in stats["history"][-1]
+    # PPO's own optimiser steps are counted apart from the imitation's
+    assert stats["updates"] == sum(r["rollout_updates"] for r in stats["history"])
+
+
+def test_self_imitation_reads_archived_recipes_back_as_env_candidates(problem):
+    from agents.ppo.agent import _as_candidate
+    from merge_env.search.recipe import Recipe
+
+    env = MergeEnv(problem, t_max=3)
+    index = {Recipe(merge=m).hash: i for i, m in enumerate(env.merges)}
+    cand = Candidate(4, (Slot(env.sources[1], 0, 0.75), Slot(env.sources[0], 1, 1.0)))
+    back = _as_candidate(env, cand.recipe(env).to_dict(), index)
+    assert back == cand and back.recipe(env).hash == cand.recipe(env).hash
+    assert _as_candidate(env, Candidate(2).recipe(env).to_dict(), index) == Candidate(2)
+    # what the env cannot build: a single pool model, a scale off its coefficients
+    assert _as_candidate(env, Recipe.single(env.sources[1]).to_dict(), index) is None
+    odd = Candidate(4, (Slot(env.sources[1], 0, 0.6),)).recipe(env).to_dict()
+    assert _as_candidate(env, odd, index) is None
 
 
 def test_offline_only_ablation_spends_online_but_never_updates(problem):
