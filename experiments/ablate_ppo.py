@@ -9,11 +9,14 @@ fidelities, services, pool and seeds as in experiments/compare_agents.py, throug
 ``run_one``) with one change:
 
 ==============  ===========================================================================
-full            offline pre-training + online PPO (the configured agent)
+full            offline pre-training + online learning: PPO and hindsight self-imitation
+                (the configured agent)
 offline_only    pre-trained, then no online update (the policy still spends the budget)
 online_only     no pre-training (``bc_epochs=0``): the proposals are screened as for every agent
-                (a protocol service), the policy is not cloned on them; online PPO from a
-                fresh policy
+                (a protocol service), the policy is not cloned on them, offline or online
+                (``sil_offline=false``: self-imitation reads only the archive's full scores);
+                online learning from a fresh policy
+ppo_only        online learning by PPO alone (``sil_epochs=0``: no self-imitation)
 scalar_reward   the plain scalarised reward instead of the front-building one
 continuous      continuous merge weights (``weights=simplex``, a Box action)
 ==============  ===========================================================================
@@ -50,7 +53,8 @@ console = Console()
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "full": ((), ()),
     "offline_only": (("agent.online_learning=false",), ()),
-    "online_only": (("agent.bc_epochs=0",), ()),
+    "online_only": (("agent.bc_epochs=0", "agent.sil_offline=false"), ()),
+    "ppo_only": (("agent.sil_epochs=0",), ()),
     "scalar_reward": (("agent.reward=scalar",), ("env.reward",)),
     "continuous": (("agent.weights=simplex",), ("env.weights", "agent.weights")),
 }

@@ -132,7 +132,7 @@ class PPOAgent(Agent):
         max_boosts: int = 3,
         fallback_fraction: float = 0.2,
         online_learning: bool = True,
-        sil_epochs: int = 0,
+        sil_epochs: int = 6,
         sil_preferences: int = 64,
         sil_offline: bool = True,
         explore_epsilon: float = 0.3,

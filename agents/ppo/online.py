@@ -58,6 +58,10 @@ class OnlinePPO(PPO):
         self.after_train: Callable[[], dict[str, float]] | None = None
         self._hook_optimiser()
 
+    def _excluded_save_params(self) -> list[str]:
+        """SB3's, and the hook (a bound method of the agent, which holds the problem)."""
+        return [*super()._excluded_save_params(), "after_train"]
+
     def _hook_optimiser(self) -> None:
         def count(*_: Any) -> None:
             self.updates += 1

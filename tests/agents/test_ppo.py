@@ -29,6 +29,7 @@ from tests.agents.conftest import backend_calls
 FAST = dict(
     proposals=24, proposal_fraction=0.3, cheap_examples=4, n_preferences=32,
     bc_epochs=12, n_steps=16, batch_size=16, n_epochs=2, sweep_preferences=6,
+    sil_epochs=2, sil_preferences=8,
 )  # fmt: skip
 
 

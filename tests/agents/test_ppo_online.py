@@ -25,7 +25,7 @@ from merge_env.search.recipe import Slot
 FAST = dict(
     proposals=16, proposal_fraction=0.3, cheap_examples=4, n_preferences=32,
     bc_epochs=8, n_steps=8, batch_size=8, n_epochs=2, sweep_preferences=3, anchors=False,
-    progress=False,
+    progress=False, sil_epochs=2, sil_preferences=8,
 )  # fmt: skip
 
 
@@ -66,7 +66,7 @@ def test_online_phase_trains_on_the_partial_rollout_and_moves_the_pretrained_wei
 
 
 def test_self_imitation_relabels_the_archive_and_imitates_it_after_every_training(problem):
-    agent = PPOAgent(seed=0, sil_epochs=2, sil_preferences=8, **{**FAST, "sweep_fraction": 0.0})
+    agent = PPOAgent(seed=0, **{**FAST, "sweep_fraction": 0.0})
     calls = []
     imitate = agent.self_imitate
 
@@ -89,6 +89,17 @@ def test_self_imitation_relabels_the_archive_and_imitates_it_after_every_trainin
     assert "sil_imitation_loss" in stats["history"][-1]
     # PPO's own optimiser steps are counted apart from the imitation's
     assert stats["updates"] == sum(r["rollout_updates"] for r in stats["history"])
+
+
+def test_online_only_self_imitation_never_reads_the_cheap_offline_scores(problem):
+    agent = PPOAgent(seed=0, **{**FAST, "bc_epochs": 0, "sil_offline": False})
+    seen = []
+    imitate = agent.self_imitate
+    agent.self_imitate = lambda: seen.append((imitate(), len(problem.archive))) or seen[-1][0]
+    agent.search(problem, budget=10)
+    assert agent.offline and seen  # the proposals were screened, and imitation ran
+    for out, archived in seen:
+        assert 0 < out["sil_recipes"] <= archived
 
 
 def test_self_imitation_reads_archived_recipes_back_as_env_candidates(problem):
