@@ -10,12 +10,17 @@ preference; here one policy takes the preference as input and covers the whole f
    service (``screening: true``: ``Agent.score_cheap``, charged at the cheap fidelity's fraction
    of a full evaluation; ``screening: false``: at full fidelity, so far fewer), relabel every
    score vector for every sampled preference, imitate the best candidate per preference, regress
-   the value on the rewards.
+   the value on what the online reward would pay (``front``: what each candidate adds to the
+   archive as it stands, offline.py ``front_relabel``).
 2. Online: PPO (agents/ppo/online.py: every rollout trained on, the last partial one included)
    on full-fidelity rewards, one preference per episode (or the user's), stopped by a callback
    before an evaluation it could not afford. The reward is the env's (``reward``): by default
    what the recipe adds to the archive for the episode's preference (``front``), so a repeat
    earns nothing; a stall (only cached recipes) raises the entropy bonus (callbacks.py).
+   After every training, hindsight self-imitation (``sil_epochs``, ``self_imitate``): every
+   recipe known so far, at its full score where there is one, is relabelled for sampled
+   preferences and the best per preference imitated, so what the full-fidelity episodes
+   revealed reaches the policy for every preference, not only through the sparse front reward.
 3. Sweep: the deterministic policy rolled out over a simplex lattice of preferences, so the front
    is covered; any budget left after it goes back to online training.
 4. Only if the policy gives up (its entropy boosts found no new recipe) do fallbacks that do not
@@ -528,18 +533,19 @@ class PPOAgent(Agent):
     def self_imitate(self) -> dict[str, float]:
         """Hindsight self-imitation after an online training (``sil_epochs`` > 0).
 
-        Every recipe scored so far that the env can express (the offline candidates at their
-        cheap score, replaced by the full score once one is archived, unless ``sil_offline`` is
-        false; and the archive's full-fidelity recipes: the policy's episodes, the sweeps, the
-        plain merges among the anchors) is relabelled for
-        ``sil_preferences`` sampled preferences, and the policy imitates, for ``sil_epochs``,
-        the best one per preference, as in the offline phase (the value net regresses on what
-        the online reward pays). So the real rewards PPO collected reach the policy for every
-        preference at once, not only through the sparse front reward of the episode that
-        found them: the stochastic policy then samples around the best recipes *known at full
-        fidelity*, where the offline policy samples around the cheap scores' best. Self-imitation
-        learning (Oh et al., ICML 2018) with HER-style relabelling; its own Adam, so PPO's
-        optimiser state and ``updates`` are untouched."""
+        Every recipe scored so far that the env can express is relabelled for
+        ``sil_preferences`` sampled preferences, and the policy imitates the best one per
+        preference for ``sil_epochs`` epochs, as in the offline phase (the value net regresses
+        on what the online reward pays). The recipes: the offline candidates at their cheap
+        score, replaced by the full score once one is archived (left out when ``sil_offline``
+        is false), and the archive's full-fidelity recipes (the policy's episodes, the sweeps,
+        the plain merges among the anchors). So the real rewards PPO collected reach the policy
+        for every preference at once, not only through the sparse front reward of the episode
+        that found them: the stochastic policy then samples around the best recipes *known at
+        full fidelity*, where the offline policy samples around the cheap scores' best.
+        Self-imitation learning (Oh et al., ICML 2018) with HER-style relabelling; its own
+        Adam, so PPO's optimiser state and ``updates`` are untouched. Returns the last epoch's
+        losses and the number of recipes, for the training's ``stats`` row."""
         if self.model is None or self._problem is None:
             return {}
         problem = self._problem
