@@ -366,11 +366,16 @@ class MergeEnv(gym.Env):
         """The best scalarised value (for ``preference``, default the episode's) of any recipe in
         the archive; the nadir's (normalised score 0) when the archive is empty."""
         pref = self._pref if preference is None else np.asarray(preference, float)
+        return float(self.archive_bests(pref[None, :])[0])
+
+    def archive_bests(self, preferences: np.ndarray) -> np.ndarray:
+        """``archive_best`` for each row of ``preferences`` (n, K), reading the archive once."""
+        prefs = np.atleast_2d(np.asarray(preferences, float))
         m = self.problem.archive.score_matrix()
         m = m[np.all(np.isfinite(m), axis=1)] if m.size else m
         f = self.problem.normalised(m) if len(m) else np.zeros((1, self.k))
-        values = scalarise(f, pref[None, :], np.ones(self.k), self.scalarisation)
-        return float(np.max(values))
+        values = scalarise(f[None, :, :], prefs[:, None, :], np.ones(self.k), self.scalarisation)
+        return np.max(np.asarray(values), axis=1)
 
     def reward_of(
         self, vector: np.ndarray, length: int, preference: np.ndarray | None = None

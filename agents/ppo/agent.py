@@ -56,6 +56,7 @@ from agents.base import Agent
 from agents.ppo.callbacks import BudgetCallback, CheckpointCallback
 from agents.ppo.encoder import PathEncoder
 from agents.ppo.offline import (
+    OfflineData,
     build_dataset,
     candidate_actions,
     front_relabel,
@@ -474,15 +475,7 @@ class PPOAgent(Agent):
             for i, full in zip(chosen, promoted):
                 vectors[i] = full.vector  # pre-train on the full score where there is one
         prefs = sample_preferences(self.n_preferences, scratch.k, rng)
-        lengths = [c.length(scratch) for c in scored]
-        rewards = relabel(scratch, np.stack(vectors), lengths, prefs)
-        # the value net learns what the online phase will pay (front: what a recipe adds)
-        values = (
-            front_relabel(scratch, np.stack(vectors), prefs)
-            if scratch.reward == "front"
-            else rewards
-        )
-        data = build_dataset(scratch, scored, rewards, prefs, rng, self.value_extra, values)
+        rewards, data = self._cloning_data(scratch, scored, np.stack(vectors), prefs, rng)
         gen = torch.Generator().manual_seed(self.seed)
         self.pretrain_history = pretrain(self.model.policy, data, generator=gen, **self.bc)
         for row in self.pretrain_history if self.sb3_output is not None else []:
@@ -493,6 +486,20 @@ class PPOAgent(Agent):
                             rewards=rewards, spent=budget.used)  # fmt: skip
         log.info("ppo: offline phase scored %d candidates for %.2f evaluations", len(scored),
                  budget.used)  # fmt: skip
+
+    def _cloning_data(
+        self, scratch: MergeEnv, cands: Sequence[Candidate], vectors: np.ndarray,
+        prefs: np.ndarray, rng: np.random.Generator,
+    ) -> tuple[np.ndarray, OfflineData]:  # fmt: skip
+        """The imitation rewards (scalarised, relabelled for ``prefs``) and the dataset that
+        clones the best candidate per preference; the value net learns what the online phase
+        will pay (``front``: what a recipe adds to the archive as it stands). Shared by the
+        offline phase and self-imitation."""
+        lengths = [c.length(scratch) for c in cands]
+        rewards = relabel(scratch, vectors, lengths, prefs)
+        values = front_relabel(scratch, vectors, prefs) if scratch.reward == "front" else rewards
+        data = build_dataset(scratch, cands, rewards, prefs, rng, self.value_extra, values)
+        return rewards, data
 
     def learn(self, budget: Budget, reserve: float) -> bool:
         """PPO on full-fidelity rewards until only ``reserve`` (plus less than one eval) is left;
@@ -571,10 +578,7 @@ class PPOAgent(Agent):
         vectors = np.stack([v for _, v in by_hash.values()])
         rng = np.random.default_rng([self.seed, self.model.trainings])
         prefs = sample_preferences(self.sil_preferences, scratch.k, rng)
-        lengths = [c.length(scratch) for c in cands]
-        rewards = relabel(scratch, vectors, lengths, prefs)
-        values = front_relabel(scratch, vectors, prefs) if scratch.reward == "front" else rewards
-        data = build_dataset(scratch, cands, rewards, prefs, rng, self.value_extra, values)
+        _, data = self._cloning_data(scratch, cands, vectors, prefs, rng)
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         bc = {**self.bc, "epochs": self.sil_epochs}
         history = pretrain(self.model.policy, data, generator=gen, **bc)

@@ -91,10 +91,8 @@ def relabel(
     The same formula as ``MergeEnv.reward_of`` (scalarised normalised score minus the length
     penalty), broadcast over every (preference, candidate) pair.
     """
-    f = env.problem.normalised(np.atleast_2d(vectors))
-    prefs = np.atleast_2d(np.asarray(preferences, float))
-    values = scalarise(f[None, :, :], prefs[:, None, :], np.ones(env.k), env.scalarisation)
-    return np.asarray(values) - env.beta * np.asarray(lengths, float)[None, :] / env.L
+    values = _scalarised(env, vectors, preferences)
+    return values - env.beta * np.asarray(lengths, float)[None, :] / env.L
 
 
 def front_relabel(env: MergeEnv, vectors: np.ndarray, preferences: np.ndarray) -> np.ndarray:
@@ -107,12 +105,18 @@ def front_relabel(env: MergeEnv, vectors: np.ndarray, preferences: np.ndarray) -
     where the online reward is mostly 0, and PPO's advantages, ``reward - value``, would then push
     the policy towards whatever the value net under-rates instead of what earns reward.
     """
+    values = _scalarised(env, vectors, preferences)
+    best = env.archive_bests(preferences)
+    return np.maximum(0.0, values - best[:, None])
+
+
+def _scalarised(env: MergeEnv, vectors: np.ndarray, preferences: np.ndarray) -> np.ndarray:
+    """The env's scalarisation of every normalised score vector under every preference,
+    (n_preferences, n_candidates)."""
     f = env.problem.normalised(np.atleast_2d(vectors))
     prefs = np.atleast_2d(np.asarray(preferences, float))
-    values = np.asarray(scalarise(f[None, :, :], prefs[:, None, :], np.ones(env.k),
-                                  env.scalarisation))  # fmt: skip
-    best = np.array([env.archive_best(p) for p in prefs])
-    return np.maximum(0.0, values - best[:, None])
+    values = scalarise(f[None, :, :], prefs[:, None, :], np.ones(env.k), env.scalarisation)
+    return np.asarray(values)
 
 
 def reachable(

@@ -58,7 +58,8 @@ class BatchScoringVecEnv(VecEnvWrapper):
         recipes = [infos[i]["pending"] for i in pending]
         # the front-building reward compares with the archive as it was before this batch
         front = base.reward == "front"
-        bests = [base.archive_best(infos[i]["preference"]) if front else None for i in pending]
+        prefs = np.stack([infos[i]["preference"] for i in pending])
+        bests = base.archive_bests(prefs).tolist() if front else [None] * len(pending)
         scored = self.problem.score_many(recipes, fidelity=base.fidelity, source="env")
         self.batches.append(len({r.hash for r, s in zip(recipes, scored) if not s.cached}))
         rewards = np.array(rewards, dtype=np.float32, copy=True)
