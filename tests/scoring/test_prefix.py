@@ -198,7 +198,13 @@ def test_prompt_prefix_sharing_is_bit_identical(pool, tok, instructed, dtype, ba
                else pool.score_recipes(recipes, ev, instructed))  # fmt: skip
         for recipe, want, have in zip(recipes, expected, got):
             for name in want:
-                assert have[name] == want[name], (recipe.to_dict(), name, prefix_bytes)
+                w, h, where = want[name], have[name], (recipe.to_dict(), name, prefix_bytes)
+                # the decisions exactly; the mean loglik bit for bit on most CPUs, but CPU kernels
+                # pick their blocking by shape and on some (an AMD EPYC) the shared pass's
+                # float32 sums round differently (about 2e-8 in the cases seen there)
+                assert (h.exact_match, h.token_accuracy, h.n) == (
+                    w.exact_match, w.token_accuracy, w.n), where  # fmt: skip
+                assert h.loglik == pytest.approx(w.loglik, rel=0, abs=1e-6), where
         if pool.arch.family.name == "llama":
             # <s> and the instruction (and a task's own word): run once per candidate and batch
             assert calls and min(calls) == 1 + len("Answer the question: ")
