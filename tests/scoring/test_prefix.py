@@ -180,7 +180,7 @@ def instructed(tasks):
 
 @pytest.mark.parametrize("batch_size", [8, 1000])
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
-def test_prompt_prefix_sharing_is_bit_identical(pool, tok, instructed, dtype, batch_size):
+def test_prompt_prefix_sharing_matches_unshared(pool, tok, instructed, dtype, batch_size):
     recipes = _recipes()
     plain = Evaluator(tok, batch_size=batch_size, dtype=dtype, prefix_cache_bytes=0,
                       prompt_prefix=False)  # fmt: skip
