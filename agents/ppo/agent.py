@@ -16,7 +16,8 @@ preference; here one policy takes the preference as input and covers the whole f
    on full-fidelity rewards, one preference per episode (or the user's), stopped by a callback
    before an evaluation it could not afford. The reward is the env's (``reward``): by default
    what the recipe adds to the archive for the episode's preference (``front``), so a repeat
-   earns nothing; a stall (only cached recipes) raises the entropy bonus (callbacks.py).
+   earns nothing; a stall (only cached recipes) tempers the policy and raises the entropy bonus
+   (callbacks.py).
    After every training, hindsight self-imitation (``sil_epochs``, ``self_imitate``): every
    recipe known so far, at its full score where there is one, is relabelled for sampled
    preferences and the best per preference imitated, so what the full-fidelity episodes
@@ -136,6 +137,7 @@ class PPOAgent(Agent):
         max_repeats: int = 64,
         ent_boost: float = 2.0,
         max_boosts: int = 3,
+        temper: float = 2.0,
         fallback_fraction: float = 0.2,
         online_learning: bool = True,
         sil_epochs: int = 6,
@@ -162,9 +164,9 @@ class PPOAgent(Agent):
             raise ConfigError(f"agent.sweep_fraction must be in [0, 1), got {sweep_fraction}")
         if not 0.0 <= fallback_fraction <= 1.0:
             raise ConfigError(f"agent.fallback_fraction must be in [0, 1], got {fallback_fraction}")
-        if ent_boost < 1.0 or max_boosts < 0:
-            raise ConfigError(f"agent.ent_boost must be >= 1 and agent.max_boosts >= 0, got "
-                              f"{ent_boost}, {max_boosts}")  # fmt: skip
+        if ent_boost < 1.0 or max_boosts < 0 or temper < 1.0:
+            raise ConfigError(f"agent.ent_boost and agent.temper must be >= 1 and agent.max_boosts"
+                              f" >= 0, got {ent_boost}, {temper}, {max_boosts}")  # fmt: skip
         self.level = level
         self.env_kwargs: dict[str, Any] = dict(
             mode=mode, beta=beta, scalarisation=scalarisation, preference=preference,
@@ -191,6 +193,7 @@ class PPOAgent(Agent):
         self.repeat_penalty = repeat_penalty
         self.max_repeats = max_repeats
         self.ent_boost, self.max_boosts = float(ent_boost), int(max_boosts)
+        self.temper = float(temper)
         self.fallback_fraction = float(fallback_fraction)
         self.online_learning = bool(online_learning)
         if sil_epochs < 0 or sil_preferences < 1:
@@ -509,7 +512,7 @@ class PPOAgent(Agent):
         cb = BudgetCallback(
             budget, reserve, self.max_repeats, self.progress, self.n_envs,
             boost=self.ent_boost, max_boosts=self.max_boosts,
-            base_ent_coef=self.ppo_kwargs["ent_coef"],
+            base_ent_coef=self.ppo_kwargs["ent_coef"], temper=self.temper,
         )  # fmt: skip
         if self._callback_state is not None:  # resumed mid-phase
             cb.restore(self._callback_state)

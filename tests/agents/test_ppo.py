@@ -85,6 +85,7 @@ def test_stalled_search_still_spends_its_budget_on_new_recipes(problem):
         **FAST,
         "proposals": 4,
         "max_repeats": 1,
+        "max_boosts": 0,  # no boost: the first repeat is a stall
         "lattice_steps": 1,
         "sweep_preferences": 3,
         "anchors": False,  # their 8 evaluations would leave nothing to explore

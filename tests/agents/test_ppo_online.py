@@ -11,7 +11,6 @@ import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
-from stable_baselines3.common.logger import Logger
 
 from agents.ppo.agent import PPOAgent
 from agents.ppo.callbacks import BudgetCallback
@@ -255,25 +254,70 @@ def test_ppo_searches_with_continuous_weights(problem):
 
 
 # -- the stall is the policy's -----------------------------------------------------------------
-class _Model:
-    ent_coef = 0.01
-    logger = Logger(folder=None, output_formats=[])
+def _stall_model(problem, weights: str = "lattice"):
+    agent = PPOAgent(seed=0, weights=weights, **FAST)
+    model = agent.build_model(agent.make_train_env(problem))
+    model.ent_coef = 0.01
+    return model
 
 
-def test_a_stall_raises_the_entropy_bonus_before_giving_up(problem):
+def _entropy(model, problem, weights: str = "lattice") -> float:
+    env = MergeEnv(problem, weights=weights)
+    obs = [env.reset(seed=i)[0] for i in range(8)]
+    batch = {k: torch.as_tensor(np.stack([o[k] for o in obs])) for k in obs[0]}
+    with torch.no_grad():
+        return float(model.policy.get_distribution(model.policy.obs_to_tensor(batch)[0])
+                     .entropy().mean())  # fmt: skip
+
+
+def test_a_stall_tempers_the_policy_and_raises_the_entropy_bonus_before_giving_up(problem):
     from merge_env.search.budget import Budget
 
     cb = BudgetCallback(Budget(problem, 10), max_repeats=2, boost=2.0, max_boosts=2,
-                        base_ent_coef=0.01)  # fmt: skip
-    cb.model = _Model()
-    for _ in range(2):
-        cb._count(True)
-    assert cb.model.ent_coef == pytest.approx(0.02) and not cb.stalled
-    cb._count(False)  # a new recipe: back to the base bonus
-    assert cb.model.ent_coef == pytest.approx(0.01) and cb.repeats == 0
+                        base_ent_coef=0.01, temper=2.0)  # fmt: skip
+    cb.model = model = _stall_model(problem)
+    w0 = model.policy.action_net.weight.detach().clone()
+    h0 = _entropy(model, problem)
+    cb._count(True)
+    assert model.ent_coef == pytest.approx(0.01)  # one repeat is not a stall yet
+    cb._count(True)
+    assert model.ent_coef == pytest.approx(0.02) and not cb.stalled
+    # the logits halved at once: a flatter policy, no gradient step needed
+    assert torch.allclose(model.policy.action_net.weight, w0 / 2)
+    assert _entropy(model, problem) > h0
+    cb._count(False)  # a new recipe: back to the base bonus (the tempering stays)
+    assert model.ent_coef == pytest.approx(0.01) and cb.repeats == 0
+    assert torch.allclose(model.policy.action_net.weight, w0 / 2)
     for _ in range(6):
         cb._count(True)
     assert cb.total_boosts == 3 and cb.stalled
+    assert torch.allclose(model.policy.action_net.weight, w0 / 8)
+
+
+def test_temper_one_leaves_the_policy_as_it_was(problem):
+    from merge_env.search.budget import Budget
+
+    cb = BudgetCallback(Budget(problem, 10), max_repeats=1, max_boosts=1, base_ent_coef=0.01)
+    cb.model = model = _stall_model(problem)
+    before = _params(model.policy)
+    cb._count(True)
+    assert cb.total_boosts == 1 and model.ent_coef == pytest.approx(0.02)
+    assert all(torch.equal(v, before[k]) for k, v in _params(model.policy).items())
+
+
+def test_tempering_a_continuous_policy_widens_its_gaussian(problem):
+    from agents.ppo.callbacks import temper_policy
+
+    model = _stall_model(problem, "simplex")
+    std = model.policy.log_std.detach().exp().clone()
+    h0 = _entropy(model, problem, "simplex")
+    temper_policy(model.policy, 2.0)
+    assert torch.allclose(model.policy.log_std.detach().exp(), 2 * std)
+    assert _entropy(model, problem, "simplex") > h0
+    with pytest.raises(ConfigError, match="temper"):
+        temper_policy(model.policy, 0.5)
+    with pytest.raises(ConfigError, match="agent.temper"):
+        PPOAgent(temper=0.5)
 
 
 def test_fallbacks_are_bounded_after_a_stall(problem, monkeypatch):
