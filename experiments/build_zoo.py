@@ -13,11 +13,16 @@ arithmetic 0.5 and 1.0, uniform linear) scored on the TEST split, each expert's 
 the share of it each merge keeps, and TIES and task arithmetic again at the scaling λ their papers
 would pick on validation data (the one that scores best on the SEARCH split, from
 ``regime.LAMBDA_GRIDS``; ``--fixed-lambda`` skips that); ``--no-regime`` skips it all.
+
+``--set KEY=VALUE ...`` changes settings of the preset (any ``ZooConfig`` field, Python
+literals: ``--set "base_rare_mass=[0.03,0.01,0.002]" base_steps=800``), e.g. to study another
+zoo design; the variant has its own fingerprint, so it is cached beside the preset's zoo.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import logging
 import time
@@ -28,6 +33,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from merge_env.errors import ConfigError
 from merge_env.pools.regime import LAMBDA_GRIDS, Regime, judge, score_regime
 from merge_env.pools.smollm2 import SmolConfig, SmolPool
 from merge_env.pools.zoo import Zoo, ZooConfig, build_zoo
@@ -145,6 +151,25 @@ def print_regime(
     return scores, regime
 
 
+def zoo_config(preset: str, seed: int, settings: Sequence[str] = ()) -> ZooConfig:
+    """The preset at ``seed`` with ``KEY=VALUE`` settings applied (Python literals); a bad pair
+    or key raises ConfigError naming it."""
+    data = dataclasses.replace(ZooConfig.preset(preset), seed=seed).to_dict()
+    for pair in settings:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in data:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE with KEY a zoo setting "
+                              f"({', '.join(sorted(data))})")  # fmt: skip
+        try:
+            data[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError) as err:
+            raise ConfigError(f"--set {pair!r}: {raw!r} is not a Python literal") from err
+    try:
+        return ZooConfig.from_dict(data)
+    except TypeError as err:
+        raise ConfigError(f"--set {list(settings)}: {err}") from err
+
+
 def run(
     preset: str = "default",
     seed: int = 0,
@@ -154,10 +179,13 @@ def run(
     console: Console | None = None,
     regime: bool = True,
     tune_lambda: bool = True,
+    settings: Sequence[str] = (),
 ) -> Zoo:
     """Build or find the zoo, print build time, the TEST table and the regime; return the zoo."""
     console = console or Console()
-    config = dataclasses.replace(ZooConfig.preset(preset), seed=seed)
+    config = zoo_config(preset, seed, settings)
+    if settings:
+        preset = f"{preset} + {' '.join(settings)}"
     start = time.perf_counter()
     zoo = build_zoo(config, cache_dir, progress=progress, device=device, extras=True)
     elapsed = time.perf_counter() - start
@@ -229,6 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE",
+        help="change zoo settings of the preset, e.g. \"base_rare_mass=[0.03,0.01,0.002]\"",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-regime", action="store_true", help="skip scoring the plain merges of the experts"
     )
     parser.add_argument(
@@ -246,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         run(
             args.preset, args.seed, args.cache_dir, args.device, not args.no_progress,
-            regime=not args.no_regime, tune_lambda=not args.fixed_lambda,
+            regime=not args.no_regime, tune_lambda=not args.fixed_lambda, settings=args.set,
         )  # fmt: skip
     return 0
 

@@ -279,6 +279,23 @@ def test_build_zoo_cli_prints_table_from_cache(tiny_zoo):
         assert row in text
 
 
+def test_build_zoo_settings_change_the_preset_or_name_the_bad_pair():
+    from experiments.build_zoo import zoo_config
+
+    tiny = ZooConfig.preset("tiny")
+    config = zoo_config("tiny", 3, ["base_rare_mass=[0.03,0.01,0.002]", "base_steps=7"])
+    assert config.base_rare_mass == (0.03, 0.01, 0.002) and config.base_steps == 7
+    assert config.seed == 3 and config.expert_steps == tiny.expert_steps
+    assert config.fingerprint() != dataclasses.replace(tiny, seed=3).fingerprint()
+    assert zoo_config("tiny", 0) == tiny
+    with pytest.raises(ConfigError, match="base_stepz"):
+        zoo_config("tiny", 0, ["base_stepz=7"])
+    with pytest.raises(ConfigError, match="not a Python literal"):
+        zoo_config("tiny", 0, ["base_steps=seven"])
+    with pytest.raises(ConfigError, match="base_rare_mass"):
+        zoo_config("tiny", 0, ["base_rare_mass=2.0"])
+
+
 # ---------------------------------------------------------------- expert variants (regime study)
 
 
