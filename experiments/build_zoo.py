@@ -271,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.pool == "smollm2":
+        if args.set:
+            raise ConfigError(f"--set {args.set}: changes the zoo preset, not --pool smollm2")
         run_smollm2(
             args.seed, args.cache_dir, args.device, not args.no_progress,
             regime=not args.no_regime, tune_lambda=not args.fixed_lambda,

@@ -280,7 +280,7 @@ def test_build_zoo_cli_prints_table_from_cache(tiny_zoo):
 
 
 def test_build_zoo_settings_change_the_preset_or_name_the_bad_pair():
-    from experiments.build_zoo import zoo_config
+    from experiments.build_zoo import main, zoo_config
 
     tiny = ZooConfig.preset("tiny")
     config = zoo_config("tiny", 3, ["base_rare_mass=[0.03,0.01,0.002]", "base_steps=7"])
@@ -294,6 +294,8 @@ def test_build_zoo_settings_change_the_preset_or_name_the_bad_pair():
         zoo_config("tiny", 0, ["base_steps=seven"])
     with pytest.raises(ConfigError, match="base_rare_mass"):
         zoo_config("tiny", 0, ["base_rare_mass=2.0"])
+    with pytest.raises(ConfigError, match="not --pool smollm2"):
+        main(["--pool", "smollm2", "--set", "base_steps=7"])
 
 
 # ---------------------------------------------------------------- expert variants (regime study)
