@@ -26,8 +26,9 @@ import ast
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -151,19 +152,27 @@ def print_regime(
     return scores, regime
 
 
-def zoo_config(preset: str, seed: int, settings: Sequence[str] = ()) -> ZooConfig:
-    """The preset at ``seed`` with ``KEY=VALUE`` settings applied (Python literals); a bad pair
-    or key raises ConfigError naming it."""
-    data = dataclasses.replace(ZooConfig.preset(preset), seed=seed).to_dict()
-    for pair in settings:
+def parse_settings(pairs: Sequence[str], keys: Collection[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (Python literals: 2e-4, [300,300,300]) with KEY one of ``keys``;
+    a bad pair raises ConfigError naming it. Shared by ``--set`` here and in regime_variants."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
         key, sep, raw = pair.partition("=")
-        if not sep or key not in data:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE with KEY a zoo setting "
-                              f"({', '.join(sorted(data))})")  # fmt: skip
+        if not sep or key not in keys:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE with KEY one of "
+                              f"{', '.join(sorted(keys))}")  # fmt: skip
         try:
-            data[key] = ast.literal_eval(raw)
+            out[key] = ast.literal_eval(raw)
         except (ValueError, SyntaxError) as err:
             raise ConfigError(f"--set {pair!r}: {raw!r} is not a Python literal") from err
+    return out
+
+
+def zoo_config(preset: str, seed: int, settings: Sequence[str] = ()) -> ZooConfig:
+    """The preset at ``seed`` with ``KEY=VALUE`` settings applied (``parse_settings``, any
+    ZooConfig field); a bad pair, key or value raises ConfigError naming it."""
+    data = dataclasses.replace(ZooConfig.preset(preset), seed=seed).to_dict()
+    data.update(parse_settings(settings, data.keys()))
     try:
         return ZooConfig.from_dict(data)
     except TypeError as err:

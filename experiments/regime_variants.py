@@ -18,7 +18,6 @@ the fine-tune regime on the TEST split (as ``build_zoo``) and appends one JSON l
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import logging
@@ -29,8 +28,8 @@ from typing import Any
 
 from rich.console import Console
 
+from experiments.build_zoo import parse_settings as parse_zoo_settings
 from experiments.build_zoo import print_regime
-from merge_env.errors import ConfigError
 from merge_env.pools.cache import train_threads
 from merge_env.pools.finetune import LoraSpec
 from merge_env.pools.zoo import EXPERT_KEYS, ZooConfig, build_zoo, train_expert_variant
@@ -39,17 +38,9 @@ log = logging.getLogger("mergegym.regime_variants")
 
 
 def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs (Python literals: 2e-4, [300,300,300]); ConfigError naming the pair."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or key not in EXPERT_KEYS:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE with KEY one of {EXPERT_KEYS}")
-        try:
-            out[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError) as err:
-            raise ConfigError(f"--set {pair!r}: {raw!r} is not a number or a list") from err
-    return out
+    """``KEY=VALUE`` pairs of the expert settings (``EXPERT_KEYS``, Python literals: 2e-4,
+    [300,300,300]); ConfigError naming the pair."""
+    return parse_zoo_settings(pairs, EXPERT_KEYS)
 
 
 def variant_name(settings: dict[str, Any], lora: LoraSpec | None) -> str:
