@@ -12,6 +12,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `make test` runs one pytest worker per core (pytest-xdist): a worker, its zoo builds and the
+# subprocesses it starts (CLI tests) keep to one thread, so the workers do not oversubscribe the
+# cores. A test that needs another count (a zoo's own, to reproduce it) sets it itself.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MERGEGYM_TRAIN_THREADS", "1")
 # tiny models gain nothing from a second thread, and OpenMP spin-waits cost a lot when the
 # machine is busy (a tiny zoo build: 15 s with one thread, 120 s with two under load)
 torch.set_num_threads(1)
