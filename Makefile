@@ -23,7 +23,8 @@ export TOKENIZERS_PARALLELISM ?= false
 # are passed on; with none configured, or without uv, pip installs everything as before (uv would
 # resolve a bare `torch==X` to the CUDA build on PyPI).
 UV := $(VENV)/bin/uv
-FIND_LINKS = $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+# expanded once, on first use (asking pip costs a second; a run with nothing to install never asks)
+FIND_LINKS = $(eval FIND_LINKS := $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)))$(FIND_LINKS)
 pip_install = if test -x "$(UV)" && test -n "$(FIND_LINKS)"; then \
 	  $(UV) pip install -q --python $(PY) $(foreach d,$(FIND_LINKS),--find-links $(d)) $(1); \
 	else $(PY) -m pip install -q $(1); fi
