@@ -25,7 +25,11 @@ The protocol's space check (``check_one_space``) is applied with each variant's 
 out, so the variants differ in that one setting and nothing else. For each (zoo seed, level) it
 prints and writes (``results.json``, ``ablation_z<seed>_<level>.md``): per variant the final
 search hypervolume, mean [95 % bootstrap CI], and the two-sided Mann–Whitney p (and exact
-permutation p) of full against it (experiments/stats.py); per run the share of the budget spent
+permutation p) of full against it, and the two-sided Wilcoxon signed-rank p of full against it
+over the seeds both ran, with the count of seeds where full is higher (experiments/stats.py). The
+runs are paired by construction: a variant and full with the same search seed share the pool,
+the proposals and, but for online_only, the offline phase, so the signed-rank test is the design's
+(unpaired tests ignore that and lose power to the seed-to-seed spread both share); per run the share of the budget spent
 by the policy's own episodes (sweeps + online) and by fallbacks (promote + explore), whether the
 policy stalled, its online updates, and the hypervolume of the policy's own episodes alone
 (archive source ``env``) against the final front's.
@@ -108,6 +112,11 @@ def ablate(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             if variant != "full" and len(by.get("full", ())) > 1 and len(rs) > 1:  # 2 seeds a side
                 full = [r["hv"] for r in by["full"]]
                 rows[variant]["full_vs"] = vars(stats.rank_test(full, [r["hv"] for r in rs]))
+            paired = {r["seed"] for r in by.get("full", ())} & {r["seed"] for r in rs}
+            if variant != "full" and len(paired) > 1:  # the same seed: the same offline phase
+                rows[variant]["full_vs_paired"] = vars(stats.signed_rank(
+                    {r["seed"]: r["hv"] for r in by["full"]}, {r["seed"]: r["hv"] for r in rs}
+                ))  # fmt: skip
         out.append({"zoo_seed": zoo_seed, "level": level, "variants": rows})
     return out
 
@@ -118,14 +127,16 @@ def table(ablation: Mapping[str, Any], protocol: Mapping[str, Any]) -> Table:
                     f"{ablation['zoo_seed']} · level {ablation['level']} · budget "
                     f"{protocol['budget']}")  # fmt: skip
     for col in ("variant", "n", "search HV mean [95% CI]", "full vs it: p MWU; perm.",
+                "paired by seed: p signed-rank (full higher)",
                 "policy share", "fallback share", "stalled", "online updates mean (min)",
                 "policy HV / final HV"):  # fmt: skip
         t.add_column(col)
     for variant, row in ablation["variants"].items():
-        s, f, vs = row["search"], row["figures"], row.get("full_vs")
+        s, f, vs, pv = row["search"], row["figures"], row.get("full_vs"), row.get("full_vs_paired")
         t.add_row(
             variant, str(s["n"]), stats.format_ci(s),
             f"{vs['p_mannwhitney']:.3g}; {vs['p_permutation']:.3g}" if vs else "-",
+            f"{pv['p_signed_rank']:.3g} ({pv['a_higher']}/{len(pv['seeds'])})" if pv else "-",
             f"{f['policy_share']['mean']:.2f}", f"{f['fallback_share']['mean']:.2f}",
             f"{sum(r['stalled'] for r in row['runs'])}/{s['n']}",
             f"{f['updates']['mean']:.0f} ({f['updates']['min']:.0f})",

@@ -10,6 +10,12 @@ same intervals on any machine.
   ties, the normal approximation with tie correction otherwise), and an exact permutation test
   of the difference of means (every split of the pooled sample enumerated when there are at most
   ``max_exact`` of them, e.g. 184,756 for 10 + 10 seeds; Monte Carlo otherwise).
+* **Paired rank test**: the Wilcoxon signed-rank test, two-sided, of the per-seed differences of
+  two samples whose runs are paired by search seed (common random numbers: in PPO's ablations a
+  variant and full share the seed's pool, proposals and offline phase, and differ from the first
+  online update on). Exact null distribution when no difference is zero or tied, the normal
+  approximation otherwise (scipy's ``method="auto"``). Where the pairing holds it is the design's
+  test, since it removes the seed-to-seed spread both runs share.
 * **Evaluations to reach**: the first evaluation count at which a curve reaches a target.
 """
 
@@ -116,6 +122,36 @@ def permutation_p(
         n_resamples=np.inf if exact else n_resamples, rng=np.random.default_rng(seed),
     )  # fmt: skip
     return float(min(1.0, res.pvalue)), exact
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Wilcoxon signed-rank test of ``a - b`` over the seeds both samples ran."""
+
+    seeds: list[int]  # the common seeds, in order
+    a_higher: int  # pairs where ``a`` is higher
+    b_higher: int
+    statistic: float  # scipy's: the smaller of the two signed-rank sums
+    p_signed_rank: float  # two-sided
+    method: str  # "exact" | "approx"
+
+
+def signed_rank(a: Mapping[int, float], b: Mapping[int, float]) -> PairedTest:
+    """The paired rank test of ``a`` against ``b`` (each: search seed -> value) over their common
+    seeds. ConfigError when fewer than two seeds are common; p = 1 when every pair is equal."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        raise ConfigError(f"a paired test needs two common seeds, got {seeds}")
+    d = np.array([float(a[s]) - float(b[s]) for s in seeds])
+    if not np.isfinite(d).all():
+        raise ConfigError(f"paired values must be finite, got differences {d.tolist()}")
+    up, down = int((d > 0).sum()), int((d < 0).sum())
+    if up + down == 0:
+        return PairedTest(seeds, 0, 0, 0.0, 1.0, "exact")
+    nonzero = d[d != 0]
+    method = "exact" if nonzero.size == d.size and np.unique(np.abs(d)).size == d.size else "approx"
+    res = sps.wilcoxon(d, alternative="two-sided", method=method)
+    return PairedTest(seeds, up, down, float(res.statistic), float(min(1.0, res.pvalue)), method)
 
 
 def rank_test(a: Sequence[float], b: Sequence[float], seed: int = 0) -> RankTest:

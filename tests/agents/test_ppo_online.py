@@ -388,3 +388,30 @@ def test_a_killed_run_resumes_from_its_checkpoint(make_problem, tmp_path):
     assert [e.recipe_hash for e in again.archive] == [e.recipe_hash for e in whole.archive]
     assert again.spent == pytest.approx(whole.spent)
     assert c.phase_spend == pytest.approx(a.phase_spend)
+
+
+def test_full_and_offline_only_share_a_seeds_offline_phase(make_problem):
+    """The pairing behind ablate_ppo's signed-rank test: with one search seed, full and
+    offline_only score the same recipes and pre-train the same weights, and part at the online
+    phase (which offline_only runs without updates)."""
+    seen = []
+    for online in (True, False):
+        problem = make_problem(cheap_examples=4)
+        agent = PPOAgent(seed=3, online_learning=online, **{**FAST, "sweep_fraction": 0.0})
+        pretrain = agent.pretrain_offline
+
+        def spy(problem, budget, _pretrain=pretrain, _agent=agent):
+            _pretrain(problem, budget)
+            env, cands = _agent.make_env(problem).unwrapped, _agent.offline["candidates"]
+            scored = ([c.recipe(env).hash for c in cands],
+                      _agent.offline["vectors"].tolist())  # fmt: skip
+            seen.append((scored, _params(_agent.model.policy)))
+
+        agent.pretrain_offline = spy
+        agent.search(problem, budget=10)
+        seen[-1] += (agent.online_stats["updates"],)
+    (full_scored, full_weights, full_updates), (off_scored, off_weights, off_updates) = seen
+    assert full_scored[0] and full_scored == off_scored
+    assert full_weights.keys() == off_weights.keys()
+    assert all(torch.equal(full_weights[k], off_weights[k]) for k in full_weights)
+    assert full_updates > 0 and off_updates == 0

@@ -45,6 +45,22 @@ def test_ablation_tests_full_against_each_variant():
     assert "full_vs" not in rows["full"]
     assert rows["offline_only"]["full_vs"]["p_mannwhitney"] < 0.05
     assert rows["full"]["figures"]["updates"] == {"mean": 12.0, "min": 10.0, "max": 14.0}
+    # paired by seed: full higher on all 5 seeds, distinct differences: exact p = 2/32
+    paired = rows["offline_only"]["full_vs_paired"]
+    assert paired["seeds"] == [0, 1, 2, 3, 4] and paired["a_higher"] == 5
+    assert paired["p_signed_rank"] == pytest.approx(2 / 32) and "full_vs_paired" not in rows["full"]
+
+
+def test_the_paired_test_uses_only_the_seeds_both_ran():
+    """A small, consistent gain is found by the paired test where seed-to-seed spread hides it
+    from the unpaired one; a seed only one side ran is left out of the pairs."""
+    runs = [_run("full", s, 1.0 + s + 0.01 * (s + 1)) for s in range(8)]
+    runs += [_run("offline_only", s, 1.0 + s) for s in range(9)]
+    (result,) = ab.ablate(runs)
+    row = result["variants"]["offline_only"]
+    assert row["full_vs"]["p_mannwhitney"] > 0.5
+    assert row["full_vs_paired"]["seeds"] == list(range(8))
+    assert row["full_vs_paired"]["p_signed_rank"] == pytest.approx(2 / 2**8)
 
 
 def test_the_protocol_space_holds_reward_and_weights():
@@ -61,6 +77,7 @@ def test_the_protocol_space_holds_reward_and_weights():
 def test_one_seed_a_side_has_no_rank_test():
     (result,) = ab.ablate([_run("full", 0, 1.0), _run("offline_only", 0, 0.5)])
     assert "full_vs" not in result["variants"]["offline_only"]
+    assert "full_vs_paired" not in result["variants"]["offline_only"]
     assert result["variants"]["offline_only"]["search"]["mean"] == 0.5
 
 

@@ -84,3 +84,21 @@ def test_first_reach_and_curve_on_grid():
 def test_no_values_is_refused():
     with pytest.raises(ConfigError, match="no values"):
         stats.bootstrap_ci([])
+
+
+def test_signed_rank_pairs_by_seed_by_hand():
+    # 5 positive differences of distinct size: of the 2^5 sign patterns only all-up and all-down
+    # are as extreme, p = 2/32; the seed only in one sample is left out
+    a = {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0, 4: 5.0, 9: 0.0}
+    b = {s: 0.0 for s in range(5)}
+    t = stats.signed_rank(a, b)
+    assert (t.seeds, t.a_higher, t.b_higher, t.method) == ([0, 1, 2, 3, 4], 5, 0, "exact")
+    assert t.p_signed_rank == pytest.approx(2 / 32) and t.statistic == 0.0
+    # one pair down, the smallest: rank sum 1 below; patterns with W- <= 1 are 2 a side: p = 4/32
+    b[0] = 1.5
+    assert stats.signed_rank(a, b).p_signed_rank == pytest.approx(4 / 32)
+    # a tie in |d| (or a zero) takes the normal approximation; all equal is p = 1
+    assert stats.signed_rank({0: 1.0, 1: 2.0, 2: 1.0}, {0: 0.0, 1: 1.0, 2: 1.0}).method == "approx"
+    assert stats.signed_rank(b, b).p_signed_rank == 1.0
+    with pytest.raises(ConfigError, match="two common seeds"):
+        stats.signed_rank({0: 1.0}, {0: 0.0, 1: 2.0})
