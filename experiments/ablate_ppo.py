@@ -28,11 +28,11 @@ search hypervolume, mean [95 % bootstrap CI], and the two-sided Mann–Whitney p
 permutation p) of full against it, and the two-sided Wilcoxon signed-rank p of full against it
 over the seeds both ran, with the count of seeds where full is higher (experiments/stats.py). The
 runs are paired by construction: a variant and full with the same search seed share the pool,
-the proposals and, but for online_only, the offline phase, so the signed-rank test is the design's
-(unpaired tests ignore that and lose power to the seed-to-seed spread both share); per run the share of the budget spent
-by the policy's own episodes (sweeps + online) and by fallbacks (promote + explore), whether the
-policy stalled, its online updates, and the hypervolume of the policy's own episodes alone
-(archive source ``env``) against the final front's.
+the proposals and, but for online_only, the offline phase, so the signed-rank test is the
+design's (unpaired tests ignore that and lose power to the seed-to-seed spread both share). Per
+run: the share of the budget spent by the policy's own episodes (sweeps + online) and by
+fallbacks (promote + explore), whether the policy stalled, its online updates, and the
+hypervolume of the policy's own episodes alone (archive source ``env``) against the final front's.
 """
 
 from __future__ import annotations

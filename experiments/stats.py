@@ -13,9 +13,9 @@ same intervals on any machine.
 * **Paired rank test**: the Wilcoxon signed-rank test, two-sided, of the per-seed differences of
   two samples whose runs are paired by search seed (common random numbers: in PPO's ablations a
   variant and full share the seed's pool, proposals and offline phase, and differ from the first
-  online update on). Exact null distribution when no difference is zero or tied, the normal
-  approximation otherwise (scipy's ``method="auto"``). Where the pairing holds it is the design's
-  test, since it removes the seed-to-seed spread both runs share.
+  online update on). Exact null distribution when no difference is zero and no two are tied in
+  size, the normal approximation otherwise (zeros dropped). Where the pairing holds it is the
+  design's test, since it removes the seed-to-seed spread both runs share.
 * **Evaluations to reach**: the first evaluation count at which a curve reaches a target.
 """
 
