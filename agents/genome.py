@@ -4,7 +4,7 @@ Black-box optimisers (random search, CMA-ES, NSGA-II) see a box; one small codec
 into a Recipe, as mergekit-evolve's ``evo/genome.py`` does from a genotype to a merge config.
 
 * **Parameter level** (mergekit-evolve style): one weight gene per expert for the merge operator
-  (dare_ties by default, like the env), optionally one density gene per expert. ``weights="simplex"``
+  (ties by default, like the env), optionally one density gene per expert. ``weights="simplex"``
   divides the genes by their sum, so the weights live on the env's simplex; ``weights="lattice"``
   (the default) then rounds them to the env's weight lattice (multiples of 1/``lattice_steps``,
   largest remainders), so the merges are exactly the env's; ``weights="box"`` reads each gene as
@@ -115,7 +115,7 @@ class Genome:
         lattice_steps: int = 6,
         param_mode: str = "policy",
         density_genes: bool = False,
-        merge_method: str = "dare_ties",
+        merge_method: str = "ties",
         density: float = 0.5,
         density_range: tuple[float, float] = (0.1, 1.0),
         coefficients: Sequence[float] = DEFAULT_COEFFICIENTS,
@@ -370,7 +370,7 @@ class GenomeAgent(Agent):
         lattice_steps: int = 6,
         param_mode: str = "policy",
         density_genes: bool = False,
-        merge_method: str = "dare_ties",
+        merge_method: str = "ties",
         density: float = 0.5,
         coefficients: Sequence[float] = DEFAULT_COEFFICIENTS,
         repeats: int = 2,

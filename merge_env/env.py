@@ -120,7 +120,7 @@ class MergeEnv(gym.Env):
         scalarisation: str = "tchebycheff",
         preference: Sequence[float] | None = None,
         param_mode: str = "policy",
-        merge_method: str = "dare_ties",
+        merge_method: str = "ties",
         density: float = 0.5,
         lattice_steps: int = 6,
         fixed_merge: ParamMerge | None = None,

@@ -106,7 +106,7 @@ class PPOAgent(Agent):
         weights: str = "lattice",
         preference: Sequence[float] | None = None,
         lattice_steps: int = 6,
-        merge_method: str = "dare_ties",
+        merge_method: str = "ties",
         density: float = 0.5,
         t_max: int | None = None,
         coefficients: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5),

@@ -60,12 +60,12 @@ def test_identity_is_the_envs_uniform_merge_with_identity_path(
     g = Genome(FACTS, level=level, encoding=encoding, weights=weights, density_genes=True)
     recipe = g.decode(g.identity())
     assert recipe.path is None
-    assert recipe.merge.merge_method == "dare_ties" and recipe.merge.base_model == BASE
+    assert recipe.merge.merge_method == "ties" and recipe.merge.base_model == BASE
     assert _weights(recipe) == pytest.approx(dict.fromkeys(EXPERTS, 1 / 3))
     assert _densities(recipe) == pytest.approx(dict.fromkeys(EXPERTS, 0.5))
     # the env's lattice point (1/3, 1/3, 1/3) with STOP at once: same hash, so same cache entry
     uniform = next(w for w in weight_lattice(3, 3) if w == (1 / 3,) * 3)
-    env_recipe = Recipe(merge=param_merge("dare_ties", dict(zip(EXPERTS, uniform)), density=0.5))
+    env_recipe = Recipe(merge=param_merge("ties", dict(zip(EXPERTS, uniform)), density=0.5))
     assert recipe.hash == env_recipe.hash
 
 

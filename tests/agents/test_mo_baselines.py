@@ -220,7 +220,7 @@ def test_services_on_the_anchors_come_first_and_the_front_holds_the_references(f
 
 def test_encodable_anchors_seed_each_agent(fresh_problem):
     problem = fresh_problem()
-    # raw weights: the plain dare_ties merge (weight 1 per expert) is a genome of this space
+    # raw weights: the plain ties merge (weight 1 per expert) is a genome of this space
     space = {"weights": "box", "anchors": True, "progress": False}
     moead = AGENTS["moead"](0, **space)
     budget = Budget(problem, 20)
