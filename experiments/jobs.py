@@ -48,7 +48,7 @@ STATE_FILE = "run_state.json"
 # a run folder to be resumed.
 NOT_SEARCH = {
     "logger", "run_name", "run_dir", "resume", "device", "threads", "preference",
-    "n_report_preferences", "materialise", "pool", "tasks", "hydra",
+    "n_report_preferences", "reference_grid", "materialise", "pool", "tasks", "hydra",
 }  # fmt: skip
 NOT_SEARCH_IN = {
     "agent": {"device", "progress", "save_path"},

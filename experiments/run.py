@@ -156,6 +156,19 @@ def _report(
         summary["checkpoint"] = {"path": str(out), "recipe": entry.recipe_hash,
                                  "preference": pref.tolist()}  # fmt: skip
         console.print(f"materialised best recipe for preference {pref.tolist()} -> {out}")
+    if cfg.get("reference_grid", True):
+        # the references plus every plain merge of the env's weight lattice (uncharged, after the
+        # search): how much the search adds to a grid over the parameter-level merge alone
+        grid = report.grid_recipes(problem, cfg.env)
+        ref_rows = np.stack(list(refs.values()))
+        test_rows = np.stack(list(ref_tests.values()))
+        summary["grid_merges"] = len(grid)
+        summary["grid_hypervolume_search"] = problem.hypervolume_of(
+            np.vstack([ref_rows, report.grid_scores(problem, grid, "search")])
+        )
+        summary["grid_hypervolume_test"] = problem.hypervolume_of(
+            np.vstack([test_rows, report.grid_scores(problem, grid, "test")])
+        )
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(
         f"hypervolume  search {hv:.4f} | test {hv_test:.4f}   "
@@ -163,6 +176,12 @@ def _report(
         f"{ref_hv['single models + plain merges']:.4f} | test {ref_hv_test:.4f}; "
         f"best single model: search {ref_hv['best single model']:.4f})"
     )
+    if "grid_hypervolume_search" in summary:
+        console.print(
+            f"             the references + the {summary['grid_merges']} plain merges of the "
+            f"weight lattice: search {summary['grid_hypervolume_search']:.4f} | test "
+            f"{summary['grid_hypervolume_test']:.4f}"
+        )
     tracker.log({"charts/hypervolume_final": hv, "charts/hypervolume_test": hv_test})
     tracker.log_table(
         "front", ["recipe", "source", *[f"{n}_search" for n in problem.objectives],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import io
+import itertools
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from experiments.jobs import run_state
 from experiments.run import run
 from merge_env.errors import ConfigError
 from merge_env.search.problem import build_problem
-from merge_env.search.recipe import BASE, Recipe
+from merge_env.search.recipe import BASE, Recipe, param_merge
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +85,24 @@ def test_runs_end_to_end_and_leaves_its_outputs(zoo_cache, tiny_zoo):
     ]:
         assert (out / name).is_file(), name
     assert list((out / "recipes").glob("pref_*.yaml"))
-    assert summary["evaluations"] <= 6 + 1e-9
+    assert summary["evaluations"] <= 6 + 1e-9  # the grid below is never charged
+    # the grid reference: the references + every plain TIES merge of the 1/6 lattice, re-scored
+    # here through a second problem and hypervolume'd by moocore
+    experts = list(tiny_zoo.experts)
+    sixths = [c for c in itertools.product(range(7), repeat=len(experts)) if sum(c) == 6]
+    grid = [Recipe(merge=param_merge("ties", {e: x / 6 for e, x in zip(experts, c)}, base=BASE,
+                                     density=0.5)) for c in sixths]  # fmt: skip
+    assert summary["grid_merges"] == len(grid) == 28
+    rows = [cached.score(r, record=False, charge=False).vector
+            for r in [*cached.reference_recipes().values(), *grid]]  # fmt: skip
+    assert summary["grid_hypervolume_search"] == pytest.approx(
+        _independent_hypervolume(np.stack(rows), ideal), rel=1e-9
+    )
+    assert (
+        summary["grid_hypervolume_search"]
+        >= summary["reference_hypervolume_search"]["single models + plain merges"]
+    )
+    assert summary["grid_hypervolume_test"] >= summary["reference_hypervolume_test"]
     model = AutoModelForCausalLM.from_pretrained(out / "checkpoint")
     assert model.config.num_hidden_layers >= 1
 
