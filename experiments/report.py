@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -65,6 +66,29 @@ def grid_scores(problem: MergeProblem, recipes: Mapping[str, Recipe], split: str
     Call it after the search: a recipe it caches would be a free cache hit for an agent."""
     scored = problem.score_many(list(recipes.values()), split=split, record=False, charge=False)
     return np.stack([s.vector for s in scored])
+
+
+GRID_MAX = 64  # more lattice merges than this (e.g. 5 experts in sixths: 210) are not re-scored
+
+
+def grid_summary(
+    problem: MergeProblem, env: Mapping, refs: Mapping[str, np.ndarray],
+    ref_tests: Mapping[str, np.ndarray], limit: int = GRID_MAX,
+) -> dict[str, Any]:  # fmt: skip
+    """The references plus every plain merge of the env's weight lattice, hypervolume on search
+    and test (``grid_hypervolume_search`` / ``_test``, ``grid_merges``): what the search adds to a
+    grid over the parameter-level merge alone. Scored after the search, uncharged. A lattice of
+    more than ``limit`` merges is skipped (``grid_skipped`` says why), as its cost would rival the
+    search's."""
+    grid = grid_recipes(problem, env)
+    if len(grid) > limit:
+        return {"grid_merges": len(grid),
+                "grid_skipped": f"{len(grid)} lattice merges > {limit}: not re-scored"}  # fmt: skip
+    out: dict[str, Any] = {"grid_merges": len(grid)}
+    for split, rows in (("search", refs), ("test", ref_tests)):
+        vectors = np.vstack([np.stack(list(rows.values())), grid_scores(problem, grid, split)])
+        out[f"grid_hypervolume_{split}"] = problem.hypervolume_of(vectors)
+    return out
 
 
 def front_plot(

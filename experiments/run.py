@@ -159,16 +159,7 @@ def _report(
     if cfg.get("reference_grid", True):
         # the references plus every plain merge of the env's weight lattice (uncharged, after the
         # search): how much the search adds to a grid over the parameter-level merge alone
-        grid = report.grid_recipes(problem, cfg.env)
-        ref_rows = np.stack(list(refs.values()))
-        test_rows = np.stack(list(ref_tests.values()))
-        summary["grid_merges"] = len(grid)
-        summary["grid_hypervolume_search"] = problem.hypervolume_of(
-            np.vstack([ref_rows, report.grid_scores(problem, grid, "search")])
-        )
-        summary["grid_hypervolume_test"] = problem.hypervolume_of(
-            np.vstack([test_rows, report.grid_scores(problem, grid, "test")])
-        )
+        summary.update(report.grid_summary(problem, cfg.env, refs, ref_tests))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(
         f"hypervolume  search {hv:.4f} | test {hv_test:.4f}   "
@@ -176,6 +167,8 @@ def _report(
         f"{ref_hv['single models + plain merges']:.4f} | test {ref_hv_test:.4f}; "
         f"best single model: search {ref_hv['best single model']:.4f})"
     )
+    if "grid_skipped" in summary:
+        console.print(f"             plain-merge grid: {summary['grid_skipped']}")
     if "grid_hypervolume_search" in summary:
         console.print(
             f"             the references + the {summary['grid_merges']} plain merges of the "

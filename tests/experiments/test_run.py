@@ -258,3 +258,21 @@ def test_the_evaluator_settings_reach_the_problem(zoo_cache, on):
     problem = scoring_problem(build_problem, pool.sources, tasks, pool, cfg, run_dir)
     assert problem.evaluator.prompt_prefix is on
     assert problem.evaluator.prefix_cache.max_bytes == 4096
+
+
+def test_a_lattice_larger_than_the_limit_is_not_rescored(make_problem):
+    """The grid reference skips a lattice over the limit (saying why) and scores nothing; at
+    the limit it scores every merge, uncharged and never archived."""
+    from experiments import report
+
+    problem = make_problem()
+    refs = problem.references()
+    env = {"merge_method": "ties", "density": 0.5, "lattice_steps": 2}  # 6 merges of 3 experts
+    before = problem.cache_hits, problem.spent, len(problem.archive)
+    skipped = report.grid_summary(problem, env, refs, refs, limit=5)
+    assert skipped == {"grid_merges": 6, "grid_skipped": "6 lattice merges > 5: not re-scored"}
+    assert (problem.cache_hits, problem.spent, len(problem.archive)) == before
+    done = report.grid_summary(problem, env, refs, refs, limit=6)
+    assert done["grid_merges"] == 6 and "grid_skipped" not in done
+    assert done["grid_hypervolume_search"] >= problem.hypervolume_of(np.stack(list(refs.values())))
+    assert problem.spent == before[1] and len(problem.archive) == before[2]
