@@ -34,7 +34,8 @@ EVALUATOR_KEYS = {
 }  # fmt: skip
 TOP_LEVEL = {
     "seed": int, "budget": (int, float), "device": str, "preference": (list, type(None)),
-    "n_report_preferences": int, "reference_grid": bool, "resume": bool, "run_name": str, "run_dir": (str, type(None)),
+    "n_report_preferences": int, "reference_grid": bool, "resume": bool, "run_name": str,
+    "run_dir": (str, type(None)),
 }  # fmt: skip
 
 

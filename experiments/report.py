@@ -20,12 +20,12 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
-from merge_env.env import weight_lattice  # noqa: E402
+from merge_env.env import lattice_merges  # noqa: E402
 from merge_env.errors import RecipeError  # noqa: E402
 from merge_env.search.archive import Entry  # noqa: E402
 from merge_env.search.pareto import non_dominated  # noqa: E402
 from merge_env.search.problem import MergeProblem  # noqa: E402
-from merge_env.search.recipe import Recipe, weighted_merge  # noqa: E402
+from merge_env.search.recipe import Recipe  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +47,10 @@ def reference_test_scores(problem: MergeProblem) -> dict[str, np.ndarray]:
     }
 
 
-def grid_recipes(problem: MergeProblem, env: Mapping) -> dict[str, Recipe]:
-    """Every plain merge of the env's weight lattice (``env.merge_method`` at weights in multiples
-    of 1/``env.lattice_steps`` over the pool's experts, ``env.density``), by name: what a grid
-    search over the parameter-level merge alone would try."""
-    experts = list(problem.pool.experts)
-    density = env.get("density", 0.5)
-    out = {}
-    for w in weight_lattice(len(experts), int(env.get("lattice_steps", 6))):
-        merge = weighted_merge(env.get("merge_method", "ties"), dict(zip(experts, w)),
-                               density=density)  # fmt: skip
-        out["grid:" + "/".join(f"{x:.3g}" for x in w)] = Recipe(merge=merge)
-    return out
-
-
-def grid_scores(problem: MergeProblem, recipes: Mapping[str, Recipe], split: str) -> np.ndarray:
+def grid_scores(problem: MergeProblem, recipes: Sequence[Recipe], split: str) -> np.ndarray:
     """Score vectors of ``recipes`` on ``split``, reporting only: never charged nor archived.
     Call it after the search: a recipe it caches would be a free cache hit for an agent."""
-    scored = problem.score_many(list(recipes.values()), split=split, record=False, charge=False)
+    scored = problem.score_many(list(recipes), split=split, record=False, charge=False)
     return np.stack([s.vector for s in scored])
 
 
@@ -80,7 +66,9 @@ def grid_summary(
     grid over the parameter-level merge alone. Scored after the search, uncharged. A lattice of
     more than ``limit`` merges is skipped (``grid_skipped`` says why), as its cost would rival the
     search's."""
-    grid = grid_recipes(problem, env)
+    merges = lattice_merges(env.get("merge_method", "ties"), list(problem.pool.experts),
+                            int(env.get("lattice_steps", 6)), env.get("density", 0.5))  # fmt: skip
+    grid = [Recipe(merge=m) for m in merges]
     if len(grid) > limit:
         return {"grid_merges": len(grid),
                 "grid_skipped": f"{len(grid)} lattice merges > {limit}: not re-scored"}  # fmt: skip

@@ -55,6 +55,15 @@ def weight_lattice(k: int, steps: int) -> list[tuple[float, ...]]:
     return out
 
 
+def lattice_merges(
+    method: str, experts: Sequence[str], steps: int, density: float | None
+) -> list[ParamMerge]:
+    """The plain merges of the weight lattice: ``method`` at every weight vector of the experts
+    in multiples of 1/``steps`` (the env's parameter-level choices, in its order)."""
+    return [weighted_merge(method, dict(zip(experts, w)), density=density)
+            for w in weight_lattice(len(experts), steps)]  # fmt: skip
+
+
 class MergeEnv(gym.Env):
     """Build an inference path slot by slot over a MergeProblem's pool.
 
@@ -208,10 +217,7 @@ class MergeEnv(gym.Env):
             # uniform weights on the simplex: the lattice's centre, and the merge the flat genome's
             # level="arch" fixes (agents/genome.py), so the ablation compares like with like
             return [uniform_merge(method, experts, density=density)]
-        return [
-            weighted_merge(method, dict(zip(experts, w)), density=density)
-            for w in weight_lattice(len(experts), steps)
-        ]
+        return lattice_merges(method, experts, steps, density)
 
     def merge_for(self, choice: int, preference: np.ndarray) -> int:
         """The merge index an episode uses, given the action's choice and the mode."""
