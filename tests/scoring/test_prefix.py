@@ -246,12 +246,16 @@ def test_prompt_prefix_with_rows_of_one_length(tiny_factory, tok):
     ev = Evaluator(tok)
     assert ev.shared_prompt(ev.encode(rows)) == 0
     assert ev.score_tasks(model, [task]) == want
-    # one row longer: padded, so shared, and still bit for bit
+    # one row longer: padded, so shared: the decisions exactly, the mean loglik to 1e-6 (bit for
+    # bit on most CPUs; on an AMD EPYC of session 14 the shared pass rounded 1.5e-8 away, as in
+    # test_prompt_prefix_sharing_matches_unshared's note)
     longer = (*rows, Example("Answer the question: 10+10=", "020"))
     task = Task("sums", longer, test)
     assert ev.shared_prompt(ev.encode(longer)) == 1 + len("Answer the question: ")
-    want = Evaluator(tok, prompt_prefix=False).score_tasks(model, [task])
-    assert ev.score_tasks(model, [task]) == want
+    w = Evaluator(tok, prompt_prefix=False).score_tasks(model, [task])["sums"]
+    h = ev.score_tasks(model, [task])["sums"]
+    assert (h.exact_match, h.token_accuracy, h.n) == (w.exact_match, w.token_accuracy, w.n)
+    assert h.loglik == pytest.approx(w.loglik, rel=0, abs=1e-6)
 
 
 def test_prompt_sharing_needs_a_decoder_that_takes_a_cache(tok):
