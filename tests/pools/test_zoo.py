@@ -296,6 +296,8 @@ def test_build_zoo_settings_change_the_preset_or_name_the_bad_pair():
         zoo_config("tiny", 0, ["base_rare_mass=2.0"])
     with pytest.raises(ConfigError, match="not --pool smollm2"):
         main(["--pool", "smollm2", "--set", "base_steps=7"])
+    with pytest.raises(ConfigError, match="only for --pool smollm2"):
+        main(["--gguf", "SmolLM2.gguf"])
 
 
 # ---------------------------------------------------------------- expert variants (regime study)
