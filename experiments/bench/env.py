@@ -102,9 +102,8 @@ def identity_check(problem: MergeProblem, recipe: Recipe) -> tuple[bool, float]:
 
     Returns (exactly equal, max |logit difference| on the first search batch).
     """
-    from transformers import AutoModelForCausalLM
-
     from merge_env.merging.engine import run_merge
+    from merge_env.search.assemble import load_causal_lm
 
     pool = problem.pool
     slots = tuple(Slot(MERGED, layer, 1.0) for layer in range(pool.num_layers))
@@ -112,7 +111,7 @@ def identity_check(problem: MergeProblem, recipe: Recipe) -> tuple[bool, float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "merged"
         run_merge(recipe.merge, out, resolve=pool._resolve, progress=False)
-        written = AutoModelForCausalLM.from_pretrained(out).eval()
+        written = load_causal_lm(out).eval()
         ev = problem.evaluator
         a = ev.score_tasks(model_slots, problem.tasks, "search", model_key=None)
         b = ev.score_tasks(written, problem.tasks, "search", model_key=None)

@@ -52,6 +52,7 @@ import torch
 
 from merge_env.scoring.evaluate import Evaluator
 from merge_env.scoring.tasks.synthetic import ZOO_TASK_KINDS, char_tokenizer, make_task
+from merge_env.search.assemble import load_causal_lm
 from merge_env.search.recipe import MERGED, Recipe, Slot, uniform_merge
 
 
@@ -78,9 +79,9 @@ def random_llama(device: torch.device, seed: int) -> tuple[Any, Any]:
 
 def load_model(path: str, device: torch.device, dtype: torch.dtype | None) -> tuple[Any, Any]:
     """Return (model, tokenizer) from an HF model directory."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    model = load_causal_lm(path, dtype or torch.float32)
     return model.to(device).eval(), AutoTokenizer.from_pretrained(path)
 
 

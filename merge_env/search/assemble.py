@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
@@ -68,8 +69,18 @@ def quiet_loading() -> Iterator[None]:
                 hf_logging.enable_progress_bar()
 
 
+# transformers >= 5 swaps in layers fetched from the Hub by default (``use_kernels``; again on
+# every ``.train()``). Offline, as MergeGym runs (HF_HUB_OFFLINE=1), that fails on a GPU the first
+# time a model is trained; online, a merge's numbers would hang on a download. MergeGym keeps the
+# plain modules: on CPU they are what the default gives anyway (bit-identical logits and grads).
+_HUB_KERNELS_BY_DEFAULT = int(transformers.__version__.split(".")[0]) >= 5
+
+
 def load_causal_lm(path: str | Path, dtype: torch.dtype | None = None, **kwargs: Any) -> Any:
-    """``AutoModelForCausalLM.from_pretrained(path, dtype=dtype)`` without its progress bar."""
+    """``AutoModelForCausalLM.from_pretrained(path, dtype=dtype)`` without its progress bar and
+    without the Hub's kernels (pass ``use_kernels=True`` to have them)."""
+    if _HUB_KERNELS_BY_DEFAULT:
+        kwargs.setdefault("use_kernels", False)
     with quiet_loading():
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
 

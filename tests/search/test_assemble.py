@@ -93,7 +93,7 @@ def test_every_library_checkpoint_load_goes_through_the_quiet_loader():
 
     root = Path(__file__).resolve().parents[2]
     loose = []
-    # The library and the user's entry points; the benchmarks time raw loads on purpose.
+    # The library and the user's entry points (the benchmarks load through it too, unchecked).
     for pattern in ("merge_env/**/*.py", "experiments/*.py"):
         for path in sorted(root.glob(pattern)):
             for node in ast.walk(ast.parse(path.read_text())):
@@ -112,6 +112,16 @@ def test_every_library_checkpoint_load_goes_through_the_quiet_loader():
         f"merge_env/search/assemble.py:{n}" for n in range(loader.lineno, loader.end_lineno + 1)
     ]
     assert len(loose) == 1 and loose[0] in inside, loose
+
+
+def test_loaded_models_keep_the_plain_modules(tiny_factory):
+    """transformers >= 5 would swap in Hub kernels on load and on every .train(), which fails
+    offline on a GPU: load_causal_lm turns them off."""
+    from merge_env.search.assemble import load_causal_lm
+
+    model = load_causal_lm(tiny_factory("llama", layers=2, seed=0), torch.float32)
+    model.train()
+    assert not getattr(model, "use_kernels", False)
 
 
 @pytest.mark.parametrize("method", ["ties", "dare_ties", "task_arithmetic"])
