@@ -21,7 +21,7 @@ from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
 from merge_env.env import lattice_merges  # noqa: E402
-from merge_env.errors import RecipeError  # noqa: E402
+from merge_env.errors import ConfigError, RecipeError  # noqa: E402
 from merge_env.search.archive import Entry  # noqa: E402
 from merge_env.search.pareto import non_dominated  # noqa: E402
 from merge_env.search.problem import MergeProblem  # noqa: E402
@@ -66,8 +66,11 @@ def grid_summary(
     grid over the parameter-level merge alone. Scored after the search, uncharged. A lattice of
     more than ``limit`` merges is skipped (``grid_skipped`` says why), as its cost would rival the
     search's."""
-    merges = lattice_merges(env.get("merge_method", "ties"), list(problem.pool.experts),
-                            int(env.get("lattice_steps", 6)), env.get("density", 0.5))  # fmt: skip
+    missing = [k for k in ("merge_method", "lattice_steps", "density") if k not in env]
+    if missing:  # no fallback values here: they would be copies of conf/env/default.yaml's
+        raise ConfigError(f"env: the grid reference needs {', '.join(missing)}")
+    merges = lattice_merges(env["merge_method"], list(problem.pool.experts),
+                            int(env["lattice_steps"]), env["density"])  # fmt: skip
     grid = [Recipe(merge=m) for m in merges]
     if len(grid) > limit:
         return {"grid_merges": len(grid),

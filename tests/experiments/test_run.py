@@ -276,3 +276,5 @@ def test_a_lattice_larger_than_the_limit_is_not_rescored(make_problem):
     assert done["grid_merges"] == 6 and "grid_skipped" not in done
     assert done["grid_hypervolume_search"] >= problem.hypervolume_of(np.stack(list(refs.values())))
     assert problem.spent == before[1] and len(problem.archive) == before[2]
+    with pytest.raises(ConfigError, match="needs lattice_steps"):
+        report.grid_summary(problem, {"merge_method": "ties", "density": 0.5}, refs, refs)
