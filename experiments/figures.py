@@ -84,6 +84,7 @@ log = logging.getLogger("mergegym.figures")
 console = Console()
 SECTIONS = ("zoo", "compare", "ablate", "main", "recycle", "moe")
 ZOO_POOL = "merge_env.pools.spec.zoo_pool"
+SMOLLM2_POOL = "merge_env.pools.smollm2.smollm2_pool"
 
 
 @dataclasses.dataclass
@@ -146,30 +147,55 @@ def job_config(
 # --- the sections: each returns its raw numbers -----------------------------------------------
 
 
+def _build_pool(pool: DictConfig, zoo_seed: Any) -> tuple[Any, dict[str, Any]]:
+    """The zoo (with its extras) or the SmolLM2 pool of ``pool`` (a composed pool config, seed
+    set), built or found in the cache, and how its build went."""
+    target = pool.get("_target_")
+    t0 = time.perf_counter()
+    if target == ZOO_POOL:
+        config = dataclasses.replace(ZooConfig.preset(pool.preset), seed=zoo_seed)
+        zoo = build_zoo(config, pool.cache_dir, progress=sys.stderr.isatty(), extras=True)
+        took = zoo.build_seconds + zoo.extras_seconds
+        return zoo, {
+            "preset": pool.preset, "build_seconds": zoo.build_seconds,
+            "extras_seconds": zoo.extras_seconds,
+            "built": f"{zoo.build_seconds:.1f} s for the base and experts, "
+                     f"{zoo.extras_seconds:.1f} s for the recycling pool and odd expert",
+            "found_in_cache": time.perf_counter() - t0 < 0.5 * took,
+        }  # fmt: skip
+    if target == SMOLLM2_POOL:
+        from hydra.utils import instantiate
+
+        from merge_env.pools.smollm2 import load_smollm2_pool
+
+        smol = load_smollm2_pool(instantiate(pool).extra["root"])
+        return smol, {
+            "preset": "smollm2", "build_seconds": smol.finetune_seconds,
+            "extras_seconds": 0.0, "convert_seconds": smol.convert_seconds,
+            "built": f"{smol.convert_seconds:.1f} s converting the GGUF, "
+                     f"{smol.finetune_seconds:.1f} s fine-tuning the generalist and experts",
+            "found_in_cache": time.perf_counter() - t0 < 0.5 * smol.finetune_seconds,
+        }  # fmt: skip
+    raise ConfigError(f"zoo section: pool {target} is neither the zoo ({ZOO_POOL}) nor SmolLM2 "
+                      f"({SMOLLM2_POOL}); pass --only without zoo")  # fmt: skip
+
+
 def run_zoo(ctx: Context) -> dict[str, Any]:
-    """Per zoo seed: the pool built or loaded, its TEST table, trade-off checks and regime."""
+    """Per zoo seed (the pool's training seed): the zoo or SmolLM2 pool built or loaded, its
+    TEST table, trade-off checks and regime."""
     out = []
     metric = ctx.protocol["fidelity"].get("metric") or "exact_match"  # of the trade-off checks
     for zoo_seed in ctx.protocol["zoo_seeds"]:
-        pool = job_config("config", ctx.protocol, zoo_seed, 0, {}).pool
-        if pool.get("_target_") != ZOO_POOL:
-            raise ConfigError(f"zoo section: pool={ctx.protocol['pool']} is not a zoo pool "
-                              f"({pool.get('_target_')}); pass --only without zoo")  # fmt: skip
-        config = dataclasses.replace(ZooConfig.preset(pool.preset), seed=zoo_seed)
-        t0 = time.perf_counter()
-        zoo = build_zoo(config, pool.cache_dir, progress=sys.stderr.isatty(), extras=True)
-        elapsed = time.perf_counter() - t0
+        zoo, built = _build_pool(job_config("config", ctx.protocol, zoo_seed, 0, {}).pool, zoo_seed)
         scores = score_zoo(zoo, "test")
-        print_zoo_table(zoo, scores, console, f"zoo {pool.preset!r} seed {zoo_seed}: TEST split")
+        print_zoo_table(zoo, scores, console, f"{built['preset']} seed {zoo_seed}: TEST split")
         curves: dict[str, dict[float, float]] = {}
         regime_scores = score_regime({BASE: zoo.base, **zoo.experts}, zoo.tasks,
                                      zoo.tokenizer_dir, split="test", grids=LAMBDA_GRIDS,
                                      curves=curves)  # fmt: skip
         regime = judge(regime_scores, {t: t for t in zoo.experts})
         out.append({
-            "zoo_seed": zoo_seed, "preset": pool.preset, "root": str(zoo.root),
-            "build_seconds": zoo.build_seconds, "extras_seconds": zoo.extras_seconds,
-            "found_in_cache": elapsed < 0.5 * (zoo.build_seconds + zoo.extras_seconds),
+            "zoo_seed": zoo_seed, "root": str(zoo.root), **built,
             "n_test": len(zoo.tasks[0].test), "tasks": [t.name for t in zoo.tasks],
             "experts": list(zoo.experts),
             "scores": {row: {t: vars(s) for t, s in by_task.items()}
@@ -303,10 +329,12 @@ def zoo_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list
     for z in result["zoos"]:
         tasks, seed = z["tasks"], z["zoo_seed"]
         how = "found in the cache" if z["found_in_cache"] else "built now"
+        built = z.get("built") or (  # figures.json of earlier versions: the zoo's build
+            f"{z['build_seconds']:.1f} s for the base and experts, "
+            f"{z.get('extras_seconds', 0.0):.1f} s for the recycling pool and odd expert"
+        )
         lines += [f"### Zoo seed {seed}", "",
-                  f"`{z['preset']}` preset, {how} at `{z['root']}` (its build took "
-                  f"{z['build_seconds']:.1f} s for the base and experts, "
-                  f"{z.get('extras_seconds', 0.0):.1f} s for the recycling pool and odd expert); "
+                  f"`{z['preset']}` pool, {how} at `{z['root']}` (its build took {built}); "
                   f"{z['n_test']} TEST examples per task.", ""]  # fmt: skip
         rows = [[name, *(f"{s[t]['exact_match']:.3f} / {s[t]['token_accuracy']:.3f}" for t in tasks),
                  f"{sum(s[t]['exact_match'] for t in tasks) / len(tasks):.3f}"]

@@ -3,6 +3,7 @@ through pools/finetune.py) and pools/gguf.py (the GGUF loader on the real SmolLM
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import io
@@ -434,3 +435,26 @@ def test_chat_tasks_tokenise_at_the_answer_boundary(converted):
             if task.name in smollm2.SPELLED:  # one SmolLM2 token a letter, as in the zoo
                 assert len(answer) == len(ex.answer.split()) == (len(ex.answer) + 1) // 2
     assert not ev._warned_boundary
+
+
+def test_figures_zoo_section_tables_the_smollm2_pool(tiny_base, monkeypatch, tmp_path):
+    """`experiments.figures --protocol smollm2 --only zoo`: the pool built through its config
+    (the protocol's pool settings applied), its TEST table and regime in figures.json / .md."""
+    from experiments import figures
+
+    monkeypatch.setenv("MERGEGYM_CACHE", str(tiny_base.parent))
+    small = {"n_search": 4, "n_test": 6, "train_pool": 40, "steps": 3, "batch_size": 4,
+             "warmup": 1, "lr": 3e-3, "generalist_steps": 4, "generalist_pool": 60}  # fmt: skip
+    out = tmp_path / "figures"
+    argv = ["--protocol", "smollm2", "--zoo-seeds", "0", "--only", "zoo", "--out", str(out),
+            "--set", *(f"++pool_settings.{k}={v}" for k, v in small.items())]  # fmt: skip
+    assert figures.main(argv) == 0
+    zoo = json.loads((out / "figures.json").read_text())["sections"]["zoo"]["result"]["zoos"][0]
+    pool = load_smollm2_pool(zoo["root"])
+    assert pool.config == dataclasses.replace(SMALL_V4, seed=0)
+    assert zoo["preset"] == "smollm2" and zoo["experts"] == ["add", "reverse", "cipher"]
+    assert zoo["build_seconds"] == pool.finetune_seconds and not zoo["found_in_cache"]
+    assert set(zoo["scores"]) == {"base", "expert:add", "expert:reverse", "expert:cipher"}
+    assert "ties d0.5" in zoo["regime"]["scores"] and zoo["regime"]["checks"]
+    text = (out / "figures.md").read_text()
+    assert "fine-tuning the generalist and experts" in text and "fine-tune regime" in text
