@@ -110,14 +110,20 @@ class Regime:
         gains = ", ".join(f"{t} {g:+.3f}" for t, g in self.gains.items())
         name, share = self.best_judged
         kept = "; ".join(
-            f"{m}: " + " ".join(f"{s:.2f}" for s in self.kept[m].values()) for m in self.kept
+            f"{m}: " + " ".join("-" if math.isnan(s) else f"{s:.2f}" for s in self.kept[m].values())
+            for m in self.kept
         )
+        if math.isnan(share):  # a share of no gain is undefined ("-" below), not a number
+            losers = [t for t, g in self.gains.items() if not g > 0]
+            best = f"none: {', '.join(losers) or 'no expert'} has no gain to keep"
+        else:
+            best = f"best {name} (worst share {share:.2f})"
         return [
             (self.gains_hold, f"each expert gains >= {self.min_gain:.2f} on its task: {gains}"),
             (
                 self.merging_holds,
-                f"a plain merge keeps >= {self.min_kept:.0%} of every gain: best {name} "
-                f"(worst share {share:.2f}); shares kept per expert: {kept}",
+                f"a plain merge keeps >= {self.min_kept:.0%} of every gain: {best}; "
+                f"shares kept per expert: {kept}",
             ),
             (
                 not self.dominant,

@@ -53,6 +53,9 @@ def test_each_check_can_fail():
     rows["exp_b"]["b"] = 0.3
     small = judge(rows, EXPERTS)
     assert not small.gains_hold and math.isnan(small.kept["ties d0.5"]["b"])
+    merging = small.sentences()[1]
+    assert merging[0] is False and "none: b has no gain to keep" in merging[1]
+    assert "ties d0.5: 0.83 -" in merging[1] and "nan" not in merging[1]
     # the uniform linear merge is shown but never decides the regime
     only_linear = judge(_scores(**{"linear uniform": {"a": 0.8, "b": 0.8}}), EXPERTS)
     assert math.isnan(only_linear.best_judged[1]) and not only_linear.merging_holds
