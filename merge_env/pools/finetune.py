@@ -41,6 +41,21 @@ def encode_rows(tokenizer: Any, examples: Sequence[Example], width: int | None =
     ``width`` (default: the longest); ConfigError for an example longer than ``width``."""
     encoded = Evaluator(tokenizer).encode(examples)
     width = max(len(e.ids) for e in encoded) if width is None else width
+    return _padded(tokenizer, examples, encoded, width)
+
+
+def encode_groups(tokenizer: Any, groups: Sequence[Sequence[Example]]) -> list[TrainRows]:
+    """Each group as ``encode_rows`` encodes it, all padded to the longest example of any group
+    (rows mixed into one batch share a width); every example is encoded once."""
+    encoded = [Evaluator(tokenizer).encode(g) for g in groups]
+    width = max(len(e.ids) for enc in encoded for e in enc)
+    return [_padded(tokenizer, g, enc, width) for g, enc in zip(groups, encoded)]
+
+
+def _padded(
+    tokenizer: Any, examples: Sequence[Example], encoded: Sequence[Any], width: int
+) -> TrainRows:
+    """The encoded ``examples`` right-padded to ``width``, labels on the answer + EOS only."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = torch.full((len(encoded), width), int(pad), dtype=torch.long)
     labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)

@@ -59,7 +59,7 @@ from merge_env.pools.cache import (
 )
 from merge_env.pools.finetune import (
     answer_loss,
-    encode_rows,
+    encode_groups,
     finetune,
     mixture_batches,
     uniform_batches,
@@ -270,13 +270,6 @@ class SmolPool:
         return {"base": self.base, **{f"expert:{k}": v for k, v in self.experts.items()}}
 
 
-def _common_width(groups: Sequence[Sequence[Example]], tok: Any) -> int:
-    """The longest encoded example of all ``groups`` (rows mixed in one batch share a width)."""
-    from merge_env.scoring.evaluate import Evaluator
-
-    return max(len(e.ids) for g in groups for e in Evaluator(tok).encode(g))
-
-
 def _build_experts(tmp: Path, base: Path, config: SmolConfig, progress: bool, device: str) -> dict:
     """Fine-tune the generalist (when ``generalist_steps``) and one expert per task into ``tmp``;
     return the manifest's content."""
@@ -301,9 +294,10 @@ def _build_experts(tmp: Path, base: Path, config: SmolConfig, progress: bool, de
                 sub_seed(config.seed, f"gen:{name}"), config.n_search, config.n_test,
             )  # fmt: skip
             general[name] = chat_examples(tok, drawn, config.system)
-    width = _common_width([*own.values(), *general.values()], tok)
-    own_rows = {k: encode_rows(tok, v, width) for k, v in own.items()}
-    general_rows = [encode_rows(tok, general[k], width) for k in general]
+    # one width for every pool (rows of several are mixed into one batch), each encoded once
+    rows = encode_groups(tok, [*own.values(), *general.values()])
+    own_rows = dict(zip(own, rows[: len(own)]))
+    general_rows = rows[len(own) :]
     steps = config.generalist_steps + config.steps * len(tasks)
     experts, losses, seconds = {}, {}, {}
     bar = tqdm(total=steps, disable=not progress, unit="step")

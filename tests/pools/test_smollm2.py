@@ -20,6 +20,7 @@ from merge_env.errors import CheckpointError, ConfigError
 from merge_env.pools import gguf, smollm2
 from merge_env.pools.finetune import (
     answer_loss,
+    encode_groups,
     encode_rows,
     finetune,
     uniform_batches,
@@ -167,6 +168,14 @@ def test_chat_prompt_and_training_rows(chat_tok):
         assert (rows.labels[i, : enc.n_prompt] == -100).all() and (rows.labels[i, n:] == -100).all()
         assert rows.labels[i, enc.n_prompt : n].tolist() == list(enc.ids[enc.n_prompt :])
         assert rows.labels[i, n - 1] == chat_tok.eos_token_id
+    # groups mixed into one batch: one shared width, each row as encode_rows gives it there
+    short = chat.chat_examples(chat_tok, smollm2.question_examples("add", 2, 0, 0, 0, 0)[0], "s")
+    grouped = encode_groups(chat_tok, [short, examples])
+    width = max(rows.ids.shape[1], encode_rows(chat_tok, short).ids.shape[1])
+    assert [g.ids.shape[1] for g in grouped] == [width, width]
+    for got, group in zip(grouped, [short, examples]):
+        want = encode_rows(chat_tok, group, width)
+        assert all(torch.equal(a, b) for a, b in zip(vars(got).values(), vars(want).values()))
 
 
 # ---------------------------------------------------------------- fine-tuning
