@@ -3,6 +3,7 @@
     python -m experiments.ablate_ppo --protocol tuning
     python -m experiments.ablate_ppo --protocol smoke --set budget=16 search_seeds=[0,1,2]
     python -m experiments.ablate_ppo --protocol tuning --variants full offline_only online_only
+    python -m experiments.ablate_ppo --merge DIR_100 DIR_101 --out DIR   # seeds run apart
 
 Every variant is the PPO agent under the protocol (experiments/protocol.py: the same budget,
 fidelities, services, pool and seeds as in experiments/compare_agents.py, through its
@@ -48,7 +49,13 @@ from rich.console import Console
 from rich.table import Table
 
 from experiments import stats
-from experiments.compare_agents import read_store, run_one, write_store
+from experiments.compare_agents import (
+    merge_flags_refused,
+    merge_stores,
+    read_store,
+    run_one,
+    write_store,
+)
 from experiments.protocol import check_one_space, git_commit, load_protocol
 from merge_env.errors import ConfigError
 
@@ -145,29 +152,47 @@ def table(ablation: Mapping[str, Any], protocol: Mapping[str, Any]) -> Table:
     return t
 
 
+def variant_key(run: Mapping[str, Any]) -> tuple:
+    """What names one run of an ablation."""
+    return (run["zoo_seed"], run["variant"], run["level"], run["seed"])
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run every missing (zoo seed, level, variant, seed), then print and write the ablation."""
+    """Run every missing (zoo seed, level, variant, seed), then print and write the ablation.
+    ``--merge DIR...``: no runs, the stores of several invocations analysed together."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--protocol", default="tuning", help="conf/protocol/<name>.yaml")
+    p.add_argument("--protocol", default=None, help="conf/protocol/<name>.yaml (default tuning)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides of the protocol, e.g. budget=100 search_seeds=[0,1]")  # fmt: skip
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
+                   help="default every variant; with --merge, every variant found")  # fmt: skip
     p.add_argument("--out", type=Path, default=None,
                    help="default outputs/ablate_ppo/<protocol>")  # fmt: skip
     p.add_argument("--rerun", action="store_true", help="ignore finished runs in results.json")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="DIR",
+                   help="run nothing: analyse the runs in DIR/results.json (one protocol, its "
+                        "seeds split between the folders) together into --out")  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if "full" not in args.variants:
+    if args.variants is not None and "full" not in args.variants:
         raise ConfigError("--variants: the ablation compares against full; include it")
     git_commit()  # pinned now: the runs record the code this process started with
-    protocol = load_protocol(args.protocol, args.set)
+    if args.merge is not None:
+        merge_flags_refused(args, {"--protocol": args.protocol, "--set": args.set,
+                                   "--rerun": args.rerun})  # fmt: skip
+        protocol, runs = merge_stores(args.merge, variant_key)
+        variants = args.variants or list(dict.fromkeys(r["variant"] for r in runs))
+        args.out.mkdir(parents=True, exist_ok=True)
+        return analyse(protocol, runs, variants, args.out, args.merge)
+    protocol = load_protocol(args.protocol or "tuning", args.set)
+    variants = args.variants or list(VARIANTS)
     out = args.out or Path("outputs/ablate_ppo") / protocol["name"]
     out.mkdir(parents=True, exist_ok=True)
     store = out / "results.json"
     runs = [] if args.rerun else read_store(store, protocol)
-    done = {(r["zoo_seed"], r["variant"], r["level"], r["seed"]) for r in runs}
+    done = {variant_key(r) for r in runs}
     for zoo_seed, level, variant, seed in itertools.product(
-        protocol["zoo_seeds"], protocol["levels"], args.variants, protocol["search_seeds"]
+        protocol["zoo_seeds"], protocol["levels"], variants, protocol["search_seeds"]
     ):
         if (zoo_seed, variant, level, seed) in done:
             continue
@@ -181,7 +206,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       f"{s['updates']}  policy hv {s['policy_hv']:.5f}")  # fmt: skip
         runs.append(r)
         write_store(store, protocol, runs, None)
-    chosen = [r for r in runs if r["variant"] in args.variants]
+    return analyse(protocol, runs, variants, out)
+
+
+def analyse(
+    protocol: Mapping[str, Any], runs: list[dict], variants: Sequence[str], out: Path,
+    merged_from: Sequence[Path] = (),
+) -> dict[str, Any]:  # fmt: skip
+    """The ablation of the runs of ``variants``: tables printed and written to ``out`` with
+    results.json; returns what results.json holds."""
+    chosen = [r for r in runs if r["variant"] in variants]
+    if not any(r["variant"] == "full" for r in chosen):
+        raise ConfigError("the ablation compares against full, and no run of full is there")
     check_variants(chosen)
     result = ablate(chosen)
     for a in result:
@@ -190,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         with (out / f"ablation_z{a['zoo_seed']}_{a['level']}.md").open("w") as fh:
             Console(file=fh, width=200, no_color=True).print(t)
     console.print(f"results in {out}")
-    return write_store(store, protocol, runs, result)
+    return write_store(out / "results.json", protocol, runs, result, merged_from)
 
 
 if __name__ == "__main__":

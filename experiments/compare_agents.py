@@ -29,6 +29,15 @@ differing key, agents that searched different spaces, before any model is loaded
 the recorded runs. ``DIR/results.json`` holds the protocol, the git commit, every run (its front
 re-scored on the held-out test split) and the statistics (experiments/stats.py); finished runs
 are skipped when the command is run again with the same protocol.
+
+A comparison too long for one process is split by seed: one invocation per zoo or search seed
+(``--set "search_seeds=[S]" --out DIR_S``, in parallel or on other machines), then
+
+    python -m experiments.compare_agents --merge DIR_100 DIR_101 ... --out DIR
+
+runs nothing and analyses them together: the stores must share the protocol but for its seeds
+(a ConfigError names the file and the keys that differ), a run held twice must have the same
+figures, and the merged results.json names the stores it read (``merged_from``).
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +176,74 @@ def read_store(store: Path, protocol: Mapping[str, Any]) -> list[dict]:
         raise ConfigError(f"{store}: its runs were made under another protocol ({'; '.join(diffs)})"
                           "; pass --rerun or another --out")  # fmt: skip
     return list(data["runs"])
+
+
+# the protocol keys that parallel invocations of one comparison split between them
+SPLIT_KEYS = ("zoo_seeds", "search_seeds")
+
+
+def _union(values: Sequence[Any]) -> list[Any]:
+    """``values`` without repeats, sorted when they are all numbers, else in first-seen order."""
+    seen = list(dict.fromkeys(values))
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in seen)
+    return sorted(seen) if numeric else seen
+
+
+def merge_stores(
+    folders: Sequence[Path], key: Callable[[Mapping[str, Any]], tuple]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One protocol and one list of runs from the results.json of several invocations of one
+    comparison that split its zoo or search seeds (one process per seed, or another machine):
+    the protocol with the seeds of every store, every run once (``key`` names a run).
+
+    ConfigError naming the file: a folder without a readable results.json, a store made under
+    another protocol (its seeds aside), a run another store holds with other figures.
+    """
+    if not folders:
+        raise ConfigError("--merge: name at least one folder holding a results.json")
+    protocol: dict[str, Any] | None = None
+    first: Path | None = None
+    runs: list[dict[str, Any]] = []
+    seen: dict[tuple, tuple[Path, tuple]] = {}
+    for folder in folders:
+        store = Path(folder) / "results.json"
+        try:
+            data = json.loads(store.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"{store}: cannot read the results to merge ({err})") from err
+        if not isinstance(data, dict) or not {"protocol", "runs"} <= set(data):
+            raise ConfigError(f"{store}: not a results.json of compare_agents or ablate_ppo")
+        theirs = data["protocol"]
+        if protocol is None:
+            protocol, first = dict(theirs), store
+        else:
+            diffs = protocol_diffs(
+                {k: v for k, v in protocol.items() if k not in SPLIT_KEYS},
+                {k: v for k, v in theirs.items() if k not in SPLIT_KEYS},
+            )
+            if diffs:
+                raise ConfigError(f"{store}: made under another protocol than {first} "
+                                  f"({'; '.join(diffs)})")  # fmt: skip
+            for k in SPLIT_KEYS:
+                protocol[k] = _union([*protocol[k], *theirs[k]])
+            protocol["overrides"] = _union([*protocol.get("overrides", []),
+                                            *theirs.get("overrides", [])])  # fmt: skip
+        for run in data["runs"]:
+            name, figures = key(run), (run["hv"], run["hv_test"])
+            if name in seen:
+                if seen[name][1] != figures:
+                    raise ConfigError(f"{store}: run {name} is in {seen[name][0]} too, with "
+                                      "other figures; merge one of them")  # fmt: skip
+                continue
+            seen[name] = (store, figures)
+            runs.append(run)
+    assert protocol is not None
+    return protocol, runs
+
+
+def comparison_key(run: Mapping[str, Any]) -> tuple:
+    """What names one run of a comparison."""
+    return (run["zoo_seed"], run["agent"], run["level"], run["seed"])
 
 
 # --- statistics, table, figures -------------------------------------------------------------
@@ -357,24 +434,46 @@ def legacy_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def write_store(store: Path, protocol: Mapping, runs: list, comparisons: list | None) -> dict:
-    """results.json: the protocol, the commit of this invocation, every run, the statistics."""
+def write_store(
+    store: Path, protocol: Mapping, runs: list, comparisons: list | None,
+    merged_from: Sequence[Path] = (),
+) -> dict:  # fmt: skip
+    """results.json: the protocol, the commit of this invocation, every run, the statistics
+    (``merged_from``: the stores a ``--merge`` read its runs from)."""
     data = {"protocol": protocol, "commit": git_commit(), "runs": runs,
             "comparisons": comparisons}  # fmt: skip
+    if merged_from:
+        data["merged_from"] = [str(Path(f) / "results.json") for f in merged_from]
     tmp = store.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(store)
     return data
 
 
+def merge_flags_refused(args: argparse.Namespace, flags: Mapping[str, Any]) -> None:
+    """ConfigError when ``--merge`` comes with a flag that would change the protocol or the runs:
+    a merge takes both from its stores."""
+    given = [flag for flag, value in flags.items() if value not in (None, [], False, "")]
+    if given:
+        raise ConfigError(f"--merge takes the protocol and the runs from its folders; drop "
+                          f"{', '.join(given)}")  # fmt: skip
+    if args.out is None:
+        raise ConfigError("--merge: name the folder the merged results go to with --out")
+    if any(Path(f).resolve() == args.out.resolve() for f in args.merge):
+        raise ConfigError(f"--merge: --out {args.out} is one of the folders merged; its "
+                          "results.json would be overwritten")  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run every missing (zoo seed, agent, level, seed) of the protocol, then print the tables,
-    write the figures and results.json; returns what results.json holds."""
+    write the figures and results.json; returns what results.json holds. ``--merge DIR...``: no
+    runs, the stores of several invocations of one comparison analysed together into ``--out``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--protocol", default="tuning", help="conf/protocol/<name>.yaml")
+    p.add_argument("--protocol", default=None, help="conf/protocol/<name>.yaml (default tuning)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides of the protocol, e.g. budget=100 zoo_seeds=[1]")  # fmt: skip
-    p.add_argument("--agents", nargs="+", default=["ppo", "cmaes", "nsga2", "random"])
+    p.add_argument("--agents", nargs="+", default=None,
+                   help="default ppo cmaes nsga2 random; with --merge, every agent found")  # fmt: skip
     p.add_argument("--baselines", nargs="*", default=None,
                    help="agents counted as baselines (default: every agent not named ppo*)")  # fmt: skip
     p.add_argument("--budget", type=float, default=None, help="protocol override")
@@ -388,20 +487,35 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    help="Hydra overrides for PPO only, e.g. agent.bc_epochs=50")  # fmt: skip
     p.add_argument("--tag", default="", help="suffix of PPO's label (keeps variants apart)")
     p.add_argument("--rerun", action="store_true", help="ignore finished runs in results.json")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="DIR",
+                   help="run nothing: analyse the runs in DIR/results.json (one protocol, its "
+                        "seeds split between the folders) together into --out")  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     git_commit()  # pinned now: the runs record the code this process started with
-    protocol = load_protocol(args.protocol, [*legacy_overrides(args), *args.set])
+    if args.merge is not None:
+        merge_flags_refused(args, {
+            "--protocol": args.protocol, "--set": args.set, "--budget": args.budget,
+            "--seeds": args.seeds, "--levels": args.levels, "--zoo": args.zoo,
+            "--cheap-examples": args.cheap_examples, "--ppo-override": args.ppo_override,
+            "--tag": args.tag, "--rerun": args.rerun,
+        })  # fmt: skip
+        protocol, runs = merge_stores(args.merge, comparison_key)
+        labels = args.agents or list(dict.fromkeys(r["agent"] for r in runs))
+        args.out.mkdir(parents=True, exist_ok=True)
+        return analyse(protocol, runs, labels, args.baselines, args.out, args.merge)
+    protocol = load_protocol(args.protocol or "tuning", [*legacy_overrides(args), *args.set])
     out = args.out or Path("outputs/compare_agents") / protocol["name"]
-    labels = [a + args.tag if a == "ppo" else a for a in args.agents]
+    agents = args.agents or ["ppo", "cmaes", "nsga2", "random"]
+    labels = [a + args.tag if a == "ppo" else a for a in agents]
     overrides = {"ppo": args.ppo_override}
-    preflight(protocol, args.agents, labels, overrides)
+    preflight(protocol, agents, labels, overrides)
     out.mkdir(parents=True, exist_ok=True)
     store = out / "results.json"
     runs = [] if args.rerun else read_store(store, protocol)
-    done = {(r["zoo_seed"], r["agent"], r["level"], r["seed"]) for r in runs}
+    done = {comparison_key(r) for r in runs}
     for zoo_seed, level, (agent, label), seed in itertools.product(
-        protocol["zoo_seeds"], protocol["levels"], zip(args.agents, labels),
+        protocol["zoo_seeds"], protocol["levels"], zip(agents, labels),
         protocol["search_seeds"],
     ):  # fmt: skip
         if (zoo_seed, label, level, seed) in done:
@@ -419,9 +533,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"{k} {v:.1f}" for k, v in r["phases"].items()))  # fmt: skip
         runs.append(r)
         write_store(store, protocol, runs, None)
+    return analyse(protocol, runs, labels, args.baselines, out)
+
+
+def analyse(
+    protocol: Mapping[str, Any], runs: list[dict], labels: Sequence[str],
+    baselines: Sequence[str] | None, out: Path, merged_from: Sequence[Path] = (),
+) -> dict[str, Any]:  # fmt: skip
+    """The statistics of the runs of ``labels``: tables printed, figures and results.json in
+    ``out``; returns what results.json holds."""
     chosen = [r for r in runs if r["agent"] in labels]
+    if not chosen:
+        raise ConfigError(f"no runs of {', '.join(labels)} to compare")
     check_one_space(chosen)  # the runs as recorded, resumed ones included
-    comparisons = compare(chosen, protocol["budget"], args.baselines)
+    comparisons = compare(chosen, protocol["budget"], baselines)
     for c in comparisons:
         print_table(c, protocol)
         stem = f"z{c['zoo_seed']}_{c['level']}"
@@ -432,7 +557,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if len(per_level) > 1:
             plot_ablation(per_level, out / f"ablation_z{zoo_seed}.png")
     console.print(f"figures and results in {out}")
-    return write_store(store, protocol, runs, comparisons)
+    return write_store(out / "results.json", protocol, runs, comparisons, merged_from)
 
 
 if __name__ == "__main__":

@@ -95,3 +95,31 @@ def test_every_variant_keeps_its_own_change_under_the_protocol():
         pr.run_config(protocol, "ppo", 0, 0, "both", ["agent.proposals=0"])
     with pytest.raises(ConfigError, match="budget"):
         pr.run_config(protocol, "ppo", 0, 0, "both", ["budget=3"])
+
+
+def test_seeds_run_apart_merge_into_one_ablation(tmp_path):
+    """Each search seed's store (as one invocation per seed writes it) merged: the statistics of
+    all five seeds, the paired test included, as if one invocation had run them."""
+    import json
+
+    protocol = pr.load_protocol("smoke")
+    folders = []
+    for seed in range(5):
+        folder = tmp_path / f"s{seed}"
+        folder.mkdir()
+        # full higher on every seed, by distinct margins (an exact signed-rank p of 2/32)
+        runs = [{**_run("full", seed, 1.0 + seed), "hv_test": 0.5},
+                {**_run("ppo_only", seed, 0.9 + 0.99 * seed), "hv_test": 0.4}]  # fmt: skip
+        folder.joinpath("results.json").write_text(json.dumps(
+            {"protocol": {**protocol, "search_seeds": [seed]}, "runs": runs}))  # fmt: skip
+        folders.append(str(folder))
+    data = ab.main(["--merge", *folders, "--out", str(tmp_path / "all")])
+    assert data["protocol"]["search_seeds"] == [0, 1, 2, 3, 4]
+    (result,) = data["comparisons"]
+    row = result["variants"]["ppo_only"]
+    assert row["search"]["n"] == 5 and row["full_vs_paired"]["a_higher"] == 5
+    assert row["full_vs_paired"]["p_signed_rank"] == pytest.approx(2 / 32)
+    assert (tmp_path / "all" / "ablation_z0_both.md").is_file()
+    # a merge without full has nothing to compare against
+    with pytest.raises(ConfigError, match="include it"):
+        ab.main(["--merge", *folders, "--variants", "ppo_only", "--out", str(tmp_path / "x")])

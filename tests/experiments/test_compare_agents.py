@@ -73,3 +73,68 @@ def test_one_seed_a_side_gets_its_interval_but_no_rank_test():
     assert c["agents"]["ppo"]["search"] == {"n": 1, "mean": 0.3, "low": 0.3, "high": 0.3}
     table = ca.comparison_table(c, {"name": "smoke", "purpose": "smoke"})
     assert list(table.columns[4].cells) == ["-", "(best)", "-", "-"]
+
+
+def test_runs_split_by_seed_merge_into_the_comparison_made_in_one_go(zoo_cache, tmp_path):
+    whole = ca.main(["--protocol", "smoke", "--agents", "random", "--out", str(tmp_path / "all")])
+    for seed in (0, 1):
+        ca.main(["--protocol", "smoke", "--set", f"search_seeds=[{seed}]", "--agents", "random",
+                 "--out", str(tmp_path / f"s{seed}")])  # fmt: skip
+    merged = ca.main(["--merge", str(tmp_path / "s1"), str(tmp_path / "s0"),
+                      "--out", str(tmp_path / "merged")])  # fmt: skip
+    assert {k: v for k, v in merged["protocol"].items() if k != "overrides"} == {
+        k: v for k, v in whole["protocol"].items() if k != "overrides"
+    }  # fmt: skip
+    assert merged["protocol"]["search_seeds"] == [0, 1]
+    assert sorted((r["seed"], r["hv"], r["hv_test"]) for r in merged["runs"]) == sorted(
+        (r["seed"], r["hv"], r["hv_test"]) for r in whole["runs"]
+    )  # fmt: skip
+    (m,), (w,) = merged["comparisons"], whole["comparisons"]
+    assert m["agents"]["random"]["search"] == w["agents"]["random"]["search"]
+    assert m["agents"]["random"]["test"] == w["agents"]["random"]["test"]
+    assert merged["merged_from"] == [str(tmp_path / d / "results.json") for d in ("s1", "s0")]
+    assert json.loads((tmp_path / "merged" / "results.json").read_text()) == merged
+    assert (tmp_path / "merged" / "hv_curve_z0_both.png").is_file()
+
+
+def _store(folder: Path, protocol: dict, runs: list) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"protocol": protocol, "runs": runs}))
+    return folder
+
+
+def _run(seed: int, hv: float) -> dict:
+    return {"agent": "random", "seed": seed, "zoo_seed": 0, "level": "both", "hv": hv,
+            "hv_test": hv / 2}  # fmt: skip
+
+
+def test_merge_refuses_other_protocols_clashing_runs_and_missing_stores(tmp_path):
+    smoke = pr.load_protocol("smoke")
+    a = _store(tmp_path / "a", {**smoke, "search_seeds": [0]}, [_run(0, 0.3)])
+    b = _store(tmp_path / "b", {**smoke, "search_seeds": [1], "budget": 8}, [_run(1, 0.2)])
+    c = _store(tmp_path / "c", {**smoke, "search_seeds": [0]}, [_run(0, 0.4)])
+    d = _store(tmp_path / "d", {**smoke, "search_seeds": [0]}, [_run(0, 0.3)])
+    with pytest.raises(ConfigError, match=r"b/results.json: made under another protocol than "
+                                          r".*a/results.json \(protocol.budget: 4 -> 8\)"):  # fmt: skip
+        ca.merge_stores([a, b], ca.comparison_key)
+    with pytest.raises(ConfigError, match=r"c/results.json: run \(0, 'random', 'both', 0\) is in "
+                                          r".*a/results.json too, with other figures"):  # fmt: skip
+        ca.merge_stores([a, c], ca.comparison_key)
+    protocol, runs = ca.merge_stores([a, d], ca.comparison_key)  # the same run twice: kept once
+    assert runs == [_run(0, 0.3)] and protocol["search_seeds"] == [0]
+    with pytest.raises(ConfigError, match=r"nowhere/results.json: cannot read the results"):
+        ca.merge_stores([a, tmp_path / "nowhere"], ca.comparison_key)
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "results.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=r"e/results.json: not a results.json"):
+        ca.merge_stores([tmp_path / "e"], ca.comparison_key)
+    # the protocol comes from the stores, and no store is overwritten
+    with pytest.raises(ConfigError, match=r"--merge takes the protocol .*drop --protocol, --set"):
+        ca.main(["--merge", str(a), "--protocol", "smoke", "--set", "budget=3",
+                 "--out", str(tmp_path / "m")])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"--out .*a is one of the folders merged"):
+        ca.main(["--merge", str(a), str(d), "--out", str(a)])
+    with pytest.raises(ConfigError, match=r"name the folder .* with --out"):
+        ca.main(["--merge", str(a)])
+    assert json.loads((a / "results.json").read_text())["runs"] == [_run(0, 0.3)]
+    assert not (tmp_path / "m").exists()
