@@ -52,7 +52,10 @@ from experiments import stats
 from experiments.compare_agents import (
     merge_flags_refused,
     merge_stores,
+    missing_runs,
     read_store,
+    refuse_unknown,
+    report_missing,
     run_one,
     write_store,
 )
@@ -181,9 +184,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         merge_flags_refused(args, {"--protocol": args.protocol, "--set": args.set,
                                    "--rerun": args.rerun})  # fmt: skip
         protocol, runs = merge_stores(args.merge, variant_key)
-        variants = args.variants or list(dict.fromkeys(r["variant"] for r in runs))
-        args.out.mkdir(parents=True, exist_ok=True)
-        return analyse(protocol, runs, variants, args.out, args.merge)
+        found = list(dict.fromkeys(r["variant"] for r in runs))
+        refuse_unknown(args.variants, found, "--variants")
+        variants = args.variants or found
+        missing = missing_runs(protocol, runs, variants, variant_key)
+        report_missing(missing)
+        return analyse(protocol, runs, variants, args.out, args.merge, missing)
     protocol = load_protocol(args.protocol or "tuning", args.set)
     variants = args.variants or list(VARIANTS)
     out = args.out or Path("outputs/ablate_ppo") / protocol["name"]
@@ -211,22 +217,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def analyse(
     protocol: Mapping[str, Any], runs: list[dict], variants: Sequence[str], out: Path,
-    merged_from: Sequence[Path] = (),
+    merged_from: Sequence[Path] = (), missing: Sequence[tuple] = (),
 ) -> dict[str, Any]:  # fmt: skip
-    """The ablation of the runs of ``variants``: tables printed and written to ``out`` with
-    results.json; returns what results.json holds."""
+    """The ablation of the runs of ``variants``: tables printed and written to ``out`` (made only
+    once the runs pass the checks) with results.json; returns what results.json holds."""
     chosen = [r for r in runs if r["variant"] in variants]
     if not any(r["variant"] == "full" for r in chosen):
         raise ConfigError("the ablation compares against full, and no run of full is there")
+    unknown = sorted({r["variant"] for r in chosen} - set(VARIANTS))
+    if unknown:
+        raise ConfigError(f"runs of unknown variants {', '.join(unknown)} (known: "
+                          f"{', '.join(VARIANTS)})")  # fmt: skip
     check_variants(chosen)
     result = ablate(chosen)
+    out.mkdir(parents=True, exist_ok=True)
     for a in result:
         t = table(a, protocol)
         console.print(t)
         with (out / f"ablation_z{a['zoo_seed']}_{a['level']}.md").open("w") as fh:
             Console(file=fh, width=200, no_color=True).print(t)
     console.print(f"results in {out}")
-    return write_store(out / "results.json", protocol, runs, result, merged_from)
+    return write_store(out / "results.json", protocol, runs, result, merged_from, missing)
 
 
 if __name__ == "__main__":

@@ -183,10 +183,15 @@ SPLIT_KEYS = ("zoo_seeds", "search_seeds")
 
 
 def _union(values: Sequence[Any]) -> list[Any]:
-    """``values`` without repeats, sorted when they are all numbers, else in first-seen order."""
+    """``values`` without repeats, sorted (numbers by value, anything else by its repr), so a
+    merge gives the same protocol whatever the order of its folders."""
     seen = list(dict.fromkeys(values))
     numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in seen)
-    return sorted(seen) if numeric else seen
+    return sorted(seen) if numeric else sorted(seen, key=repr)
+
+
+def _seed_list(values: Sequence[Any]) -> str:
+    return "[" + ",".join("null" if v is None else str(v) for v in values) + "]"
 
 
 def merge_stores(
@@ -194,10 +199,12 @@ def merge_stores(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One protocol and one list of runs from the results.json of several invocations of one
     comparison that split its zoo or search seeds (one process per seed, or another machine):
-    the protocol with the seeds of every store, every run once (``key`` names a run).
+    the protocol with the seeds of every store (its overrides say so), every run once (``key``
+    names a run: ``comparison_key`` or ablate_ppo's ``variant_key``).
 
     ConfigError naming the file: a folder without a readable results.json, a store made under
-    another protocol (its seeds aside), a run another store holds with other figures.
+    another protocol (its seeds aside), a run lacking what names it or its figures, a run held
+    twice (in one store, or in two with other figures or settings).
     """
     if not folders:
         raise ConfigError("--merge: name at least one folder holding a results.json")
@@ -211,9 +218,13 @@ def merge_stores(
             data = json.loads(store.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ConfigError(f"{store}: cannot read the results to merge ({err})") from err
-        if not isinstance(data, dict) or not {"protocol", "runs"} <= set(data):
+        if (not isinstance(data, dict) or not isinstance(data.get("protocol"), dict)
+                or not isinstance(data.get("runs"), list)):  # fmt: skip
             raise ConfigError(f"{store}: not a results.json of compare_agents or ablate_ppo")
         theirs = data["protocol"]
+        bad = [k for k in SPLIT_KEYS if not isinstance(theirs.get(k), list)]
+        if bad:
+            raise ConfigError(f"{store}: its protocol has no list of {' or '.join(bad)}")
         if protocol is None:
             protocol, first = dict(theirs), store
         else:
@@ -226,24 +237,54 @@ def merge_stores(
                                   f"({'; '.join(diffs)})")  # fmt: skip
             for k in SPLIT_KEYS:
                 protocol[k] = _union([*protocol[k], *theirs[k]])
-            protocol["overrides"] = _union([*protocol.get("overrides", []),
-                                            *theirs.get("overrides", [])])  # fmt: skip
-        for run in data["runs"]:
-            name, figures = key(run), (run["hv"], run["hv_test"])
+        in_store: set[tuple] = set()
+        for i, run in enumerate(data["runs"]):
+            try:
+                name = key(run)
+                figures = (run["hv"], run["hv_test"], run.get("settings"))
+            except (KeyError, TypeError) as err:
+                raise ConfigError(f"{store}: run #{i} lacks {err} (a store of the other "
+                                  "command, compare_agents or ablate_ppo?)") from err  # fmt: skip
+            if name in in_store:
+                raise ConfigError(f"{store}: run {name} is in it twice")
+            in_store.add(name)
             if name in seen:
                 if seen[name][1] != figures:
                     raise ConfigError(f"{store}: run {name} is in {seen[name][0]} too, with "
-                                      "other figures; merge one of them")  # fmt: skip
+                                      "other figures or settings; merge one of them")  # fmt: skip
                 continue
             seen[name] = (store, figures)
             runs.append(run)
     assert protocol is not None
+    split = [o for o in protocol.get("overrides", [])
+             if o.split("=", 1)[0].lstrip("+~") not in SPLIT_KEYS]  # fmt: skip
+    protocol["overrides"] = [*split, *(f"{k}={_seed_list(protocol[k])}" for k in SPLIT_KEYS)]
     return protocol, runs
 
 
 def comparison_key(run: Mapping[str, Any]) -> tuple:
     """What names one run of a comparison."""
     return (run["zoo_seed"], run["agent"], run["level"], run["seed"])
+
+
+def missing_runs(
+    protocol: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], names: Sequence[str],
+    key: Callable[[Mapping[str, Any]], tuple],
+) -> list[tuple]:  # fmt: skip
+    """The (zoo seed, name, level, search seed) of the protocol that ``runs`` lack, for each of
+    ``names`` (agents or variants): a merge of stores one of which never finished."""
+    have = {key(r) for r in runs}
+    return [(z, name, level, s) for name in names for z in protocol["zoo_seeds"]
+            for level in protocol["levels"] for s in protocol["search_seeds"]
+            if (z, name, level, s) not in have]  # fmt: skip
+
+
+def refuse_unknown(names: Sequence[str] | None, found: Sequence[str], flag: str) -> None:
+    """ConfigError for names of ``flag`` that no merged run has."""
+    absent = [n for n in names or () if n not in found]
+    if absent:
+        raise ConfigError(f"{flag}: no merged run of {', '.join(absent)} "
+                          f"(the stores hold {', '.join(found)})")  # fmt: skip
 
 
 # --- statistics, table, figures -------------------------------------------------------------
@@ -436,14 +477,16 @@ def legacy_overrides(args: argparse.Namespace) -> list[str]:
 
 def write_store(
     store: Path, protocol: Mapping, runs: list, comparisons: list | None,
-    merged_from: Sequence[Path] = (),
+    merged_from: Sequence[Path] = (), missing: Sequence[tuple] = (),
 ) -> dict:  # fmt: skip
     """results.json: the protocol, the commit of this invocation, every run, the statistics
-    (``merged_from``: the stores a ``--merge`` read its runs from)."""
+    (``merged_from``: the stores a ``--merge`` read its runs from, each run keeping the commit
+    it ran at; ``missing``: the runs of the merged protocol none of them held)."""
     data = {"protocol": protocol, "commit": git_commit(), "runs": runs,
             "comparisons": comparisons}  # fmt: skip
     if merged_from:
         data["merged_from"] = [str(Path(f) / "results.json") for f in merged_from]
+        data["missing"] = [list(m) for m in missing]
     tmp = store.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(store)
@@ -453,7 +496,8 @@ def write_store(
 def merge_flags_refused(args: argparse.Namespace, flags: Mapping[str, Any]) -> None:
     """ConfigError when ``--merge`` comes with a flag that would change the protocol or the runs:
     a merge takes both from its stores."""
-    given = [flag for flag, value in flags.items() if value not in (None, [], False, "")]
+    given = [flag for flag, value in flags.items()
+             if value is not None and value is not False and value not in ([], "")]  # fmt: skip
     if given:
         raise ConfigError(f"--merge takes the protocol and the runs from its folders; drop "
                           f"{', '.join(given)}")  # fmt: skip
@@ -462,6 +506,23 @@ def merge_flags_refused(args: argparse.Namespace, flags: Mapping[str, Any]) -> N
     if any(Path(f).resolve() == args.out.resolve() for f in args.merge):
         raise ConfigError(f"--merge: --out {args.out} is one of the folders merged; its "
                           "results.json would be overwritten")  # fmt: skip
+    store = args.out / "results.json"
+    if store.is_file():
+        try:
+            merged = "merged_from" in json.loads(store.read_text())
+        except (OSError, json.JSONDecodeError, TypeError):
+            merged = False
+        if not merged:
+            raise ConfigError(f"--merge: {store} holds runs of its own (no merged_from); "
+                              "a merge would overwrite them: name another --out")  # fmt: skip
+
+
+def report_missing(missing: Sequence[tuple]) -> None:
+    """Print the runs a merge lacks (their statistics have fewer seeds)."""
+    if missing:
+        console.print(f"[bold yellow]{len(missing)} run(s) of the merged protocol are not in "
+                      "the stores[/bold yellow] (zoo seed, name, level, search seed): "
+                      + ", ".join(map(str, missing)))  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -501,9 +562,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "--tag": args.tag, "--rerun": args.rerun,
         })  # fmt: skip
         protocol, runs = merge_stores(args.merge, comparison_key)
-        labels = args.agents or list(dict.fromkeys(r["agent"] for r in runs))
-        args.out.mkdir(parents=True, exist_ok=True)
-        return analyse(protocol, runs, labels, args.baselines, args.out, args.merge)
+        found = list(dict.fromkeys(r["agent"] for r in runs))
+        refuse_unknown(args.agents, found, "--agents")
+        refuse_unknown(args.baselines, found, "--baselines")
+        labels = args.agents or found
+        missing = missing_runs(protocol, runs, labels, comparison_key)
+        report_missing(missing)
+        return analyse(protocol, runs, labels, args.baselines, args.out, args.merge, missing)
     protocol = load_protocol(args.protocol or "tuning", [*legacy_overrides(args), *args.set])
     out = args.out or Path("outputs/compare_agents") / protocol["name"]
     agents = args.agents or ["ppo", "cmaes", "nsga2", "random"]
@@ -539,14 +604,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def analyse(
     protocol: Mapping[str, Any], runs: list[dict], labels: Sequence[str],
     baselines: Sequence[str] | None, out: Path, merged_from: Sequence[Path] = (),
+    missing: Sequence[tuple] = (),
 ) -> dict[str, Any]:  # fmt: skip
     """The statistics of the runs of ``labels``: tables printed, figures and results.json in
-    ``out``; returns what results.json holds."""
+    ``out`` (made only once the runs pass the checks); returns what results.json holds."""
     chosen = [r for r in runs if r["agent"] in labels]
     if not chosen:
         raise ConfigError(f"no runs of {', '.join(labels)} to compare")
     check_one_space(chosen)  # the runs as recorded, resumed ones included
     comparisons = compare(chosen, protocol["budget"], baselines)
+    out.mkdir(parents=True, exist_ok=True)
     for c in comparisons:
         print_table(c, protocol)
         stem = f"z{c['zoo_seed']}_{c['level']}"
@@ -557,7 +624,7 @@ def analyse(
         if len(per_level) > 1:
             plot_ablation(per_level, out / f"ablation_z{zoo_seed}.png")
     console.print(f"figures and results in {out}")
-    return write_store(out / "results.json", protocol, runs, comparisons, merged_from)
+    return write_store(out / "results.json", protocol, runs, comparisons, merged_from, missing)
 
 
 if __name__ == "__main__":

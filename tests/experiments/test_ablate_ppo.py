@@ -123,3 +123,8 @@ def test_seeds_run_apart_merge_into_one_ablation(tmp_path):
     # a merge without full has nothing to compare against
     with pytest.raises(ConfigError, match="include it"):
         ab.main(["--merge", *folders, "--variants", "ppo_only", "--out", str(tmp_path / "x")])
+    with pytest.raises(ConfigError, match=r"--variants: no merged run of continuous"):
+        ab.main(["--merge", *folders, "--variants", "full", "continuous",
+                 "--out", str(tmp_path / "x")])  # fmt: skip
+    assert not (tmp_path / "x").exists()
+    assert data["missing"] == [] and data["merged_from"][0].endswith("s0/results.json")

@@ -85,7 +85,10 @@ def test_runs_split_by_seed_merge_into_the_comparison_made_in_one_go(zoo_cache, 
     assert {k: v for k, v in merged["protocol"].items() if k != "overrides"} == {
         k: v for k, v in whole["protocol"].items() if k != "overrides"
     }  # fmt: skip
-    assert merged["protocol"]["search_seeds"] == [0, 1]
+    assert merged["protocol"]["search_seeds"] == [0, 1] and merged["missing"] == []
+    # the overrides rebuild the merged protocol, not the last store's seeds
+    assert pr.load_protocol("smoke", merged["protocol"]["overrides"]) == {
+        **whole["protocol"], "overrides": merged["protocol"]["overrides"]}  # fmt: skip
     assert sorted((r["seed"], r["hv"], r["hv_test"]) for r in merged["runs"]) == sorted(
         (r["seed"], r["hv"], r["hv_test"]) for r in whole["runs"]
     )  # fmt: skip
@@ -122,6 +125,18 @@ def test_merge_refuses_other_protocols_clashing_runs_and_missing_stores(tmp_path
         ca.merge_stores([a, c], ca.comparison_key)
     protocol, runs = ca.merge_stores([a, d], ca.comparison_key)  # the same run twice: kept once
     assert runs == [_run(0, 0.3)] and protocol["search_seeds"] == [0]
+    twice = _store(tmp_path / "twice", smoke, [_run(0, 0.3), _run(0, 0.3)])
+    with pytest.raises(ConfigError, match=r"twice/results.json: run .* is in it twice"):
+        ca.merge_stores([twice], ca.comparison_key)
+    other = _store(tmp_path / "other", smoke, [{k: v for k, v in _run(0, 0.3).items()
+                                                if k != "agent"}])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"other/results.json: run #0 lacks 'agent'"):
+        ca.merge_stores([other], ca.comparison_key)
+    no_seeds = _store(tmp_path / "no_seeds", {k: v for k, v in smoke.items()
+                                              if k != "search_seeds"}, [])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"no_seeds/results.json: its protocol has no list of "
+                                          r"search_seeds"):  # fmt: skip
+        ca.merge_stores([no_seeds], ca.comparison_key)
     with pytest.raises(ConfigError, match=r"nowhere/results.json: cannot read the results"):
         ca.merge_stores([a, tmp_path / "nowhere"], ca.comparison_key)
     (tmp_path / "e").mkdir()
@@ -132,9 +147,32 @@ def test_merge_refuses_other_protocols_clashing_runs_and_missing_stores(tmp_path
     with pytest.raises(ConfigError, match=r"--merge takes the protocol .*drop --protocol, --set"):
         ca.main(["--merge", str(a), "--protocol", "smoke", "--set", "budget=3",
                  "--out", str(tmp_path / "m")])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"drop --cheap-examples"):
+        ca.main(["--merge", str(a), "--cheap-examples", "0", "--out", str(tmp_path / "m")])
     with pytest.raises(ConfigError, match=r"--out .*a is one of the folders merged"):
         ca.main(["--merge", str(a), str(d), "--out", str(a)])
+    with pytest.raises(ConfigError, match=r"c/results.json holds runs of its own"):
+        ca.main(["--merge", str(a), str(d), "--out", str(c)])
     with pytest.raises(ConfigError, match=r"name the folder .* with --out"):
         ca.main(["--merge", str(a)])
+    with pytest.raises(ConfigError, match=r"--agents: no merged run of ppo \(the stores hold "
+                                          r"random\)"):  # fmt: skip
+        ca.main(["--merge", str(a), "--agents", "ppo", "--out", str(tmp_path / "m")])
     assert json.loads((a / "results.json").read_text())["runs"] == [_run(0, 0.3)]
+    assert json.loads((c / "results.json").read_text())["runs"] == [_run(0, 0.4)]
     assert not (tmp_path / "m").exists()
+
+
+def test_a_merge_is_the_same_in_any_order_and_names_the_runs_it_lacks(tmp_path):
+    smoke = pr.load_protocol("smoke")
+    a = _store(tmp_path / "a", {**smoke, "zoo_seeds": [None], "search_seeds": [1]},
+               [{**_run(1, 0.1), "zoo_seed": None}])  # fmt: skip
+    b = _store(tmp_path / "b", {**smoke, "zoo_seeds": [2], "search_seeds": [0, 1]},
+               [{**_run(s, 0.1 + s), "zoo_seed": 2} for s in (0, 1)])  # fmt: skip
+    ab, _ = ca.merge_stores([a, b], ca.comparison_key)
+    ba, runs = ca.merge_stores([b, a], ca.comparison_key)
+    assert ab == ba and ab["zoo_seeds"] == [2, None] and ab["search_seeds"] == [0, 1]
+    assert ab["overrides"] == ["zoo_seeds=[2,null]", "search_seeds=[0,1]"]
+    # zoo seed None never ran search seed 0: the merge says so and keeps it in results.json
+    assert ca.missing_runs(ab, runs, ["random"], ca.comparison_key) == [
+        (None, "random", "both", 0)]  # fmt: skip
