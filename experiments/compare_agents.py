@@ -37,7 +37,8 @@ A comparison too long for one process is split by seed: one invocation per zoo o
 
 runs nothing and analyses them together: the stores must share the protocol but for its seeds
 (a ConfigError names the file and the keys that differ), a run held twice must have the same
-figures, and the merged results.json names the stores it read (``merged_from``).
+figures and settings, and the merged results.json names the stores it read (``merged_from``) and
+the runs of the merged protocol that none of them holds (``missing``, printed too).
 """
 
 from __future__ import annotations
