@@ -376,11 +376,21 @@ def unsupported_notes(comparison: Mapping[str, Any], protocol: Mapping[str, Any]
     return notes
 
 
-def print_table(comparison: Mapping[str, Any], protocol: Mapping[str, Any]) -> None:
-    """Print the comparison table of one (zoo seed, level) and its notes."""
-    console.print(comparison_table(comparison, protocol))
-    for note in unsupported_notes(comparison, protocol):
+def print_table(
+    comparison: Mapping[str, Any], protocol: Mapping[str, Any], path: Path | None = None
+) -> None:
+    """Print the comparison table of one (zoo seed, level) and its notes; ``path``: also write
+    them there, 200 columns wide (a terminal, or a log, squeezes the table to its width)."""
+    table, notes = comparison_table(comparison, protocol), unsupported_notes(comparison, protocol)
+    console.print(table)
+    for note in notes:
         console.print(note)
+    if path is not None:
+        with path.open("w") as fh:
+            wide = Console(file=fh, width=200, no_color=True)
+            wide.print(table)
+            for note in notes:
+                wide.print(note)
 
 
 def plot_curves(comparison: Mapping[str, Any], path: Path) -> None:
@@ -616,8 +626,8 @@ def analyse(
     comparisons = compare(chosen, protocol["budget"], baselines)
     out.mkdir(parents=True, exist_ok=True)
     for c in comparisons:
-        print_table(c, protocol)
         stem = f"z{c['zoo_seed']}_{c['level']}"
+        print_table(c, protocol, out / f"comparison_{stem}.md")
         plot_curves(c, out / f"hv_curve_{stem}.png")
         plot_fronts(chosen, c["zoo_seed"], c["level"], out / f"fronts_{stem}.png")
     for zoo_seed in protocol["zoo_seeds"]:

@@ -98,6 +98,8 @@ def test_runs_split_by_seed_merge_into_the_comparison_made_in_one_go(zoo_cache, 
     assert merged["merged_from"] == [str(tmp_path / d / "results.json") for d in ("s1", "s0")]
     assert json.loads((tmp_path / "merged" / "results.json").read_text()) == merged
     assert (tmp_path / "merged" / "hv_curve_z0_both.png").is_file()
+    table = (tmp_path / "merged" / "comparison_z0_both.md").read_text()
+    assert "random" in table and "references (inputs)" in table and "zoo seed 0" in table
 
 
 def _store(folder: Path, protocol: dict, runs: list) -> Path:
