@@ -49,16 +49,7 @@ from rich.console import Console
 from rich.table import Table
 
 from experiments import stats
-from experiments.compare_agents import (
-    merge_flags_refused,
-    merge_stores,
-    missing_runs,
-    read_store,
-    refuse_unknown,
-    report_missing,
-    run_one,
-    write_store,
-)
+from experiments.compare_agents import load_merge, read_store, run_one, write_store, write_wide
 from experiments.protocol import check_one_space, git_commit, load_protocol
 from merge_env.errors import ConfigError
 
@@ -181,14 +172,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ConfigError("--variants: the ablation compares against full; include it")
     git_commit()  # pinned now: the runs record the code this process started with
     if args.merge is not None:
-        merge_flags_refused(args, {"--protocol": args.protocol, "--set": args.set,
-                                   "--rerun": args.rerun})  # fmt: skip
-        protocol, runs = merge_stores(args.merge, variant_key)
-        found = list(dict.fromkeys(r["variant"] for r in runs))
-        refuse_unknown(args.variants, found, "--variants")
-        variants = args.variants or found
-        missing = missing_runs(protocol, runs, variants, variant_key)
-        report_missing(missing)
+        protocol, runs, variants, missing = load_merge(
+            args, {"--protocol": args.protocol, "--set": args.set, "--rerun": args.rerun},
+            variant_key, "variant", args.variants, "--variants",
+        )  # fmt: skip
         return analyse(protocol, runs, variants, args.out, args.merge, missing)
     protocol = load_protocol(args.protocol or "tuning", args.set)
     variants = args.variants or list(VARIANTS)
@@ -234,8 +221,7 @@ def analyse(
     for a in result:
         t = table(a, protocol)
         console.print(t)
-        with (out / f"ablation_z{a['zoo_seed']}_{a['level']}.md").open("w") as fh:
-            Console(file=fh, width=200, no_color=True).print(t)
+        write_wide(out / f"ablation_z{a['zoo_seed']}_{a['level']}.md", t)
     console.print(f"results in {out}")
     return write_store(out / "results.json", protocol, runs, result, merged_from, missing)
 

@@ -382,15 +382,10 @@ def print_table(
     """Print the comparison table of one (zoo seed, level) and its notes; ``path``: also write
     them there, 200 columns wide (a terminal, or a log, squeezes the table to its width)."""
     table, notes = comparison_table(comparison, protocol), unsupported_notes(comparison, protocol)
-    console.print(table)
-    for note in notes:
-        console.print(note)
+    for item in (table, *notes):
+        console.print(item)
     if path is not None:
-        with path.open("w") as fh:
-            wide = Console(file=fh, width=200, no_color=True)
-            wide.print(table)
-            for note in notes:
-                wide.print(note)
+        write_wide(path, table, *notes)
 
 
 def plot_curves(comparison: Mapping[str, Any], path: Path) -> None:
@@ -528,12 +523,33 @@ def merge_flags_refused(args: argparse.Namespace, flags: Mapping[str, Any]) -> N
                               "a merge would overwrite them: name another --out")  # fmt: skip
 
 
-def report_missing(missing: Sequence[tuple]) -> None:
-    """Print the runs a merge lacks (their statistics have fewer seeds)."""
+def load_merge(
+    args: argparse.Namespace, flags: Mapping[str, Any], key: Callable[[Mapping[str, Any]], tuple],
+    field: str, chosen: Sequence[str] | None, flag: str,
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[str], list[tuple]]:  # fmt: skip
+    """A command's ``--merge``: its ``flags`` refused, the stores merged, the names (each run's
+    ``field``: agent or variant) ``chosen`` by ``flag`` or else every one found, and the runs of
+    the merged protocol none of the stores holds (printed: their statistics have fewer seeds)."""
+    merge_flags_refused(args, flags)
+    protocol, runs = merge_stores(args.merge, key)
+    found = list(dict.fromkeys(r[field] for r in runs))
+    refuse_unknown(chosen, found, flag)
+    names = list(chosen or found)
+    missing = missing_runs(protocol, runs, names, key)
     if missing:
         console.print(f"[bold yellow]{len(missing)} run(s) of the merged protocol are not in "
                       "the stores[/bold yellow] (zoo seed, name, level, search seed): "
                       + ", ".join(map(str, missing)))  # fmt: skip
+    return protocol, runs, names, missing
+
+
+def write_wide(path: Path, *items: Any) -> None:
+    """``items`` (rich tables, lines) written to ``path`` 200 columns wide, uncoloured: a
+    terminal, or a log, squeezes a table to its width."""
+    with path.open("w") as fh:
+        wide = Console(file=fh, width=200, no_color=True)
+        for item in items:
+            wide.print(item)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -566,19 +582,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     git_commit()  # pinned now: the runs record the code this process started with
     if args.merge is not None:
-        merge_flags_refused(args, {
+        protocol, runs, labels, missing = load_merge(args, {
             "--protocol": args.protocol, "--set": args.set, "--budget": args.budget,
             "--seeds": args.seeds, "--levels": args.levels, "--zoo": args.zoo,
             "--cheap-examples": args.cheap_examples, "--ppo-override": args.ppo_override,
             "--tag": args.tag, "--rerun": args.rerun,
-        })  # fmt: skip
-        protocol, runs = merge_stores(args.merge, comparison_key)
-        found = list(dict.fromkeys(r["agent"] for r in runs))
-        refuse_unknown(args.agents, found, "--agents")
-        refuse_unknown(args.baselines, found, "--baselines")
-        labels = args.agents or found
-        missing = missing_runs(protocol, runs, labels, comparison_key)
-        report_missing(missing)
+        }, comparison_key, "agent", args.agents, "--agents")  # fmt: skip
+        refuse_unknown(args.baselines, list(dict.fromkeys(r["agent"] for r in runs)),
+                       "--baselines")  # fmt: skip
         return analyse(protocol, runs, labels, args.baselines, args.out, args.merge, missing)
     protocol = load_protocol(args.protocol or "tuning", [*legacy_overrides(args), *args.set])
     out = args.out or Path("outputs/compare_agents") / protocol["name"]
