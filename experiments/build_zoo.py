@@ -130,9 +130,10 @@ def print_regime(
     the SEARCH split (its papers' protocol); None skips that."""
     sources = {"base": zoo.base, **zoo.experts}
     curves: dict[str, dict[float, float]] = {}
+    examples: dict[str, dict[str, list[bool]]] = {}
     scores = score_regime(
         sources, zoo.tasks, zoo.tokenizer_dir, split="test", device=device, grids=grids,
-        curves=curves,
+        curves=curves, examples=examples,
     )  # fmt: skip
     for family, curve in curves.items():
         points = "  ".join(f"{lam:g}: {mean:.3f}" for lam, mean in curve.items())
@@ -145,7 +146,7 @@ def print_regime(
     for name, row in scores.items():
         table.add_row(name, *(f"{row[t]:.3f}" for t in tasks))
     console.print(table)
-    regime = judge(scores, {t: t for t in zoo.experts})
+    regime = judge(scores, {t: t for t in zoo.experts}, examples=examples)
     for holds, sentence in regime.sentences():
         console.print(f"  [{'green' if holds else 'red'}]{'ok ' if holds else 'NO '}[/] {sentence}")
     console.print(f"  regime {'holds' if regime.holds else 'does NOT hold'}")

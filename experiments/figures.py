@@ -190,10 +190,11 @@ def run_zoo(ctx: Context) -> dict[str, Any]:
         scores = score_zoo(zoo, "test")
         print_zoo_table(zoo, scores, console, f"{built['preset']} seed {zoo_seed}: TEST split")
         curves: dict[str, dict[float, float]] = {}
+        examples: dict[str, dict[str, list[bool]]] = {}
         regime_scores = score_regime({BASE: zoo.base, **zoo.experts}, zoo.tasks,
                                      zoo.tokenizer_dir, split="test", grids=LAMBDA_GRIDS,
-                                     curves=curves)  # fmt: skip
-        regime = judge(regime_scores, {t: t for t in zoo.experts})
+                                     curves=curves, examples=examples)  # fmt: skip
+        regime = judge(regime_scores, {t: t for t in zoo.experts}, examples=examples)
         out.append({
             "zoo_seed": zoo_seed, "root": str(zoo.root), **built,
             "n_test": len(zoo.tasks[0].test), "tasks": [t.name for t in zoo.tasks],
@@ -203,6 +204,7 @@ def run_zoo(ctx: Context) -> dict[str, Any]:
             "metric": metric, "tradeoff": [{"holds": h, "sentence": s}
                                            for h, s in tradeoff_report(zoo, scores, metric)],
             "regime": {"scores": regime_scores, "gains": regime.gains, "kept": regime.kept,
+                       "kept_intervals": regime.intervals,
                        "dominant": regime.dominant, "best_judged": list(regime.best_judged),
                        "holds": regime.holds, "lambda_on_search": curves,
                        "checks": [{"holds": h, "sentence": s} for h, s in regime.sentences()]},

@@ -15,14 +15,23 @@ engine and scorer, so every build can print it:
   no front to search for).
 
 Scores are exact match (teacher-forced greedy; the same number plain ``generate`` gives).
+
+A kept share is a ratio of differences of three exact-match rates on the same test examples, so
+its noise is large next to the 50 % line (about ±0.1 at the default zoo's 192 examples a task).
+Given each row's per-example results, ``judge`` also gives every share a percentile bootstrap
+interval over the test examples (``share_intervals``), and the report says whether the best
+merge's verdict is clear (some share's interval wholly below the line, or every one at or above
+it) or within the test split's noise.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from merge_env.merging.plan import ParamMerge
 from merge_env.scoring.tasks.task import Task
@@ -39,6 +48,9 @@ LAMBDA_GRIDS: dict[str, tuple[float, ...]] = {
 }
 # Scores are fractions of a test split: a share of exactly 0.5 must not fail on rounding.
 _EPS = 1e-9
+# The shares' bootstrap: replicates, coverage, and a fixed seed so a report is reproducible.
+N_BOOT = 2000
+LEVEL = 0.95
 
 
 def regime_merges(experts: Sequence[str]) -> dict[str, ParamMerge]:
@@ -80,6 +92,9 @@ class Regime:
     dominant: list[str]  # merges within tolerance of every expert on every expert's task
     min_gain: float
     min_kept: float
+    # merge -> expert's task -> (low, high) bootstrap interval of the kept share; empty when
+    # judged without per-example results
+    intervals: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
 
     @property
     def gains_hold(self) -> bool:
@@ -117,7 +132,7 @@ class Regime:
             losers = [t for t, g in self.gains.items() if not g > 0]
             best = f"none: {', '.join(losers) or 'no expert'} has no gain to keep"
         else:
-            best = f"best {name} (worst share {share:.2f})"
+            best = f"best {name} (worst share {share:.2f}{self._noise(name)})"
         return [
             (self.gains_hold, f"each expert gains >= {self.min_gain:.2f} on its task: {gains}"),
             (
@@ -131,6 +146,25 @@ class Regime:
                 + (", ".join(self.dominant) or "none is"),
             ),
         ]
+
+    def _noise(self, merge: str) -> str:
+        """The merge's share intervals and whether its verdict is clear, or "" without them."""
+        if merge not in self.intervals:
+            return ""
+        bounds = self.intervals[merge]
+        if any(math.isnan(lo) for lo, _ in bounds.values()):
+            return "; no interval: a resampled gain vanishes too often"
+        line = self.min_kept - _EPS
+        where = (
+            f"clearly below {self.min_kept:.0%}" if any(hi < line for _, hi in bounds.values())
+            else f"clearly at or above {self.min_kept:.0%}"
+            if all(lo >= line for lo, _ in bounds.values())
+            else f"within the test split's noise of {self.min_kept:.0%}"
+        )  # fmt: skip
+        per = ", ".join(
+            f"{t} {self.kept[merge][t]:.2f} [{a:.2f}, {b:.2f}]" for t, (a, b) in bounds.items()
+        )
+        return f"; {LEVEL:.0%} bootstrap intervals {per}: {where}"
 
 
 def _worst(shares: Iterable[float]) -> float:
@@ -146,11 +180,14 @@ def judge(
     min_gain: float = 0.30,
     min_kept: float = 0.50,
     tolerance: float = 0.05,
+    examples: Mapping[str, Mapping[str, Sequence[bool]]] | None = None,
 ) -> Regime:
     """The regime verdict from exact-match ``scores[row][task]``.
 
     Rows: ``base``, one per expert (``experts`` maps the expert's task to its row name) and one
     per merge of ``regime_merges``. An expert that does not gain has a kept share of NaN.
+    ``examples[row][task]``: the per-example results behind ``scores`` (``score_regime``'s);
+    given, every kept share gets its bootstrap interval (``share_intervals``).
     """
     base = scores[BASE]
     gains = {t: scores[row][t] - base[t] for t, row in experts.items()}
@@ -166,7 +203,70 @@ def judge(
             scores[m][t] >= scores[row][t] - tolerance for row in experts.values() for t in experts
         )
     ]
-    return Regime(gains, kept, dominant, min_gain, min_kept)
+    intervals = {} if examples is None else share_intervals(examples, experts, merges)
+    return Regime(gains, kept, dominant, min_gain, min_kept, intervals)
+
+
+def share_intervals(
+    examples: Mapping[str, Mapping[str, Sequence[bool]]],
+    experts: Mapping[str, str],
+    merges: Sequence[str],
+    *,
+    n_boot: int = N_BOOT,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """Percentile bootstrap intervals of every merge's kept shares over the test examples.
+
+    Each replicate resamples every expert task's examples with replacement (the same draw for
+    the base, the expert and every merge: they answered the same questions) and recomputes
+    (merge - base) / (expert - base); a replicate whose resampled gain is not positive has no
+    share and is left out. Returns {merge: {task: (low, high)}}; (nan, nan) where fewer than half
+    the replicates have a share.
+    """
+    rng = np.random.default_rng(seed)
+    draws: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # task -> (base, gain) per replicate
+    index: dict[str, np.ndarray] = {}
+    for task, row in experts.items():
+        base = _correct(examples, BASE, task)
+        expert = _correct(examples, row, task)
+        if len(expert) != len(base):
+            raise ValueError(f"regime: {row!r} and base scored different {task!r} examples")
+        index[task] = rng.integers(0, len(base), (n_boot, len(base)))
+        base_mean = base[index[task]].mean(1)
+        gain = expert[index[task]].mean(1) - base_mean
+        draws[task] = (base_mean, np.where(gain > 0, gain, np.nan))
+    alpha = (1.0 - level) / 2
+    intervals: dict[str, dict[str, tuple[float, float]]] = {}
+    for merge in merges:
+        intervals[merge] = {}
+        for task in experts:
+            base_mean, gain = draws[task]
+            answers = _correct(examples, merge, task)
+            if len(answers) != index[task].shape[1]:
+                raise ValueError(f"regime: {merge!r} and base scored different {task!r} examples")
+            share = (answers[index[task]].mean(1) - base_mean) / gain
+            intervals[merge][task] = _interval(share, alpha)
+    return intervals
+
+
+def _correct(
+    examples: Mapping[str, Mapping[str, Sequence[bool]]], row: str, task: str
+) -> np.ndarray:
+    """Row ``row``'s per-example results on ``task`` as 0/1 floats; KeyError names what is missing."""
+    try:
+        return np.asarray(examples[row][task], dtype=np.float64)
+    except KeyError as err:
+        raise KeyError(f"regime: no per-example results of {row!r} on {task!r}") from err
+
+
+def _interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
+    """The (alpha, 1 - alpha) quantiles of the finite ``values``; (nan, nan) if under half are."""
+    finite = values[np.isfinite(values)]
+    if len(finite) < len(values) / 2:
+        return math.nan, math.nan
+    lo, hi = np.quantile(finite, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
 
 
 def score_regime(
@@ -179,6 +279,7 @@ def score_regime(
     grids: Mapping[str, Sequence[float]] | None = None,
     validation_split: str = "search",
     curves: dict[str, dict[float, float]] | None = None,
+    examples: dict[str, dict[str, list[bool]]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Exact match of the base, every expert and every ``regime_merges`` merge on ``split``.
 
@@ -187,6 +288,7 @@ def score_regime(
     (e.g. ``LAMBDA_GRIDS``): each family is also scored on ``validation_split`` at every λ of
     its grid, and the λ with the best mean exact match over the tasks (the first on a tie) is
     scored on ``split`` as row ``tuned_name(family, λ)``; ``curves`` receives {family: {λ: mean}}.
+    ``examples`` receives {row: {task: per-example correct on ``split``}} (for ``judge``).
     """
     from transformers import AutoTokenizer
 
@@ -203,9 +305,19 @@ def score_regime(
         scores = evaluator.score_tasks(model, tasks, on)
         return {task: score.exact_match for task, score in scores.items()}
 
-    out = {name: exact_match(pool.models[name], split) for name in sources}
+    def judged(name: str, model: object) -> dict[str, float]:
+        """Exact match on ``split`` from the per-example results (``score_tasks``' very sweep)."""
+        per = {
+            t: [e.correct for e in ex]
+            for t, ex in evaluator.task_examples(model, tasks, split).items()
+        }
+        if examples is not None:
+            examples[name] = per
+        return {t: float(np.mean(c)) if c else math.nan for t, c in per.items()}
+
+    out = {name: judged(name, pool.models[name]) for name in sources}
     for name, spec in regime_merges(experts).items():
-        out[name] = exact_match(pool.merged_model(spec), split)
+        out[name] = judged(name, pool.merged_model(spec))
     for family, grid in (grids or {}).items():
         curve = {}
         for lam in grid:
@@ -214,9 +326,8 @@ def score_regime(
             )
             curve[float(lam)] = sum(val.values()) / len(val)
         best = max(curve, key=curve.__getitem__)  # max keeps the first of equals
-        out[tuned_name(family, best)] = exact_match(
-            pool.merged_model(scaled_merge(family, experts, best)), split
-        )
+        name = tuned_name(family, best)
+        out[name] = judged(name, pool.merged_model(scaled_merge(family, experts, best)))
         if curves is not None:
             curves[family] = curve
     return out

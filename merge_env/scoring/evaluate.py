@@ -450,6 +450,22 @@ class Evaluator:
         stats = self._run(model, self.encode(examples))
         return [ExampleScore(bool(t == c), int(t), int(c), float(ll)) for t, c, ll in stats]
 
+    def task_examples(
+        self, model: Any, tasks: Sequence[Task], split: str = "search"
+    ) -> dict[str, list[ExampleScore]]:
+        """Return {task name: per-example results on ``split``} (uncached), from the very sweep
+        ``score_tasks`` runs, so their exact match is ``score_tasks``' bit for bit."""
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"evaluator: task names repeat in {names}")
+        encoded, spans = self._encoded_tasks(tasks, split)
+        stats = self._run(model, encoded) if encoded else np.zeros((0, 3))
+        return {
+            task.name: [ExampleScore(bool(t == c), int(t), int(c), float(ll))
+                        for t, c, ll in stats[a:b]]
+            for task, (a, b) in zip(tasks, spans)
+        }  # fmt: skip
+
     def score(
         self, model: Any, task: Task, split: str = "search", *, model_key: str | None = None
     ) -> TaskScore:

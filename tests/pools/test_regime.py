@@ -15,6 +15,7 @@ from merge_env.pools.regime import (
     regime_merges,
     scaled_merge,
     score_regime,
+    share_intervals,
     tuned_name,
 )
 from merge_env.search.recipe import BASE
@@ -59,6 +60,70 @@ def test_each_check_can_fail():
     # the uniform linear merge is shown but never decides the regime
     only_linear = judge(_scores(**{"linear uniform": {"a": 0.8, "b": 0.8}}), EXPERTS)
     assert math.isnan(only_linear.best_judged[1]) and not only_linear.merging_holds
+
+
+def _answers(n: int, right: int) -> list[bool]:
+    """``right`` correct answers of ``n``, spread evenly (a fixed pattern, not random)."""
+    return [(i * right) // n != ((i + 1) * right) // n for i in range(n)]
+
+
+def test_shares_get_bootstrap_intervals_over_the_test_examples():
+    n = 200
+    base = _answers(n, 40)  # 0.2
+    expert = [True] * n  # gain 0.8
+    examples = {
+        BASE: {"a": base},
+        "exp_a": {"a": expert},
+        "same": {"a": expert},  # keeps the whole gain on every example
+        "none": {"a": base},  # keeps nothing
+        "half": {"a": [b or i % 2 == 0 for i, b in enumerate(base)]},
+    }
+    scores = {row: {"a": sum(v["a"]) / n} for row, v in examples.items()}
+    regime = judge(scores, {"a": "exp_a"}, examples=examples)
+    assert regime.intervals["same"]["a"] == (1.0, 1.0)
+    assert regime.intervals["none"]["a"] == (0.0, 0.0)
+    lo, hi = regime.intervals["half"]["a"]
+    share = regime.kept["half"]["a"]
+    assert lo < share < hi and 0.05 < hi - lo < 0.4  # noisy at 200 examples, not degenerate
+    # the same draw every time: a printed report is reproducible
+    assert share_intervals(examples, {"a": "exp_a"}, ["half"])["half"]["a"] == (lo, hi)
+    merging = regime.sentences()[1][1]
+    assert "best same (worst share 1.00; 95% bootstrap intervals a 1.00 [1.00, 1.00]: clearly" in (
+        merging
+    )
+
+
+def test_the_report_says_when_a_verdict_is_within_the_noise():
+    n = 64
+    base = [False] * n
+    expert = [True] * n
+    half = [i % 2 == 0 for i in range(n)]  # share 0.5 on 64 examples: +-0.12 or so
+    most = [i % 8 != 0 for i in range(n)]  # share 0.875
+    few = [i < 8 for i in range(n)]  # share 0.125
+    # the best merge's verdict: one share clearly below the line decides; all clearly above it
+    # too; anything else is within the noise, whatever the point estimates say
+    for a, b, words in (
+        (half, most, "within the test split's noise of 50%"),
+        (most, few, "clearly below 50%"),
+        (most, most, "clearly at or above 50%"),
+    ):
+        examples = {
+            BASE: {"a": base, "b": base},
+            "exp_a": {"a": expert, "b": base},
+            "exp_b": {"a": base, "b": expert},
+            "ties d0.5": {"a": a, "b": b},
+        }
+        scores = {row: {t: sum(v) / n for t, v in by.items()} for row, by in examples.items()}
+        regime = judge(scores, {"a": "exp_a", "b": "exp_b"}, examples=examples)
+        assert set(regime.intervals["ties d0.5"]) == {"a", "b"}
+        assert words in regime.sentences()[1][1], words
+    # an expert whose gain vanishes in most replicates has no interval
+    flat = {BASE: {"a": half}, "exp_a": {"a": half}, "m": {"a": half}}
+    assert all(math.isnan(x) for x in share_intervals(flat, {"a": "exp_a"}, ["m"])["m"]["a"])
+    with pytest.raises(ValueError, match="'m' and base scored different 'a' examples"):
+        share_intervals({**examples, "m": {"a": half[:10]}}, {"a": "exp_a"}, ["m"])
+    with pytest.raises(KeyError, match="no per-example results of 'm' on 'b'"):
+        share_intervals({**examples, "m": {"a": half}}, {"a": "exp_a", "b": "exp_b"}, ["m"])
 
 
 def test_merges_are_the_papers_settings():
@@ -133,8 +198,16 @@ def test_scores_on_the_tiny_zoo_match_a_hand_merge(tiny_zoo):
     from merge_env.scoring.evaluate import Evaluator
 
     sources = {BASE: tiny_zoo.base, **tiny_zoo.experts}
-    scores = score_regime(sources, tiny_zoo.tasks, tiny_zoo.tokenizer_dir)
+    examples: dict = {}
+    scores = score_regime(sources, tiny_zoo.tasks, tiny_zoo.tokenizer_dir, examples=examples)
     assert set(scores) == {BASE, *tiny_zoo.experts, *regime_merges(list(tiny_zoo.experts))}
+    # the per-example results behind every score, one per TEST example
+    assert set(examples) == set(scores)
+    for row, by_task in scores.items():
+        for task in tiny_zoo.tasks:
+            answers = examples[row][task.name]
+            assert len(answers) == len(task.test)
+            assert by_task[task.name] == pytest.approx(sum(answers) / len(answers))
     # task arithmetic 1.0 by hand: base + sum of task vectors, scored by the same evaluator
     base = AutoModelForCausalLM.from_pretrained(tiny_zoo.base).eval()
     experts = [
@@ -160,3 +233,4 @@ def test_builder_prints_the_regime(tiny_zoo):
     text = out.getvalue()
     assert "fine-tune regime" in text and "task arith 0.5" in text
     assert "regime holds" in text or "regime does NOT hold" in text
+    assert "bootstrap interval" in text or "no interval" in text or "has no gain" in text
