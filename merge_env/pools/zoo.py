@@ -44,7 +44,12 @@ from merge_env.pools.finetune import (
     mixture_batches,
     warmup_cosine,
 )
-from merge_env.scoring.tasks.synthetic import ZOO_TASK_KINDS, char_tokenizer, make_task
+from merge_env.scoring.tasks.synthetic import (
+    ZOO_TASK_KINDS,
+    char_tokenizer,
+    check_rare_symbols,
+    make_task,
+)
 from merge_env.scoring.tasks.task import Task
 
 logger = logging.getLogger(__name__)
@@ -126,6 +131,9 @@ class ZooConfig:
     # the share of each task's rare symbols in the base's pretraining data (uniform: None); one
     # value for every task, or one per task (aligned with tasks)
     base_rare_mass: float | tuple[float, ...] | None = (0.01, 0.01, 0.002)
+    # each task's rare symbols (aligned with tasks); None: the tasks' own (RARE_SYMBOLS: digits
+    # 7-9, letters n-z, N-Z)
+    rare_symbols: tuple[str, ...] | None = None
     expert_steps: tuple[int, ...] = (600, 600, 600)  # aligned with tasks
     expert_lr: float | tuple[float, ...] = 6e-4  # one for every expert, or one per task
     # share of each expert's batches replaying the base's pretraining mixture
@@ -161,6 +169,13 @@ class ZooConfig:
                 raise ConfigError(
                     f"zoo.base_rare_mass: must be in [0, 1], got {self.base_rare_mass}"
                 )
+        if self.rare_symbols is not None:
+            if isinstance(self.rare_symbols, str) or len(self.rare_symbols) != k:
+                raise ConfigError(
+                    f"zoo.rare_symbols: one string per task {self.tasks}, got {self.rare_symbols!r}"
+                )
+            for task, symbols in zip(self.tasks, self.rare_symbols, strict=True):
+                check_rare_symbols(task, symbols)
         if not all(lr > 0 for lr in self.per_task("expert_lr")):
             raise ConfigError(f"zoo.expert_lr: must be > 0, got {self.expert_lr}")
         for key in ("base_steps", "odd_steps", "batch_size", "n_search", "n_test", "train_pool"):
@@ -202,7 +217,8 @@ class ZooConfig:
             kw["recycling"] = tuple(
                 RecycleSpec(**{**r, "mix": tuple(r.get("mix", ()))}) for r in kw["recycling"]
             )
-        for key in ("tasks", "base_mix", "expert_steps", "base_rare_mass", "expert_lr"):
+        for key in ("tasks", "base_mix", "expert_steps", "base_rare_mass", "expert_lr",
+                    "rare_symbols"):  # fmt: skip
             if isinstance(kw.get(key), list):
                 kw[key] = tuple(kw[key])
         return cls(**kw)
@@ -212,7 +228,12 @@ class ZooConfig:
         tasks = [
             make_task(k, self.n_search, self.n_test, self.task_seed).fingerprint for k in self.tasks
         ]
-        blob = json.dumps([ZOO_VERSION, self.to_dict(), tasks], sort_keys=True)
+        settings = self.to_dict()
+        if (
+            settings["rare_symbols"] is None
+        ):  # the tasks' own: zoos built before the key keep theirs
+            del settings["rare_symbols"]
+        blob = json.dumps([ZOO_VERSION, settings, tasks], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -361,9 +382,10 @@ class _Trainer:
         from merge_env.scoring.tasks.synthetic import training_examples
 
         out = []
-        for task, mass in zip(self.tasks, rare_mass, strict=True):
+        symbols = self.config.rare_symbols or (None,) * len(self.tasks)
+        for task, mass, rare in zip(self.tasks, rare_mass, symbols, strict=True):
             seed = sub_seed(self.config.seed, f"{stream}:{task.name}")
-            examples = training_examples(task.name, self.config.train_pool, seed, task, mass)
+            examples = training_examples(task.name, self.config.train_pool, seed, task, mass, rare)
             out.append(encode_rows(self.tok, examples, self.config.shape.max_positions))
         return out
 

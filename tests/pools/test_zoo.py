@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -14,7 +15,8 @@ from safetensors.torch import load_file
 from merge_env.errors import CheckpointError, ConfigError
 from merge_env.pools import zoo as zoo_module
 from merge_env.pools.cache import default_cache_dir
-from merge_env.pools.zoo import ZooConfig, build_zoo, load_zoo
+from merge_env.pools.zoo import ZOO_VERSION, ZooConfig, build_zoo, load_zoo
+from merge_env.scoring.tasks.synthetic import make_task
 
 
 def _all_dirs(zoo) -> list[Path]:
@@ -241,6 +243,39 @@ def test_per_task_settings_take_one_value_or_one_per_task():
         dataclasses.replace(tiny, expert_lr=(1e-3, 0.0, 1e-3))
     with pytest.raises(ConfigError, match="base_rare_mass"):
         dataclasses.replace(tiny, base_rare_mass=(0.1, 1.5, 0.1))
+
+
+def test_rare_symbols_are_one_set_per_task_and_only_named_ones_change_the_zoo():
+    from experiments.build_zoo import zoo_config
+
+    tiny = ZooConfig.preset("tiny")
+    own = zoo_config("tiny", 0, ["rare_symbols=['6789','nopqrstuvwxyz','NOPQRSTUVWXYZ']"])
+    assert own.rare_symbols == ("6789", "nopqrstuvwxyz", "NOPQRSTUVWXYZ")
+    back = ZooConfig.from_dict(json.loads(json.dumps(own.to_dict())))
+    assert back == own and back.fingerprint() == own.fingerprint() != tiny.fingerprint()
+    # the key left out (None: the tasks' own symbols) leaves every fingerprint as it was, so
+    # zoos cached before the key existed are found again
+    digest = hashlib.sha256(
+        json.dumps(
+            [
+                ZOO_VERSION,
+                {k: v for k, v in tiny.to_dict().items() if k != "rare_symbols"},
+                [make_task(k, tiny.n_search, tiny.n_test, tiny.task_seed).fingerprint
+                 for k in tiny.tasks],
+            ],
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:16]  # fmt: skip
+    assert tiny.rare_symbols is None and tiny.fingerprint() == digest
+    for bad, words in (
+        (("6789", "xyz"), "one string per task"),
+        ("6789", "one string per task"),
+        (("0123456789", "xyz", "XYZ"), "'add': rare symbols '0123456789'"),
+        (("6789", "XYZ", "XYZ"), "'reverse': rare symbols 'XYZ'"),
+        (("66", "xyz", "XYZ"), "must be distinct"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            dataclasses.replace(tiny, rare_symbols=bad)
 
 
 def test_expert_mixture_replays_the_base_mixture():

@@ -84,6 +84,22 @@ def test_rare_mass_skews_training_data_and_splits_stay_uniform(kind):
         training_examples(kind, 5, 0, rare_mass=1.5)
 
 
+def test_rare_symbols_can_be_named_per_call():
+    task = make_task("add", 100, 100, seed=0)
+    digits = lambda exs: "".join(ex.prompt[4:-1].replace("+", "") for ex in exs)  # noqa: E731
+    own = training_examples("add", 3000, seed=1, exclude=task, rare_mass=0.04, rare_symbols="6789")
+    chars = digits(own)
+    assert sum(c in "6789" for c in chars) / len(chars) < 0.06  # 0.04 of the draws, about
+    assert sum(c == "6" for c in chars) > 0  # 6 is rare now, not absent
+    assert sum(c == "6" for c in chars) / len(chars) < 0.02
+    # the task's own rare symbols named are the default's very draws
+    assert training_examples("add", 500, 1, task, 0.01, "789") == training_examples(
+        "add", 500, 1, task, 0.01
+    )
+    with pytest.raises(ConfigError, match="rare symbols 'ab'"):
+        training_examples("add", 5, 0, rare_mass=0.1, rare_symbols="ab")
+
+
 def test_add_mixes_one_and_two_digit_operands():
     second = [ex.prompt[4:-1].split("+")[1] for ex in make_task("add", 400, 0, 1).search]
     n_short = sum(len(b) == 1 for b in second)

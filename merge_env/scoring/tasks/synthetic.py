@@ -38,35 +38,50 @@ DEFAULT_ALPHABET = "".join(chr(i) for i in range(32, 127)) + "\n\t"
 
 
 def _symbols(
-    kind: str, alphabet: str, n: int, rng: np.random.Generator, rare_mass: float | None
+    kind: str,
+    alphabet: str,
+    n: int,
+    rng: np.random.Generator,
+    rare_mass: float | None,
+    rare_symbols: str | None = None,
 ) -> str:
-    """``n`` symbols of ``alphabet``: uniform, or with ``rare_mass`` on the task's rare ones."""
+    """``n`` symbols of ``alphabet``: uniform, or with ``rare_mass`` on the rare ones
+    (``rare_symbols``, default the task's ``RARE_SYMBOLS``)."""
     chars = np.array(list(alphabet))
     if rare_mass is None:
         return "".join(rng.choice(chars, size=n))
-    rare = np.array([c in RARE_SYMBOLS[kind] for c in alphabet])
+    symbols = RARE_SYMBOLS[kind] if rare_symbols is None else rare_symbols
+    rare = np.array([c in symbols for c in alphabet])
     p = np.where(rare, rare_mass / rare.sum(), (1.0 - rare_mass) / (~rare).sum())
     return "".join(rng.choice(chars, size=n, p=p))
 
 
-def _draw(kind: str, rng: np.random.Generator, rare_mass: float | None = None) -> Example:
+def _draw(
+    kind: str,
+    rng: np.random.Generator,
+    rare_mass: float | None = None,
+    rare_symbols: str | None = None,
+) -> Example:
     """Return one random zoo example of ``kind`` (uniform symbols unless ``rare_mass``)."""
     tag = ZOO_TAGS[kind]
     if kind == "add":
         # Two-digit plus one- or two-digit, half each: hard enough to need learning, easy enough
         # that a small model trained briefly gets some right (3-digit addition did not).
+        def digits(alphabet: str) -> str:
+            return _symbols(kind, alphabet, 1, rng, rare_mass, rare_symbols)
+
         def two_digits() -> str:
-            head = _symbols(kind, "123456789", 1, rng, rare_mass)
-            return head + _symbols(kind, _DIGITS, 1, rng, rare_mass)
+            head = digits("123456789")
+            return head + digits(_DIGITS)
 
         a = two_digits()
-        b = _symbols(kind, _DIGITS, 1, rng, rare_mass) if rng.random() < 0.5 else two_digits()
+        b = digits(_DIGITS) if rng.random() < 0.5 else two_digits()
         return Example(f"{tag} {a}+{b}=", str(int(a) + int(b)))
     n = int(rng.integers(3, 7))
     if kind == "reverse":
-        word = _symbols(kind, _LOWER, n, rng, rare_mass)
+        word = _symbols(kind, _LOWER, n, rng, rare_mass, rare_symbols)
         return Example(f"{tag} {word}=", word[::-1])
-    word = _symbols(kind, _UPPER, n, rng, rare_mass)
+    word = _symbols(kind, _UPPER, n, rng, rare_mass, rare_symbols)
     return Example(f"{tag} {word}=", word.translate(_CIPHER))
 
 
@@ -107,15 +122,32 @@ def make_task(kind: str, n_search: int, n_test: int, seed: int) -> Task:
     return Task(kind, tuple(examples[:n_search]), tuple(examples[n_search:]))
 
 
+def check_rare_symbols(kind: str, symbols: str) -> None:
+    """ConfigError unless ``symbols`` is a non-empty proper subset of task ``kind``'s symbols."""
+    alphabet = {"add": _DIGITS, "reverse": _LOWER, "cipher": _UPPER}.get(kind)
+    if alphabet is None:
+        raise ConfigError(f"unknown zoo task kind {kind!r}; expected one of {ZOO_TASK_KINDS}")
+    if not symbols or not set(symbols) < set(alphabet) or len(set(symbols)) != len(symbols):
+        raise ConfigError(
+            f"zoo task {kind!r}: rare symbols {symbols!r} must be distinct symbols of "
+            f"{alphabet!r}, some but not all"
+        )
+
+
 def training_examples(
-    kind: str, n: int, seed: int, exclude: Task | None = None, rare_mass: float | None = None
+    kind: str,
+    n: int,
+    seed: int,
+    exclude: Task | None = None,
+    rare_mass: float | None = None,
+    rare_symbols: str | None = None,
 ) -> list[Example]:
     """Return ``n`` zoo training examples of ``kind`` sharing no prompt with ``exclude``.
 
     Uniform (``rare_mass=None``, the task's own data): distinct prompts. With ``rare_mass`` (a
-    base model's pretraining share of the rare symbols): drawn independently, so common prompts
-    repeat as they do in pretraining data (distinct prompts would run out of common ones and
-    fill up with rare symbols).
+    base model's pretraining share of the rare symbols, ``rare_symbols`` or by default the task's
+    ``RARE_SYMBOLS``): drawn independently, so common prompts repeat as they do in pretraining
+    data (distinct prompts would run out of common ones and fill up with rare symbols).
     """
     banned = set() if exclude is None else {ex.prompt for ex in exclude.search + exclude.test}
     rng = _rng(kind, seed, 1)
@@ -123,9 +155,11 @@ def training_examples(
         return _unique(kind, n, rng, banned)
     if not 0.0 <= rare_mass <= 1.0:
         raise ConfigError(f"zoo task {kind!r}: rare_mass must be in [0, 1], got {rare_mass}")
+    if rare_symbols is not None:
+        check_rare_symbols(kind, rare_symbols)
     out: list[Example] = []
     while len(out) < n:
-        ex = _draw(kind, rng, rare_mass)
+        ex = _draw(kind, rng, rare_mass, rare_symbols)
         if ex.prompt not in banned:
             out.append(ex)
     return out
