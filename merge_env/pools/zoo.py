@@ -229,9 +229,8 @@ class ZooConfig:
             make_task(k, self.n_search, self.n_test, self.task_seed).fingerprint for k in self.tasks
         ]
         settings = self.to_dict()
-        if (
-            settings["rare_symbols"] is None
-        ):  # the tasks' own: zoos built before the key keep theirs
+        # None (the tasks' own symbols) is left out, so zoos built before the key keep theirs
+        if settings["rare_symbols"] is None:
             del settings["rare_symbols"]
         blob = json.dumps([ZOO_VERSION, settings, tasks], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
