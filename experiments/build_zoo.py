@@ -12,7 +12,9 @@ regime (merge_env/pools/regime.py): the plain merges a user would try (TIES dens
 arithmetic 0.5 and 1.0, uniform linear) scored on the TEST split, each expert's own-task gain and
 the share of it each merge keeps, and TIES and task arithmetic again at the scaling λ their papers
 would pick on validation data (the one that scores best on the SEARCH split, from
-``regime.LAMBDA_GRIDS``; ``--fixed-lambda`` skips that); ``--no-regime`` skips it all.
+``regime.LAMBDA_GRIDS``; ``--fixed-lambda`` skips that), each kept share of the best merge with
+its bootstrap interval over the test examples (is the verdict clear, or within the noise?), and
+the experts' task vectors (size against the base, cosines); ``--no-regime`` skips it all.
 
 ``--set KEY=VALUE ...`` changes settings of the preset (any ``ZooConfig`` field, Python
 literals: ``--set "base_rare_mass=[0.03,0.01,0.002]" base_steps=800``), e.g. to study another
@@ -35,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from merge_env.errors import ConfigError
-from merge_env.pools.regime import LAMBDA_GRIDS, Regime, judge, score_regime
+from merge_env.pools.regime import LAMBDA_GRIDS, Regime, judge, score_regime, task_vectors
 from merge_env.pools.smollm2 import SmolConfig, SmolPool
 from merge_env.pools.zoo import Zoo, ZooConfig, build_zoo
 from merge_env.scoring.evaluate import Evaluator, TaskScore
@@ -150,6 +152,9 @@ def print_regime(
     for holds, sentence in regime.sentences():
         console.print(f"  [{'green' if holds else 'red'}]{'ok ' if holds else 'NO '}[/] {sentence}")
     console.print(f"  regime {'holds' if regime.holds else 'does NOT hold'}")
+    console.print("  task vectors (expert minus base):")
+    for line in task_vectors(zoo.base, zoo.experts).sentences():
+        console.print(f"    {line}")
     return scores, regime
 
 

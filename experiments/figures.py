@@ -76,7 +76,7 @@ from experiments.protocol import (
 )
 from experiments.report import markdown_table
 from merge_env.errors import ConfigError, MergeGymError
-from merge_env.pools.regime import LAMBDA_GRIDS, judge, score_regime
+from merge_env.pools.regime import LAMBDA_GRIDS, judge, score_regime, task_vectors
 from merge_env.pools.zoo import ZooConfig, build_zoo
 from merge_env.search.recipe import BASE
 
@@ -195,6 +195,7 @@ def run_zoo(ctx: Context) -> dict[str, Any]:
                                      zoo.tokenizer_dir, split="test", grids=LAMBDA_GRIDS,
                                      curves=curves, examples=examples)  # fmt: skip
         regime = judge(regime_scores, {t: t for t in zoo.experts}, examples=examples)
+        vectors = task_vectors(zoo.base, zoo.experts)
         out.append({
             "zoo_seed": zoo_seed, "root": str(zoo.root), **built,
             "n_test": len(zoo.tasks[0].test), "tasks": [t.name for t in zoo.tasks],
@@ -207,6 +208,9 @@ def run_zoo(ctx: Context) -> dict[str, Any]:
                        "kept_intervals": regime.intervals,
                        "dominant": regime.dominant, "best_judged": list(regime.best_judged),
                        "holds": regime.holds, "lambda_on_search": curves,
+                       "task_vectors": {"relative": vectors.relative, "cosine": {
+                           part: {f"{a}-{b}": c for (a, b), c in pairs.items()}
+                           for part, pairs in vectors.cosine.items()}},
                        "checks": [{"holds": h, "sentence": s} for h, s in regime.sentences()]},
         })  # fmt: skip
     return {"zoos": out}

@@ -269,6 +269,73 @@ def _interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+@dataclass(frozen=True)
+class TaskVectors:
+    """Each expert's task vector (expert minus base) by part of the model: its norm relative to
+    the base's, and the cosine between every two experts' vectors. Parts: ``embeddings`` (input
+    embeddings and LM head) and ``body`` (every other tensor)."""
+
+    relative: dict[str, dict[str, float]]  # part -> expert -> |expert - base| / |base|
+    cosine: dict[str, dict[tuple[str, str], float]]  # part -> (expert, expert) -> cosine
+
+    def sentences(self) -> list[str]:
+        """One line per part, for a console report."""
+        out = []
+        for part, rel in self.relative.items():
+            sizes = ", ".join(f"{e} {r:.1%}" for e, r in rel.items())
+            cos = ", ".join(f"{a}-{b} {c:.2f}" for (a, b), c in self.cosine[part].items())
+            out.append(f"{part}: size against the base {sizes}; cosines {cos or '-'}")
+        return out
+
+
+def task_vectors(base: str | Path, experts: Mapping[str, str | Path]) -> TaskVectors:
+    """The experts' task vectors against ``base``, read one tensor at a time (a 135M model's
+    vectors never sit in memory whole); CheckpointError names a tensor an expert lacks or holds
+    in another shape."""
+    from merge_env.errors import CheckpointError
+    from merge_env.merging.checkpoint import Checkpoint
+
+    origin = Checkpoint(base)
+    models = {name: Checkpoint(path) for name, path in experts.items()}
+    embeddings = {*origin.arch.embed_names, origin.arch.head_name}
+    names = list(experts)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    sums: dict[str, dict[object, float]] = {}  # part -> expert or pair -> sum of products
+    base_sq: dict[str, float] = {}  # part -> squared norm of the base
+    for tensor in origin.names:
+        b = origin.get(tensor).double()
+        deltas = {}
+        for name, model in models.items():
+            if tensor not in model:
+                raise CheckpointError(f"{model.path}: tensor {tensor!r} of the base not found")
+            value = model.get(tensor)
+            if tuple(value.shape) != tuple(b.shape):
+                raise CheckpointError(
+                    f"{model.path}: tensor {tensor!r} has shape {tuple(value.shape)}, "
+                    f"the base's {tuple(b.shape)}"
+                )
+            deltas[name] = value.double() - b
+        part = "embeddings" if tensor in embeddings else "body"
+        acc = sums.setdefault(part, {})
+        base_sq[part] = base_sq.get(part, 0.0) + float((b * b).sum())
+        for name, d in deltas.items():
+            acc[name] = acc.get(name, 0.0) + float((d * d).sum())
+        for a, c in pairs:
+            acc[(a, c)] = acc.get((a, c), 0.0) + float((deltas[a] * deltas[c]).sum())
+    relative: dict[str, dict[str, float]] = {}
+    cosine: dict[str, dict[tuple[str, str], float]] = {}
+    for part in ("body", "embeddings"):
+        if part not in sums:
+            continue
+        acc, norm = sums[part], base_sq[part]
+        relative[part] = {n: math.sqrt(acc[n] / norm) if norm else math.nan for n in names}
+        cosine[part] = {
+            (a, c): acc[(a, c)] / math.sqrt(acc[a] * acc[c]) if acc[a] and acc[c] else math.nan
+            for a, c in pairs
+        }
+    return TaskVectors(relative, cosine)
+
+
 def score_regime(
     sources: Mapping[str, str | Path],
     tasks: Sequence[Task],

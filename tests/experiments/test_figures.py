@@ -10,6 +10,7 @@ import pytest
 
 from experiments import figures, stats
 from experiments.build_zoo import score_zoo
+from merge_env.pools.regime import task_vectors
 
 # the smoke protocol (tiny zoo, budget 4, search seeds 0 and 1), cut to what each section needs
 ARGS = ["--protocol", "smoke", "--agents", "random", "cmaes", "--variants", "full",
@@ -45,6 +46,14 @@ def test_figures_come_from_the_runs_resume_and_record_failures(zoo_cache, tiny_z
     assert zoo["scores"] == expected and zoo["root"] == str(tiny_zoo.root)
     add = expected["expert:add"]["add"]
     assert f"| expert:add | {add['exact_match']:.3f} / {add['token_accuracy']:.3f} |" in md
+    # the regime's share intervals and task vectors travel into figures.json
+    regime = zoo["regime"]
+    assert set(regime["kept_intervals"]) == set(regime["kept"])
+    vectors = task_vectors(tiny_zoo.base, tiny_zoo.experts)
+    assert regime["task_vectors"]["relative"] == vectors.relative
+    assert set(regime["task_vectors"]["cosine"]["body"]) == {
+        f"{a}-{b}" for a, b in vectors.cosine["body"]
+    }
 
     # compare and ablate: the statistics their own results.json hold, drawn in the markdown
     stored = json.loads((out / "compare" / "results.json").read_text())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from merge_env.pools.regime import (
     scaled_merge,
     score_regime,
     share_intervals,
+    task_vectors,
     tuned_name,
 )
 from merge_env.search.recipe import BASE
@@ -234,3 +236,48 @@ def test_builder_prints_the_regime(tiny_zoo):
     assert "fine-tune regime" in text and "task arith 0.5" in text
     assert "regime holds" in text or "regime does NOT hold" in text
     assert "bootstrap interval" in text or "no interval" in text or "has no gain" in text
+
+
+def test_task_vectors_by_part_match_a_hand_computation(tiny_zoo, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from merge_env.errors import CheckpointError
+
+    def state(folder):
+        return load_file(next(iter(sorted(folder.glob("*.safetensors")))))
+
+    base = state(tiny_zoo.base)
+    experts = {t: state(p) for t, p in tiny_zoo.experts.items()}
+    vectors = task_vectors(tiny_zoo.base, tiny_zoo.experts)
+    embeddings = [k for k in base if "embed_tokens" in k or "lm_head" in k]
+    assert embeddings and set(vectors.relative) == {"body", "embeddings"}
+    for part in ("body", "embeddings"):
+        keys = [k for k in base if (k in embeddings) == (part == "embeddings")]
+        origin = torch.cat([base[k].flatten().double() for k in keys])
+        flat = {t: torch.cat([e[k].flatten().double() for k in keys]) - origin
+                for t, e in experts.items()}  # fmt: skip
+        for t, v in flat.items():
+            assert vectors.relative[part][t] == pytest.approx(float(v.norm() / origin.norm()))
+        (a, b), cos = next(iter(vectors.cosine[part].items()))
+        assert cos == pytest.approx(float(flat[a] @ flat[b] / (flat[a].norm() * flat[b].norm())))
+    assert "body: size against the base" in vectors.sentences()[0]
+    # the base as an expert: no vector, no direction
+    same = task_vectors(tiny_zoo.base, {"base": tiny_zoo.base, **tiny_zoo.experts})
+    assert same.relative["body"]["base"] == 0.0
+    assert all(math.isnan(c) for (a, _), c in same.cosine["body"].items() if a == "base")
+    # an expert lacking a tensor, or holding it in another shape, is named
+    name, task = next(k for k in base if "layers.0" in k), next(iter(tiny_zoo.experts))
+    for change, words in (("drop", "not found"), ("reshape", "has shape")):
+        broken = tmp_path / change
+        shutil.copytree(tiny_zoo.experts[task], broken)
+        file = next(iter(sorted(broken.glob("*.safetensors"))))
+        tensors = load_file(file)
+        if change == "drop":
+            del tensors[name]
+        else:
+            tensors[name] = tensors[name].flatten()[:3].clone()
+        save_file(tensors, file)
+        with pytest.raises(CheckpointError, match=re.escape(repr(name)) + f".*{words}"):
+            task_vectors(tiny_zoo.base, {task: broken})
