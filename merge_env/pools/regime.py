@@ -19,9 +19,10 @@ Scores are exact match (teacher-forced greedy; the same number plain ``generate`
 A kept share is a ratio of differences of three exact-match rates on the same test examples, so
 its noise is large next to the 50 % line (about ±0.1 at the default zoo's 192 examples a task).
 Given each row's per-example results, ``judge`` also gives every share a percentile bootstrap
-interval over the test examples (``share_intervals``), and the report says whether the best
-merge's verdict is clear (some share's interval wholly below the line, or every one at or above
-it) or within the test split's noise.
+interval over the test examples (``share_intervals``), and one for the statistic the verdict
+reads, the best judged merge's worst share, with the best merge chosen again in every resample;
+the report says whether the verdict is clear (that interval wholly on one side of the line) or
+within the test split's noise.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ class Regime:
     # merge -> expert's task -> (low, high) bootstrap interval of the kept share; empty when
     # judged without per-example results
     intervals: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    # bootstrap interval of the best judged merge's worst share (the merge re-chosen in every
+    # resample); None when judged without per-example results
+    verdict_interval: tuple[float, float] | None = None
 
     @property
     def gains_hold(self) -> bool:
@@ -148,23 +152,27 @@ class Regime:
         ]
 
     def _noise(self, merge: str) -> str:
-        """The merge's share intervals and whether its verdict is clear, or "" without them."""
-        if merge not in self.intervals:
+        """Whether the verdict is clear against the test split's noise, and the merge's share
+        intervals; "" without per-example results."""
+        if self.verdict_interval is None or merge not in self.intervals:
             return ""
-        bounds = self.intervals[merge]
-        if any(math.isnan(lo) for lo, _ in bounds.values()):
-            return "; no interval: a resampled gain vanishes too often"
+        lo, hi = self.verdict_interval
+        if math.isnan(lo):
+            return "; no interval: some resampled gain is not clearly positive"
         line = self.min_kept - _EPS
         where = (
-            f"clearly below {self.min_kept:.0%}" if any(hi < line for _, hi in bounds.values())
-            else f"clearly at or above {self.min_kept:.0%}"
-            if all(lo >= line for lo, _ in bounds.values())
+            f"clearly below {self.min_kept:.0%}" if hi < line
+            else f"clearly at or above {self.min_kept:.0%}" if lo >= line
             else f"within the test split's noise of {self.min_kept:.0%}"
         )  # fmt: skip
         per = ", ".join(
-            f"{t} {self.kept[merge][t]:.2f} [{a:.2f}, {b:.2f}]" for t, (a, b) in bounds.items()
+            f"{t} {self.kept[merge][t]:.2f} [{a:.2f}, {b:.2f}]"
+            for t, (a, b) in self.intervals[merge].items()
         )
-        return f"; {LEVEL:.0%} bootstrap intervals {per}: {where}"
+        return (
+            f"; {LEVEL:.0%} bootstrap interval {lo:.2f}-{hi:.2f}, the best merge chosen again in "
+            f"every resample: {where}; this merge's shares {per}"
+        )
 
 
 def _worst(shares: Iterable[float]) -> float:
@@ -203,8 +211,10 @@ def judge(
             scores[m][t] >= scores[row][t] - tolerance for row in experts.values() for t in experts
         )
     ]
-    intervals = {} if examples is None else share_intervals(examples, experts, merges)
-    return Regime(gains, kept, dominant, min_gain, min_kept, intervals)
+    if examples is None:
+        return Regime(gains, kept, dominant, min_gain, min_kept)
+    intervals, verdict = share_intervals(examples, experts, merges)
+    return Regime(gains, kept, dominant, min_gain, min_kept, intervals, verdict)
 
 
 def share_intervals(
@@ -215,14 +225,16 @@ def share_intervals(
     n_boot: int = N_BOOT,
     level: float = LEVEL,
     seed: int = 0,
-) -> dict[str, dict[str, tuple[float, float]]]:
-    """Percentile bootstrap intervals of every merge's kept shares over the test examples.
+) -> tuple[dict[str, dict[str, tuple[float, float]]], tuple[float, float]]:
+    """Percentile bootstrap intervals of every merge's kept shares over the test examples, and
+    of the statistic the verdict reads.
 
     Each replicate resamples every expert task's examples with replacement (the same draw for
     the base, the expert and every merge: they answered the same questions) and recomputes
     (merge - base) / (expert - base); a replicate whose resampled gain is not positive has no
-    share and is left out. Returns {merge: {task: (low, high)}}; (nan, nan) where fewer than half
-    the replicates have a share.
+    share. Returns ({merge: {task: (low, high)}}, (low, high) of the best judged merge's worst
+    share, the best merge chosen again in each replicate); (nan, nan) where more than the
+    interval's tail share of the replicates has no value (the gain is not clearly positive).
     """
     rng = np.random.default_rng(seed)
     draws: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # task -> (base, gain) per replicate
@@ -238,16 +250,20 @@ def share_intervals(
         draws[task] = (base_mean, np.where(gain > 0, gain, np.nan))
     alpha = (1.0 - level) / 2
     intervals: dict[str, dict[str, tuple[float, float]]] = {}
+    worst: dict[str, np.ndarray] = {}  # merge -> its worst share per replicate (NaN: none)
     for merge in merges:
-        intervals[merge] = {}
+        shares = []
         for task in experts:
             base_mean, gain = draws[task]
             answers = _correct(examples, merge, task)
             if len(answers) != index[task].shape[1]:
                 raise ValueError(f"regime: {merge!r} and base scored different {task!r} examples")
-            share = (answers[index[task]].mean(1) - base_mean) / gain
-            intervals[merge][task] = _interval(share, alpha)
-    return intervals
+            shares.append((answers[index[task]].mean(1) - base_mean) / gain)
+        intervals[merge] = {t: _interval(v, alpha) for t, v in zip(experts, shares, strict=True)}
+        worst[merge] = np.min(np.stack(shares), axis=0)  # NaN stays NaN
+    judged = [worst[m] for m in merges if m not in SHOWN_ONLY]
+    best = np.max(np.stack(judged), axis=0) if judged else np.full(n_boot, np.nan)
+    return intervals, _interval(best, alpha)
 
 
 def _correct(
@@ -261,9 +277,10 @@ def _correct(
 
 
 def _interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
-    """The (alpha, 1 - alpha) quantiles of the finite ``values``; (nan, nan) if under half are."""
+    """The (alpha, 1 - alpha) quantiles of the finite ``values``; (nan, nan) when more than an
+    ``alpha`` share of them is not finite (the quantiles would describe another population)."""
     finite = values[np.isfinite(values)]
-    if len(finite) < len(values) / 2:
+    if not len(finite) or len(finite) < (1.0 - alpha) * len(values):
         return math.nan, math.nan
     lo, hi = np.quantile(finite, [alpha, 1.0 - alpha])
     return float(lo), float(hi)

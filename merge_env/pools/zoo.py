@@ -170,6 +170,11 @@ class ZooConfig:
                     f"zoo.base_rare_mass: must be in [0, 1], got {self.base_rare_mass}"
                 )
         if self.rare_symbols is not None:
+            if self.base_rare_mass is None:
+                raise ConfigError(
+                    "zoo.rare_symbols: only with zoo.base_rare_mass (uniform pretraining data "
+                    "has no rare symbols)"
+                )
             if isinstance(self.rare_symbols, str) or len(self.rare_symbols) != k:
                 raise ConfigError(
                     f"zoo.rare_symbols: one string per task {self.tasks}, got {self.rare_symbols!r}"

@@ -88,11 +88,17 @@ def test_shares_get_bootstrap_intervals_over_the_test_examples():
     share = regime.kept["half"]["a"]
     assert lo < share < hi and 0.05 < hi - lo < 0.4  # noisy at 200 examples, not degenerate
     # the same draw every time: a printed report is reproducible
-    assert share_intervals(examples, {"a": "exp_a"}, ["half"])["half"]["a"] == (lo, hi)
+    assert share_intervals(examples, {"a": "exp_a"}, ["half"])[0]["half"]["a"] == (lo, hi)
+    # the verdict's statistic: the best merge re-chosen in every resample ("same", always 1)
+    assert regime.verdict_interval == (1.0, 1.0)
     merging = regime.sentences()[1][1]
-    assert "best same (worst share 1.00; 95% bootstrap intervals a 1.00 [1.00, 1.00]: clearly" in (
-        merging
+    assert (
+        "best same (worst share 1.00; 95% bootstrap interval 1.00-1.00, the best merge" in merging
     )
+    assert "clearly at or above 50%; this merge's shares a 1.00 [1.00, 1.00]" in merging
+    # without "same" the best is "half" in most resamples, "none" never
+    _, verdict = share_intervals(examples, {"a": "exp_a"}, ["none", "half"])
+    assert verdict == (lo, hi)
 
 
 def test_the_report_says_when_a_verdict_is_within_the_noise():
@@ -119,9 +125,22 @@ def test_the_report_says_when_a_verdict_is_within_the_noise():
         regime = judge(scores, {"a": "exp_a", "b": "exp_b"}, examples=examples)
         assert set(regime.intervals["ties d0.5"]) == {"a", "b"}
         assert words in regime.sentences()[1][1], words
-    # an expert whose gain vanishes in most replicates has no interval
+    # two merges, each worst on another task: the verdict reads the better one per resample
+    examples["task arith 0.5"] = {"a": few, "b": most}
+    _, verdict = share_intervals(
+        examples, {"a": "exp_a", "b": "exp_b"}, ["ties d0.5", "task arith 0.5"]
+    )
+    alone = share_intervals(examples, {"a": "exp_a", "b": "exp_b"}, ["ties d0.5"])[1]
+    assert verdict == alone  # (most, most) beats (few, most) in every resample
+    # an expert whose gain is not clearly positive has no interval, and the report says so
     flat = {BASE: {"a": half}, "exp_a": {"a": half}, "m": {"a": half}}
-    assert all(math.isnan(x) for x in share_intervals(flat, {"a": "exp_a"}, ["m"])["m"]["a"])
+    intervals, verdict = share_intervals(flat, {"a": "exp_a"}, ["m"])
+    assert all(math.isnan(x) for x in [*intervals["m"]["a"], *verdict])
+    tiny = [i < 2 for i in range(n)]  # the expert gets 2 of 64 more: a gain of 0.03
+    rows = {BASE: {"a": base}, "exp_a": {"a": tiny}, "ties d0.5": {"a": tiny}}
+    regime = judge({r: {"a": sum(v["a"]) / n} for r, v in rows.items()}, {"a": "exp_a"},
+                   examples=rows)  # fmt: skip
+    assert "no interval: some resampled gain is not clearly positive" in regime.sentences()[1][1]
     with pytest.raises(ValueError, match="'m' and base scored different 'a' examples"):
         share_intervals({**examples, "m": {"a": half[:10]}}, {"a": "exp_a"}, ["m"])
     with pytest.raises(KeyError, match="no per-example results of 'm' on 'b'"):

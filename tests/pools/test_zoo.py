@@ -267,12 +267,20 @@ def test_rare_symbols_are_one_set_per_task_and_only_named_ones_change_the_zoo():
         ).encode()
     ).hexdigest()[:16]  # fmt: skip
     assert tiny.rare_symbols is None and tiny.fingerprint() == digest
+    # pinned: a change here orphans every zoo users have cached (bump ZOO_VERSION on purpose)
+    assert ZooConfig.preset("default").fingerprint() == "40672da8300263b9"
+    assert tiny.fingerprint() == "00efe72294bef792"
+    with pytest.raises(ConfigError, match="only with zoo.base_rare_mass"):
+        dataclasses.replace(tiny, base_rare_mass=None, rare_symbols=own.rare_symbols)
     for bad, words in (
         (("6789", "xyz"), "one string per task"),
         ("6789", "one string per task"),
         (("0123456789", "xyz", "XYZ"), "'add': rare symbols '0123456789'"),
         (("6789", "XYZ", "XYZ"), "'reverse': rare symbols 'XYZ'"),
-        (("66", "xyz", "XYZ"), "must be distinct"),
+        (("66", "xyz", "XYZ"), "must be a string of distinct"),
+        ((["6", "7"], "xyz", "XYZ"), "must be a string"),
+        (("0", "xyz", "XYZ"), "leading digits"),  # 1-9 would hold no rare digit
+        (("123456789", "xyz", "XYZ"), "leading digits"),  # nor a common one
     ):
         with pytest.raises(ConfigError, match=words):
             dataclasses.replace(tiny, rare_symbols=bad)

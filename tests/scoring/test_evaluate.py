@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -155,6 +156,25 @@ def test_score_tasks_equals_scoring_one_by_one(tok):
         assert together[t.name].loglik == pytest.approx(one.loglik, abs=1e-5)
     with pytest.raises(ConfigError, match="task names repeat"):
         ev.score_tasks(model, [tasks[0], tasks[0]])
+
+
+def test_task_examples_are_the_per_example_results_of_score_tasks(tok, trained):
+    model, task = trained
+    tasks = [task, make_task("add", 6, 5, seed=1)]
+    ev = Evaluator(tok, batch_size=8)
+    per = ev.task_examples(model, tasks, "test")
+    scores = ev.score_tasks(model, tasks, "test")
+    assert list(per) == ["cipher", "add"] and [len(v) for v in per.values()] == [32, 5]
+    for name, results in per.items():
+        # bit for bit: the same sweep, the same mean
+        assert float(np.mean([r.correct for r in results])) == scores[name].exact_match
+        assert sum(r.n_tokens for r in results) > 0
+    assert 0 < scores["cipher"].exact_match < 1  # some right, some wrong: a real check
+    assert ev.task_examples(model, []) == {}
+    with pytest.raises(ConfigError, match="task 'none': split 'test' has no examples"):
+        ev.task_examples(model, [Task("none", (), ())], "test")  # as score_tasks says
+    with pytest.raises(ConfigError, match="task names repeat"):
+        ev.task_examples(model, [task, task])
 
 
 def test_training_mode_is_restored_and_ignored(tok):

@@ -122,15 +122,20 @@ def make_task(kind: str, n_search: int, n_test: int, seed: int) -> Task:
     return Task(kind, tuple(examples[:n_search]), tuple(examples[n_search:]))
 
 
-def check_rare_symbols(kind: str, symbols: str) -> None:
-    """ConfigError unless ``symbols`` is a non-empty proper subset of task ``kind``'s symbols."""
-    alphabet = {"add": _DIGITS, "reverse": _LOWER, "cipher": _UPPER}.get(kind)
-    if alphabet is None:
+def check_rare_symbols(kind: str, symbols: object) -> None:
+    """ConfigError unless ``symbols`` is a string of distinct symbols of task ``kind`` that
+    leaves every alphabet the task draws from with rare and common symbols both (add's leading
+    digit is drawn from 1-9, so "0" alone, or all of 1-9, would leave it one-sided)."""
+    alphabets = {"add": (_DIGITS, "123456789"), "reverse": (_LOWER,), "cipher": (_UPPER,)}
+    if kind not in alphabets:
         raise ConfigError(f"unknown zoo task kind {kind!r}; expected one of {ZOO_TASK_KINDS}")
-    if not symbols or not set(symbols) < set(alphabet) or len(set(symbols)) != len(symbols):
+    ok = isinstance(symbols, str) and len(set(symbols)) == len(symbols)
+    ok = ok and all(set(symbols) & set(a) and set(a) - set(symbols) for a in alphabets[kind])
+    if not ok or not set(symbols) <= set(alphabets[kind][0]):
         raise ConfigError(
-            f"zoo task {kind!r}: rare symbols {symbols!r} must be distinct symbols of "
-            f"{alphabet!r}, some but not all"
+            f"zoo task {kind!r}: rare symbols {symbols!r} must be a string of distinct symbols "
+            f"of {alphabets[kind][0]!r}, some but not all"
+            + (" (and some but not all of 1-9, the leading digits)" if kind == "add" else "")
         )
 
 
