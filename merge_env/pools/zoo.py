@@ -181,6 +181,9 @@ class ZooConfig:
                 )
             for task, symbols in zip(self.tasks, self.rare_symbols, strict=True):
                 check_rare_symbols(task, symbols)
+            # a set, written sorted: "9876" and "6789" are one zoo (one fingerprint)
+            sorted_symbols = tuple("".join(sorted(s)) for s in self.rare_symbols)
+            object.__setattr__(self, "rare_symbols", sorted_symbols)
         if not all(lr > 0 for lr in self.per_task("expert_lr")):
             raise ConfigError(f"zoo.expert_lr: must be > 0, got {self.expert_lr}")
         for key in ("base_steps", "odd_steps", "batch_size", "n_search", "n_test", "train_pool"):

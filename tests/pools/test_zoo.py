@@ -251,6 +251,8 @@ def test_rare_symbols_are_one_set_per_task_and_only_named_ones_change_the_zoo():
     tiny = ZooConfig.preset("tiny")
     own = zoo_config("tiny", 0, ["rare_symbols=['6789','nopqrstuvwxyz','NOPQRSTUVWXYZ']"])
     assert own.rare_symbols == ("6789", "nopqrstuvwxyz", "NOPQRSTUVWXYZ")
+    shuffled = dataclasses.replace(own, rare_symbols=("9768", "zyxwvutsrqpon", "NOPQRSTUVWXYZ"))
+    assert shuffled == own and shuffled.fingerprint() == own.fingerprint()  # sets, not strings
     back = ZooConfig.from_dict(json.loads(json.dumps(own.to_dict())))
     assert back == own and back.fingerprint() == own.fingerprint() != tiny.fingerprint()
     # the key left out (None: the tasks' own symbols) leaves every fingerprint as it was, so
