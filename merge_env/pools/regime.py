@@ -397,7 +397,7 @@ def score_regime(
         }
         if examples is not None:
             examples[name] = per
-        return {t: float(np.mean(c)) if c else math.nan for t, c in per.items()}
+        return {t: float(np.mean(c)) for t, c in per.items()}  # a split is never empty
 
     out = {name: judged(name, pool.models[name]) for name in sources}
     for name, spec in regime_merges(experts).items():

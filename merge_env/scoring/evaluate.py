@@ -447,24 +447,17 @@ class Evaluator:
         """Return the per-example teacher-forced results (no cache)."""
         if not examples:
             return []
-        stats = self._run(model, self.encode(examples))
-        return [ExampleScore(bool(t == c), int(t), int(c), float(ll)) for t, c, ll in stats]
+        return _example_results(self._run(model, self.encode(examples)))
 
     def task_examples(
         self, model: Any, tasks: Sequence[Task], split: str = "search"
     ) -> dict[str, list[ExampleScore]]:
         """Return {task name: per-example results on ``split``} (uncached), from the very sweep
         ``score_tasks`` runs, so their exact match is ``score_tasks``' bit for bit."""
-        names = [t.name for t in tasks]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"evaluator: task names repeat in {names}")
+        _check_names(tasks)
         encoded, spans = self._encoded_tasks(tasks, split)
-        stats = self._run(model, encoded) if encoded else np.zeros((0, 3))
-        return {
-            task.name: [ExampleScore(bool(t == c), int(t), int(c), float(ll))
-                        for t, c, ll in stats[a:b]]
-            for task, (a, b) in zip(tasks, spans)
-        }  # fmt: skip
+        stats = self._run(model, encoded)
+        return {task.name: _example_results(stats[a:b]) for task, (a, b) in zip(tasks, spans)}
 
     def score(
         self, model: Any, task: Task, split: str = "search", *, model_key: str | None = None
@@ -481,9 +474,7 @@ class Evaluator:
         model_key: str | None = None,
     ) -> dict[str, TaskScore]:
         """Return {task name: score}; cache misses are scored together in one batched sweep."""
-        names = [t.name for t in tasks]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"evaluator: task names repeat in {names}")
+        names = _check_names(tasks)
         use_cache = self.cache is not None and model_key is not None
         done: dict[str, TaskScore] = {}
         pending: list[tuple[Task, str | None]] = []
@@ -513,9 +504,7 @@ class Evaluator:
         a candidate only skips the slots whose output it would have computed identically (see
         scoring/prefix.py). Without a prefix cache each candidate runs its whole path.
         """
-        names = [t.name for t in tasks]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"evaluator: task names repeat in {names}")
+        _check_names(tasks)
         encoded, spans = self._encoded_tasks(tasks, split)
         stats = [np.zeros((len(encoded), 3), dtype=np.float64) for _ in paths]
         if self.prefix_cache is None:
@@ -600,6 +589,19 @@ def _cache_kw(decoder: Any) -> str | None:
     except (TypeError, ValueError):
         return None
     return next((k for k in ("cache", "past_key_values") if k in params), None)
+
+
+def _check_names(tasks: Sequence[Task]) -> list[str]:
+    """The tasks' names; ConfigError when one repeats (scores are keyed by name)."""
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"evaluator: task names repeat in {names}")
+    return names
+
+
+def _example_results(stats: np.ndarray) -> list[ExampleScore]:
+    """Per-example results from (n_tokens, n_correct, loglik_sum) rows."""
+    return [ExampleScore(bool(t == c), int(t), int(c), float(ll)) for t, c, ll in stats]
 
 
 def _aggregate(stats: np.ndarray) -> TaskScore:

@@ -37,38 +37,29 @@ CHAR_SPECIALS: tuple[str, ...] = ("<pad>", "<s>", "</s>", "<unk>")
 DEFAULT_ALPHABET = "".join(chr(i) for i in range(32, 127)) + "\n\t"
 
 
-def _symbols(
-    kind: str,
-    alphabet: str,
-    n: int,
-    rng: np.random.Generator,
-    rare_mass: float | None,
-    rare_symbols: str | None = None,
-) -> str:
-    """``n`` symbols of ``alphabet``: uniform, or with ``rare_mass`` on the rare ones
-    (``rare_symbols``, default the task's ``RARE_SYMBOLS``)."""
+# A skewed draw: (the share of all symbol draws the rare symbols get together, the rare symbols).
+Skew = tuple[float, str]
+
+
+def _symbols(alphabet: str, n: int, rng: np.random.Generator, skew: Skew | None) -> str:
+    """``n`` symbols of ``alphabet``: uniform, or skewed (``skew``: mass on the rare symbols)."""
     chars = np.array(list(alphabet))
-    if rare_mass is None:
+    if skew is None:
         return "".join(rng.choice(chars, size=n))
-    symbols = RARE_SYMBOLS[kind] if rare_symbols is None else rare_symbols
-    rare = np.array([c in symbols for c in alphabet])
+    rare_mass, rare_symbols = skew
+    rare = np.array([c in rare_symbols for c in alphabet])
     p = np.where(rare, rare_mass / rare.sum(), (1.0 - rare_mass) / (~rare).sum())
     return "".join(rng.choice(chars, size=n, p=p))
 
 
-def _draw(
-    kind: str,
-    rng: np.random.Generator,
-    rare_mass: float | None = None,
-    rare_symbols: str | None = None,
-) -> Example:
-    """Return one random zoo example of ``kind`` (uniform symbols unless ``rare_mass``)."""
+def _draw(kind: str, rng: np.random.Generator, skew: Skew | None = None) -> Example:
+    """Return one random zoo example of ``kind`` (uniform symbols unless ``skew``)."""
     tag = ZOO_TAGS[kind]
     if kind == "add":
         # Two-digit plus one- or two-digit, half each: hard enough to need learning, easy enough
         # that a small model trained briefly gets some right (3-digit addition did not).
         def digits(alphabet: str) -> str:
-            return _symbols(kind, alphabet, 1, rng, rare_mass, rare_symbols)
+            return _symbols(alphabet, 1, rng, skew)
 
         def two_digits() -> str:
             head = digits("123456789")
@@ -79,9 +70,9 @@ def _draw(
         return Example(f"{tag} {a}+{b}=", str(int(a) + int(b)))
     n = int(rng.integers(3, 7))
     if kind == "reverse":
-        word = _symbols(kind, _LOWER, n, rng, rare_mass, rare_symbols)
+        word = _symbols(_LOWER, n, rng, skew)
         return Example(f"{tag} {word}=", word[::-1])
-    word = _symbols(kind, _UPPER, n, rng, rare_mass, rare_symbols)
+    word = _symbols(_UPPER, n, rng, skew)
     return Example(f"{tag} {word}=", word.translate(_CIPHER))
 
 
@@ -162,9 +153,10 @@ def training_examples(
         raise ConfigError(f"zoo task {kind!r}: rare_mass must be in [0, 1], got {rare_mass}")
     if rare_symbols is not None:
         check_rare_symbols(kind, rare_symbols)
+    skew = (rare_mass, RARE_SYMBOLS[kind] if rare_symbols is None else rare_symbols)
     out: list[Example] = []
     while len(out) < n:
-        ex = _draw(kind, rng, rare_mass, rare_symbols)
+        ex = _draw(kind, rng, skew)
         if ex.prompt not in banned:
             out.append(ex)
     return out
