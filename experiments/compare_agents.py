@@ -523,6 +523,11 @@ def merge_flags_refused(args: argparse.Namespace, flags: Mapping[str, Any]) -> N
                               "a merge would overwrite them: name another --out")  # fmt: skip
 
 
+def found_names(runs: Sequence[Mapping[str, Any]], field: str) -> list[str]:
+    """Each run's ``field`` (agent or variant), every name once, in the order first seen."""
+    return list(dict.fromkeys(r[field] for r in runs))
+
+
 def load_merge(
     args: argparse.Namespace, flags: Mapping[str, Any], key: Callable[[Mapping[str, Any]], tuple],
     field: str, chosen: Sequence[str] | None, flag: str,
@@ -532,7 +537,7 @@ def load_merge(
     the merged protocol none of the stores holds (printed: their statistics have fewer seeds)."""
     merge_flags_refused(args, flags)
     protocol, runs = merge_stores(args.merge, key)
-    found = list(dict.fromkeys(r[field] for r in runs))
+    found = found_names(runs, field)
     refuse_unknown(chosen, found, flag)
     names = list(chosen or found)
     missing = missing_runs(protocol, runs, names, key)
@@ -588,8 +593,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "--cheap-examples": args.cheap_examples, "--ppo-override": args.ppo_override,
             "--tag": args.tag, "--rerun": args.rerun,
         }, comparison_key, "agent", args.agents, "--agents")  # fmt: skip
-        refuse_unknown(args.baselines, list(dict.fromkeys(r["agent"] for r in runs)),
-                       "--baselines")  # fmt: skip
+        refuse_unknown(args.baselines, found_names(runs, "agent"), "--baselines")
         return analyse(protocol, runs, labels, args.baselines, args.out, args.merge, missing)
     protocol = load_protocol(args.protocol or "tuning", [*legacy_overrides(args), *args.set])
     out = args.out or Path("outputs/compare_agents") / protocol["name"]
