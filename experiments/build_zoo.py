@@ -37,7 +37,14 @@ from rich.console import Console
 from rich.table import Table
 
 from merge_env.errors import ConfigError
-from merge_env.pools.regime import LAMBDA_GRIDS, Regime, judge, score_regime, task_vectors
+from merge_env.pools.regime import (
+    LAMBDA_GRIDS,
+    Regime,
+    judge,
+    score_regime,
+    task_vectors,
+    with_alone,
+)
 from merge_env.pools.smollm2 import SmolConfig, SmolPool
 from merge_env.pools.zoo import Zoo, ZooConfig, build_zoo
 from merge_env.scoring.evaluate import Evaluator, TaskScore
@@ -149,9 +156,12 @@ def print_regime(
         table.add_row(name, *(f"{row[t]:.3f}" for t in tasks))
     console.print(table)
     regime = judge(scores, {t: t for t in zoo.experts}, examples=examples)
+    regime = with_alone(regime, scores, sources, zoo.tasks, zoo.tokenizer_dir, device=device)
     for holds, sentence in regime.sentences():
         console.print(f"  [{'green' if holds else 'red'}]{'ok ' if holds else 'NO '}[/] {sentence}")
     console.print(f"  regime {'holds' if regime.holds else 'does NOT hold'}")
+    if regime.alone_sentence():
+        console.print(f"  {regime.alone_sentence()}")
     console.print("  task vectors (expert minus base):")
     for line in task_vectors(zoo.base, zoo.experts).sentences():
         console.print(f"    {line}")
@@ -195,19 +205,22 @@ def run(
     regime: bool = True,
     tune_lambda: bool = True,
     settings: Sequence[str] = (),
+    extras: bool = True,
 ) -> Zoo:
-    """Build or find the zoo, print build time, the TEST table and the regime; return the zoo."""
+    """Build or find the zoo, print build time, the TEST table and the regime; return the zoo.
+
+    ``extras=False``: the base and the experts only (all the table and the regime read); the
+    recycling pool and the odd expert are then built by the first job that needs them."""
     console = console or Console()
     config = zoo_config(preset, seed, settings)
     if settings:
         preset = f"{preset} + {' '.join(settings)}"
     start = time.perf_counter()
-    zoo = build_zoo(config, cache_dir, progress=progress, device=device, extras=True)
+    zoo = build_zoo(config, cache_dir, progress=progress, device=device, extras=extras)
     elapsed = time.perf_counter() - start
-    took = (
-        f"base + experts {zoo.build_seconds:.1f} s, recycling pool + odd expert "
-        f"{zoo.extras_seconds:.1f} s"
-    )
+    took = f"base + experts {zoo.build_seconds:.1f} s"
+    if zoo.has_extras:
+        took += f", recycling pool + odd expert {zoo.extras_seconds:.1f} s"
     if elapsed < 0.5 * (zoo.build_seconds + zoo.extras_seconds):
         console.print(
             f"zoo {preset!r} seed {seed}: found in cache at {zoo.root} in {elapsed:.2f} s "
@@ -287,6 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-regime", action="store_true", help="skip scoring the plain merges of the experts"
     )
     parser.add_argument(
+        "--core-only", action="store_true",
+        help="build the base and the experts only, not the recycling pool and the odd expert "
+        "(the table and the regime need no more; a later job builds them when it needs them)",
+    )  # fmt: skip
+    parser.add_argument(
         "--fixed-lambda", action="store_true",
         help="judge the regime by the fixed-weight merges only (skip choosing each method's "
         "scaling on the search split: 21 more merges)",
@@ -294,8 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.pool == "smollm2":
-        if args.set:
-            raise ConfigError(f"--set {args.set}: changes the zoo preset, not --pool smollm2")
+        if args.set or args.core_only:
+            flag = f"--set {args.set}" if args.set else "--core-only"
+            raise ConfigError(f"{flag}: for the zoo preset, not --pool smollm2")
         run_smollm2(
             args.seed, args.cache_dir, args.device, not args.no_progress,
             regime=not args.no_regime, tune_lambda=not args.fixed_lambda, gguf_file=args.gguf,
@@ -306,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(
             args.preset, args.seed, args.cache_dir, args.device, not args.no_progress,
             regime=not args.no_regime, tune_lambda=not args.fixed_lambda, settings=args.set,
+            extras=not args.core_only,
         )  # fmt: skip
     return 0
 

@@ -76,7 +76,7 @@ from experiments.protocol import (
 )
 from experiments.report import markdown_table
 from merge_env.errors import ConfigError, MergeGymError
-from merge_env.pools.regime import LAMBDA_GRIDS, judge, score_regime, task_vectors
+from merge_env.pools.regime import LAMBDA_GRIDS, judge, score_regime, task_vectors, with_alone
 from merge_env.pools.zoo import ZooConfig, build_zoo
 from merge_env.search.recipe import BASE
 
@@ -195,6 +195,8 @@ def run_zoo(ctx: Context) -> dict[str, Any]:
                                      zoo.tokenizer_dir, split="test", grids=LAMBDA_GRIDS,
                                      curves=curves, examples=examples)  # fmt: skip
         regime = judge(regime_scores, {t: t for t in zoo.experts}, examples=examples)
+        regime = with_alone(regime, regime_scores, {BASE: zoo.base, **zoo.experts}, zoo.tasks,
+                            zoo.tokenizer_dir)  # fmt: skip
         vectors = task_vectors(zoo.base, zoo.experts)
         out.append({
             "zoo_seed": zoo_seed, "root": str(zoo.root), **built,
@@ -205,7 +207,7 @@ def run_zoo(ctx: Context) -> dict[str, Any]:
             "metric": metric, "tradeoff": [{"holds": h, "sentence": s}
                                            for h, s in tradeoff_report(zoo, scores, metric)],
             "regime": {"scores": regime_scores, "gains": regime.gains, "kept": regime.kept,
-                       "kept_intervals": regime.intervals,
+                       "kept_intervals": regime.intervals, "kept_alone": regime.alone,
                        "dominant": regime.dominant, "best_judged": list(regime.best_judged),
                        "holds": regime.holds, "lambda_on_search": curves,
                        "task_vectors": {"relative": vectors.relative, "cosine": {

@@ -85,7 +85,7 @@ def run(
         "preset": preset, "seed": seed, "settings": settings, "name": name,
         "lora": dataclasses.asdict(lora) if lora else None, "train_seconds": round(seconds, 1),
         "train_threads": train_threads(), "scores": scores, "gains": regime.gains,
-        "kept": regime.kept, "kept_intervals": regime.intervals,
+        "kept": regime.kept, "kept_intervals": regime.intervals, "kept_alone": regime.alone,
         "dominant": regime.dominant, "best": list(regime.best_judged),
         "holds": regime.holds,
     }  # fmt: skip

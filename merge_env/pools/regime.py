@@ -27,7 +27,9 @@ within the test split's noise.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,15 +56,21 @@ N_BOOT = 2000
 LEVEL = 0.95
 
 
+# The fixed-weight merges the regime is judged by: row name -> (LAMBDA_GRIDS family, λ).
+FIXED_MERGES: dict[str, tuple[str, float]] = {
+    "ties d0.5": ("ties d0.5", 1.0),
+    "task arith 0.5": ("task arith", 0.5),
+    "task arith 1.0": ("task arith", 1.0),
+}
+_TUNED = re.compile(r"^(?P<family>.+) λ(?P<lam>[0-9.]+) \(val\)$")
+
+
 def regime_merges(experts: Sequence[str]) -> dict[str, ParamMerge]:
     """The plain merges of ``experts`` on the base that the regime is judged by (mergekit's forms)."""
     k = len(experts)
-    return {
-        "ties d0.5": scaled_merge("ties d0.5", experts, 1.0),
-        "task arith 0.5": scaled_merge("task arith", experts, 0.5),
-        "task arith 1.0": scaled_merge("task arith", experts, 1.0),
-        "linear uniform": param_merge("linear", dict.fromkeys(experts, 1.0 / k), base=None),
-    }
+    merges = {name: scaled_merge(f, experts, lam) for name, (f, lam) in FIXED_MERGES.items()}
+    merges["linear uniform"] = param_merge("linear", dict.fromkeys(experts, 1.0 / k), base=None)
+    return merges
 
 
 def scaled_merge(family: str, experts: Sequence[str], lam: float) -> ParamMerge:
@@ -84,6 +92,17 @@ def tuned_name(family: str, lam: float) -> str:
     return f"{family} λ{lam:g} (val)"
 
 
+def scaling_of(row: str) -> tuple[str, float] | None:
+    """The (``LAMBDA_GRIDS`` family, λ) of a judged merge row, fixed or ``tuned_name``'s; None
+    for any other row (the base, an expert, the shown-only linear merge)."""
+    if row in FIXED_MERGES:
+        return FIXED_MERGES[row]
+    match = _TUNED.match(row)
+    if match and match["family"] in LAMBDA_GRIDS:
+        return match["family"], float(match["lam"])
+    return None
+
+
 @dataclass(frozen=True)
 class Regime:
     """The verdict on one pool: gains, the share of each gain each merge keeps, and the checks."""
@@ -99,6 +118,10 @@ class Regime:
     # bootstrap interval of the best judged merge's worst share (the merge re-chosen in every
     # resample); None when judged without per-example results
     verdict_interval: tuple[float, float] | None = None
+    # expert's task -> the share of its gain its own task vector alone keeps under the best
+    # judged merge's method and scaling (``own_vector_scores``); the rest of that merge's loss
+    # is what the other experts' vectors cost. Empty when not measured.
+    alone: dict[str, float] = field(default_factory=dict)
 
     @property
     def gains_hold(self) -> bool:
@@ -151,6 +174,21 @@ class Regime:
             ),
         ]
 
+    def alone_sentence(self) -> str | None:
+        """Where the best judged merge loses each gain, scaling or interference; None when
+        ``alone`` was not measured."""
+        if not self.alone:
+            return None
+        name = self.best_judged[0]
+        parts = ", ".join(
+            f"{t} {_fmt(self.alone[t])} -> {_fmt(self.kept[name][t])}" for t in self.alone
+        )
+        return (
+            f"where {name} loses the gains (share kept by each expert's own task vector alone "
+            f"at that scaling -> with the other experts' vectors): {parts}; 1 - alone is the "
+            "scaling's cost, alone - merged the other vectors'"
+        )
+
     def _noise(self, merge: str) -> str:
         """Whether the verdict is clear against the test split's noise, and the merge's share
         intervals; "" without per-example results."""
@@ -173,6 +211,34 @@ class Regime:
             f"; {LEVEL:.0%} bootstrap interval {lo:.2f}-{hi:.2f}, the best merge chosen again in "
             f"every resample: {where}; this merge's shares {per}"
         )
+
+
+def _fmt(share: float) -> str:
+    return "-" if math.isnan(share) else f"{share:.2f}"
+
+
+def with_alone(
+    regime: Regime,
+    scores: Mapping[str, Mapping[str, float]],
+    sources: Mapping[str, str | Path],
+    tasks: Sequence[Task],
+    tokenizer_dir: str | Path,
+    *,
+    device: str = "cpu",
+) -> Regime:
+    """``regime`` with ``alone`` measured (``own_vector_scores`` of its best judged merge, on the
+    TEST split, against the base's ``scores``); unchanged when no judged merge has a scaling."""
+    name = regime.best_judged[0]
+    if scaling_of(name) is None:
+        return regime
+    alone = own_vector_scores(sources, tasks, tokenizer_dir, name, device=device)
+    base = scores[BASE]
+    shares = {
+        t: (alone[t] - base[t]) / g if g > 0 else math.nan
+        for t, g in regime.gains.items()
+        if t in alone
+    }
+    return dataclasses.replace(regime, alone=shares)
 
 
 def _worst(shares: Iterable[float]) -> float:
@@ -351,6 +417,43 @@ def task_vectors(base: str | Path, experts: Mapping[str, str | Path]) -> TaskVec
             for a, c in pairs
         }
     return TaskVectors(relative, cosine)
+
+
+def own_vector_scores(
+    sources: Mapping[str, str | Path],
+    tasks: Sequence[Task],
+    tokenizer_dir: str | Path,
+    row: str,
+    *,
+    split: str = "test",
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Exact match on its own task of each expert's task vector alone under judged merge
+    ``row``'s method and scaling (``scaling_of``): base + λ τ for task arithmetic, TIES of that
+    expert alone (its vector trimmed to density 0.5, times λ). Against ``row``'s own score this
+    splits the merge's loss of a gain into the scaling's part and the other experts' part.
+    ``sources`` as ``score_regime``'s (each expert named for its task)."""
+    from transformers import AutoTokenizer
+
+    from merge_env.scoring.evaluate import Evaluator
+    from merge_env.search.assemble import ModelPool
+
+    scaling = scaling_of(row)
+    if scaling is None:
+        raise ValueError(f"regime: {row!r} is not a judged merge with a scaling")
+    family, lam = scaling
+    by_name = {t.name: t for t in tasks}
+    experts = [n for n in sources if n != BASE]
+    missing = [n for n in experts if n not in by_name]
+    if missing:
+        raise ValueError(f"regime: experts {missing} are named for no task of {sorted(by_name)}")
+    pool = ModelPool(sources, device=device)
+    evaluator = Evaluator(AutoTokenizer.from_pretrained(tokenizer_dir), device=device)
+    out = {}
+    for expert in experts:
+        model = pool.merged_model(scaled_merge(family, [expert], lam))
+        out[expert] = evaluator.score_tasks(model, [by_name[expert]], split)[expert].exact_match
+    return out
 
 
 def score_regime(

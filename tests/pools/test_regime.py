@@ -10,15 +10,20 @@ import pytest
 import torch
 from rich.console import Console
 
+import merge_env.pools.regime as regime_module
 from merge_env.pools.regime import (
+    FIXED_MERGES,
     LAMBDA_GRIDS,
     judge,
+    own_vector_scores,
     regime_merges,
     scaled_merge,
+    scaling_of,
     score_regime,
     share_intervals,
     task_vectors,
     tuned_name,
+    with_alone,
 )
 from merge_env.search.recipe import BASE
 
@@ -181,6 +186,82 @@ def test_tuned_merges_are_judged_and_the_linear_one_is_not():
     assert regime.best_judged == (name, pytest.approx(0.6)) and regime.merging_holds
 
 
+def test_each_judged_row_names_its_method_and_scaling():
+    assert [scaling_of(r) for r in FIXED_MERGES] == [
+        ("ties d0.5", 1.0),
+        ("task arith", 0.5),
+        ("task arith", 1.0),
+    ]
+    # every fixed row is the scaled merge it names
+    merges = regime_merges(["a", "b"])
+    for row, (family, lam) in FIXED_MERGES.items():
+        assert merges[row] == scaled_merge(family, ["a", "b"], lam)
+    for family, grid in LAMBDA_GRIDS.items():
+        for lam in grid:
+            assert scaling_of(tuned_name(family, lam)) == (family, lam)
+    for row in ("linear uniform", BASE, "add", "slerp λ0.5 (val)", "task arith λ0.5"):
+        assert scaling_of(row) is None
+
+
+def test_alone_splits_the_best_merges_loss_into_scaling_and_interference(monkeypatch):
+    name = tuned_name("task arith", 0.7)
+    scores = _scores(**{name: {"a": 0.5, "b": 0.7}})
+    regime = judge(scores, EXPERTS)
+    assert regime.alone == {} and regime.alone_sentence() is None
+    calls = []
+
+    def scored(sources, tasks, tokenizer_dir, row, **kw):
+        calls.append(row)
+        return {"a": 0.65, "b": 0.9}
+
+    monkeypatch.setattr(regime_module, "own_vector_scores", scored)
+    measured = with_alone(regime, scores, {}, [], "tok")
+    # own vector alone: (0.65 - 0.2) / 0.6 and (0.9 - 0.4) / 0.5; merged: 0.5 and 0.6
+    assert calls == [name]
+    assert measured.alone == {"a": pytest.approx(0.75), "b": pytest.approx(1.0)}
+    assert measured.kept == regime.kept and measured.holds == regime.holds
+    sentence = measured.alone_sentence()
+    assert f"where {name} loses the gains" in sentence
+    assert "a 0.75 -> 0.50, b 1.00 -> 0.60" in sentence
+    # an expert without a gain has no share, alone or merged
+    flat = _scores(**{name: {"a": 0.5, "b": 0.7}})
+    flat["exp_b"] = {"a": 0.1, "b": 0.4}
+    measured = with_alone(judge(flat, EXPERTS), flat, {}, [], "tok")
+    assert math.isnan(measured.alone["b"]) and "b - -> -" in measured.alone_sentence()
+    # no judged merge with a scaling (only the shown-only linear one): nothing is measured
+    calls.clear()
+    lone = _scores(**{"linear uniform": {"a": 0.5, "b": 0.7}})
+    assert with_alone(judge(lone, EXPERTS), lone, {}, [], "tok").alone == {} and not calls
+
+
+def test_own_vector_alone_matches_a_hand_merge_on_the_tiny_zoo(tiny_zoo):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from merge_env.scoring.evaluate import Evaluator
+
+    sources = {BASE: tiny_zoo.base, **tiny_zoo.experts}
+    tasks = {t.name: t for t in tiny_zoo.tasks}
+    evaluator = Evaluator(AutoTokenizer.from_pretrained(tiny_zoo.tokenizer_dir))
+    alone = own_vector_scores(
+        sources, tiny_zoo.tasks, tiny_zoo.tokenizer_dir, tuned_name("task arith", 0.4)
+    )
+    assert set(alone) == set(tiny_zoo.experts)
+    for expert, path in tiny_zoo.experts.items():
+        # base + 0.4 (expert - base), by hand, scored on the expert's own task only
+        model = AutoModelForCausalLM.from_pretrained(tiny_zoo.base).eval()
+        tuned = AutoModelForCausalLM.from_pretrained(path).state_dict()
+        with torch.no_grad():
+            for name, tensor in model.state_dict().items():
+                tensor.add_(0.4 * (tuned[name] - tensor))
+        hand = evaluator.score_tasks(model, [tasks[expert]], "test")[expert].exact_match
+        assert alone[expert] == pytest.approx(hand)
+    with pytest.raises(ValueError, match="'linear uniform' is not a judged merge"):
+        own_vector_scores(sources, tiny_zoo.tasks, tiny_zoo.tokenizer_dir, "linear uniform")
+    renamed = {BASE: tiny_zoo.base, "nope": next(iter(tiny_zoo.experts.values()))}
+    with pytest.raises(ValueError, match=r"experts \['nope'\] are named for no task"):
+        own_vector_scores(renamed, tiny_zoo.tasks, tiny_zoo.tokenizer_dir, "task arith 0.5")
+
+
 def test_lambda_is_chosen_on_the_search_split_and_judged_on_test(tiny_zoo):
     sources = {BASE: tiny_zoo.base, **tiny_zoo.experts}
     grids = {"task arith": (0.3, 1.0), "ties d0.5": (1.0, 1.5)}
@@ -255,6 +336,7 @@ def test_builder_prints_the_regime(tiny_zoo):
     assert "fine-tune regime" in text and "task arith 0.5" in text
     assert "regime holds" in text or "regime does NOT hold" in text
     assert "bootstrap interval" in text or "no interval" in text or "has no gain" in text
+    assert "loses the gains" in text  # the best merge's loss, scaling against interference
 
 
 def test_task_vectors_by_part_match_a_hand_computation(tiny_zoo, tmp_path):

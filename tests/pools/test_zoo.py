@@ -324,6 +324,24 @@ def test_build_zoo_cli_prints_table_from_cache(tiny_zoo):
         assert row in text
 
 
+def test_build_zoo_cli_core_only_builds_the_base_and_experts(tmp_path):
+    from rich.console import Console
+
+    from experiments.build_zoo import run
+
+    out = io.StringIO()
+    zoo = run(
+        "tiny", seed=5, cache_dir=tmp_path, progress=False, regime=False, extras=False,
+        console=Console(file=out, width=200),
+    )  # fmt: skip
+    text = out.getvalue()
+    assert not zoo.has_extras and "base + experts" in text and "recycling pool" not in text
+    assert "expert:add" in text and "recycle:stage80" not in text
+    # a later job that needs the extras builds them on the same core
+    full = build_zoo(zoo.config, tmp_path, progress=False, extras=True)
+    assert full.has_extras and full.root == zoo.root
+
+
 def test_build_zoo_settings_change_the_preset_or_name_the_bad_pair():
     from experiments.build_zoo import main, zoo_config
 
@@ -341,6 +359,8 @@ def test_build_zoo_settings_change_the_preset_or_name_the_bad_pair():
         zoo_config("tiny", 0, ["base_rare_mass=2.0"])
     with pytest.raises(ConfigError, match="not --pool smollm2"):
         main(["--pool", "smollm2", "--set", "base_steps=7"])
+    with pytest.raises(ConfigError, match="--core-only: for the zoo preset, not --pool smollm2"):
+        main(["--pool", "smollm2", "--core-only"])
     with pytest.raises(ConfigError, match="only for --pool smollm2"):
         main(["--gguf", "SmolLM2.gguf"])
 
