@@ -186,7 +186,7 @@ class Regime:
         return (
             f"where {name} loses the gains (share kept by each expert's own task vector alone "
             f"at that scaling -> with the other experts' vectors): {parts}; 1 - alone is the "
-            "scaling's cost, alone - merged the other vectors'"
+            "scaling's cost, alone - merged the other vectors' (negative: they add to the gain)"
         )
 
     def _noise(self, merge: str) -> str:
