@@ -23,6 +23,10 @@ interval over the test examples (``share_intervals``), and one for the statistic
 reads, the best judged merge's worst share, with the best merge chosen again in every resample;
 the report says whether the verdict is clear (that interval wholly on one side of the line) or
 within the test split's noise.
+
+Where the best judged merge loses a gain, ``with_alone`` measures (``own_vector_scores``): each
+expert's own task vector alone, under that merge's method and scaling, scored on its task. What
+it lacks of the expert is the scaling's cost; what the merge lacks of it, the other experts'.
 """
 
 from __future__ import annotations
