@@ -312,9 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.pool == "smollm2":
-        if args.set or args.core_only:
-            flag = f"--set {args.set}" if args.set else "--core-only"
-            raise ConfigError(f"{flag}: for the zoo preset, not --pool smollm2")
+        flags = [f"--set {args.set}"] * bool(args.set) + ["--core-only"] * args.core_only
+        if flags:
+            raise ConfigError(f"{' and '.join(flags)}: for the zoo preset, not --pool smollm2")
         run_smollm2(
             args.seed, args.cache_dir, args.device, not args.no_progress,
             regime=not args.no_regime, tune_lambda=not args.fixed_lambda, gguf_file=args.gguf,

@@ -191,12 +191,12 @@ def run_zoo(ctx: Context) -> dict[str, Any]:
         print_zoo_table(zoo, scores, console, f"{built['preset']} seed {zoo_seed}: TEST split")
         curves: dict[str, dict[float, float]] = {}
         examples: dict[str, dict[str, list[bool]]] = {}
-        regime_scores = score_regime({BASE: zoo.base, **zoo.experts}, zoo.tasks,
+        sources = {BASE: zoo.base, **zoo.experts}
+        regime_scores = score_regime(sources, zoo.tasks,
                                      zoo.tokenizer_dir, split="test", grids=LAMBDA_GRIDS,
                                      curves=curves, examples=examples)  # fmt: skip
         regime = judge(regime_scores, {t: t for t in zoo.experts}, examples=examples)
-        regime = with_alone(regime, regime_scores, {BASE: zoo.base, **zoo.experts}, zoo.tasks,
-                            zoo.tokenizer_dir)  # fmt: skip
+        regime = with_alone(regime, regime_scores, sources, zoo.tasks, zoo.tokenizer_dir)
         vectors = task_vectors(zoo.base, zoo.experts)
         out.append({
             "zoo_seed": zoo_seed, "root": str(zoo.root), **built,

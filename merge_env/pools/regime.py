@@ -24,9 +24,10 @@ reads, the best judged merge's worst share, with the best merge chosen again in 
 the report says whether the verdict is clear (that interval wholly on one side of the line) or
 within the test split's noise.
 
-Where the best judged merge loses a gain, ``with_alone`` measures (``own_vector_scores``): each
-expert's own task vector alone, under that merge's method and scaling, scored on its task. What
-it lacks of the expert is the scaling's cost; what the merge lacks of it, the other experts'.
+``with_alone`` splits what the best judged merge loses of each gain (``own_vector_scores``):
+each expert's own task vector alone, under that merge's method and scaling, scored on its task.
+What it lacks of the expert is the scaling's cost; what the merge lacks of it, the other
+experts' vectors' cost (negative when they add to the gain).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ FIXED_MERGES: dict[str, tuple[str, float]] = {
     "task arith 0.5": ("task arith", 0.5),
     "task arith 1.0": ("task arith", 1.0),
 }
-_TUNED = re.compile(r"^(?P<family>.+) λ(?P<lam>[0-9.]+) \(val\)$")
+_TUNED = re.compile(r"^(?P<family>.+) λ(?P<lam>\d+(?:\.\d+)?) \(val\)$")  # LAMBDA_GRIDS' λ
 
 
 def regime_merges(experts: Sequence[str]) -> dict[str, ParamMerge]:
@@ -156,8 +157,7 @@ class Regime:
         gains = ", ".join(f"{t} {g:+.3f}" for t, g in self.gains.items())
         name, share = self.best_judged
         kept = "; ".join(
-            f"{m}: " + " ".join("-" if math.isnan(s) else f"{s:.2f}" for s in self.kept[m].values())
-            for m in self.kept
+            f"{m}: " + " ".join(_fmt(s) for s in self.kept[m].values()) for m in self.kept
         )
         if math.isnan(share):  # a share of no gain is undefined ("-" below), not a number
             losers = [t for t, g in self.gains.items() if not g > 0]
@@ -231,9 +231,11 @@ def with_alone(
     device: str = "cpu",
 ) -> Regime:
     """``regime`` with ``alone`` measured (``own_vector_scores`` of its best judged merge, on the
-    TEST split, against the base's ``scores``); unchanged when no judged merge has a scaling."""
-    name = regime.best_judged[0]
-    if scaling_of(name) is None:
+    TEST split, against the base's ``scores``). Unchanged when the best judged row has no
+    scaling, or has no worst share (an expert without a gain leaves every merge's worst share
+    NaN, so there is no best merge to split)."""
+    name, worst = regime.best_judged
+    if scaling_of(name) is None or math.isnan(worst):
         return regime
     alone = own_vector_scores(sources, tasks, tokenizer_dir, name, device=device)
     base = scores[BASE]
@@ -437,27 +439,39 @@ def own_vector_scores(
     expert alone (its vector trimmed to density 0.5, times λ). Against ``row``'s own score this
     splits the merge's loss of a gain into the scaling's part and the other experts' part.
     ``sources`` as ``score_regime``'s (each expert named for its task)."""
-    from transformers import AutoTokenizer
-
-    from merge_env.scoring.evaluate import Evaluator
-    from merge_env.search.assemble import ModelPool
-
-    scaling = scaling_of(row)
-    if scaling is None:
-        raise ValueError(f"regime: {row!r} is not a judged merge with a scaling")
-    family, lam = scaling
     by_name = {t.name: t for t in tasks}
     experts = [n for n in sources if n != BASE]
     missing = [n for n in experts if n not in by_name]
     if missing:
         raise ValueError(f"regime: experts {missing} are named for no task of {sorted(by_name)}")
-    pool = ModelPool(sources, device=device)
-    evaluator = Evaluator(AutoTokenizer.from_pretrained(tokenizer_dir), device=device)
+    merges = {expert: own_vector_merge(row, expert) for expert in experts}  # errors first
+    pool, evaluator = _scorer(sources, tokenizer_dir, device)
     out = {}
-    for expert in experts:
-        model = pool.merged_model(scaled_merge(family, [expert], lam))
+    for expert, spec in merges.items():
+        model = pool.merged_model(spec)
         out[expert] = evaluator.score_tasks(model, [by_name[expert]], split)[expert].exact_match
     return out
+
+
+def own_vector_merge(row: str, expert: str) -> ParamMerge:
+    """Judged merge ``row``'s method and scaling applied to ``expert``'s task vector alone;
+    ValueError naming ``row`` when it is no judged merge with a scaling."""
+    scaling = scaling_of(row)
+    if scaling is None:
+        raise ValueError(f"regime: {row!r} is not a judged merge with a scaling")
+    family, lam = scaling
+    return scaled_merge(family, [expert], lam)
+
+
+def _scorer(sources: Mapping[str, str | Path], tokenizer_dir: str | Path, device: str) -> tuple:
+    """The merge pool over ``sources`` and the evaluator with the pool's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from merge_env.scoring.evaluate import Evaluator
+    from merge_env.search.assemble import ModelPool
+
+    pool = ModelPool(sources, device=device)
+    return pool, Evaluator(AutoTokenizer.from_pretrained(tokenizer_dir), device=device)
 
 
 def score_regime(
@@ -481,15 +495,9 @@ def score_regime(
     scored on ``split`` as row ``tuned_name(family, λ)``; ``curves`` receives {family: {λ: mean}}.
     ``examples`` receives {row: {task: per-example correct on ``split``}} (for ``judge``).
     """
-    from transformers import AutoTokenizer
-
-    from merge_env.scoring.evaluate import Evaluator
-    from merge_env.search.assemble import ModelPool
-
     if split == validation_split and grids:
         raise ValueError(f"regime: λ chosen on {split!r} cannot be judged on the same split")
-    pool = ModelPool(sources, device=device)
-    evaluator = Evaluator(AutoTokenizer.from_pretrained(tokenizer_dir), device=device)
+    pool, evaluator = _scorer(sources, tokenizer_dir, device)
     experts = [n for n in sources if n != BASE]
 
     def exact_match(model: object, on: str) -> dict[str, float]:
