@@ -37,18 +37,12 @@ from rich.console import Console
 from rich.table import Table
 
 from merge_env.errors import ConfigError
-from merge_env.pools.regime import (
-    LAMBDA_GRIDS,
-    Regime,
-    judge,
-    score_regime,
-    task_vectors,
-    with_alone,
-)
+from merge_env.pools.regime import LAMBDA_GRIDS, Regime, assess_regime
 from merge_env.pools.smollm2 import SmolConfig, SmolPool
 from merge_env.pools.zoo import Zoo, ZooConfig, build_zoo
 from merge_env.scoring.evaluate import Evaluator, TaskScore
 from merge_env.search.assemble import load_causal_lm
+from merge_env.search.recipe import BASE
 
 log = logging.getLogger("mergegym.build_zoo")
 
@@ -137,14 +131,11 @@ def print_regime(
     """Score the plain merges of the experts on the TEST split and print the regime verdict;
     return the scores and the verdict. ``grids``: also each method at the scaling λ chosen on
     the SEARCH split (its papers' protocol); None skips that."""
-    sources = {"base": zoo.base, **zoo.experts}
-    curves: dict[str, dict[float, float]] = {}
-    examples: dict[str, dict[str, list[bool]]] = {}
-    scores = score_regime(
-        sources, zoo.tasks, zoo.tokenizer_dir, split="test", device=device, grids=grids,
-        curves=curves, examples=examples,
-    )  # fmt: skip
-    for family, curve in curves.items():
+    found = assess_regime(
+        {BASE: zoo.base, **zoo.experts}, zoo.tasks, zoo.tokenizer_dir, device=device, grids=grids
+    )
+    scores, regime = found.scores, found.regime
+    for family, curve in found.curves.items():
         points = "  ".join(f"{lam:g}: {mean:.3f}" for lam, mean in curve.items())
         console.print(f"  {family}, λ on the SEARCH split (mean exact match): {points}")
     tasks = [t.name for t in zoo.tasks]
@@ -155,15 +146,13 @@ def print_regime(
     for name, row in scores.items():
         table.add_row(name, *(f"{row[t]:.3f}" for t in tasks))
     console.print(table)
-    regime = judge(scores, {t: t for t in zoo.experts}, examples=examples)
-    regime = with_alone(regime, scores, sources, zoo.tasks, zoo.tokenizer_dir, device=device)
     for holds, sentence in regime.sentences():
         console.print(f"  [{'green' if holds else 'red'}]{'ok ' if holds else 'NO '}[/] {sentence}")
     console.print(f"  regime {'holds' if regime.holds else 'does NOT hold'}")
     if regime.alone_sentence():
         console.print(f"  {regime.alone_sentence()}")
     console.print("  task vectors (expert minus base):")
-    for line in task_vectors(zoo.base, zoo.experts).sentences():
+    for line in found.vectors.sentences():
         console.print(f"    {line}")
     return scores, regime
 

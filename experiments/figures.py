@@ -76,7 +76,7 @@ from experiments.protocol import (
 )
 from experiments.report import markdown_table
 from merge_env.errors import ConfigError, MergeGymError
-from merge_env.pools.regime import LAMBDA_GRIDS, judge, score_regime, task_vectors, with_alone
+from merge_env.pools.regime import assess_regime
 from merge_env.pools.zoo import ZooConfig, build_zoo
 from merge_env.search.recipe import BASE
 
@@ -189,15 +189,8 @@ def run_zoo(ctx: Context) -> dict[str, Any]:
         zoo, built = _build_pool(job_config("config", ctx.protocol, zoo_seed, 0, {}).pool, zoo_seed)
         scores = score_zoo(zoo, "test")
         print_zoo_table(zoo, scores, console, f"{built['preset']} seed {zoo_seed}: TEST split")
-        curves: dict[str, dict[float, float]] = {}
-        examples: dict[str, dict[str, list[bool]]] = {}
-        sources = {BASE: zoo.base, **zoo.experts}
-        regime_scores = score_regime(sources, zoo.tasks,
-                                     zoo.tokenizer_dir, split="test", grids=LAMBDA_GRIDS,
-                                     curves=curves, examples=examples)  # fmt: skip
-        regime = judge(regime_scores, {t: t for t in zoo.experts}, examples=examples)
-        regime = with_alone(regime, regime_scores, sources, zoo.tasks, zoo.tokenizer_dir)
-        vectors = task_vectors(zoo.base, zoo.experts)
+        found = assess_regime({BASE: zoo.base, **zoo.experts}, zoo.tasks, zoo.tokenizer_dir)
+        regime, vectors = found.regime, found.vectors
         out.append({
             "zoo_seed": zoo_seed, "root": str(zoo.root), **built,
             "n_test": len(zoo.tasks[0].test), "tasks": [t.name for t in zoo.tasks],
@@ -206,10 +199,10 @@ def run_zoo(ctx: Context) -> dict[str, Any]:
                        for row, by_task in scores.items()},
             "metric": metric, "tradeoff": [{"holds": h, "sentence": s}
                                            for h, s in tradeoff_report(zoo, scores, metric)],
-            "regime": {"scores": regime_scores, "gains": regime.gains, "kept": regime.kept,
+            "regime": {"scores": found.scores, "gains": regime.gains, "kept": regime.kept,
                        "kept_intervals": regime.intervals, "kept_alone": regime.alone,
                        "dominant": regime.dominant, "best_judged": list(regime.best_judged),
-                       "holds": regime.holds, "lambda_on_search": curves,
+                       "holds": regime.holds, "lambda_on_search": found.curves,
                        "task_vectors": {"relative": vectors.relative, "cosine": {
                            part: {f"{a}-{b}": c for (a, b), c in pairs.items()}
                            for part, pairs in vectors.cosine.items()}},

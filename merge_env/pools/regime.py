@@ -38,6 +38,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +55,8 @@ LAMBDA_GRIDS: dict[str, tuple[float, ...]] = {
     "task arith": tuple(round(0.1 * i, 1) for i in range(1, 11)),
     "ties d0.5": tuple(round(0.8 + 0.1 * i, 1) for i in range(11)),
 }
+# A merge pool over a pool's checkpoints and an evaluator (``make_scorer``): (ModelPool, Evaluator).
+Scorer = tuple[Any, Any]
 # Scores are fractions of a test split: a share of exactly 0.5 must not fail on rounding.
 _EPS = 1e-9
 # The shares' bootstrap: replicates, coverage, and a fixed seed so a report is reproducible.
@@ -217,6 +220,11 @@ class Regime:
         )
 
 
+def _share(score: float, base: float, gain: float) -> float:
+    """The share of an expert's ``gain`` over the base a ``score`` keeps; NaN without a gain."""
+    return (score - base) / gain if gain > 0 else math.nan
+
+
 def _fmt(share: float) -> str:
     return "-" if math.isnan(share) else f"{share:.2f}"
 
@@ -229,21 +237,19 @@ def with_alone(
     tokenizer_dir: str | Path,
     *,
     device: str = "cpu",
+    scorer: Scorer | None = None,
 ) -> Regime:
     """``regime`` with ``alone`` measured (``own_vector_scores`` of its best judged merge, on the
     TEST split, against the base's ``scores``). Unchanged when the best judged row has no
     scaling, or has no worst share (an expert without a gain leaves every merge's worst share
-    NaN, so there is no best merge to split)."""
+    NaN, so there is no best merge to split). ``scorer``: a merge pool and evaluator over
+    ``sources`` already built (``score_regime``'s), else one is built."""
     name, worst = regime.best_judged
     if scaling_of(name) is None or math.isnan(worst):
         return regime
-    alone = own_vector_scores(sources, tasks, tokenizer_dir, name, device=device)
+    alone = own_vector_scores(sources, tasks, tokenizer_dir, name, device=device, scorer=scorer)
     base = scores[BASE]
-    shares = {
-        t: (alone[t] - base[t]) / g if g > 0 else math.nan
-        for t, g in regime.gains.items()
-        if t in alone
-    }
+    shares = {t: _share(alone[t], base[t], g) for t, g in regime.gains.items() if t in alone}
     return dataclasses.replace(regime, alone=shares)
 
 
@@ -272,10 +278,7 @@ def judge(
     base = scores[BASE]
     gains = {t: scores[row][t] - base[t] for t, row in experts.items()}
     merges = [m for m in scores if m != BASE and m not in experts.values()]
-    kept = {
-        m: {t: (scores[m][t] - base[t]) / g if g > 0 else math.nan for t, g in gains.items()}
-        for m in merges
-    }
+    kept = {m: {t: _share(scores[m][t], base[t], g) for t, g in gains.items()} for m in merges}
     dominant = [
         m
         for m in merges
@@ -433,19 +436,20 @@ def own_vector_scores(
     *,
     split: str = "test",
     device: str = "cpu",
+    scorer: Scorer | None = None,
 ) -> dict[str, float]:
     """Exact match on its own task of each expert's task vector alone under judged merge
     ``row``'s method and scaling (``scaling_of``): base + λ τ for task arithmetic, TIES of that
     expert alone (its vector trimmed to density 0.5, times λ). Against ``row``'s own score this
     splits the merge's loss of a gain into the scaling's part and the other experts' part.
-    ``sources`` as ``score_regime``'s (each expert named for its task)."""
+    ``sources`` and ``scorer`` as ``score_regime``'s (each expert named for its task)."""
     by_name = {t.name: t for t in tasks}
     experts = [n for n in sources if n != BASE]
     missing = [n for n in experts if n not in by_name]
     if missing:
         raise ValueError(f"regime: experts {missing} are named for no task of {sorted(by_name)}")
     merges = {expert: own_vector_merge(row, expert) for expert in experts}  # errors first
-    pool, evaluator = _scorer(sources, tokenizer_dir, device)
+    pool, evaluator = scorer or make_scorer(sources, tokenizer_dir, device)
     out = {}
     for expert, spec in merges.items():
         model = pool.merged_model(spec)
@@ -463,8 +467,11 @@ def own_vector_merge(row: str, expert: str) -> ParamMerge:
     return scaled_merge(family, [expert], lam)
 
 
-def _scorer(sources: Mapping[str, str | Path], tokenizer_dir: str | Path, device: str) -> tuple:
-    """The merge pool over ``sources`` and the evaluator with the pool's tokenizer."""
+def make_scorer(
+    sources: Mapping[str, str | Path], tokenizer_dir: str | Path, device: str
+) -> Scorer:
+    """The merge pool over ``sources`` (each checkpoint read once) and the evaluator with the
+    pool's tokenizer, for ``score_regime`` and ``own_vector_scores`` to share."""
     from transformers import AutoTokenizer
 
     from merge_env.scoring.evaluate import Evaluator
@@ -485,6 +492,7 @@ def score_regime(
     validation_split: str = "search",
     curves: dict[str, dict[float, float]] | None = None,
     examples: dict[str, dict[str, list[bool]]] | None = None,
+    scorer: Scorer | None = None,
 ) -> dict[str, dict[str, float]]:
     """Exact match of the base, every expert and every ``regime_merges`` merge on ``split``.
 
@@ -494,10 +502,11 @@ def score_regime(
     its grid, and the λ with the best mean exact match over the tasks (the first on a tie) is
     scored on ``split`` as row ``tuned_name(family, λ)``; ``curves`` receives {family: {λ: mean}}.
     ``examples`` receives {row: {task: per-example correct on ``split``}} (for ``judge``).
+    ``scorer``: ``make_scorer(sources, ...)``'s pool and evaluator, else built here.
     """
     if split == validation_split and grids:
         raise ValueError(f"regime: λ chosen on {split!r} cannot be judged on the same split")
-    pool, evaluator = _scorer(sources, tokenizer_dir, device)
+    pool, evaluator = scorer or make_scorer(sources, tokenizer_dir, device)
     experts = [n for n in sources if n != BASE]
 
     def exact_match(model: object, on: str) -> dict[str, float]:
@@ -530,3 +539,38 @@ def score_regime(
         if curves is not None:
             curves[family] = curve
     return out
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Everything a regime report reads (``assess_regime``)."""
+
+    scores: dict[str, dict[str, float]]  # row -> task -> TEST exact match (``score_regime``)
+    curves: dict[str, dict[float, float]]  # family -> λ -> mean SEARCH exact match
+    regime: Regime  # the verdict, its intervals and the best merge's loss split
+    vectors: TaskVectors
+
+
+def assess_regime(
+    sources: Mapping[str, str | Path],
+    tasks: Sequence[Task],
+    tokenizer_dir: str | Path,
+    *,
+    device: str = "cpu",
+    grids: Mapping[str, Sequence[float]] | None = LAMBDA_GRIDS,
+) -> Assessment:
+    """The regime of a pool (``sources``: ``base`` and one expert per task, named for it), as
+    ``build_zoo`` prints it and ``experiments.figures`` records it: the TEST scores (each
+    ``grids`` family also at the λ chosen on the SEARCH split), the verdict with its bootstrap
+    intervals and ``with_alone``'s split, and the task vectors; one merge pool for all of it."""
+    scorer = make_scorer(sources, tokenizer_dir, device)
+    curves: dict[str, dict[float, float]] = {}
+    examples: dict[str, dict[str, list[bool]]] = {}
+    scores = score_regime(
+        sources, tasks, tokenizer_dir, split="test", device=device, grids=grids, curves=curves,
+        examples=examples, scorer=scorer,
+    )  # fmt: skip
+    experts = {n: p for n, p in sources.items() if n != BASE}
+    regime = judge(scores, {t: t for t in experts}, examples=examples)
+    regime = with_alone(regime, scores, sources, tasks, tokenizer_dir, device=device, scorer=scorer)
+    return Assessment(scores, curves, regime, task_vectors(sources[BASE], experts))
