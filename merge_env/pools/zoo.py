@@ -1,11 +1,12 @@
 """The default model zoo: a char-level Llama base, one expert per task, a recycling pool, an odd expert.
 
 No hub is reachable, so the project trains its own pool (DESIGN.md §2). A small ``LlamaForCausalLM``
-learns a mixture of the synthetic zoo tasks (the base); each expert fine-tunes the base on its own
-task alone, so it gains there and forgets elsewhere (the trade-off merging must resolve). The
-recycling pool (Khalifa et al. 2024, "If You Can't Use Them, Recycle Them") is checkpoints of one
-architecture from different stages, data mixtures and learning rates: snapshots of the base run and
-short branches from them. The odd expert has another width, for heterogeneous MoE (MergeME).
+learns a mixture of the synthetic zoo tasks (the base); each expert fine-tunes the base gently on its
+own task with the base's mixture replayed beside it, so it gains there and loses some of the rest
+(the trade-off merging must resolve). The recycling pool (Khalifa et al. 2024, "If You Can't Use
+Them, Recycle Them") is checkpoints of one architecture from different stages, data mixtures and
+learning rates: snapshots of the base run and short branches from them. The odd expert has another
+width, for heterogeneous MoE (MergeME).
 
 Training sequences are exactly what the Evaluator scores: ``<s> prompt answer </s>``, with the loss
 on the answer and EOS only (random prompt digits are noise a model cannot learn). Everything is
@@ -56,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 # Bump when training code changes what a config builds, so stale cached zoos stop matching.
 ZOO_VERSION = 4  # 4: per-task rare mass and expert lr; add's rare digits 7-9
+# (zoo v5 changed settings only, which the fingerprint holds: the training code is v4's)
 MANIFEST = "zoo.json"
 # The recycling pool and the odd expert: trained on first request (build_zoo(extras=True)), into
 # this subfolder of the zoo, since the main job and the agents never load them.
@@ -134,10 +136,14 @@ class ZooConfig:
     # each task's rare symbols (aligned with tasks); None: the tasks' own (RARE_SYMBOLS: digits
     # 7-9, letters n-z, N-Z)
     rare_symbols: tuple[str, ...] | None = None
-    expert_steps: tuple[int, ...] = (600, 600, 600)  # aligned with tasks
+    # Zoo v5 (session 19): 900 steps at replay 0.8 see as much of the task's own data as v4's 600
+    # at 0.7 (180 batches' worth) with more of the base's mixture around it; on this project's
+    # machine the best plain merge keeps >= 50 % of every gain on 5 of 6 training seeds (v4: 3 of
+    # 6), at 1.5x v4's expert training time (README: "The regime (zoo v5) and why")
+    expert_steps: tuple[int, ...] = (900, 900, 900)  # aligned with tasks
     expert_lr: float | tuple[float, ...] = 6e-4  # one for every expert, or one per task
     # share of each expert's batches replaying the base's pretraining mixture
-    expert_replay: float = 0.7
+    expert_replay: float = 0.8
     recycling: tuple[RecycleSpec, ...] = DEFAULT_RECYCLING
     odd_task: str = "cipher"
     odd_shape: ModelShape = ModelShape(hidden=96, intermediate=192)
@@ -246,6 +252,9 @@ class ZooConfig:
 
 _PRESETS: dict[str, ZooConfig] = {
     "default": ZooConfig(),
+    # the default zoo of sessions 10-18 (the README's v4 figures): the same base, experts of 600
+    # steps at replay 0.7; its fingerprint is the one those zoos were cached under
+    "v4": ZooConfig(expert_steps=(600, 600, 600), expert_replay=0.7),
     # Seconds to build: for tests and smoke runs. Too small to get answers exactly right, but each
     # expert clearly beats the base on its own task in token accuracy.
     "tiny": ZooConfig(

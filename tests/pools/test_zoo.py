@@ -270,7 +270,12 @@ def test_rare_symbols_are_one_set_per_task_and_only_named_ones_change_the_zoo():
     ).hexdigest()[:16]  # fmt: skip
     assert tiny.rare_symbols is None and tiny.fingerprint() == digest
     # pinned: a change here orphans every zoo users have cached (bump ZOO_VERSION on purpose)
-    assert ZooConfig.preset("default").fingerprint() == "40672da8300263b9"
+    assert ZooConfig.preset("default").fingerprint() == "c4d40895cf4e93df"  # zoo v5
+    # v4 (sessions 10-18): the preset keeps the key its zoos were cached under
+    assert ZooConfig.preset("v4").fingerprint() == "40672da8300263b9"
+    assert ZooConfig.preset("v4") == dataclasses.replace(
+        ZooConfig(), expert_steps=(600, 600, 600), expert_replay=0.7
+    )
     assert tiny.fingerprint() == "00efe72294bef792"
     with pytest.raises(ConfigError, match="only with zoo.base_rare_mass"):
         dataclasses.replace(tiny, base_rare_mass=None, rare_symbols=own.rare_symbols)
