@@ -1,0 +1,99 @@
+"""Gather main-job runs (``experiments.run ... run_dir=DIR``) into one JSON and print the margins.
+
+    python results/zoo_v5/collect_main.py OUT.json RUN_DIR ...
+
+Each RUN_DIR's name ends in ``_z<zoo seed>_s<search seed>`` and holds the run's ``summary.json``;
+a folder without one (a run still going, or killed) is skipped and named. Per zoo seed it prints
+the front's test-split hypervolume against the references (single models + plain merges) and
+against the references + the plain TIES lattice merges: mean [min, max] of the margins over the
+search seeds, and how many runs clear +20 % over the references.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+
+def read(dirs: list[Path]) -> dict[str, list[dict[str, float]]]:
+    runs: dict[str, list[dict[str, float]]] = {}
+    for d in dirs:
+        m = re.search(r"_z(\d+)_s(\d+)$", d.name)
+        if m is None:
+            raise SystemExit(f"{d}: the folder name must end in _z<zoo seed>_s<search seed>")
+        summary = d / "summary.json"
+        if not summary.is_file():
+            print(f"skipped {d}: no summary.json")
+            continue
+        s = json.loads(summary.read_text())
+        refs = "single models + plain merges"
+        runs.setdefault(m.group(1), []).append(
+            {
+                "seed": int(m.group(2)),
+                "hv": s["hypervolume_search"],
+                "hvt": s["hypervolume_test"],
+                "rs": s["reference_hypervolume_search"][refs],
+                "rt": s["reference_hypervolume_test"],
+                "gs": s["grid_hypervolume_search"],
+                "gt": s["grid_hypervolume_test"],
+                "wall": s["wall_s"],
+            }
+        )
+    for rows in runs.values():
+        rows.sort(key=lambda r: r["seed"])
+    return runs
+
+
+def margins(rows: list[dict[str, float]], front: str, ref: str) -> list[float]:
+    return [100.0 * (r[front] / r[ref] - 1.0) for r in rows]
+
+
+def span(values: list[float]) -> str:
+    return f"{statistics.mean(values):+.1f} % [{min(values):+.1f}, {max(values):+.1f}]"
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2:
+        raise SystemExit(__doc__)
+    out, dirs = Path(argv[0]), [Path(a) for a in argv[1:]]
+    runs = read(dirs)
+    for zoo, rows in sorted(runs.items()):
+        test = margins(rows, "hvt", "rt")
+        print(
+            f"zoo {zoo}: {len(rows)} runs, test HV {statistics.mean(r['hvt'] for r in rows):.4f} vs "
+            f"references {rows[0]['rt']:.4f}: {span(test)}, "
+            f"{sum(m >= 20.0 for m in test)} of {len(rows)} runs >= +20 %; "
+            f"search {span(margins(rows, 'hv', 'rs'))}"
+        )
+        grid_test = margins(rows, "hvt", "gt")
+        print(
+            f"        vs references + TIES grid (search {rows[0]['gs']:.4f} / test "
+            f"{rows[0]['gt']:.4f}): search {span(margins(rows, 'hv', 'gs'))}, test "
+            f"{span(grid_test)}, above the grid on test on {sum(m > 0 for m in grid_test)} of "
+            f"{len(rows)}; wall {min(r['wall'] for r in rows):.0f}-"
+            f"{max(r['wall'] for r in rows):.0f} s (search)"
+        )
+    out.write_text(
+        json.dumps(
+            {
+                "what": "main job (PPO, TIES lattice space, budget 200) on the default zoo v5, "
+                "1 thread per run, two at a time",
+                "commands": [
+                    "OMP_NUM_THREADS=1 python -m experiments.run logger=none pool.seed=Z "
+                    "seed=S run_dir=DIR"
+                ],
+                "references": "single models + plain merges; grid: references + the 28 plain "
+                "TIES lattice merges",
+                "runs": runs,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
