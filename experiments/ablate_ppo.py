@@ -51,7 +51,7 @@ from rich.table import Table
 from experiments import stats
 from experiments.compare_agents import load_merge, read_store, run_one, write_store, write_wide
 from experiments.protocol import check_one_space, git_commit, load_protocol
-from merge_env.errors import ConfigError
+from merge_env.errors import ConfigError, exit_on_error
 
 console = Console()
 # variant -> (Hydra overrides of the PPO run, the settings keys it changes)
@@ -227,4 +227,4 @@ def analyse(
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_error(main)

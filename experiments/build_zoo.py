@@ -36,7 +36,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from merge_env.errors import ConfigError
+from merge_env.errors import ConfigError, exit_on_error
 from merge_env.pools.regime import LAMBDA_GRIDS, Regime, assess_regime
 from merge_env.pools.smollm2 import SmolConfig, SmolPool
 from merge_env.pools.zoo import Zoo, ZooConfig, build_zoo
@@ -320,4 +320,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_on_error(main)

@@ -71,7 +71,7 @@ from experiments.protocol import (  # noqa: E402
     protocol_diffs,
     run_config,
 )
-from merge_env.errors import ConfigError  # noqa: E402
+from merge_env.errors import ConfigError, exit_on_error  # noqa: E402
 from merge_env.search.problem import build_problem  # noqa: E402
 
 log = logging.getLogger("mergegym.compare")
@@ -654,4 +654,4 @@ def analyse(
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_error(main)

@@ -30,6 +30,7 @@ from rich.console import Console
 
 from experiments.build_zoo import parse_settings as parse_zoo_settings
 from experiments.build_zoo import print_regime
+from merge_env.errors import exit_on_error
 from merge_env.pools.cache import train_threads
 from merge_env.pools.finetune import LoraSpec
 from merge_env.pools.zoo import EXPERT_KEYS, ZooConfig, build_zoo, train_expert_variant
@@ -120,4 +121,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_on_error(main)

@@ -74,3 +74,36 @@ def test_an_explicit_run_dir_made_for_a_failed_run_is_removed(tmp_path):
                 "pool.base=/no/such/base", "pool.experts={a: /no/such/a}")  # fmt: skip
     _assert_one_line(proc, "/no/such/base")
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "module, args, named",
+    [
+        ("experiments.build_zoo", ["--set", "bogus=1"], ["'bogus=1'", "expert_replay"]),
+        ("experiments.regime_variants", ["--set", "bogus=1"], ["'bogus=1'", "expert_steps"]),
+        ("experiments.compare_agents", ["--merge", "nowhere", "--out", "out"], ["results.json"]),
+        ("experiments.ablate_ppo", ["--merge", "nowhere", "--out", "out"], ["results.json"]),
+    ],
+)
+def test_script_error_is_one_line(tmp_path, module, args, named):
+    """The argparse scripts report a bad flag or input as the Hydra jobs do (exit_on_error)."""
+    proc = _run(tmp_path, module, *args)
+    line = _assert_one_line(proc, *named)
+    assert "nowhere" in line or "bogus" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_exit_on_error_passes_the_status_through():
+    from merge_env.errors import ConfigError, exit_on_error
+
+    for returned, status in ((0, 0), (3, 3), ({"runs": []}, 0), (None, 0)):
+        with pytest.raises(SystemExit) as stop:
+            exit_on_error(lambda returned=returned: returned)
+        assert stop.value.code == status
+
+    def bad() -> int:
+        raise ConfigError("zoo.seed: must be >= 0")
+
+    with pytest.raises(SystemExit) as stop:
+        exit_on_error(bad)
+    assert stop.value.code == 2
