@@ -149,8 +149,8 @@ def print_regime(
     for holds, sentence in regime.sentences():
         console.print(f"  [{'green' if holds else 'red'}]{'ok ' if holds else 'NO '}[/] {sentence}")
     console.print(f"  regime {'holds' if regime.holds else 'does NOT hold'}")
-    if regime.alone_sentence():
-        console.print(f"  {regime.alone_sentence()}")
+    if alone := regime.alone_sentence():
+        console.print(f"  {alone}")
     console.print("  task vectors (expert minus base):")
     for line in found.vectors.sentences():
         console.print(f"    {line}")
