@@ -18,7 +18,9 @@ the experts' task vectors (size against the base, cosines); ``--no-regime`` skip
 
 ``--set KEY=VALUE ...`` changes settings of the preset (any ``ZooConfig`` field, Python
 literals: ``--set "base_rare_mass=[0.03,0.01,0.002]" base_steps=800``), e.g. to study another
-zoo design; the variant has its own fingerprint, so it is cached beside the preset's zoo.
+zoo design; the variant has its own fingerprint, so it is cached beside the preset's zoo. With
+``--pool smollm2`` it changes the pool's defaults (any ``SmolConfig`` field:
+``--set "generalist_mix=[0.05,0.05,0.9]"``).
 """
 
 from __future__ import annotations
@@ -225,6 +227,17 @@ def run(
     return zoo
 
 
+def smollm2_config(seed: int, settings: Sequence[str] = ()) -> SmolConfig:
+    """The SmolLM2 pool's defaults at ``seed`` with ``KEY=VALUE`` settings applied
+    (``parse_settings``, any SmolConfig field); a bad pair, key or value raises ConfigError."""
+    data = dataclasses.asdict(SmolConfig(seed=seed))
+    data.update(parse_settings(settings, data.keys()))
+    try:
+        return SmolConfig(**data)
+    except TypeError as err:
+        raise ConfigError(f"--set {list(settings)}: {err}") from err
+
+
 def run_smollm2(
     seed: int = 0,
     cache_dir: str | Path | None = None,
@@ -251,10 +264,14 @@ def run_smollm2(
     )
     elapsed = time.perf_counter() - start
     built = f"conversion {pool.convert_seconds:.1f} s, fine-tuning {pool.finetune_seconds:.1f} s"
+    defaults = dataclasses.asdict(SmolConfig(seed=config.seed))
+    changed = [f"{k}={v!r}" for k, v in dataclasses.asdict(config).items() if v != defaults[k]]
     if elapsed < 0.5 * pool.finetune_seconds:
         console.print(f"SmolLM2 pool seed {config.seed}: found in cache at {pool.root} ({built})")
     else:
         console.print(f"SmolLM2 pool seed {config.seed}: built at {pool.root} ({built})")
+    if changed:
+        console.print(f"  settings other than the defaults: {', '.join(changed)}")
     scores = score_zoo(pool, "test", device)
     n_test = len(pool.tasks[0].test)
     title = f"SmolLM2-135M-Instruct pool: TEST split ({n_test} examples per task)"
@@ -283,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE",
-        help="change zoo settings of the preset, e.g. \"base_rare_mass=[0.03,0.01,0.002]\"",
+        help="change settings of the zoo preset, e.g. \"base_rare_mass=[0.03,0.01,0.002]\" "
+        "(--pool smollm2: of the pool, e.g. \"generalist_mix=[0.05,0.05,0.9]\")",
     )  # fmt: skip
     parser.add_argument(
         "--no-regime", action="store_true", help="skip scoring the plain merges of the experts"
@@ -301,12 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.pool == "smollm2":
-        flags = [f"--set {args.set}"] * bool(args.set) + ["--core-only"] * args.core_only
-        if flags:
-            raise ConfigError(f"{' and '.join(flags)}: for the zoo preset, not --pool smollm2")
+        if args.core_only:
+            raise ConfigError("--core-only: for the zoo preset, not --pool smollm2")
         run_smollm2(
             args.seed, args.cache_dir, args.device, not args.no_progress,
-            regime=not args.no_regime, tune_lambda=not args.fixed_lambda, gguf_file=args.gguf,
+            config=smollm2_config(args.seed, args.set), regime=not args.no_regime,
+            tune_lambda=not args.fixed_lambda, gguf_file=args.gguf,
         )  # fmt: skip
     else:
         if args.gguf:

@@ -380,6 +380,31 @@ def test_build_zoo_cli_builds_and_prints_the_pool_table(tiny_base, monkeypatch):
     assert asked == ["elsewhere/SmolLM2.gguf"]  # --gguf reaches the conversion
 
 
+def test_build_zoo_settings_change_the_pool_or_name_the_bad_pair(tiny_base, capsys):
+    from experiments.build_zoo import main, smollm2_config
+
+    mix = smollm2_config(2, ["generalist_mix=[0.05,0.05,0.9]"])
+    assert mix == dataclasses.replace(SmolConfig(seed=2), generalist_mix=(0.05, 0.05, 0.9))
+    assert mix.fingerprint("b") != SmolConfig(seed=2).fingerprint("b")
+    assert smollm2_config(0) == SmolConfig()
+    with pytest.raises(ConfigError, match="base_steps"):  # a zoo key, not the pool's
+        smollm2_config(0, ["base_steps=7"])
+    with pytest.raises(ConfigError, match="not a Python literal"):
+        smollm2_config(0, ["steps=seven"])
+    with pytest.raises(ConfigError, match="pool.generalist_mix"):  # one weight per task
+        smollm2_config(0, ["generalist_mix=[0.5,0.5]"])
+    # the command line builds the pool the settings describe, and names them
+    settings = [f"{f.name}={getattr(SMALL_V4, f.name)!r}" for f in dataclasses.fields(SmolConfig)
+                if getattr(SMALL_V4, f.name) != getattr(SmolConfig(), f.name)]  # fmt: skip
+    args = "--pool smollm2 --no-progress --no-regime --seed 1".split()
+    assert main([*args, "--cache-dir", str(tiny_base.parent), "--set", *settings]) == 0
+    fingerprint = dataclasses.replace(SMALL_V4, seed=1).fingerprint(tiny_base.name)
+    root = tiny_base.parent / f"smollm2-{fingerprint}"
+    assert json.loads((root / "pool.json").read_text())["config"]["generalist_steps"] == 4
+    out = capsys.readouterr().out.replace("\n", "")  # rich wraps at the terminal's width
+    assert f"built at {root}" in out and "generalist_steps=4" in out and "steps=3" in out
+
+
 # ---------------------------------------------------------------- the real GGUF (when installed)
 
 
