@@ -30,9 +30,9 @@ import ast
 import dataclasses
 import logging
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from rich.console import Console
@@ -49,6 +49,7 @@ from merge_env.search.recipe import BASE
 log = logging.getLogger("mergegym.build_zoo")
 
 Scores = dict[str, dict[str, TaskScore]]  # row name -> task name -> score
+T = TypeVar("T")
 
 
 def score_zoo(zoo: Zoo | SmolPool, split: str = "test", device: str = "cpu") -> Scores:
@@ -175,15 +176,20 @@ def parse_settings(pairs: Sequence[str], keys: Collection[str]) -> dict[str, Any
     return out
 
 
-def zoo_config(preset: str, seed: int, settings: Sequence[str] = ()) -> ZooConfig:
-    """The preset at ``seed`` with ``KEY=VALUE`` settings applied (``parse_settings``, any
-    ZooConfig field); a bad pair, key or value raises ConfigError naming it."""
-    data = dataclasses.replace(ZooConfig.preset(preset), seed=seed).to_dict()
+def with_settings(data: dict[str, Any], settings: Sequence[str], build: Callable[..., T]) -> T:
+    """``build(data)`` with the ``KEY=VALUE`` settings applied to ``data`` (``parse_settings``:
+    KEY one of its keys); a bad pair, key or value raises ConfigError naming it."""
     data.update(parse_settings(settings, data.keys()))
     try:
-        return ZooConfig.from_dict(data)
+        return build(data)
     except TypeError as err:
         raise ConfigError(f"--set {list(settings)}: {err}") from err
+
+
+def zoo_config(preset: str, seed: int, settings: Sequence[str] = ()) -> ZooConfig:
+    """The preset at ``seed`` with ``KEY=VALUE`` settings applied (any ZooConfig field)."""
+    data = dataclasses.replace(ZooConfig.preset(preset), seed=seed).to_dict()
+    return with_settings(data, settings, ZooConfig.from_dict)
 
 
 def run(
@@ -228,14 +234,10 @@ def run(
 
 
 def smollm2_config(seed: int, settings: Sequence[str] = ()) -> SmolConfig:
-    """The SmolLM2 pool's defaults at ``seed`` with ``KEY=VALUE`` settings applied
-    (``parse_settings``, any SmolConfig field); a bad pair, key or value raises ConfigError."""
-    data = dataclasses.asdict(SmolConfig(seed=seed))
-    data.update(parse_settings(settings, data.keys()))
-    try:
-        return SmolConfig(**data)
-    except TypeError as err:
-        raise ConfigError(f"--set {list(settings)}: {err}") from err
+    """The SmolLM2 pool's defaults at ``seed`` with ``KEY=VALUE`` settings applied (any
+    SmolConfig field)."""
+    return with_settings(dataclasses.asdict(SmolConfig(seed=seed)), settings,
+                         lambda data: SmolConfig(**data))  # fmt: skip
 
 
 def run_smollm2(

@@ -5,8 +5,8 @@
 Each FILE is either a comparison, ``compare_agents --merge DIR/cmp_*/ --out OUT``'s
 ``results.json`` (any zoo seeds), or a main job, ``collect_main.py``'s output, which holds the
 references + plain TIES lattice grid's hypervolume on each split for its zoo seeds (the grid does
-not depend on the search seed); every compared zoo seed needs one. Per zoo seed it prints one markdown row per agent, best search mean first: the
-search and test hypervolume, mean [95 % bootstrap CI] of the search seeds (as compare_agents
+not depend on the search seed); every compared zoo seed needs one. Per zoo seed it prints one
+markdown row per agent, best search mean first: the search and test hypervolume, mean [95 % bootstrap CI] of the search seeds (as compare_agents
 computes them), the two-sided Mann-Whitney p against the best baseline, the test margin over
 the references + grid and on how many runs the agent's test hypervolume is above it, and the
 agents' rank on search across the zoo seeds. OUT.json (optional) keeps the rows, runs without
@@ -43,6 +43,8 @@ def table(files: list[Path]) -> dict[str, object]:
     rows, ranks = [], {}
     for comp in sorted(comparisons, key=lambda c: c["zoo_seed"]):
         zoo = comp["zoo_seed"]
+        if zoo not in grids:
+            raise SystemExit(f"zoo seed {zoo}: no main-job file among {[str(f) for f in files]}")
         gs, gt = grids[zoo]
         runs = [r for r in all_runs if r["zoo_seed"] == zoo]
         order = sorted(comp["agents"], key=lambda a: -comp["agents"][a]["search"]["mean"])
