@@ -83,7 +83,9 @@ def table(files: list[Path]) -> dict[str, object]:
 
 
 def compact(data: dict[str, object]) -> dict[str, object]:
-    """Return a merged comparison without its curves and fronts (keys kept in input order)."""
+    """Return a merged comparison without its curves and fronts: its what / commands (where a
+    committed file has them), protocol, commit, runs and comparisons; merged_from and missing,
+    the run folders it was merged from, are dropped."""
     if "comparisons" not in data or "runs" not in data:
         raise SystemExit(
             "--compact: not a compare_agents --merge results.json (no comparisons/runs)"
@@ -96,7 +98,7 @@ def compact(data: dict[str, object]) -> dict[str, object]:
             "agents": {
                 a: {k: v for k, v in s.items() if k != "curve"} for a, s in c["agents"].items()
             },
-        }  # fmt: skip
+        }
         for c in data["comparisons"]
     ]
     return out
