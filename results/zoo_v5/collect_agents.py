@@ -1,7 +1,7 @@
 """Table an agent comparison (``compare_agents --merge`` output) against the plain TIES grid.
 
     python results/zoo_v5/collect_agents.py FILE.json ... [--out OUT.json]
-    python results/zoo_v5/collect_agents.py --compact RESULTS.json OUT.json
+    python results/zoo_v5/collect_agents.py --compact RESULTS.json OUT.json   # also ablate_ppo's
 
 Each FILE is either a comparison, ``compare_agents --merge DIR/cmp_*/ --out OUT``'s
 ``results.json`` (any zoo seeds), or a main job, ``collect_main.py``'s output, which holds the
@@ -13,10 +13,11 @@ the references + grid and on how many runs the agent's test hypervolume is above
 agents' rank on search across the zoo seeds. OUT.json (optional) keeps the rows, runs without
 curves and fronts.
 
-``--compact`` writes a ``compare_agents --merge`` results.json without its curves and fronts
-(each run's ``curve``, ``front``, ``front_test``; each compared agent's mean ``curve``), the form
-of the committed ``agents_ties_b200_*.json``: the protocol, the commit, the runs and the
-comparisons, every figure the tables use (2.2 MB -> 0.4 MB for 210 runs).
+``--compact`` writes a ``compare_agents --merge`` (or ``ablate_ppo --merge``) results.json
+without its curves and fronts (each run's ``curve``, ``front``, ``front_test``; each compared
+agent's or variant's mean ``curve``), the form of the committed ``agents_ties_b200_*.json`` and
+``ablate_ppo_b200_*.json``: the protocol, the commit, the runs and the comparisons, every
+figure the tables use (2.2 MB -> 0.4 MB for 210 comparison runs).
 """
 
 from __future__ import annotations
@@ -92,15 +93,17 @@ def compact(data: dict[str, object]) -> dict[str, object]:
         )
     out = {k: data[k] for k in ("what", "commands", "protocol", "commit") if k in data}
     out["runs"] = [{k: v for k, v in r.items() if k not in DROPPED_RUN_KEYS} for r in data["runs"]]
-    out["comparisons"] = [
-        {
-            **c,
-            "agents": {
-                a: {k: v for k, v in s.items() if k != "curve"} for a, s in c["agents"].items()
-            },
-        }
-        for c in data["comparisons"]
-    ]
+    out["comparisons"] = [_without_curves(c) for c in data["comparisons"]]
+    return out
+
+
+def _without_curves(comparison: dict) -> dict:
+    """Drop the mean curve of each compared agent (compare_agents) or variant (ablate_ppo)."""
+    out = dict(comparison)
+    for key in ("agents", "variants"):
+        if isinstance(out.get(key), dict):
+            out[key] = {name: {k: v for k, v in row.items() if k != "curve"}
+                        for name, row in out[key].items()}  # fmt: skip
     return out
 
 
