@@ -79,8 +79,7 @@ def table(files: list[Path]) -> dict[str, object]:
     print("\nrank on search by zoo seed (1 = best):")
     for agent, r in sorted(ranks.items(), key=lambda kv: statistics.mean(kv[1])):
         print(f"  {agent}: {' / '.join(map(str, r))} (mean {statistics.mean(r):.1f})")
-    runs = [{k: v for k, v in r.items() if k not in DROPPED_RUN_KEYS} for r in all_runs]
-    return {"rows": rows, "ranks": ranks, "grid": grids, "runs": runs}
+    return {"rows": rows, "ranks": ranks, "grid": grids, "runs": _without_fronts(all_runs)}
 
 
 def compact(data: dict[str, object]) -> dict[str, object]:
@@ -92,9 +91,14 @@ def compact(data: dict[str, object]) -> dict[str, object]:
             "--compact: not a compare_agents --merge results.json (no comparisons/runs)"
         )
     out = {k: data[k] for k in ("what", "commands", "protocol", "commit") if k in data}
-    out["runs"] = [{k: v for k, v in r.items() if k not in DROPPED_RUN_KEYS} for r in data["runs"]]
+    out["runs"] = _without_fronts(data["runs"])
     out["comparisons"] = [_without_curves(c) for c in data["comparisons"]]
     return out
+
+
+def _without_fronts(runs: list[dict]) -> list[dict]:
+    """The runs without their hypervolume curve and fronts (``DROPPED_RUN_KEYS``)."""
+    return [{k: v for k, v in r.items() if k not in DROPPED_RUN_KEYS} for r in runs]
 
 
 def _without_curves(comparison: dict) -> dict:
@@ -111,11 +115,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--compact"]:
         if len(argv) != 3:
             raise SystemExit(__doc__)
-        source, target = Path(argv[1]), Path(argv[2])
-        out = compact(json.loads(source.read_text()))
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps(out) + "\n")
-        tmp.replace(target)
+        _write(Path(argv[2]), json.dumps(compact(json.loads(Path(argv[1]).read_text()))))
         return 0
     target = None
     if "--out" in argv:
@@ -125,8 +125,19 @@ def main(argv: list[str]) -> int:
         raise SystemExit(__doc__)
     out = table([Path(a) for a in argv])
     if target is not None:
-        target.write_text(json.dumps(out, indent=1) + "\n")
+        _write(target, json.dumps(out, indent=1))
     return 0
+
+
+def _write(target: Path, text: str) -> None:
+    """Write ``text`` and a newline to ``target`` through a temporary file: a failed write
+    leaves the old file or none, never a torn one."""
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        tmp.write_text(text + "\n")
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
