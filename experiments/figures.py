@@ -76,6 +76,7 @@ from experiments.protocol import (
 )
 from experiments.report import markdown_table
 from merge_env.errors import ConfigError, MergeGymError
+from merge_env.pools.cache import cpu_model
 from merge_env.pools.regime import assess_regime
 from merge_env.pools.zoo import ZooConfig, build_zoo
 from merge_env.search.recipe import BASE
@@ -498,7 +499,8 @@ def machine() -> dict[str, Any]:
     return {
         "cpu_count": os.cpu_count(), "cpus_usable": len(affinity(0)) if affinity else None,
         "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": platform.processor() or platform.machine(), "cpu": cpu_model(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(), "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -542,7 +544,8 @@ def render(data: Mapping[str, Any]) -> str:
         f"levels {p['levels']}, budget {p['budget']:g} evaluations, fidelity {p['fidelity']}, "
         f"screening {p['screening']}, anchors {p['anchors']}, overrides {p['overrides'] or 'none'}",
         f"- **commit** `{commit['sha']}`{dirty}",
-        f"- **machine** {m['cpu_count']} CPUs ({m['cpus_usable']} usable), torch "
+        f"- **machine** {m.get('cpu', 'CPU unknown')}, {m['cpu_count']} CPUs "
+        f"({m['cpus_usable']} usable; torch's {m.get('torch_cpu_capability', '?')} kernels), torch "
         f"{m['torch']} with {m['torch_threads']} threads, {m['platform']}, Python {m['python']}"
         f", GPU {m['gpu'] or 'none'}, load average at start {m['load_average']}",
         "- **statistics** mean and 95 % percentile-bootstrap interval of the mean over seeds "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import shutil
 import time
 import uuid
@@ -53,6 +54,35 @@ def pinned_threads() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# Environment variables that change which kernels torch, MKL and oneDNN run, and so the tensors
+# a build trains (ATEN_CPU_CAPABILITY also shows in the capability torch reports).
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
+def build_machine() -> dict[str, Any]:
+    """What a pool's tensors depend on beyond its settings and seed: the CPU (another CPU family
+    trains another pool from the same seed), the kernels torch dispatches on it (and any
+    KERNEL_ENV setting that moves them), torch's version."""
+    return {
+        "cpu": cpu_model(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "kernel_env": {k: os.environ[k] for k in KERNEL_ENV if os.environ.get(k)},
+    }
 
 
 def read_manifest(path: Path, fmt: str, what: str) -> dict[str, Any]:
@@ -111,8 +141,8 @@ def build_atomically(
 ) -> dict[str, Any]:
     """Run ``build(tmp)`` in a dot-folder beside ``root``, then publish the folder as ``root``.
 
-    The dict ``build`` returns, with its wall time under ``seconds_key``, is written to
-    ``tmp/<manifest>`` before the rename; if another process published ``root`` first, its copy
+    The dict ``build`` returns, with its wall time under ``seconds_key``, the thread count and
+    the machine (``build_machine``), is written to ``tmp/<manifest>`` before the rename; if another process published ``root`` first, its copy
     is kept. A failed or killed build leaves only a dot-folder, never a half build under
     ``root``. Shared by every cached build (the zoo, SmolLM2's conversion and its experts).
     """
@@ -123,6 +153,7 @@ def build_atomically(
         info = build(tmp)
         info[seconds_key] = round(time.perf_counter() - start, 2)
         info.setdefault("train_threads", train_threads())
+        info.setdefault("built_on", build_machine())
         (tmp / manifest).write_text(json.dumps(info, indent=1))
         try:
             os.rename(tmp, root)

@@ -36,6 +36,7 @@ def test_figures_come_from_the_runs_resume_and_record_failures(zoo_cache, tiny_z
     assert list(sections) == list(figures.SECTIONS)
     assert all(s["status"] == "done" for s in sections.values())
     assert data["protocol"]["name"] == "smoke" and data["machine"]["torch_threads"] == 1
+    assert data["machine"]["cpu"] and data["machine"]["torch_cpu_capability"]
     assert data["commit"]["sha"] in md and "smoke" in md
     for title in figures.TITLES.values():
         assert f"## {title}" in md

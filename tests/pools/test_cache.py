@@ -12,6 +12,7 @@ from merge_env.pools.cache import (
     TRAIN_THREADS,
     TRAIN_THREADS_ENV,
     build_atomically,
+    build_machine,
     pinned_threads,
     train_threads,
 )
@@ -43,6 +44,12 @@ def test_manifest_records_the_thread_count_and_a_failed_build_leaves_nothing(mon
     info = build_atomically(root, "m.json", build, "build_seconds")
     saved = json.loads((root / "m.json").read_text())
     assert saved == info and saved["train_threads"] == 1 and saved["build_seconds"] >= 0
+    # the machine too: the same seed trains another pool on another CPU family
+    assert saved["built_on"] == build_machine()
+    assert saved["built_on"]["cpu"] and saved["built_on"]["torch"] == torch.__version__
+    assert saved["built_on"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    monkeypatch.setenv("MKL_CBWR", "AVX2")  # a setting that changes MKL's kernels is recorded
+    assert build_machine()["kernel_env"]["MKL_CBWR"] == "AVX2"
 
     def broken(tmp):
         tmp.mkdir(parents=True)

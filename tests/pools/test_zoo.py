@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from merge_env.errors import CheckpointError, ConfigError
 from merge_env.pools import zoo as zoo_module
-from merge_env.pools.cache import default_cache_dir
+from merge_env.pools.cache import build_machine, default_cache_dir
 from merge_env.pools.zoo import ZOO_VERSION, ZooConfig, build_zoo, load_zoo
 from merge_env.scoring.tasks.synthetic import make_task
 
@@ -327,6 +327,24 @@ def test_build_zoo_cli_prints_table_from_cache(tiny_zoo):
     assert "found in cache" in text
     for row in ["base", "expert:add", f"odd:{zoo.odd_expert_task}", "recycle:stage80"]:
         assert row in text
+    # the machine that trained it, from the manifest: the same seed on another CPU is another zoo
+    machine = build_machine()
+    assert f"trained on {machine['cpu']} (torch {machine['torch']}," in " ".join(text.split())
+
+
+def test_built_on_reads_the_manifest_and_is_empty_for_older_pools(tmp_path):
+    from experiments.build_zoo import built_on
+
+    manifest = tmp_path / "zoo.json"
+    manifest.write_text(json.dumps({"format": "mergegym-zoo"}))  # before the machine was recorded
+    assert built_on(manifest) == ""
+    assert built_on(tmp_path / "missing.json") == ""
+    cpu = {"cpu": "Some CPU", "torch": "2.13.0+cpu", "torch_cpu_capability": "AVX2"}
+    manifest.write_text(json.dumps({"format": "mergegym-zoo", "built_on": cpu}))
+    assert built_on(manifest) == "Some CPU (torch 2.13.0+cpu, AVX2 kernels)"
+    cpu["kernel_env"] = {"MKL_CBWR": "AVX2"}
+    manifest.write_text(json.dumps({"format": "mergegym-zoo", "built_on": cpu}))
+    assert built_on(manifest) == "Some CPU (torch 2.13.0+cpu, AVX2 kernels, MKL_CBWR=AVX2)"
 
 
 def test_build_zoo_cli_core_only_builds_the_base_and_experts(tmp_path):
