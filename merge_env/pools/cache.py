@@ -142,9 +142,10 @@ def build_atomically(
     """Run ``build(tmp)`` in a dot-folder beside ``root``, then publish the folder as ``root``.
 
     The dict ``build`` returns, with its wall time under ``seconds_key``, the thread count and
-    the machine (``build_machine``), is written to ``tmp/<manifest>`` before the rename; if another process published ``root`` first, its copy
-    is kept. A failed or killed build leaves only a dot-folder, never a half build under
-    ``root``. Shared by every cached build (the zoo, SmolLM2's conversion and its experts).
+    the machine (``build_machine``), is written to ``tmp/<manifest>`` before the rename; if
+    another process published ``root`` first, its copy is kept. A failed or killed build leaves
+    only a dot-folder, never a half build under ``root``. Shared by every cached build (the
+    zoo, SmolLM2's conversion and its experts).
     """
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".tmp-{root.name}-{uuid.uuid4().hex[:8]}"
