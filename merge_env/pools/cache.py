@@ -57,15 +57,21 @@ def pinned_threads() -> Iterator[None]:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows)."""
+    """The CPU's model name with its family and model numbers (``/proc/cpuinfo``: a virtual
+    machine may show only a generic name); else what ``platform`` knows."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return value.strip()
+            if not key.strip() and fields:
+                break  # the first processor's block is enough
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if fields.get("cpu family") and fields.get("model"):
+        name += f" (family {fields['cpu family']} model {fields['model']})"
+    return name
 
 
 # Environment variables that change which kernels torch, MKL and oneDNN run, and so the tensors
