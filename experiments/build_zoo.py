@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -40,9 +39,10 @@ from rich.console import Console
 from rich.table import Table
 
 from merge_env.errors import ConfigError, exit_on_error
+from merge_env.pools.cache import describe_machine
 from merge_env.pools.regime import LAMBDA_GRIDS, Regime, assess_regime
 from merge_env.pools.smollm2 import SmolConfig, SmolPool
-from merge_env.pools.zoo import MANIFEST, Zoo, ZooConfig, build_zoo
+from merge_env.pools.zoo import Zoo, ZooConfig, build_zoo
 from merge_env.scoring.evaluate import Evaluator, TaskScore
 from merge_env.search.assemble import load_causal_lm
 from merge_env.search.recipe import BASE
@@ -193,23 +193,6 @@ def zoo_config(preset: str, seed: int, settings: Sequence[str] = ()) -> ZooConfi
     return with_settings(data, settings, ZooConfig.from_dict)
 
 
-def built_on(manifest: Path) -> str:
-    """The machine a pool was trained on, from its manifest's ``built_on`` (another CPU family
-    trains another pool from the same seed); "" for a pool built before it was recorded."""
-    try:
-        m = json.loads(manifest.read_text()).get("built_on")
-    except (OSError, ValueError, AttributeError):
-        return ""
-    if not isinstance(m, dict):
-        return ""
-    env = m.get("kernel_env") or {}
-    pinned = "".join(f", {k}={v}" for k, v in env.items()) if isinstance(env, dict) else ""
-    return (
-        f"{m.get('cpu', 'an unknown CPU')} (torch {m.get('torch', '?')}, "
-        f"{m.get('torch_cpu_capability', '?')} kernels{pinned})"
-    )
-
-
 def run(
     preset: str = "default",
     seed: int = 0,
@@ -236,7 +219,7 @@ def run(
     took = f"base + experts {zoo.build_seconds:.1f} s"
     if zoo.has_extras:
         took += f", recycling pool + odd expert {zoo.extras_seconds:.1f} s"
-    machine = built_on(zoo.root / MANIFEST)
+    machine = describe_machine(zoo.built_on)
     if machine:
         took += f"; trained on {machine}"
     if elapsed < 0.5 * (zoo.build_seconds + zoo.extras_seconds):

@@ -76,7 +76,7 @@ from experiments.protocol import (
 )
 from experiments.report import markdown_table
 from merge_env.errors import ConfigError, MergeGymError
-from merge_env.pools.cache import cpu_model
+from merge_env.pools.cache import build_machine
 from merge_env.pools.regime import assess_regime
 from merge_env.pools.zoo import ZooConfig, build_zoo
 from merge_env.search.recipe import BASE
@@ -499,9 +499,8 @@ def machine() -> dict[str, Any]:
     return {
         "cpu_count": os.cpu_count(), "cpus_usable": len(affinity(0)) if affinity else None,
         "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(), "cpu": cpu_model(),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "python": platform.python_version(), "torch": torch.__version__,
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(), **build_machine(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }  # fmt: skip

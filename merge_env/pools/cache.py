@@ -91,6 +91,19 @@ def build_machine() -> dict[str, Any]:
     }
 
 
+def describe_machine(built_on: dict[str, Any]) -> str:
+    """``build_machine``'s record as one phrase, e.g. "<cpu> (torch 2.13.0+cpu, AVX512 kernels)";
+    "" for an empty record (a pool built before the machine was recorded)."""
+    if not built_on:
+        return ""
+    env = built_on.get("kernel_env") or {}
+    pinned = "".join(f", {k}={v}" for k, v in env.items()) if isinstance(env, dict) else ""
+    return (
+        f"{built_on.get('cpu', 'an unknown CPU')} (torch {built_on.get('torch', '?')}, "
+        f"{built_on.get('torch_cpu_capability', '?')} kernels{pinned})"
+    )
+
+
 def read_manifest(path: Path, fmt: str, what: str) -> dict[str, Any]:
     """The JSON manifest at ``path`` whose ``format`` is ``fmt``; CheckpointError naming the file
     (and ``what`` it should describe) when it is unreadable or of another format."""

@@ -301,6 +301,8 @@ class Zoo:
     build_seconds: float = field(default=0.0, compare=False)  # the base and experts
     extras_seconds: float = field(default=0.0, compare=False)  # the recycling pool, odd expert
     base_run: dict[int, str] = field(default_factory=dict, compare=False)  # step -> snapshot
+    # the machine that trained it (cache.build_machine); {} for a zoo built before it was recorded
+    built_on: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def has_extras(self) -> bool:
@@ -697,4 +699,5 @@ def load_zoo(root: str | Path) -> Zoo:
         build_seconds=float(data.get("build_seconds", 0.0)),
         extras_seconds=extras_seconds,
         base_run=base_run,
+        built_on=data["built_on"] if isinstance(data.get("built_on"), dict) else {},
     )

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from safetensors.torch import load_file
 
 from merge_env.errors import CheckpointError, ConfigError
 from merge_env.pools import zoo as zoo_module
-from merge_env.pools.cache import build_machine, default_cache_dir
+from merge_env.pools.cache import build_machine, default_cache_dir, describe_machine
 from merge_env.pools.zoo import ZOO_VERSION, ZooConfig, build_zoo, load_zoo
 from merge_env.scoring.tasks.synthetic import make_task
 
@@ -332,19 +333,18 @@ def test_build_zoo_cli_prints_table_from_cache(tiny_zoo):
     assert f"trained on {machine['cpu']} (torch {machine['torch']}," in " ".join(text.split())
 
 
-def test_built_on_reads_the_manifest_and_is_empty_for_older_pools(tmp_path):
-    from experiments.build_zoo import built_on
-
-    manifest = tmp_path / "zoo.json"
-    manifest.write_text(json.dumps({"format": "mergegym-zoo"}))  # before the machine was recorded
-    assert built_on(manifest) == ""
-    assert built_on(tmp_path / "missing.json") == ""
+def test_built_on_is_loaded_with_the_zoo_and_empty_for_older_pools(tiny_zoo, tmp_path):
+    assert tiny_zoo.built_on == build_machine()  # recorded by the build, read by load_zoo
+    older = tmp_path / "older"
+    shutil.copytree(tiny_zoo.root, older)
+    manifest = json.loads((older / "zoo.json").read_text())
+    del manifest["built_on"]  # a zoo built before the machine was recorded
+    (older / "zoo.json").write_text(json.dumps(manifest))
+    assert load_zoo(older).built_on == {} and describe_machine(load_zoo(older).built_on) == ""
     cpu = {"cpu": "Some CPU", "torch": "2.13.0+cpu", "torch_cpu_capability": "AVX2"}
-    manifest.write_text(json.dumps({"format": "mergegym-zoo", "built_on": cpu}))
-    assert built_on(manifest) == "Some CPU (torch 2.13.0+cpu, AVX2 kernels)"
+    assert describe_machine(cpu) == "Some CPU (torch 2.13.0+cpu, AVX2 kernels)"
     cpu["kernel_env"] = {"MKL_CBWR": "AVX2"}
-    manifest.write_text(json.dumps({"format": "mergegym-zoo", "built_on": cpu}))
-    assert built_on(manifest) == "Some CPU (torch 2.13.0+cpu, AVX2 kernels, MKL_CBWR=AVX2)"
+    assert describe_machine(cpu) == "Some CPU (torch 2.13.0+cpu, AVX2 kernels, MKL_CBWR=AVX2)"
 
 
 def test_build_zoo_cli_core_only_builds_the_base_and_experts(tmp_path):
