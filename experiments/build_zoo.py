@@ -193,6 +193,12 @@ def zoo_config(preset: str, seed: int, settings: Sequence[str] = ()) -> ZooConfi
     return with_settings(data, settings, ZooConfig.from_dict)
 
 
+def trained_on(built_on: dict[str, Any]) -> str:
+    """The clause "; trained on <machine>" for a pool's ``built_on`` record ("" without one)."""
+    machine = describe_machine(built_on)
+    return f"; trained on {machine}" if machine else ""
+
+
 def run(
     preset: str = "default",
     seed: int = 0,
@@ -219,9 +225,7 @@ def run(
     took = f"base + experts {zoo.build_seconds:.1f} s"
     if zoo.has_extras:
         took += f", recycling pool + odd expert {zoo.extras_seconds:.1f} s"
-    machine = describe_machine(zoo.built_on)
-    if machine:
-        took += f"; trained on {machine}"
+    took += trained_on(zoo.built_on)
     if elapsed < 0.5 * (zoo.build_seconds + zoo.extras_seconds):
         console.print(
             f"zoo {preset!r} seed {seed}: found in cache at {zoo.root} in {elapsed:.2f} s "
@@ -270,6 +274,7 @@ def run_smollm2(
     )
     elapsed = time.perf_counter() - start
     built = f"conversion {pool.convert_seconds:.1f} s, fine-tuning {pool.finetune_seconds:.1f} s"
+    built += trained_on(pool.built_on)
     defaults = dataclasses.asdict(SmolConfig(seed=config.seed))
     changed = [f"{k}={v!r}" for k, v in dataclasses.asdict(config).items() if v != defaults[k]]
     if elapsed < 0.5 * pool.finetune_seconds:

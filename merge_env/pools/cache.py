@@ -15,7 +15,7 @@ import shutil
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,13 @@ def build_machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "kernel_env": {k: os.environ[k] for k in KERNEL_ENV if os.environ.get(k)},
     }
+
+
+def recorded_machine(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``built_on`` record ``build_atomically`` wrote into ``manifest`` (``build_machine``'s);
+    {} for a pool built before the machine was recorded."""
+    built_on = manifest.get("built_on")
+    return built_on if isinstance(built_on, dict) else {}
 
 
 def describe_machine(built_on: dict[str, Any]) -> str:

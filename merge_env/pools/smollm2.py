@@ -53,6 +53,7 @@ from merge_env.pools.cache import (
     default_cache_dir,
     pinned_threads,
     read_manifest,
+    recorded_machine,
     sub_seed,
     task_records,
     tasks_from_records,
@@ -259,6 +260,9 @@ class SmolPool:
     config: SmolConfig
     convert_seconds: float = field(default=0.0, compare=False)
     finetune_seconds: float = field(default=0.0, compare=False)
+    # the machine that fine-tuned it (cache.build_machine); {} for a pool built before it was
+    # recorded
+    built_on: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -404,8 +408,9 @@ def load_smollm2_pool(root: str | Path) -> SmolPool:
         if not (d / "config.json").is_file():
             raise CheckpointError(f"{d}: SmolLM2 pool checkpoint missing (no config.json)")
     return SmolPool(
-        root, base, experts, tasks, config, conversion_seconds(converted), finetune_seconds
-    )
+        root, base, experts, tasks, config, conversion_seconds(converted), finetune_seconds,
+        recorded_machine(data),
+    )  # fmt: skip
 
 
 def smollm2_pool(

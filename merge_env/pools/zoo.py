@@ -33,6 +33,7 @@ from merge_env.pools.cache import (
     default_cache_dir,
     pinned_threads,
     read_manifest,
+    recorded_machine,
     sub_seed,
     task_records,
     tasks_from_records,
@@ -699,5 +700,5 @@ def load_zoo(root: str | Path) -> Zoo:
         build_seconds=float(data.get("build_seconds", 0.0)),
         extras_seconds=extras_seconds,
         base_run=base_run,
-        built_on=data["built_on"] if isinstance(data.get("built_on"), dict) else {},
+        built_on=recorded_machine(data),
     )

@@ -79,7 +79,7 @@ def load_pool(root: Path):
         from merge_env.pools.smollm2 import load_smollm2_pool
 
         pool = load_smollm2_pool(root)
-        return pool, pool.config.seed, {}
+        return pool, pool.config.seed, pool.built_on
     zoo = load_zoo(root)
     return zoo, zoo.config.seed if zoo.config else None, zoo.built_on
 

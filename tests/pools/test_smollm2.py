@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from merge_env.errors import CheckpointError, ConfigError
 from merge_env.pools import gguf, smollm2
+from merge_env.pools.cache import build_machine
 from merge_env.pools.finetune import (
     answer_loss,
     encode_groups,
@@ -272,6 +273,7 @@ def test_pool_builds_loads_and_comes_from_cache(tiny_base, tmp_path, monkeypatch
         assert w.keys() == base_w.keys()
         assert not all(torch.equal(w[k], base_w[k]) for k in w), f"expert {name} is the base"
     assert not list(cache.glob(".tmp-*"))
+    assert pool.built_on == build_machine()  # recorded by the build, read with the pool
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached pool was fine-tuned again")
@@ -364,6 +366,7 @@ def test_build_zoo_cli_builds_and_prints_the_pool_table(tiny_base, monkeypatch):
     pool = run_smollm2(cache_dir=tiny_base.parent, progress=False, console=console, config=SMALL)
     text = out.getvalue()
     assert f"built at {pool.root}" in text and "conversion 1.5 s" in text
+    assert f"trained on {build_machine()['cpu']}" in " ".join(text.split())
     for row in ["base", "expert:add", "expert:reverse", "expert:cipher", "on token_accuracy"]:
         assert row in text
     asked: list = []

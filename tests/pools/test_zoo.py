@@ -340,7 +340,8 @@ def test_built_on_is_loaded_with_the_zoo_and_empty_for_older_pools(tiny_zoo, tmp
     manifest = json.loads((older / "zoo.json").read_text())
     del manifest["built_on"]  # a zoo built before the machine was recorded
     (older / "zoo.json").write_text(json.dumps(manifest))
-    assert load_zoo(older).built_on == {} and describe_machine(load_zoo(older).built_on) == ""
+    built_on = load_zoo(older).built_on
+    assert built_on == {} and describe_machine(built_on) == ""
     cpu = {"cpu": "Some CPU", "torch": "2.13.0+cpu", "torch_cpu_capability": "AVX2"}
     assert describe_machine(cpu) == "Some CPU (torch 2.13.0+cpu, AVX2 kernels)"
     cpu["kernel_env"] = {"MKL_CBWR": "AVX2"}
