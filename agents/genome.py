@@ -10,6 +10,14 @@ into a Recipe, as mergekit-evolve's ``evo/genome.py`` does from a genotype to a 
   largest remainders), so the merges are exactly the env's; ``weights="box"`` reads each gene as
   the weight itself, as mergekit-evolve does. ``param_mode="fixed"`` (the env's) keeps the uniform
   merge, as ``level="arch"`` does.
+* **Per-part weights** (``weight_parts``, e.g. ``["self_attn", "mlp"]``): one weight gene per
+  expert for every part, a part being the tensors whose name contains its filter (mergekit's
+  ``{filter, value}`` lists; the first filter that matches wins), plus one per expert for the
+  tensors no filter names (embeddings, norms, head). Each part's weights are read as above, on
+  their own. A genome whose parts agree decodes to the plain per-expert merge (same hash). Why:
+  the interference study (``results/interference_study/``) found that the experts' vectors cost
+  each other's gains through the attention on the zoo and through the MLP on SmolLM2, which one
+  weight per expert cannot tell apart.
 * **Architecture level**, three encodings of the inference path:
 
   - ``"free"`` (the default, the env's default mode): ``t_max`` slots of four genes each,
@@ -52,7 +60,16 @@ from merge_env.merging.methods.registry import get_operator
 from merge_env.merging.plan import ParamMerge
 from merge_env.search.budget import Budget
 from merge_env.search.problem import MergeProblem, Scored
-from merge_env.search.recipe import BASE, MERGED, Recipe, Slot, uniform_merge, weighted_merge
+from merge_env.search.recipe import (
+    BASE,
+    MERGED,
+    REST,
+    Recipe,
+    Slot,
+    check_weight_parts,
+    uniform_merge,
+    weighted_merge,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +138,7 @@ class Genome:
         coefficients: Sequence[float] = DEFAULT_COEFFICIENTS,
         repeats: int = 2,
         t_max: int | None = None,
+        weight_parts: Sequence[str] = (),
     ) -> None:
         for key, value, allowed in (
             ("level", level, LEVELS),
@@ -140,6 +158,7 @@ class Genome:
         if int(lattice_steps) < 1:
             raise ConfigError(f"genome.lattice_steps must be >= 1, got {lattice_steps}")
         self.facts = pool_facts(pool)
+        self.parts = check_weight_parts(weight_parts, "genome.weight_parts")
         self.level, self.encoding, self.weights = level, encoding, weights
         self.lattice_steps, self.param_mode = int(lattice_steps), param_mode
         self.density_genes = bool(density_genes)
@@ -162,7 +181,8 @@ class Genome:
             raise ConfigError(f"genome.merge_method {merge_method!r} takes no per-model weight")
         K = len(self.facts.experts)
         searched = level != "arch" and param_mode != "fixed"
-        self.n_param = (2 * K if self.density_genes else K) if searched else 0
+        self.n_weights = K * (len(self.parts) + 1) if self.parts else K
+        self.n_param = (self.n_weights + (K if self.density_genes else 0)) if searched else 0
         self.candidates = self._candidates()
         self.genes_per_slot = 4 if encoding == "free" else 2
         self.n_arch = self.genes_per_slot * len(self.candidates) if level != "param" else 0
@@ -185,7 +205,11 @@ class Genome:
         """A readable name per gene, in genome order."""
         names = []
         if self.n_param:
-            names += [f"weight[{e}]" for e in self.facts.experts]
+            if self.parts:
+                names += [f"weight[{e}:{part}]" for part in (*self.parts, REST)
+                          for e in self.facts.experts]  # fmt: skip
+            else:
+                names += [f"weight[{e}]" for e in self.facts.experts]
             if self.density_genes:
                 names += [f"density[{e}]" for e in self.facts.experts]
         if self.n_arch:
@@ -210,10 +234,12 @@ class Genome:
         K = len(self.facts.experts)
         if self.n_param:
             # any equal genes give uniform simplex weights; 0.5 leaves CMA-ES room on both sides
-            x[:K] = 1.0 / K if self.weights == "box" else 0.5
+            x[: self.n_weights] = 1.0 / K if self.weights == "box" else 0.5
             if self.density_genes:
                 lo, hi = self.density_range
-                x[K : 2 * K] = (self.density - lo) / (hi - lo) if hi > lo else 0.5
+                x[self.n_weights : self.n_param] = (
+                    (self.density - lo) / (hi - lo) if hi > lo else 0.5
+                )
         if self.n_arch and self.encoding == "free":
             x[self.n_param :] = self._free_genes(self._identity_path())
         elif self.n_arch:
@@ -248,27 +274,40 @@ class Genome:
 
     def _decode_merge(self, genes: np.ndarray) -> ParamMerge:
         K = len(self.facts.experts)
-        w, total = genes[:K], genes[:K].sum()
+        # one weight vector per part (the rest last), each read on its own
+        w = np.stack([self._part_weights(g) for g in genes[: self.n_weights].reshape(-1, K)])
+        densities = None
+        if self.density_genes:
+            lo, hi = self.density_range
+            densities = lo + genes[self.n_weights : self.n_param] * (hi - lo)
+        return self._merge(w, densities)
+
+    def _part_weights(self, w: np.ndarray) -> np.ndarray:
+        """One part's genes as the experts' weights (the simplex, the lattice or the box)."""
+        total = w.sum()
         if total <= 1e-12:
             # all-zero weights make normalising operators divide by zero; read them as uniform
-            w = np.full(K, 1.0 / K)
+            w = np.full(len(w), 1.0 / len(w))
         elif self.weights != "box":
             w = w / total
         if self.weights == "lattice":
             w = snap_to_lattice(w, self.lattice_steps)
-        densities = None
-        if self.density_genes:
-            lo, hi = self.density_range
-            densities = lo + genes[K : 2 * K] * (hi - lo)
-        return self._merge(w, densities)
+        return w
 
     def _merge(self, w: np.ndarray, densities: np.ndarray | None) -> ParamMerge:
+        """The merge with weights ``w`` (parts x experts, the rest last) and ``densities``."""
         experts = self.facts.experts
         if densities is None:
             density: float | dict[str, float] | None = self.density
         else:
             density = {e: float(d) for e, d in zip(experts, densities)}
-        weights = {e: float(v) for e, v in zip(experts, w)}
+        weights: dict[str, Any] = {e: float(v) for e, v in zip(experts, w[-1])}
+        if self.parts and not np.allclose(w, w[-1], rtol=0.0, atol=1e-12):
+            # mergekit's filter list: the first entry whose filter the tensor name contains,
+            # else the last entry (no filter: the rest)
+            weights = {e: [*({"filter": part, "value": float(w[p, i])}
+                             for p, part in enumerate(self.parts)), {"value": float(w[-1, i])}]
+                       for i, e in enumerate(experts)}  # fmt: skip
         return weighted_merge(self.merge_method, weights, density=density)
 
     def _decode_path(self, genes: np.ndarray) -> tuple[Slot, ...] | None:
@@ -321,16 +360,19 @@ class Genome:
             by_model = {m.model: m.parameters for m in recipe.merge.models}
             if set(by_model) != set(self.facts.experts):
                 return None
-            K = len(self.facts.experts)
-            w = np.array([float(by_model[e].get("weight", 0.0)) for e in self.facts.experts])
-            if np.any(w < 0) or (self.weights == "box" and np.any(w > 1)):
+            w = self._encode_weights([by_model[e].get("weight", 0.0) for e in self.facts.experts])
+            if w is None or np.any(w < 0) or (self.weights == "box" and np.any(w > 1)):
                 return None
-            x[:K] = w if self.weights == "box" else w / max(w.max(), 1e-12)
+            if self.weights != "box":
+                w = w / np.maximum(w.max(axis=1, keepdims=True), 1e-12)
+            x[: self.n_weights] = w.ravel()
             if self.density_genes:
                 lo, hi = self.density_range
                 d = np.array([float(by_model[e].get("density", self.density))
                               for e in self.facts.experts])  # fmt: skip
-                x[K : 2 * K] = np.clip((d - lo) / (hi - lo), 0, 1) if hi > lo else 0.5
+                x[self.n_weights : self.n_param] = (
+                    np.clip((d - lo) / (hi - lo), 0, 1) if hi > lo else 0.5
+                )
         if recipe.path is not None:
             if not self.n_arch or any(s.source not in self.facts.sources for s in recipe.path):
                 return None
@@ -347,6 +389,26 @@ class Genome:
             else:
                 return None
         return x if self.decode(x).hash == recipe.hash else None
+
+    def _encode_weights(self, values: Sequence[Any]) -> np.ndarray | None:
+        """The experts' weights as (parts x experts, the rest last); None when a weight is not a
+        number, or a filter list other than this genome's parts (in their order, then the rest)."""
+        rows = len(self.parts) + 1
+        out = np.empty((rows, len(values)))
+        for i, value in enumerate(values):
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[:, i] = float(value)
+                continue
+            if not self.parts or not isinstance(value, Sequence) or len(value) != rows:
+                return None
+            filters = [e.get("filter") if isinstance(e, Mapping) else "?" for e in value]
+            if filters != [*self.parts, None]:
+                return None
+            try:
+                out[:, i] = [float(e["value"]) for e in value]
+            except (KeyError, TypeError, ValueError):
+                return None
+        return out
 
 
 class GenomeAgent(Agent):
@@ -375,6 +437,7 @@ class GenomeAgent(Agent):
         coefficients: Sequence[float] = DEFAULT_COEFFICIENTS,
         repeats: int = 2,
         t_max: int | None = None,
+        weight_parts: Sequence[str] = (),
         max_proposals: int | None = None,
         **services: Any,
     ) -> None:
@@ -384,6 +447,7 @@ class GenomeAgent(Agent):
             "lattice_steps": lattice_steps, "param_mode": param_mode,
             "density_genes": density_genes, "merge_method": merge_method, "density": density,
             "coefficients": tuple(coefficients), "repeats": repeats, "t_max": t_max,
+            "weight_parts": check_weight_parts(weight_parts, "agent.weight_parts"),
         }  # fmt: skip
         # check the options now, not at the first search (a config error should fail fast)
         Genome(PoolFacts(("a",), 1), **self.genome_options)

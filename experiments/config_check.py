@@ -191,12 +191,14 @@ def check_env_settings(env: Mapping[str, Any]) -> None:
     from merge_env.env import MODES, PARAM_MODES, REWARDS, WEIGHTS
     from merge_env.merging.methods.registry import OPERATORS
     from merge_env.search.pareto import SCALARISATIONS
+    from merge_env.search.recipe import check_weight_parts
 
     _choice(env.get("mode", "free"), MODES, "env.mode")
     _choice(env.get("param_mode", "policy"), PARAM_MODES, "env.param_mode")
     _choice(env.get("scalarisation", "tchebycheff"), SCALARISATIONS, "env.scalarisation")
     _choice(env.get("reward", "scalar"), REWARDS, "env.reward")
     _choice(env.get("weights", "lattice"), WEIGHTS, "env.weights")
+    check_weight_parts(env.get("weight_parts"), "env.weight_parts")
     if env.get("weights") == "simplex" and env.get("param_mode") == "preference":
         raise ConfigError("env.weights: simplex needs env.param_mode=policy (with preference, "
                           "the preference fixes the weights)")  # fmt: skip

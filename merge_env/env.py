@@ -113,7 +113,9 @@ class MergeEnv(gym.Env):
     ``coefficients``, ``beta``, ``scalarisation`` ("tchebycheff" | "weighted_sum"),
     ``preference``, ``param_mode`` ("policy" | "preference" | "fixed"), ``merge_method``,
     ``density``, ``lattice_steps``, ``fixed_merge``, ``fidelity`` ("full" | "cheap"),
-    ``reward`` ("scalar" | "front"), ``weights`` ("lattice" | "simplex").
+    ``reward`` ("scalar" | "front"), ``weights`` ("lattice" | "simplex"), ``weight_parts``
+    (only ``()``: the merge action picks one weight per expert; per-part weights are searched by
+    the genome agents, ``agents/genome.py``).
     """
 
     metadata = {"render_modes": []}
@@ -137,7 +139,9 @@ class MergeEnv(gym.Env):
         defer_scoring: bool = False,
         reward: str = "scalar",
         weights: str = "lattice",
+        weight_parts: Sequence[str] = (),
     ) -> None:
+        refuse_weight_parts(weight_parts, "env.weight_parts")
         if mode not in MODES:
             raise ConfigError(f"env.mode must be one of {MODES}, got {mode!r}")
         if reward not in REWARDS:
@@ -455,6 +459,17 @@ class MOMergeEnv(MergeEnv):
         vector reward is the same for ``reward="front"``)."""
         f = self.problem.normalised(vector) - self.beta * length / self.L
         return f.astype(np.float32)
+
+
+def refuse_weight_parts(parts: Sequence[str] | None, key: str) -> None:
+    """ConfigError naming ``key`` when per-part weights are asked of the env's merge action,
+    which picks one weight per expert (the genome agents search per-part weights)."""
+    if parts:
+        raise ConfigError(
+            f"{key}: {list(parts)}: MergeEnv's merge action picks one weight per expert; per-part "
+            "weights are searched by the genome agents (cmaes, nsga2, random, tpe, moead, "
+            "mo_cmaes), not by the env or PPO. Use [] here, or a genome agent"
+        )
 
 
 def _simplex(pref: Sequence[float], k: int) -> np.ndarray:

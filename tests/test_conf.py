@@ -57,6 +57,8 @@ def test_a_misspelt_key_in_a_new_group_option_is_named():
         ("env.param_mode=learned", "env.param_mode: 'learned' is not one of"),
         ("env.merge_method=model_soup", "env.merge_method: 'model_soup' is not one of"),
         ("env.density=0", "env.density: must be in"),
+        ("env.weight_parts=[mlp,mlp]", "env.weight_parts: a part is listed twice"),
+        ("env.weight_parts=mlp", "agent.weight_parts: expected Sequence, got 'mlp' (str)"),
         ("evaluator.metric=accuracy", "evaluator.metric: 'accuracy' is not one of"),
         ("evaluator.batch_size=0", "evaluator.batch_size: must be >= 1"),
         ("device=tpu", "device: 'tpu' is not a device"),

@@ -66,7 +66,7 @@ from agents.ppo.offline import (
 )
 from agents.ppo.online import OnlinePPO
 from agents.ppo.vec_env import batch_scoring_env
-from merge_env.env import MergeEnv, weight_lattice
+from merge_env.env import MergeEnv, refuse_weight_parts, weight_lattice
 from merge_env.errors import ConfigError
 from merge_env.search.archive import Archive
 from merge_env.search.budget import Budget, BudgetExhausted
@@ -104,6 +104,7 @@ class PPOAgent(Agent):
         scalarisation: str = "tchebycheff",
         reward: str = "front",
         weights: str = "lattice",
+        weight_parts: Sequence[str] = (),
         preference: Sequence[float] | None = None,
         lattice_steps: int = 6,
         merge_method: str = "ties",
@@ -160,6 +161,7 @@ class PPOAgent(Agent):
         )  # fmt: skip
         if level not in LEVELS:
             raise ConfigError(f"agent.level must be one of {LEVELS}, got {level!r}")
+        refuse_weight_parts(weight_parts, "agent.weight_parts (env.weight_parts)")
         if not 0.0 <= sweep_fraction < 1.0:
             raise ConfigError(f"agent.sweep_fraction must be in [0, 1), got {sweep_fraction}")
         if not 0.0 <= fallback_fraction <= 1.0:

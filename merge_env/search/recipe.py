@@ -24,13 +24,14 @@ from typing import Any
 
 import yaml
 
-from merge_env.errors import RecipeError
+from merge_env.errors import ConfigError, RecipeError
 from merge_env.merging.methods.registry import get_operator
 from merge_env.merging.plan import ModelRef, ParamMerge
 
 MERGED = "merged"
 BASE = "base"
 SCALE_RANGE = (0.0, 4.0)
+REST = "rest"  # per-part weights: the tensors no ``weight_parts`` filter names
 _DIGITS = 6  # floats are rounded in the canonical form so equal recipes hash equal
 
 
@@ -217,17 +218,19 @@ def _parse_slot(raw: Any, where: str) -> Slot:
 
 def param_merge(
     method: str,
-    weights: Mapping[str, float],
+    weights: Mapping[str, float | Sequence[Mapping[str, Any]]],
     *,
     base: str | None = BASE,
     density: float | Mapping[str, float] | None = None,
     parameters: Mapping[str, Any] | None = None,
     seed: int = 0,
 ) -> ParamMerge:
-    """A ParamMerge over named pool models: per-model weight (and density), shared parameters."""
+    """A ParamMerge over named pool models: per-model weight (and density), shared parameters.
+    A weight is a number or mergekit's list of ``{filter, value}`` entries (per-part weights)."""
     models = []
     for name, w in weights.items():
-        params: dict[str, Any] = {"weight": float(w)}
+        value = [dict(e) for e in w] if isinstance(w, Sequence) else float(w)
+        params: dict[str, Any] = {"weight": value}
         d = density.get(name) if isinstance(density, Mapping) else density
         if d is not None:
             params["density"] = float(d)
@@ -242,7 +245,10 @@ def param_merge(
 
 
 def weighted_merge(
-    method: str, weights: Mapping[str, float], *, density: float | Mapping[str, float] | None = None
+    method: str,
+    weights: Mapping[str, float | Sequence[Mapping[str, Any]]],
+    *,
+    density: float | Mapping[str, float] | None = None,
 ) -> ParamMerge:
     """A ParamMerge of ``method`` with these per-model weights, over the base where the operator
     needs one and with ``density`` where it takes one (linear takes none)."""
@@ -257,3 +263,21 @@ def uniform_merge(
 ) -> ParamMerge:
     """The merge of ``method`` with equal weights 1/K on the K experts."""
     return weighted_merge(method, {e: 1.0 / len(experts) for e in experts}, density=density)
+
+
+def check_weight_parts(parts: Any, key: str) -> tuple[str, ...]:
+    """``weight_parts`` as a tuple of distinct, non-empty tensor-name filters; ConfigError naming
+    ``key`` otherwise."""
+    if parts is None:
+        return ()
+    if isinstance(parts, str) or not isinstance(parts, Sequence):
+        raise ConfigError(f"{key}: a list of tensor-name filters (e.g. [self_attn, mlp]), "
+                          f"got {parts!r}")  # fmt: skip
+    out = tuple(parts)
+    for part in out:
+        if not isinstance(part, str) or not part.strip() or part in ("*", REST):
+            raise ConfigError(f"{key}: each part is a non-empty tensor-name filter other than "
+                              f"'*' and {REST!r}, got {part!r}")  # fmt: skip
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{key}: a part is listed twice in {list(out)}")
+    return out

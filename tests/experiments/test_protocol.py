@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 
 from experiments import protocol as pr
 from merge_env.errors import ConfigError
@@ -43,6 +45,23 @@ def test_a_genome_encoding_is_the_space_it_searched():
     protocol = pr.load_protocol("smoke")  # env.mode: free
     cfg, _ = pr.run_config(protocol, "random", 0, 0, "both", ["agent.encoding=aligned"])
     assert pr.comparison_settings(cfg)["env.mode"] == "aligned"
+
+
+def test_per_part_weights_are_part_of_the_space_and_refused_by_ppo():
+    protocol = pr.load_protocol("smoke", ["env.weight_parts=[self_attn,mlp]"])
+    cfg, _ = pr.run_config(protocol, "cmaes", 0, 0, "param")
+    assert pr.comparison_settings(cfg)["env.weight_parts"] == ["self_attn", "mlp"]
+    plain, _ = pr.run_config(pr.load_protocol("smoke"), "random", 0, 0, "param")
+    assert pr.comparison_settings(plain)["env.weight_parts"] == []
+    # a genome agent given another space by its own override is recorded with that space
+    own, _ = pr.run_config(pr.load_protocol("smoke"), "random", 0, 0, "param",
+                           ["agent.weight_parts=[mlp]"])  # fmt: skip
+    assert pr.comparison_settings(own)["env.weight_parts"] == ["mlp"]
+    ppo, _ = pr.run_config(protocol, "ppo", 0, 0, "param")
+    with pytest.raises(InstantiationException) as err:  # the CLI prints its cause alone
+        instantiate(ppo.agent)
+    assert isinstance(err.value.__cause__, ConfigError)
+    assert "agent.weight_parts (env.weight_parts): ['self_attn', 'mlp']" in str(err.value.__cause__)
 
 
 def _run(agent: str, level: str = "both", **settings) -> dict:
