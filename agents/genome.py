@@ -411,6 +411,20 @@ class Genome:
         return out
 
 
+def check_parts_cover(parts: Sequence[str], names: Sequence[str]) -> None:
+    """ConfigError naming a part that takes no tensor of ``names`` (the first filter a tensor
+    name contains takes it, as in mergekit): its weight genes would change nothing."""
+    for i, part in enumerate(parts):
+        taken = [n for n in names if part in n and not any(p in n for p in parts[:i])]
+        if not taken:
+            why = ("every tensor it names is taken by an earlier part"
+                   if any(part in n for n in names) else "no tensor name contains it")  # fmt: skip
+            raise ConfigError(
+                f"weight_parts: part {part!r} takes no tensor of the pool ({why}); its weight "
+                f"genes would change nothing. Tensor names look like {list(names[:3])}"
+            )
+
+
 class GenomeAgent(Agent):
     """Base of the black-box agents: genome options, and scoring genomes within the budget.
 
@@ -455,7 +469,11 @@ class GenomeAgent(Agent):
         self.proposed = 0
 
     def genome(self, problem: MergeProblem) -> Genome:
-        """The codec over this problem's pool."""
+        """The codec over this problem's pool (its per-part filters checked against its tensors)."""
+        checkpoints = getattr(problem.pool, "checkpoints", None)
+        if self.genome_options["weight_parts"] and checkpoints:
+            check_parts_cover(self.genome_options["weight_parts"],
+                              next(iter(checkpoints.values())).names)  # fmt: skip
         return Genome(problem, **self.genome_options)
 
     def proposal_cap(self, budget: Budget) -> int:

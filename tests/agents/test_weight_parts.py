@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agents.cmaes import CMAESAgent
-from agents.genome import Genome, PoolFacts
+from agents.genome import Genome, PoolFacts, check_parts_cover
 from agents.ppo.agent import PPOAgent
 from merge_env.env import MergeEnv
 from merge_env.errors import ConfigError
@@ -157,3 +157,17 @@ def test_env_and_ppo_refuse_per_part_weights(fresh_problem) -> None:
     PPOAgent(weight_parts=[])  # the default space
     with pytest.raises(ConfigError, match=r"env\.weight_parts.*genome agents"):
         MergeEnv(fresh_problem(), weight_parts=("self_attn",))
+
+
+def test_a_part_that_takes_no_tensor_is_named_before_any_score(fresh_problem) -> None:
+    names = ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight"]
+    check_parts_cover(["self_attn", "mlp"], names)
+    with pytest.raises(ConfigError, match=r"'self_atn' takes no tensor.*no tensor name contains"):
+        check_parts_cover(["self_atn", "mlp"], names)
+    with pytest.raises(ConfigError, match=r"'mlp' .*taken by an earlier part"):
+        check_parts_cover(["layers", "mlp"], names)
+    problem = fresh_problem()
+    agent = CMAESAgent(seed=0, level="param", weight_parts=["self_atn"], progress=False)
+    with pytest.raises(ConfigError, match="'self_atn' takes no tensor of the pool"):
+        agent.search(problem, 4)
+    assert len(problem.archive) == 0
