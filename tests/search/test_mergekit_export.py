@@ -115,6 +115,21 @@ def test_mergekit_reproduces_the_recipe(pools, tmp_path, method, with_path):
     assert diff <= TOLERANCE
 
 
+def test_mergekit_reproduces_a_per_part_genome_merge(pools, tmp_path):
+    # the genome agents' per-part weights (env.weight_parts) are mergekit {filter, value} lists
+    from agents.genome import Genome, PoolFacts
+
+    pool = pools["llama"]
+    genome = Genome(PoolFacts(("add", "rev"), pool.num_layers), level="param",
+                    weight_parts=("self_attn", "mlp"))  # fmt: skip
+    recipe = genome.decode(np.array([1.0, 0.2, 0.1, 1.0, 0.5, 0.5]))
+    assert isinstance(recipe.merge.models[0].parameters["weight"], list)
+    export, diff = _max_diff(pool, recipe, tmp_path)
+    assert export.tool == "mergekit-yaml" and not export.notes
+    print(f"per-part ties: max abs diff {diff:.2e}")
+    assert diff <= TOLERANCE
+
+
 def test_gpt2_scales_reach_its_own_projections(pools, tmp_path):
     # GPT-2's residual branches end in attn.c_proj and mlp.c_proj, not Llama's o_proj/down_proj
     recipe = Recipe(path=(Slot("add", 0, 2.0), Slot(BASE, 1, 0.5), Slot("rev", 2)), shell=BASE)
