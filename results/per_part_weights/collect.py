@@ -3,7 +3,7 @@
     python results/per_part_weights/collect.py OUT.json RUN_DIR ... [--main MAIN.json]
         [--builds results/zoo_v5_intel]
 
-Each RUN_DIR is one ``experiments.run`` of ``run_all.sh`` (``<agent>_parts_z<zoo>_s<seed>``).
+Each RUN_DIR is one ``experiments.run`` of ``run_all.sh`` (its name ends ``_z<zoo>_s<seed>``).
 Per zoo seed it prints the test-hypervolume margin of the per-part front over the references +
 the plain TIES grid (mean [min, max] over the search seeds, runs above), the main job's (PPO,
 both levels) margin on the same search seeds from ``MAIN.json`` beside it, and the worst share
@@ -66,7 +66,7 @@ def main() -> None:
     runs = read(args.runs)
     ppo = json.loads(args.main.read_text())["runs"]
     by_run = {re.search(r"_z(\d+)_s(\d+)$", p.name).groups(): p for p in args.runs}
-    agent = args.runs[0].name.split("_parts_")[0]
+    agent = re.sub(r"_z\d+_s\d+$", "", args.runs[0].name)  # e.g. moead_parts, moead_both_expert
     held, out = 0, {}
     for zoo, rows in sorted(runs.items()):
         build = parse(args.builds / f"build_zoo_seed{zoo}.txt")
@@ -78,7 +78,7 @@ def main() -> None:
         main_rows = [r for r in ppo.get(zoo, []) if r["seed"] in seeds]
         ws = [worst_share(by_run[(zoo, str(r["seed"]))], build) for r in rows]
         test_worst = [min(w["test_shares"]) for w in ws]
-        print(f"zoo {zoo}: per-part {agent} vs references + TIES grid (test {rows[0]['gt']:.4f}): "
+        print(f"zoo {zoo}: {agent} vs references + TIES grid (test {rows[0]['gt']:.4f}): "
               f"test {span(grid)}, above on {above} of {len(rows)} -> "
               f"{'adds' if adds else 'does not add'}; search {span(margins(rows, 'hv', 'gs'))}")  # fmt: skip
         if main_rows:
@@ -96,9 +96,10 @@ def main() -> None:
     print(f"per-part weights add to the plain grid on {held} of {len(runs)} zoo seeds: "
           f"the claim {verdict} (declared: at least 4 of 6)")  # fmt: skip
     args.out.write_text(json.dumps({
-        "what": f"{agent} over per-expert per-part TIES weights (env.weight_parts=[self_attn,mlp]), "
-                "parameter level, budget 200, one thread per run, two at a time",
-        "command": f"AGENT={agent} bash results/per_part_weights/run_all.sh DIR",
+        "what": f"{agent} (<agent>_parts: parameter level, env.weight_parts=[self_attn,mlp]; "
+                "<agent>_<level>_<parts|expert>: that level, those weights), TIES lattice, "
+                "budget 200, one thread per run, two at a time",
+        "command": "[AGENT=.. LEVEL=.. PARTS=..] bash results/per_part_weights/run_all.sh DIR",
         "zoos": out, "adds_on": held, "verdict": verdict,
     }, indent=1) + "\n")  # fmt: skip
 
