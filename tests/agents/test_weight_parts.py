@@ -9,6 +9,7 @@ import torch
 
 from agents.cmaes import CMAESAgent
 from agents.genome import Genome, PoolFacts, check_parts_cover
+from agents.moead import MOEADAgent
 from agents.ppo.agent import PPOAgent
 from merge_env.env import MergeEnv
 from merge_env.errors import ConfigError
@@ -149,6 +150,18 @@ def test_cmaes_searches_per_part_weights(fresh_problem) -> None:
             "mlp",
             None,
         ]
+
+
+def test_moead_searches_per_part_weights_with_layer_paths(fresh_problem) -> None:
+    # both levels: the anchors and proposals (per-expert merges, layer paths) are encoded into
+    # the per-part genome and the search goes on from them
+    problem = fresh_problem()
+    agent = MOEADAgent(seed=0, level="both", weight_parts=PARTS, n_partitions=2, progress=False)
+    agent.search(problem, 16)
+    recipes = [e.recipe for e in problem.archive.entries if e.recipe.get("merge")]
+    per_part = [r for r in recipes
+                if isinstance(r["merge"]["models"][0]["parameters"]["weight"], list)]  # fmt: skip
+    assert per_part and any(r["path"] is not None for r in recipes)
 
 
 def test_env_and_ppo_refuse_per_part_weights(fresh_problem) -> None:
