@@ -50,6 +50,7 @@ def worst_share(run: Path, build: dict) -> dict:
     return {
         "recipe": best["recipe_hash"],
         "per_part": any(isinstance(w, list) for w in weights),
+        "path": best["recipe"]["path"] is not None,
         "search": min(shares(best["search"], anchors["base"], anchors)),
         "test_shares": shares(best["test"], base_test, experts_test),
     }
@@ -88,12 +89,13 @@ def main() -> None:
         print(f"        best worst share on SEARCH -> TEST worst share "
               f"{statistics.mean(test_worst):.2f} [{min(test_worst):.2f}, {max(test_worst):.2f}] "
               f"({sum(w >= 0.5 for w in test_worst)} of {len(ws)} >= 0.50; per-part recipe in "
-              f"{sum(w['per_part'] for w in ws)}); builder's best plain merge "
+              f"{sum(w['per_part'] for w in ws)}, a layer path in {sum(w['path'] for w in ws)}); "
+              f"builder's best plain merge "
               f"{build['worst']:.2f} ({build['best']})")  # fmt: skip
         out[zoo] = {"runs": rows, "main_job": main_rows, "worst_share": ws, "adds": adds,
                     "builder_worst": build["worst"], "builder_best": build["best"]}  # fmt: skip
     verdict = "holds" if held >= 4 else "does not hold"
-    print(f"per-part weights add to the plain grid on {held} of {len(runs)} zoo seeds: "
+    print(f"{agent} adds to the plain grid on {held} of {len(runs)} zoo seeds: "
           f"the claim {verdict} (declared: at least 4 of 6)")  # fmt: skip
     args.out.write_text(json.dumps({
         "what": f"{agent} (<agent>_parts: parameter level, env.weight_parts=[self_attn,mlp]; "
