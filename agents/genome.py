@@ -56,6 +56,7 @@ import numpy as np
 from agents.base import Agent
 from merge_env.env import DEFAULT_COEFFICIENTS, snap_to_lattice
 from merge_env.errors import ConfigError, MergeError
+from merge_env.merging.methods.params import resolve_value
 from merge_env.merging.methods.registry import get_operator
 from merge_env.merging.plan import ParamMerge
 from merge_env.search.budget import Budget
@@ -411,14 +412,25 @@ class Genome:
         return out
 
 
-def check_parts_cover(parts: Sequence[str], names: Sequence[str]) -> None:
-    """ConfigError naming a part that takes no tensor of ``names`` (the first filter a tensor
-    name contains takes it, as in mergekit): its weight genes would change nothing."""
+def check_parts_cover(parts: Sequence[str], checkpoint: Any) -> None:
+    """ConfigError naming a part that takes no tensor of ``checkpoint`` (a Checkpoint): its
+    weight genes would change nothing. Each tensor goes to the part the merge engine resolves
+    for it (``resolve_value``: the first filter equal to the tensor's arch part or contained in
+    its name), so a part means here what it means in the merge."""
+    arch, names = checkpoint.arch, checkpoint.names
+
+    def first(entries: list[dict[str, Any]], name: str) -> float:
+        return resolve_value(entries, name, arch.layer_of(name), arch.num_layers,
+                             arch.part_of(name))  # fmt: skip
+
+    listed = [*({"filter": p, "value": float(i)} for i, p in enumerate(parts)), {"value": -1.0}]
+    taken = {int(first(listed, n)) for n in names}
     for i, part in enumerate(parts):
-        taken = [n for n in names if part in n and not any(p in n for p in parts[:i])]
-        if not taken:
+        if i not in taken:
+            alone = [{"filter": part, "value": 1.0}, {"value": 0.0}]
             why = ("every tensor it names is taken by an earlier part"
-                   if any(part in n for n in names) else "no tensor name contains it")  # fmt: skip
+                   if any(first(alone, n) for n in names)
+                   else "no tensor name contains it and no tensor is of that part")  # fmt: skip
             raise ConfigError(
                 f"weight_parts: part {part!r} takes no tensor of the pool ({why}); its weight "
                 f"genes would change nothing. Tensor names look like {list(names[:3])}"
@@ -472,8 +484,7 @@ class GenomeAgent(Agent):
         """The codec over this problem's pool (its per-part filters checked against its tensors)."""
         checkpoints = getattr(problem.pool, "checkpoints", None)
         if self.genome_options["weight_parts"] and checkpoints:
-            check_parts_cover(self.genome_options["weight_parts"],
-                              next(iter(checkpoints.values())).names)  # fmt: skip
+            check_parts_cover(self.genome_options["weight_parts"], next(iter(checkpoints.values())))
         return Genome(problem, **self.genome_options)
 
     def proposal_cap(self, budget: Budget) -> int:

@@ -229,7 +229,8 @@ def param_merge(
     A weight is a number or mergekit's list of ``{filter, value}`` entries (per-part weights)."""
     models = []
     for name, w in weights.items():
-        value = [dict(e) for e in w] if isinstance(w, Sequence) else float(w)
+        per_part = isinstance(w, Sequence) and not isinstance(w, str)
+        value = [dict(e) for e in w] if per_part else float(w)
         params: dict[str, Any] = {"weight": value}
         d = density.get(name) if isinstance(density, Mapping) else density
         if d is not None:

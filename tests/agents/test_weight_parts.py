@@ -172,13 +172,16 @@ def test_env_and_ppo_refuse_per_part_weights(fresh_problem) -> None:
         MergeEnv(fresh_problem(), weight_parts=("self_attn",))
 
 
-def test_a_part_that_takes_no_tensor_is_named_before_any_score(fresh_problem) -> None:
-    names = ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight"]
-    check_parts_cover(["self_attn", "mlp"], names)
+def test_a_part_that_takes_no_tensor_is_named_before_any_score(fresh_problem, tiny_zoo) -> None:
+    base = Checkpoint(tiny_zoo.base)
+    check_parts_cover(["self_attn", "mlp"], base)
+    # a part is what the merge engine resolves: an arch part's name counts as a filter too
+    assert not any("final_norm" in n for n in base.names)
+    check_parts_cover(["final_norm", "embed"], base)
     with pytest.raises(ConfigError, match=r"'self_atn' takes no tensor.*no tensor name contains"):
-        check_parts_cover(["self_atn", "mlp"], names)
+        check_parts_cover(["self_atn", "mlp"], base)
     with pytest.raises(ConfigError, match=r"'mlp' .*taken by an earlier part"):
-        check_parts_cover(["layers", "mlp"], names)
+        check_parts_cover(["layers", "mlp"], base)
     problem = fresh_problem()
     agent = CMAESAgent(seed=0, level="param", weight_parts=["self_atn"], progress=False)
     with pytest.raises(ConfigError, match="'self_atn' takes no tensor of the pool"):
