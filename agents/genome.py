@@ -11,8 +11,9 @@ into a Recipe, as mergekit-evolve's ``evo/genome.py`` does from a genotype to a 
   the weight itself, as mergekit-evolve does. ``param_mode="fixed"`` (the env's) keeps the uniform
   merge, as ``level="arch"`` does.
 * **Per-part weights** (``weight_parts``, e.g. ``["self_attn", "mlp"]``): one weight gene per
-  expert for every part, a part being the tensors whose name contains its filter (mergekit's
-  ``{filter, value}`` lists; the first filter that matches wins), plus one per expert for the
+  expert for every part, a part being the tensors its filter matches (mergekit's ``{filter,
+  value}`` lists: a filter contained in the tensor's name, or, in MergeGym's engine, equal to its
+  arch part such as ``embed``; the first filter that matches wins), plus one per expert for the
   tensors no filter names (embeddings, norms, head). Each part's weights are read as above, on
   their own. A genome whose parts agree decodes to the plain per-expert merge (same hash). Why:
   the interference study (``results/interference_study/``) found that the experts' vectors cost
