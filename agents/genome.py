@@ -57,7 +57,6 @@ import numpy as np
 from agents.base import Agent
 from merge_env.env import DEFAULT_COEFFICIENTS, snap_to_lattice
 from merge_env.errors import ConfigError, MergeError
-from merge_env.merging.methods.params import resolve_value
 from merge_env.merging.methods.registry import get_operator
 from merge_env.merging.plan import ParamMerge
 from merge_env.search.budget import Budget
@@ -68,9 +67,11 @@ from merge_env.search.recipe import (
     REST,
     Recipe,
     Slot,
+    check_pool_parts,
     check_weight_parts,
+    part_weighted_merge,
+    read_part_weights,
     uniform_merge,
-    weighted_merge,
 )
 
 log = logging.getLogger(__name__)
@@ -303,14 +304,7 @@ class Genome:
             density: float | dict[str, float] | None = self.density
         else:
             density = {e: float(d) for e, d in zip(experts, densities)}
-        weights: dict[str, Any] = {e: float(v) for e, v in zip(experts, w[-1])}
-        if self.parts and not np.allclose(w, w[-1], rtol=0.0, atol=1e-12):
-            # mergekit's filter list: the first entry whose filter the tensor name contains,
-            # else the last entry (no filter: the rest)
-            weights = {e: [*({"filter": part, "value": float(w[p, i])}
-                             for p, part in enumerate(self.parts)), {"value": float(w[-1, i])}]
-                       for i, e in enumerate(experts)}  # fmt: skip
-        return weighted_merge(self.merge_method, weights, density=density)
+        return part_weighted_merge(self.merge_method, experts, w, self.parts, density=density)
 
     def _decode_path(self, genes: np.ndarray) -> tuple[Slot, ...] | None:
         sources, C, L = self.facts.sources, len(self.coefficients), self.facts.num_layers
@@ -395,47 +389,7 @@ class Genome:
     def _encode_weights(self, values: Sequence[Any]) -> np.ndarray | None:
         """The experts' weights as (parts x experts, the rest last); None when a weight is not a
         number, or a filter list other than this genome's parts (in their order, then the rest)."""
-        rows = len(self.parts) + 1
-        out = np.empty((rows, len(values)))
-        for i, value in enumerate(values):
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                out[:, i] = float(value)
-                continue
-            if not self.parts or not isinstance(value, Sequence) or len(value) != rows:
-                return None
-            filters = [e.get("filter") if isinstance(e, Mapping) else "?" for e in value]
-            if filters != [*self.parts, None]:
-                return None
-            try:
-                out[:, i] = [float(e["value"]) for e in value]
-            except (KeyError, TypeError, ValueError):
-                return None
-        return out
-
-
-def check_parts_cover(parts: Sequence[str], checkpoint: Any) -> None:
-    """ConfigError naming a part that takes no tensor of ``checkpoint`` (a Checkpoint): its
-    weight genes would change nothing. Each tensor goes to the part the merge engine resolves
-    for it (``resolve_value``: the first filter equal to the tensor's arch part or contained in
-    its name), so a part means here what it means in the merge."""
-    arch, names = checkpoint.arch, checkpoint.names
-
-    def first(entries: list[dict[str, Any]], name: str) -> float:
-        return resolve_value(entries, name, arch.layer_of(name), arch.num_layers,
-                             arch.part_of(name))  # fmt: skip
-
-    listed = [*({"filter": p, "value": float(i)} for i, p in enumerate(parts)), {"value": -1.0}]
-    taken = {int(first(listed, n)) for n in names}
-    for i, part in enumerate(parts):
-        if i not in taken:
-            alone = [{"filter": part, "value": 1.0}, {"value": 0.0}]
-            why = ("every tensor it names is taken by an earlier part"
-                   if any(first(alone, n) for n in names)
-                   else "no tensor name contains it and no tensor is of that part")  # fmt: skip
-            raise ConfigError(
-                f"weight_parts: part {part!r} takes no tensor of the pool ({why}); its weight "
-                f"genes would change nothing. Tensor names look like {list(names[:3])}"
-            )
+        return read_part_weights(values, self.parts)
 
 
 class GenomeAgent(Agent):
@@ -483,9 +437,7 @@ class GenomeAgent(Agent):
 
     def genome(self, problem: MergeProblem) -> Genome:
         """The codec over this problem's pool (its per-part filters checked against its tensors)."""
-        checkpoints = getattr(problem.pool, "checkpoints", None)
-        if self.genome_options["weight_parts"] and checkpoints:
-            check_parts_cover(self.genome_options["weight_parts"], next(iter(checkpoints.values())))
+        check_pool_parts(self.genome_options["weight_parts"], problem.pool)
         return Genome(problem, **self.genome_options)
 
     def proposal_cap(self, budget: Budget) -> int:

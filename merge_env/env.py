@@ -15,7 +15,17 @@ from merge_env.merging.methods.registry import get_operator
 from merge_env.merging.plan import ParamMerge
 from merge_env.search.pareto import scalarise
 from merge_env.search.problem import MergeProblem
-from merge_env.search.recipe import MERGED, Recipe, Slot, uniform_merge, weighted_merge
+from merge_env.search.recipe import (
+    MERGED,
+    Recipe,
+    Slot,
+    check_pool_parts,
+    check_weight_parts,
+    part_weighted_merge,
+    read_part_weights,
+    uniform_merge,
+    weighted_merge,
+)
 
 MODES = ("free", "aligned")
 PARAM_MODES = ("policy", "preference", "fixed")
@@ -77,6 +87,11 @@ class MergeEnv(gym.Env):
     ``weights="lattice"``: ``MultiDiscrete``. Free mode: ``[merge, source-or-STOP, layer, scale
     level]`` where source ``n_sources`` is STOP. Aligned mode (slot t always takes layer t, depth
     fixed): ``[merge, source, scale level]``. The merge component is read at the first step only.
+    With ``weight_parts`` (P tensor-name filters, e.g. ``("self_attn", "mlp")``) the merge is
+    P + 1 components, a lattice point per part and one for the rest (embeddings, norms, head):
+    the expert weights of each part's tensors, as the genome agents' per-part weights
+    (``merge_env.search.recipe.part_weighted_merge``); parts that agree give the plain lattice
+    merge, same hash.
     ``weights="simplex"`` (continuous merge weights): ``Box(-1, 1)`` of ``K`` weight components
     (one per expert; w = (a + 1) / 2 normalised to the simplex, snapped to multiples of
     1/(100 * lattice_steps), so the lattice merges are among them) followed by one component per
@@ -86,7 +101,8 @@ class MergeEnv(gym.Env):
 
     ## Observation Space
     ``Dict``: ``preference`` (Box on the simplex), ``merge`` (Discrete; ``n_merges`` = not chosen
-    yet; with ``weights="simplex"`` Discrete(2): 0 chosen, 1 not yet), ``path`` (Box of shape
+    yet; with ``weight_parts`` MultiDiscrete, one such entry per part and the rest; with
+    ``weights="simplex"`` Discrete(2): 0 chosen, 1 not yet), ``path`` (Box of shape
     (t_max, 3): rows ``[source + 1, layer, scale level]``, zero rows empty), ``position``
     (Discrete(t_max + 1)); with ``weights="simplex"`` also ``weights`` (Box(0, 1, (K,)): the
     chosen merge weights, zeros before).
@@ -114,8 +130,8 @@ class MergeEnv(gym.Env):
     ``preference``, ``param_mode`` ("policy" | "preference" | "fixed"), ``merge_method``,
     ``density``, ``lattice_steps``, ``fixed_merge``, ``fidelity`` ("full" | "cheap"),
     ``reward`` ("scalar" | "front"), ``weights`` ("lattice" | "simplex"), ``weight_parts``
-    (only ``()``: the merge action picks one weight per expert; per-part weights are searched by
-    the genome agents, ``agents/genome.py``).
+    (``()``: one merge weight per expert; per-part lattice weights need ``weights="lattice"``
+    and ``param_mode="policy"``; each part must take a tensor of the pool).
     """
 
     metadata = {"render_modes": []}
@@ -141,7 +157,15 @@ class MergeEnv(gym.Env):
         weights: str = "lattice",
         weight_parts: Sequence[str] = (),
     ) -> None:
-        refuse_weight_parts(weight_parts, "env.weight_parts")
+        self.parts = check_weight_parts(weight_parts, "env.weight_parts")
+        if self.parts and (weights != "lattice" or param_mode != "policy"):
+            raise ConfigError(
+                f"env.weight_parts={list(self.parts)}: per-part merge weights are lattice points "
+                f"the policy picks; they need env.weights=lattice and env.param_mode=policy, got "
+                f"weights={weights!r}, param_mode={param_mode!r} (continuous per-part weights "
+                "are not built for the env; the genome agents search them)"
+            )
+        check_pool_parts(self.parts, problem.pool)
         if mode not in MODES:
             raise ConfigError(f"env.mode must be one of {MODES}, got {mode!r}")
         if reward not in REWARDS:
@@ -188,9 +212,16 @@ class MergeEnv(gym.Env):
             "preference": spaces.Box(0.0, 1.0, (self.k,), np.float32),
             "merge": spaces.Discrete(len(self.merges) + 1),
         }
+        # the merge components: one lattice index (per part and the rest, with weight_parts)
+        self.n_parts = len(self.parts) + 1 if self.parts else 1
+        self._lattice_w = [tuple(m.parameters.get("weight", 0.0) for m in merge.models)
+                           for merge in self.merges]  # fmt: skip
+        self._merge_index = {Recipe(merge=m).hash: i for i, m in enumerate(self.merges)}
+        if self.parts:
+            obs["merge"] = spaces.MultiDiscrete([len(self.merges) + 1] * self.n_parts)
         if weights == "lattice":
-            self.merge_dims = 1
-            self.action_space = spaces.MultiDiscrete([n_choice, *self.path_sizes])
+            self.merge_dims = self.n_parts
+            self.action_space = spaces.MultiDiscrete([n_choice] * self.n_parts + self.path_sizes)
         else:
             self.merge_dims = self.n_experts
             dims = self.merge_dims + len(self.path_sizes)
@@ -202,7 +233,7 @@ class MergeEnv(gym.Env):
         obs["position"] = spaces.Discrete(self.t_max + 1)
         self.observation_space = spaces.Dict(obs)
         self._pref = np.full(self.k, 1.0 / self.k)
-        self._merge_idx: int | None = None
+        self._merge_idx: int | tuple[int, ...] | None = None
         self._merge: ParamMerge | None = None
         self._weights = np.zeros(self.n_experts, np.float32)
         self._slots: list[Slot] = []
@@ -234,6 +265,43 @@ class MergeEnv(gym.Env):
             return int(np.argmin(np.abs(weights - preference[: weights.shape[1]]).sum(axis=1)))
         return int(choice)
 
+    def merge_of(self, choice: int | Sequence[int]) -> ParamMerge:
+        """The merge a lattice choice stands for: an index into ``merges``, or with
+        ``weight_parts`` one index per part and the rest (an int: the same for every part)."""
+        if isinstance(choice, int | np.integer):
+            return self.merges[int(choice)]
+        idx = tuple(int(c) for c in choice)
+        if len(idx) != self.n_parts:
+            raise ConfigError(f"merge choice {list(idx)}: expected {self.n_parts} lattice "
+                              f"indices (parts {list(self.parts)} and the rest)")  # fmt: skip
+        if len(set(idx)) == 1:
+            return self.merges[idx[0]]
+        w = np.array([self._lattice_w[i] for i in idx], float)
+        return part_weighted_merge(self.merge_method, self.problem.pool.experts, w, self.parts,
+                                   density=self.density)  # fmt: skip
+
+    def choice_of(self, merge: ParamMerge) -> int | tuple[int, ...] | None:
+        """The lattice choice that builds ``merge`` (``merge_of``'s inverse: an int, or with
+        ``weight_parts`` a tuple per part and the rest), None when the env cannot pick it."""
+        index = self._merge_index.get(Recipe(merge=merge).hash)
+        if index is not None:
+            return index if not self.parts else (index,) * self.n_parts
+        if not self.parts:
+            return None
+        by_model = {m.model: m.parameters.get("weight") for m in merge.models}
+        experts = self.problem.pool.experts
+        if set(by_model) != set(experts):
+            return None
+        w = read_part_weights([by_model[e] for e in experts], self.parts)
+        if w is None:
+            return None
+        # each part's row: the nearest lattice point (a recipe's dict rounds its weights), then
+        # the hash says whether the env's merge is that one
+        gap = np.abs(w[:, None, :] - np.asarray(self._lattice_w)[None, :, :]).max(axis=2)
+        choice = tuple(int(i) for i in gap.argmin(axis=1))
+        same = Recipe(merge=self.merge_of(choice)).hash == Recipe(merge=merge).hash
+        return choice if same else None
+
     # -- the action codec ---------------------------------------------------------------------
     def decode_action(self, action: Any) -> tuple[Any, int, int, int]:
         """``(merge choice, source index, layer, scale level)`` an action stands for; the merge
@@ -242,8 +310,9 @@ class MergeEnv(gym.Env):
             a = np.asarray(action, dtype=np.int64)
             if not self.action_space.contains(a):
                 raise ConfigError(f"action {a.tolist()} outside {self.action_space}")
-            parts = [int(x) for x in a[1:]]
-            choice: Any = int(a[0])
+            d = self.merge_dims
+            parts = [int(x) for x in a[d:]]
+            choice: Any = int(a[0]) if d == 1 else tuple(int(x) for x in a[:d])
         else:
             a = np.asarray(action, dtype=np.float32).reshape(-1)
             if a.shape != self.action_space.shape or not np.isfinite(a).all():
@@ -255,12 +324,19 @@ class MergeEnv(gym.Env):
         layer = parts[1] if self.mode == "free" else -1
         return choice, parts[0], layer, parts[-1]
 
-    def encode_action(self, merge: int, source: int, layer: int, level: int) -> np.ndarray:
-        """The action choosing lattice merge ``merge`` (read at the first step only), source index
+    def encode_action(
+        self, merge: int | Sequence[int], source: int, layer: int, level: int
+    ) -> np.ndarray:
+        """The action choosing lattice merge ``merge`` (read at the first step only; with
+        ``weight_parts`` one index per part and the rest, or one int for all), source index
         ``source`` (``len(sources)`` = STOP), ``layer`` (free mode) and scale ``level``."""
         parts = [source, layer, level] if self.mode == "free" else [source, level]
         if self.weights == "lattice":
-            return np.asarray([merge, *parts], np.int64)
+            one = isinstance(merge, int | np.integer)
+            head = [int(merge)] * self.merge_dims if one else [int(m) for m in merge]
+            if len(head) != self.merge_dims:
+                raise ConfigError(f"merge choice {head}: expected {self.merge_dims} indices")
+            return np.asarray([*head, *parts], np.int64)
         w = np.array([m.parameters.get("weight", 0.0) for m in self.merges[merge].models], float)
         head = 2.0 * w / max(w.max(), 1e-12) - 1.0  # decodes to w / sum(w): the lattice point
         tail = [_bin_centre(p, n) for p, n in zip(parts, self.path_sizes)]
@@ -270,7 +346,7 @@ class MergeEnv(gym.Env):
         """The same action with STOP as the source (free mode)."""
         if self.weights == "lattice":
             out = np.array(action, dtype=np.int64)
-            out[1] = len(self.sources)
+            out[self.merge_dims] = len(self.sources)
         else:
             out = np.array(action, dtype=np.float32)
             out[self.merge_dims] = 1.0  # the last bin of the source component: STOP
@@ -292,6 +368,10 @@ class MergeEnv(gym.Env):
                                          density=self.density)  # fmt: skip
             self._merge_idx = 0
             self._weights = w.astype(np.float32)
+            return
+        if self.parts:
+            self._merge_idx = tuple(int(c) for c in choice)
+            self._merge = self.merge_of(self._merge_idx)
             return
         if self.weights == "simplex":
             choice = 0
@@ -337,7 +417,10 @@ class MergeEnv(gym.Env):
         return self._get_obs(), 0.0, False, False, {}
 
     def _get_obs(self) -> dict[str, Any]:
-        if self.weights == "lattice":
+        if self.weights == "lattice" and self.parts:
+            unset = (len(self.merges),) * self.n_parts
+            merge: Any = np.asarray(self._merge_idx or unset, np.int64)
+        elif self.weights == "lattice":
             merge = len(self.merges) if self._merge_idx is None else self._merge_idx
         else:
             merge = 1 if self._merge is None else 0
@@ -459,17 +542,6 @@ class MOMergeEnv(MergeEnv):
         vector reward is the same for ``reward="front"``)."""
         f = self.problem.normalised(vector) - self.beta * length / self.L
         return f.astype(np.float32)
-
-
-def refuse_weight_parts(parts: Sequence[str] | None, key: str) -> None:
-    """ConfigError naming ``key`` when per-part weights are asked of the env's merge action,
-    which picks one weight per expert (the genome agents search per-part weights)."""
-    if parts:
-        raise ConfigError(
-            f"{key}: {list(parts)}: MergeEnv's merge action picks one weight per expert; per-part "
-            "weights are searched by the genome agents (cmaes, nsga2, random, tpe, moead, "
-            "mo_cmaes), not by the env or PPO. Use [] here, or a genome agent"
-        )
 
 
 def _simplex(pref: Sequence[float], k: int) -> np.ndarray:

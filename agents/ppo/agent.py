@@ -66,14 +66,14 @@ from agents.ppo.offline import (
 )
 from agents.ppo.online import OnlinePPO
 from agents.ppo.vec_env import batch_scoring_env
-from merge_env.env import MergeEnv, refuse_weight_parts, weight_lattice
+from merge_env.env import MergeEnv, weight_lattice
 from merge_env.errors import ConfigError
 from merge_env.search.archive import Archive
 from merge_env.search.budget import Budget, BudgetExhausted
 from merge_env.search.pareto import sample_preferences
 from merge_env.search.problem import MergeProblem
 from merge_env.search.proposals import Candidate, propose_candidates
-from merge_env.search.recipe import Recipe
+from merge_env.search.recipe import Recipe, check_weight_parts
 from merge_env.wrappers import RepeatPenalty, StopAtOnce
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,6 @@ class PPOAgent(Agent):
         )  # fmt: skip
         if level not in LEVELS:
             raise ConfigError(f"agent.level must be one of {LEVELS}, got {level!r}")
-        refuse_weight_parts(weight_parts, "agent.weight_parts (env.weight_parts)")
         if not 0.0 <= sweep_fraction < 1.0:
             raise ConfigError(f"agent.sweep_fraction must be in [0, 1), got {sweep_fraction}")
         if not 0.0 <= fallback_fraction <= 1.0:
@@ -175,6 +174,7 @@ class PPOAgent(Agent):
             lattice_steps=lattice_steps, merge_method=merge_method, density=density,
             t_max=t_max, coefficients=tuple(coefficients), reward=reward, weights=weights,
             param_mode="fixed" if level == "arch" else param_mode,
+            weight_parts=check_weight_parts(weight_parts, "agent.weight_parts"),
         )  # fmt: skip
         self.n_preferences = n_preferences
         self.value_extra = value_extra
@@ -566,7 +566,6 @@ class PPOAgent(Agent):
         offline = zip(self.offline["candidates"], self.offline["vectors"]) if self.offline else ()
         for cand, vector in offline if self.sil_offline else ():
             by_hash[cand.recipe(scratch).hash] = [cand, np.asarray(vector, float)]
-        merge_index = {Recipe(merge=m).hash: i for i, m in enumerate(scratch.merges)}
         for entry in problem.archive:
             vector = entry.vector(problem.objectives)
             if not np.all(np.isfinite(vector)):
@@ -574,7 +573,7 @@ class PPOAgent(Agent):
             if entry.recipe_hash in by_hash:
                 by_hash[entry.recipe_hash][1] = vector  # the full score replaces the cheap one
                 continue
-            cand = _as_candidate(scratch, entry.recipe, merge_index)
+            cand = _as_candidate(scratch, entry.recipe)
             if cand is not None:
                 by_hash[entry.recipe_hash] = [cand, vector]
         if not by_hash:
@@ -676,16 +675,16 @@ def _affordable(problem: MergeProblem, budget: Budget, recipes: list, fidelity: 
     return len(recipes)
 
 
-def _as_candidate(env: MergeEnv, recipe: dict, merge_index: dict[str, int]) -> Candidate | None:
+def _as_candidate(env: MergeEnv, recipe: dict) -> Candidate | None:
     """The env candidate that builds an archived recipe (its canonical dict), or None when the
     env cannot express it (a single pool model, a merge off the lattice, a path it cannot take)."""
     r = Recipe.from_dict(recipe)
     if r.merge is None or r.shell is not None:
         return None
-    index = merge_index.get(Recipe(merge=r.merge).hash)
-    if index is None:
+    choice = env.choice_of(r.merge)
+    if choice is None:
         return None
-    cand = Candidate(index, tuple(r.path or ()))
+    cand = Candidate(choice, tuple(r.path or ()))
     try:
         candidate_actions(env, cand)
     except ConfigError:

@@ -38,7 +38,8 @@ class PathEncoder(BaseFeaturesExtractor):
             )
         k = int(observation_space["preference"].shape[0])
         n_pos = int(observation_space["position"].n)
-        n_merge = int(observation_space["merge"].n)
+        # Discrete: n; MultiDiscrete (per-part merge weights): the sum, one-hot per component
+        n_merge = int(gym.spaces.flatdim(observation_space["merge"]))
         # continuous merge weights (MergeEnv weights="simplex"): the chosen weights too
         self.flat_keys = tuple(
             key for key in ("preference", "position", "merge", "weights")

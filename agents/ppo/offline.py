@@ -123,9 +123,9 @@ def reachable(
     env: MergeEnv, candidates: Sequence[Candidate], preferences: np.ndarray
 ) -> np.ndarray:
     """Mask (n_preferences, n_candidates): whether the env lets that preference pick that merge."""
-    merges = np.array([c.merge for c in candidates])
     if env.param_mode != "preference":
         return np.ones((len(preferences), len(candidates)), bool)
+    merges = np.array([c.merge for c in candidates])  # one lattice index each (no weight_parts)
     chosen = np.array([env.merge_for(0, np.asarray(p, float)) for p in preferences])
     return chosen[:, None] == merges[None, :]
 

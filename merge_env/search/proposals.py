@@ -31,12 +31,12 @@ EDITS = ("swap", "repeat", "drop", "scale", "block")
 class Candidate:
     """A path over one of the env's merges; no slots = STOP at once (the plain parameter merge)."""
 
-    merge: int
+    merge: int | tuple[int, ...]  # a lattice index; per part and the rest with weight_parts
     slots: tuple[Slot, ...] = ()
 
     def recipe(self, env: MergeEnv) -> Recipe:
         """The recipe the env builds when it is fed this candidate's actions."""
-        return Recipe(merge=env.merges[self.merge], path=self.slots or None)
+        return Recipe(merge=env.merge_of(self.merge), path=self.slots or None)
 
     def length(self, env: MergeEnv) -> int:
         """Path length as the env's length penalty counts it (an empty path is the L-layer merge)."""

@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from merge_env.errors import ConfigError, RecipeError
+from merge_env.merging.methods.params import resolve_value
 from merge_env.merging.methods.registry import get_operator
 from merge_env.merging.plan import ModelRef, ParamMerge
 
@@ -259,6 +261,56 @@ def weighted_merge(
                        density=density if op.param("density") is not None else None)  # fmt: skip
 
 
+def part_weighted_merge(
+    method: str,
+    experts: Sequence[str],
+    weights: np.ndarray,
+    parts: Sequence[str],
+    *,
+    density: float | Mapping[str, float] | None = None,
+) -> ParamMerge:
+    """The merge of ``method`` whose expert ``i`` has weight ``weights[p, i]`` on part ``p``'s
+    tensors (``weights``: one row per part of ``parts``, then one for the rest). Each expert's
+    weight is mergekit's filter list, the first entry whose filter a tensor matches deciding
+    (the last, filterless entry takes the rest). Rows that all agree give the plain per-expert
+    merge (numbers, not lists), so the plain merges keep their hash inside a per-part space."""
+    w = np.asarray(weights, float)
+    if w.shape != (len(parts) + 1, len(experts)):
+        raise ConfigError(f"per-part weights: expected {len(parts) + 1} rows (parts {list(parts)}"
+                          f" and the rest) x {len(experts)} experts, got shape {w.shape}")  # fmt: skip
+    plain: dict[str, Any] = {e: float(v) for e, v in zip(experts, w[-1])}
+    if not parts or np.allclose(w, w[-1], rtol=0.0, atol=1e-12):
+        return weighted_merge(method, plain, density=density)
+    listed = {e: [*({"filter": part, "value": float(w[p, i])} for p, part in enumerate(parts)),
+                  {"value": float(w[-1, i])}]
+              for i, e in enumerate(experts)}  # fmt: skip
+    return weighted_merge(method, listed, density=density)
+
+
+def read_part_weights(values: Sequence[Any], parts: Sequence[str]) -> np.ndarray | None:
+    """The experts' weights ``values`` (a number, or a filter list as ``part_weighted_merge``
+    writes it) as an array (parts + 1, experts), the rest last; None when a weight is neither,
+    or a filter list other than ``parts`` in their order followed by the rest."""
+    rows = len(parts) + 1
+    out = np.empty((rows, len(values)))
+    for i, value in enumerate(values):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[:, i] = float(value)
+            continue
+        if not parts or isinstance(value, str) or not isinstance(value, Sequence):
+            return None
+        if len(value) != rows:
+            return None
+        filters = [e.get("filter") if isinstance(e, Mapping) else "?" for e in value]
+        if filters != [*parts, None]:
+            return None
+        try:
+            out[:, i] = [float(e["value"]) for e in value]
+        except (KeyError, TypeError, ValueError):
+            return None
+    return out
+
+
 def uniform_merge(
     method: str, experts: Sequence[str], *, density: float | None = None
 ) -> ParamMerge:
@@ -282,3 +334,36 @@ def check_weight_parts(parts: Any, key: str) -> tuple[str, ...]:
     if len(set(out)) != len(out):
         raise ConfigError(f"{key}: a part is listed twice in {list(out)}")
     return out
+
+
+def check_parts_cover(parts: Sequence[str], checkpoint: Any) -> None:
+    """ConfigError naming a part that takes no tensor of ``checkpoint`` (a Checkpoint): its
+    weight genes would change nothing. Each tensor goes to the part the merge engine resolves
+    for it (``resolve_value``: the first filter equal to the tensor's arch part or contained in
+    its name), so a part means here what it means in the merge."""
+    arch, names = checkpoint.arch, checkpoint.names
+
+    def first(entries: list[dict[str, Any]], name: str) -> float:
+        return resolve_value(entries, name, arch.layer_of(name), arch.num_layers,
+                             arch.part_of(name))  # fmt: skip
+
+    listed = [*({"filter": p, "value": float(i)} for i, p in enumerate(parts)), {"value": -1.0}]
+    taken = {int(first(listed, n)) for n in names}
+    for i, part in enumerate(parts):
+        if i not in taken:
+            alone = [{"filter": part, "value": 1.0}, {"value": 0.0}]
+            why = ("every tensor it names is taken by an earlier part"
+                   if any(first(alone, n) for n in names)
+                   else "no tensor name contains it and no tensor is of that part")  # fmt: skip
+            raise ConfigError(
+                f"weight_parts: part {part!r} takes no tensor of the pool ({why}); its weight "
+                f"genes would change nothing. Tensor names look like {list(names[:3])}"
+            )
+
+
+def check_pool_parts(parts: Sequence[str], pool: Any) -> None:
+    """``check_parts_cover`` against the first checkpoint of ``pool`` (a MergeProblem's pool),
+    when there are parts and the pool has checkpoints."""
+    checkpoints = getattr(pool, "checkpoints", None)
+    if parts and checkpoints:
+        check_parts_cover(parts, next(iter(checkpoints.values())))

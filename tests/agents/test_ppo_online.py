@@ -106,15 +106,14 @@ def test_self_imitation_reads_archived_recipes_back_as_env_candidates(problem):
     from merge_env.search.recipe import Recipe
 
     env = MergeEnv(problem, t_max=3)
-    index = {Recipe(merge=m).hash: i for i, m in enumerate(env.merges)}
     cand = Candidate(4, (Slot(env.sources[1], 0, 0.75), Slot(env.sources[0], 1, 1.0)))
-    back = _as_candidate(env, cand.recipe(env).to_dict(), index)
+    back = _as_candidate(env, cand.recipe(env).to_dict())
     assert back == cand and back.recipe(env).hash == cand.recipe(env).hash
-    assert _as_candidate(env, Candidate(2).recipe(env).to_dict(), index) == Candidate(2)
+    assert _as_candidate(env, Candidate(2).recipe(env).to_dict()) == Candidate(2)
     # what the env cannot build: a single pool model, a scale off its coefficients
-    assert _as_candidate(env, Recipe.single(env.sources[1]).to_dict(), index) is None
+    assert _as_candidate(env, Recipe.single(env.sources[1]).to_dict()) is None
     odd = Candidate(4, (Slot(env.sources[1], 0, 0.6),)).recipe(env).to_dict()
-    assert _as_candidate(env, odd, index) is None
+    assert _as_candidate(env, odd) is None
 
 
 def test_offline_only_ablation_spends_online_but_never_updates(problem):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agents.cmaes import CMAESAgent
-from agents.genome import Genome, PoolFacts, check_parts_cover
+from agents.genome import Genome, PoolFacts
 from agents.moead import MOEADAgent
 from agents.ppo.agent import PPOAgent
 from merge_env.env import MergeEnv
@@ -16,7 +16,7 @@ from merge_env.errors import ConfigError
 from merge_env.merging.checkpoint import Checkpoint
 from merge_env.merging.engine import MergeEngine
 from merge_env.merging.plan import ParamMerge
-from merge_env.search.recipe import BASE, Recipe, param_merge, uniform_merge
+from merge_env.search.recipe import BASE, Recipe, check_parts_cover, param_merge, uniform_merge
 
 EXPERTS = ("math", "code", "lex")
 FACTS = PoolFacts(EXPERTS, 4)
@@ -164,12 +164,89 @@ def test_moead_searches_per_part_weights_with_layer_paths(fresh_problem) -> None
     assert per_part and any(r["path"] is not None for r in recipes)
 
 
-def test_env_and_ppo_refuse_per_part_weights(fresh_problem) -> None:
-    with pytest.raises(ConfigError, match=r"agent\.weight_parts.*one weight per expert"):
-        PPOAgent(weight_parts=["mlp"])
-    PPOAgent(weight_parts=[])  # the default space
-    with pytest.raises(ConfigError, match=r"env\.weight_parts.*genome agents"):
-        MergeEnv(fresh_problem(), weight_parts=("self_attn",))
+def test_env_refuses_what_it_cannot_search_per_part(fresh_problem) -> None:
+    problem = fresh_problem()
+    for bad in (dict(weights="simplex"), dict(param_mode="preference"), dict(param_mode="fixed")):
+        with pytest.raises(ConfigError, match=r"env\.weight_parts=.*need env\.weights=lattice"):
+            MergeEnv(problem, weight_parts=PARTS, **bad)
+    with pytest.raises(ConfigError, match=r"genome\.weight_parts|env\.weight_parts"):
+        MergeEnv(problem, weight_parts="mlp")
+    with pytest.raises(ConfigError, match="'self_atn' takes no tensor of the pool"):
+        MergeEnv(problem, weight_parts=["self_atn"])
+    with pytest.raises(ConfigError, match="'self_atn' takes no tensor of the pool"):
+        PPOAgent(weight_parts=["self_atn"], progress=False).search(problem, 4)
+    assert len(problem.archive) == 0
+    with pytest.raises(ConfigError, match=r"agent\.weight_parts"):
+        PPOAgent(weight_parts=["mlp", "mlp"])
+
+
+@pytest.mark.parametrize("mode", ["free", "aligned"])
+def test_env_picks_a_lattice_point_per_part(fresh_problem, mode) -> None:
+    from gymnasium.utils.env_checker import check_env as gym_check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    problem = fresh_problem()
+    env = MergeEnv(problem, mode=mode, weight_parts=PARTS)
+    n = len(env.merges)
+    assert env.merge_dims == 3 and list(env.action_space.nvec[:3]) == [n, n, n]
+    gym_check_env(MergeEnv(problem, mode=mode, weight_parts=PARTS), skip_render_check=True)
+    sb3_check_env(MergeEnv(problem, mode=mode, weight_parts=PARTS), warn=True)
+
+    obs, _ = env.reset(seed=0)
+    assert obs["merge"].tolist() == [n, n, n]  # not chosen yet
+    choice = (0, n - 1, 5)
+    action = env.encode_action(choice, len(env.sources), 0, 0) if mode == "free" else None
+    if mode == "free":  # STOP at once: the per-part parameter merge alone
+        _, _, done, _, info = env.step(action)
+        assert done
+        recipe = info["recipe"]
+    else:
+        obs, _, _, _, _ = env.step(env.encode_action(choice, 0, 0, 0))
+        assert obs["merge"].tolist() == list(choice)
+        recipe = env.recipe()
+    # the same merge the genome agents decode from these weights: one space for every agent
+    w = np.array([env._lattice_w[i] for i in choice])
+    genome = Genome(problem, level="param", weight_parts=PARTS)
+    assert recipe.merge == genome.decode(w.reshape(-1)).merge
+    filters = [e.get("filter") for e in _weight(recipe, recipe.merge.models[0].model)]
+    assert filters == ["self_attn", "mlp", None]
+    # parts that agree are the plain lattice merge, with its hash
+    assert Recipe(merge=env.merge_of((4, 4, 4))).hash == Recipe(merge=env.merges[4]).hash
+
+
+def test_env_choice_codec_round_trips(fresh_problem) -> None:
+    problem = fresh_problem()
+    env = MergeEnv(problem, weight_parts=PARTS)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        choice = tuple(int(x) for x in rng.integers(len(env.merges), size=3))
+        assert env.choice_of(env.merge_of(choice)) == choice
+    assert env.choice_of(env.merges[7]) == (7, 7, 7)
+    off = param_merge("ties", {e: 0.3 for e in problem.pool.experts}, density=0.5)
+    assert env.choice_of(off) is None  # off the lattice
+    plain = MergeEnv(problem)
+    assert plain.choice_of(plain.merges[7]) == 7
+    assert plain.choice_of(env.merge_of((0, 1, 2))) is None  # per-part: not in a plain env
+
+
+def test_ppo_searches_per_part_weights_and_imitates_them(fresh_problem) -> None:
+    from agents.ppo.agent import _as_candidate
+    from tests.agents.test_ppo import FAST
+
+    problem = fresh_problem()
+    agent = PPOAgent(seed=0, weight_parts=PARTS, progress=False, **FAST)
+    agent.search(problem, 14)
+    assert 14 - 1 < problem.spent <= 14 + 1e-9
+    per_part = [e for e in problem.archive.entries if e.recipe.get("merge")
+                and isinstance(e.recipe["merge"]["models"][0]["parameters"]["weight"], list)]  # fmt: skip
+    assert per_part, "the policy scored no per-part merge"
+    assert {e.source for e in per_part} <= {"env"}
+    # self-imitation reads them back as actions the env replays to the same recipe
+    scratch = agent.make_env(problem).unwrapped
+    for e in per_part:
+        cand = _as_candidate(scratch, e.recipe)
+        assert cand is not None and isinstance(cand.merge, tuple)
+        assert cand.recipe(scratch).hash == e.recipe_hash
 
 
 def test_a_part_that_takes_no_tensor_is_named_before_any_score(fresh_problem, tiny_zoo) -> None:
