@@ -197,6 +197,10 @@ def test_env_picks_a_lattice_point_per_part(fresh_problem, mode) -> None:
     choice = (0, n - 1, 5)
     action = env.encode_action(choice, len(env.sources), 0, 0) if mode == "free" else None
     if mode == "free":  # STOP at once: the per-part parameter merge alone
+        # (level="param" wraps the env in StopAtOnce, which sets STOP after the merge parts)
+        assert (
+            env.with_stop(env.encode_action(choice, 0, 1, 2)) == action + [0, 0, 0, 0, 1, 2]
+        ).all()
         _, _, done, _, info = env.step(action)
         assert done
         recipe = info["recipe"]
