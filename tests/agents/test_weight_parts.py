@@ -178,6 +178,9 @@ def test_env_refuses_what_it_cannot_search_per_part(fresh_problem) -> None:
     assert len(problem.archive) == 0
     with pytest.raises(ConfigError, match=r"agent\.weight_parts"):
         PPOAgent(weight_parts=["mlp", "mlp"])
+    # where no merge weight is searched the parts change nothing, as in the genome's codec
+    assert PPOAgent(level="arch", weight_parts=PARTS).env_kwargs["weight_parts"] == ()
+    assert Genome(FACTS, level="arch", weight_parts=PARTS).n_param == 0
 
 
 @pytest.mark.parametrize("mode", ["free", "aligned"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from experiments import protocol as pr
@@ -47,7 +46,7 @@ def test_a_genome_encoding_is_the_space_it_searched():
     assert pr.comparison_settings(cfg)["env.mode"] == "aligned"
 
 
-def test_per_part_weights_are_part_of_the_space_and_refused_by_ppo():
+def test_per_part_weights_are_part_of_the_space_for_every_agent():
     protocol = pr.load_protocol("smoke", ["env.weight_parts=[self_attn,mlp]"])
     cfg, _ = pr.run_config(protocol, "cmaes", 0, 0, "param")
     assert pr.comparison_settings(cfg)["env.weight_parts"] == ["self_attn", "mlp"]
@@ -57,11 +56,12 @@ def test_per_part_weights_are_part_of_the_space_and_refused_by_ppo():
     own, _ = pr.run_config(pr.load_protocol("smoke"), "random", 0, 0, "param",
                            ["agent.weight_parts=[mlp]"])  # fmt: skip
     assert pr.comparison_settings(own)["env.weight_parts"] == ["mlp"]
-    ppo, _ = pr.run_config(protocol, "ppo", 0, 0, "param")
-    with pytest.raises(InstantiationException) as err:  # the CLI prints its cause alone
-        instantiate(ppo.agent)
-    assert isinstance(err.value.__cause__, ConfigError)
-    assert "agent.weight_parts (env.weight_parts): ['self_attn', 'mlp']" in str(err.value.__cause__)
+    # PPO searches them too (its merge action picks a lattice point per part)
+    ppo, _ = pr.run_config(protocol, "ppo", 0, 0, "both")
+    assert pr.comparison_settings(ppo)["env.weight_parts"] == ["self_attn", "mlp"]
+    assert instantiate(ppo.agent).env_kwargs["weight_parts"] == ("self_attn", "mlp")
+    with pytest.raises(ConfigError, match="agent.weight_parts"):  # refused before a run starts
+        pr.run_config(protocol, "ppo", 0, 0, "both", ["agent.weight_parts=mlp"])
 
 
 def _run(agent: str, level: str = "both", **settings) -> dict:
