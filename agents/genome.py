@@ -353,10 +353,8 @@ class Genome:
             return None
         x = self.identity()
         if self.n_param:
-            by_model = {m.model: m.parameters for m in recipe.merge.models}
-            if set(by_model) != set(self.facts.experts):
-                return None
-            w = self._encode_weights([by_model[e].get("weight", 0.0) for e in self.facts.experts])
+            # (parts x experts, the rest last); None: not this genome's experts or parts
+            w = read_part_weights(recipe.merge, self.facts.experts, self.parts)
             if w is None or np.any(w < 0) or (self.weights == "box" and np.any(w > 1)):
                 return None
             if self.weights != "box":
@@ -364,6 +362,7 @@ class Genome:
             x[: self.n_weights] = w.ravel()
             if self.density_genes:
                 lo, hi = self.density_range
+                by_model = {m.model: m.parameters for m in recipe.merge.models}
                 d = np.array([float(by_model[e].get("density", self.density))
                               for e in self.facts.experts])  # fmt: skip
                 x[self.n_weights : self.n_param] = (
@@ -385,11 +384,6 @@ class Genome:
             else:
                 return None
         return x if self.decode(x).hash == recipe.hash else None
-
-    def _encode_weights(self, values: Sequence[Any]) -> np.ndarray | None:
-        """The experts' weights as (parts x experts, the rest last); None when a weight is not a
-        number, or a filter list other than this genome's parts (in their order, then the rest)."""
-        return read_part_weights(values, self.parts)
 
 
 class GenomeAgent(Agent):

@@ -260,8 +260,7 @@ class MergeEnv(gym.Env):
             return 0
         if self.param_mode == "preference":
             # the paper's choice: task weights = preference (nearest lattice point)
-            weights = np.array([[m.parameters.get("weight", 0.0) for m in merge.models]
-                                for merge in self.merges])  # fmt: skip
+            weights = np.asarray(self._lattice_w)
             return int(np.argmin(np.abs(weights - preference[: weights.shape[1]]).sum(axis=1)))
         return int(choice)
 
@@ -274,8 +273,6 @@ class MergeEnv(gym.Env):
         if len(idx) != self.n_parts:
             raise ConfigError(f"merge choice {list(idx)}: expected {self.n_parts} lattice "
                               f"indices (parts {list(self.parts)} and the rest)")  # fmt: skip
-        if len(set(idx)) == 1:
-            return self.merges[idx[0]]
         w = np.array([self._lattice_w[i] for i in idx], float)
         return part_weighted_merge(self.merge_method, self.problem.pool.experts, w, self.parts,
                                    density=self.density)  # fmt: skip
@@ -288,11 +285,7 @@ class MergeEnv(gym.Env):
             return index if not self.parts else (index,) * self.n_parts
         if not self.parts:
             return None
-        by_model = {m.model: m.parameters.get("weight") for m in merge.models}
-        experts = self.problem.pool.experts
-        if set(by_model) != set(experts):
-            return None
-        w = read_part_weights([by_model[e] for e in experts], self.parts)
+        w = read_part_weights(merge, self.problem.pool.experts, self.parts)
         if w is None:
             return None
         # each part's row: the nearest lattice point (a recipe's dict rounds its weights), then
@@ -337,7 +330,7 @@ class MergeEnv(gym.Env):
             if len(head) != self.merge_dims:
                 raise ConfigError(f"merge choice {head}: expected {self.merge_dims} indices")
             return np.asarray([*head, *parts], np.int64)
-        w = np.array([m.parameters.get("weight", 0.0) for m in self.merges[merge].models], float)
+        w = np.asarray(self._lattice_w[merge], float)
         head = 2.0 * w / max(w.max(), 1e-12) - 1.0  # decodes to w / sum(w): the lattice point
         tail = [_bin_centre(p, n) for p, n in zip(parts, self.path_sizes)]
         return np.asarray([*head, *tail], np.float32)
@@ -377,7 +370,7 @@ class MergeEnv(gym.Env):
             choice = 0
         self._merge_idx = self.merge_for(int(choice), self._pref)
         self._merge = self.merges[self._merge_idx]
-        w = [m.parameters.get("weight", 0.0) for m in self._merge.models]
+        w = self._lattice_w[self._merge_idx]
         if self.weights == "simplex" and len(w) == self.n_experts:
             self._weights = np.asarray(w, np.float32)
 

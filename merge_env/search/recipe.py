@@ -287,10 +287,17 @@ def part_weighted_merge(
     return weighted_merge(method, listed, density=density)
 
 
-def read_part_weights(values: Sequence[Any], parts: Sequence[str]) -> np.ndarray | None:
-    """The experts' weights ``values`` (a number, or a filter list as ``part_weighted_merge``
-    writes it) as an array (parts + 1, experts), the rest last; None when a weight is neither,
-    or a filter list other than ``parts`` in their order followed by the rest."""
+def read_part_weights(
+    merge: ParamMerge, experts: Sequence[str], parts: Sequence[str]
+) -> np.ndarray | None:
+    """``part_weighted_merge``'s inverse: the weights of ``merge`` (a number, or a filter list as
+    ``part_weighted_merge`` writes it; a missing weight reads as 0) as an array (parts + 1,
+    experts), the rest last; None when its models are not ``experts``, a weight is neither, or a
+    filter list other than ``parts`` in their order followed by the rest."""
+    by_model = {m.model: m.parameters for m in merge.models}
+    if set(by_model) != set(experts):
+        return None
+    values = [by_model[e].get("weight", 0.0) for e in experts]
     rows = len(parts) + 1
     out = np.empty((rows, len(values)))
     for i, value in enumerate(values):
