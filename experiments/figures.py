@@ -4,7 +4,7 @@
     python -m experiments.figures --protocol smoke          # a quick check: tiny zoo, budget 4
     python -m experiments.figures --zoo-seeds 1 --search-seeds 100 101 --budget 100 \\
         --only zoo,compare,main
-    make figures ARGS="--protocol smoke"
+    make figures ARGS="--protocol smoke"                    # --jobs <cores>, as make passes it
 
 Sections (``--only``, all by default), each for every zoo training seed of the protocol
 (conf/protocol/<name>.yaml; ``--set``, ``--zoo-seeds``, ``--search-seeds``, ``--budget`` override
@@ -32,6 +32,15 @@ each figure the mean and 95 % bootstrap interval over seeds, experiments/stats.p
 the git commit, the machine), ``figures.json`` (the raw numbers behind it) and each section's own
 outputs: ``compare/`` and ``ablate/`` (results.json and plots), ``main/``, ``recycle/``, ``moe/``
 (one run folder per zoo seed and seed). Both files are rewritten as each section finishes.
+
+``--jobs N`` runs N of a section's runs at a time, each in a worker process of its own (spawned,
+``--threads`` torch threads each): the main job, recycling and MergeME one (zoo seed, seed) run
+per worker; compare and ablate split into one store per (zoo seed, search seed) under
+``<section>/parts/`` (their own ``--set "search_seeds=[S]"`` split) and merged with their
+``--merge`` into ``<section>/results.json``. Every run is seeded on its own and writes only its
+own folder, so the figures do not depend on N (tested on the smoke protocol, number for number).
+A compare or ablate store begun with ``--jobs 1`` is refused by ``--jobs N`` before anything
+runs (finish it with ``--jobs 1``, or ``--force``).
 
 Resuming: a finished section whose settings are unchanged is skipped (``--force`` redoes it from
 nothing). Inside a section finished runs are kept (compare's and ablate's results.json, the job
@@ -212,82 +221,163 @@ def run_zoo(ctx: Context) -> dict[str, Any]:
     return {"zoos": out}
 
 
+def _worker_init(threads: int, commit: Mapping[str, Any]) -> None:
+    """A --jobs worker: the parent's torch threads, logging and pinned commit."""
+    from experiments import protocol
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(threads)
+    protocol._STARTED_AT = dict(commit)
+
+
+def _unit(label: str, fn: Callable[..., Any], *args: Any) -> None:
+    """One run of a section, announced (in a --jobs worker or in this process)."""
+    console.print(label)
+    fn(*args)
+
+
+def run_units(ctx: Context, units: Sequence[tuple[str, Callable[..., Any], tuple]]) -> None:
+    """Each (label, function, arguments) unit: one after another in this process, or with
+    ``--jobs N`` across N worker processes (spawned, each with ``--threads`` torch threads).
+    Every unit runs to its end either way; the first failure is raised after the others finish,
+    so what they wrote is there for the next run to resume from. A unit writes only its own
+    folder, and every run is seeded on its own, so the figures do not depend on --jobs."""
+    if ctx.args.jobs <= 1 or len(units) <= 1:
+        for label, fn, args in units:
+            _unit(label, fn, *args)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    errors: list[BaseException] = []
+    with ProcessPoolExecutor(
+        min(ctx.args.jobs, len(units)), mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init, initargs=(ctx.args.threads, git_commit()),
+    ) as pool:  # fmt: skip
+        futures = [pool.submit(_unit, label, fn, *args) for label, fn, args in units]
+        for future, (label, _, _) in zip(futures, units, strict=True):
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - the others still finish
+                log.error("%s failed: %s: %s", label, type(exc).__name__, exc)
+                errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+STORE_MAINS: dict[str, Callable[[list[str]], dict[str, Any]]] = {
+    "compare": compare_agents.main, "ablate": ablate_ppo.main,
+}  # fmt: skip
+
+
+def _store_part(name: str, argv: list[str]) -> None:
+    STORE_MAINS[name](argv)
+
+
+def _store_section(ctx: Context, name: str, extra: list[str]) -> dict[str, Any]:
+    """compare_agents or ablate_ppo under the protocol into ``<out>/<name>``, resuming its
+    results.json. With ``--jobs N`` the protocol is split into one store per (zoo seed, search
+    seed) under ``<name>/parts/`` (the commands' own split), run N at a time and merged into
+    ``<name>/results.json`` with their ``--merge``."""
+    folder = ctx.out / name
+    main = STORE_MAINS[name]
+    if ctx.args.jobs <= 1:
+        return main([*ctx.protocol_args(), *extra, "--out", str(folder),
+                     *(["--rerun"] if ctx.args.force else [])])  # fmt: skip
+    if ctx.args.force:
+        shutil.rmtree(folder, ignore_errors=True)
+    store = folder / "results.json"
+    if store.is_file() and "merged_from" not in json.loads(store.read_text()):
+        raise ConfigError(f"{store}: its runs were made with --jobs 1; resume it with --jobs 1, "
+                          "or pass --force to redo the section with --jobs")  # fmt: skip
+    sets = ctx.protocol["overrides"]
+    units, parts = [], []
+    for zoo_seed in ctx.protocol["zoo_seeds"]:
+        for seed in ctx.protocol["search_seeds"]:
+            part = folder / "parts" / f"z{zoo_seed}__{seed}"
+            seeds = [f"zoo_seeds={compare_agents._seed_list([zoo_seed])}",
+                     f"search_seeds={compare_agents._seed_list([seed])}"]  # fmt: skip
+            argv = ["--protocol", ctx.protocol["name"], "--set", *sets, *seeds, *extra,
+                    "--out", str(part)]  # fmt: skip
+            units.append((f"[bold]{name}[/bold] zoo seed {zoo_seed} search seed {seed}",
+                          _store_part, (name, argv)))  # fmt: skip
+            parts.append(part)
+    run_units(ctx, units)
+    return main(["--merge", *map(str, parts), "--out", str(folder)])
+
+
 def run_compare(ctx: Context) -> dict[str, Any]:
     """experiments.compare_agents under the protocol, resuming its results.json."""
-    folder = ctx.out / "compare"
-    argv = [*ctx.protocol_args(), "--agents", *ctx.args.agents, "--out", str(folder)]
-    data = compare_agents.main([*argv, *(["--rerun"] if ctx.args.force else [])])
-    return {"folder": str(folder), "runs": len(data["runs"]), "comparisons": data["comparisons"]}
+    data = _store_section(ctx, "compare", ["--agents", *ctx.args.agents])
+    return {"folder": str(ctx.out / "compare"), "runs": len(data["runs"]),
+            "comparisons": data["comparisons"]}  # fmt: skip
 
 
 def run_ablate(ctx: Context) -> dict[str, Any]:
     """experiments.ablate_ppo under the protocol, resuming its results.json."""
-    folder = ctx.out / "ablate"
-    argv = [*ctx.protocol_args(), "--variants", *ctx.args.variants, "--out", str(folder)]
-    data = ablate_ppo.main([*argv, *(["--rerun"] if ctx.args.force else [])])
-    return {"folder": str(folder), "runs": len(data["runs"]), "ablations": data["comparisons"]}
+    data = _store_section(ctx, "ablate", ["--variants", *ctx.args.variants])
+    return {"folder": str(ctx.out / "ablate"), "runs": len(data["runs"]),
+            "ablations": data["comparisons"]}  # fmt: skip
 
 
 def _job_runs(
     ctx: Context, name: str, seeds: Sequence[int], summary_file: str,
-    job: Callable[[Any, int, Path], None],
+    job: Callable[[Context, Any, int, Path], None],
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Every (zoo seed, seed) run of a job in ``<out>/<name>/z<zoo seed>__<seed>``, each run only
-    if its ``summary_file`` is missing; returns the summaries with their seeds and folders."""
-    runs = []
-    for zoo_seed in ctx.protocol["zoo_seeds"]:
-        for seed in seeds:
-            folder = ctx.fresh(ctx.out / name / f"z{zoo_seed}__{seed}")
-            if not (folder / summary_file).is_file():
-                console.print(f"[bold]{name}[/bold] zoo seed {zoo_seed} seed {seed}")
-                job(zoo_seed, seed, folder)
-            summary = json.loads((folder / summary_file).read_text())
-            runs.append({"zoo_seed": zoo_seed, "seed": seed, "folder": str(folder), **summary})
-    return runs
+    if its ``summary_file`` is missing (``run_units``: --jobs at a time); returns the summaries
+    with their seeds and folders. ``job`` is a module-level function, so a worker can run it."""
+    cells = [(zoo_seed, seed, ctx.fresh(ctx.out / name / f"z{zoo_seed}__{seed}"))
+             for zoo_seed in ctx.protocol["zoo_seeds"] for seed in seeds]  # fmt: skip
+    run_units(ctx, [(f"[bold]{name}[/bold] zoo seed {z} seed {s}", job, (ctx, z, s, folder))
+                    for z, s, folder in cells if not (folder / summary_file).is_file()])  # fmt: skip
+    return [{"zoo_seed": z, "seed": s, "folder": str(folder),
+             **json.loads((folder / summary_file).read_text())} for z, s, folder in cells]  # fmt: skip
+
+
+def _main_job(ctx: Context, zoo_seed: Any, seed: int, folder: Path) -> None:
+    from experiments.run import run
+
+    cfg, _ = run_config(ctx.protocol, ctx.args.main_agent, seed, zoo_seed, "both",
+                        ["logger=none", *ctx.args.main_override])  # fmt: skip
+    cfg.run_name, cfg.run_dir = f"figures__main__z{zoo_seed}__{seed}", str(folder)
+    run(cfg)
 
 
 def run_main(ctx: Context) -> dict[str, Any]:
     """The main job (experiments.run) under the protocol's settings, per zoo seed and job seed."""
-    from experiments.run import run
-
-    def job(zoo_seed: Any, seed: int, folder: Path) -> None:
-        cfg, _ = run_config(ctx.protocol, ctx.args.main_agent, seed, zoo_seed, "both",
-                            ["logger=none", *ctx.args.main_override])  # fmt: skip
-        cfg.run_name, cfg.run_dir = f"figures__main__z{zoo_seed}__{seed}", str(folder)
-        run(cfg)
-
     return {"agent": ctx.args.main_agent,
-            "runs": _job_runs(ctx, "main", ctx.job_seeds, "summary.json", job)}  # fmt: skip
+            "runs": _job_runs(ctx, "main", ctx.job_seeds, "summary.json", _main_job)}  # fmt: skip
+
+
+def _recycle_job(ctx: Context, zoo_seed: Any, seed: int, folder: Path) -> None:
+    from experiments.recycle import run
+
+    settings = {
+        "budget": min(compose_config([], "recycle").budget, ctx.protocol["budget"]),
+        "threads": ctx.args.threads, "run_dir": str(folder),
+        "run_name": f"figures__recycle__z{zoo_seed}__{seed}",
+        **{f"evaluator.{k}": v for k, v in ctx.protocol["fidelity"].items()},
+    }  # fmt: skip
+    run(job_config("recycle", ctx.protocol, zoo_seed, seed, settings, ctx.args.recycle_override))
 
 
 def run_recycle(ctx: Context) -> dict[str, Any]:
     """Checkpoint recycling (experiments.recycle) on each zoo seed's pool, per job seed."""
-    from experiments.recycle import run
+    return {"runs": _job_runs(ctx, "recycle", ctx.job_seeds, "summary.json", _recycle_job)}
 
-    budget = min(compose_config([], "recycle").budget, ctx.protocol["budget"])
 
-    def job(zoo_seed: Any, seed: int, folder: Path) -> None:
-        settings = {
-            "budget": budget, "threads": ctx.args.threads, "run_dir": str(folder),
-            "run_name": f"figures__recycle__z{zoo_seed}__{seed}",
-            **{f"evaluator.{k}": v for k, v in ctx.protocol["fidelity"].items()},
-        }  # fmt: skip
-        run(job_config("recycle", ctx.protocol, zoo_seed, seed, settings,
-                       ctx.args.recycle_override))  # fmt: skip
+def _moe_job(ctx: Context, zoo_seed: Any, seed: int, folder: Path) -> None:
+    from experiments.moe import run
 
-    return {"runs": _job_runs(ctx, "recycle", ctx.job_seeds, "summary.json", job)}
+    settings = {"threads": ctx.args.threads, "run_dir": str(folder),
+                "max_examples": ctx.protocol["fidelity"].get("max_examples")}  # fmt: skip
+    run(job_config("moe", ctx.protocol, zoo_seed, seed, settings, ctx.args.moe_override))
 
 
 def run_moe(ctx: Context) -> dict[str, Any]:
     """MergeME (experiments.moe) on each zoo seed's experts, per MoE seed."""
-    from experiments.moe import run
-
-    def job(zoo_seed: Any, seed: int, folder: Path) -> None:
-        settings = {"threads": ctx.args.threads, "run_dir": str(folder),
-                    "max_examples": ctx.protocol["fidelity"].get("max_examples")}  # fmt: skip
-        run(job_config("moe", ctx.protocol, zoo_seed, seed, settings, ctx.args.moe_override))
-
-    runs = _job_runs(ctx, "moe", ctx.moe_seeds, "moe_results.json", job)
+    runs = _job_runs(ctx, "moe", ctx.moe_seeds, "moe_results.json", _moe_job)
     for r in runs:
         r.pop("config", None)  # the whole composed config: in the run folder, not here
     return {"runs": runs}
@@ -618,6 +708,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                        help=f"Hydra overrides of the {job} job's config")  # fmt: skip
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (the small models gain nothing from more)")  # fmt: skip
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time, each in its own worker process (default 1: one after "
+                        "another in this process); the figures do not depend on it")  # fmt: skip
     p.add_argument("--out", type=Path, help="default results/figures/<protocol>")
     p.add_argument("--force", action="store_true",
                    help="redo the chosen sections from nothing, finished runs included")  # fmt: skip
@@ -633,6 +726,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     git_commit()  # pinned now: what this process runs, whatever HEAD becomes meanwhile
     try:
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs: {args.jobs} must be >= 1")
         chosen = [s.strip() for s in args.only.split(",") if s.strip()]
         unknown = sorted(set(chosen) - set(SECTIONS))
         if unknown or not chosen:
@@ -652,6 +747,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = Context(protocol, args, out)
     data = {"protocol": protocol, "commit": git_commit(), "machine": machine(),
             "command": shlex.join(["python", "-m", "experiments.figures", *argv]),
+            "jobs": args.jobs,
             "sections": sections}  # fmt: skip
     failed = []
     for name in (s for s in SECTIONS if s in chosen):

@@ -118,6 +118,25 @@ def test_figures_come_from_the_runs_resume_and_record_failures(zoo_cache, tiny_z
     assert retried["sections"]["recycle"]["result"] == sections["recycle"]["result"]
     assert "FAILED" not in md
 
+    # --jobs 2: the same runs in two worker processes give the same figures, number for number
+    # (compare split into one store per search seed and merged; main's runs spread over workers)
+    par = tmp_path / "par"
+    for name in ("compare", "main"):
+        monkeypatch.setitem(figures.RUNNERS, name, getattr(figures, f"run_{name}"))
+    assert figures.main([*ARGS, "--out", str(par), "--only", "compare,main", "--jobs", "2"]) == 0
+    pdata, _ = _load(par)
+    assert pdata["jobs"] == 2
+    merged = json.loads((par / "compare" / "results.json").read_text())
+    assert sorted(Path(f).parent.name for f in merged["merged_from"]) == ["z0__0", "z0__1"]
+    assert pdata["sections"]["compare"]["result"]["comparisons"] == stored["comparisons"]
+
+    def figures_of(runs):
+        return [{k: v for k, v in r.items() if k not in ("folder", "wall_s")} for r in runs]
+
+    assert figures_of(pdata["sections"]["main"]["result"]["runs"]) == figures_of(
+        sections["main"]["result"]["runs"]
+    )
+
 
 def test_another_protocol_in_the_same_folder_and_a_bad_section_are_refused(tmp_path, capsys):
     out = tmp_path / "figs"
@@ -127,3 +146,13 @@ def test_another_protocol_in_the_same_folder_and_a_bad_section_are_refused(tmp_p
     (out / "figures.json").write_text(json.dumps({"protocol": {"name": "smoke", "budget": 3}}))
     assert figures.main(["--protocol", "smoke", "--out", str(out), "--only", "zoo"]) == 2
     assert "protocol.budget: 3 -> 4" in capsys.readouterr().err
+    assert figures.main(["--protocol", "smoke", "--out", str(out), "--jobs", "0"]) == 2
+    assert "--jobs: 0 must be >= 1" in capsys.readouterr().err
+    # a comparison begun in one process is not merged over by --jobs (its runs would be lost)
+    fresh = tmp_path / "begun"
+    (fresh / "compare").mkdir(parents=True)
+    (fresh / "compare" / "results.json").write_text(json.dumps({"protocol": {}, "runs": []}))
+    assert figures.main(["--protocol", "smoke", "--out", str(fresh), "--only", "compare",
+                         "--jobs", "2"]) == 1  # fmt: skip
+    failed = json.loads((fresh / "figures.json").read_text())["sections"]["compare"]
+    assert "its runs were made with --jobs 1" in failed["error"]
