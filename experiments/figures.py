@@ -93,6 +93,8 @@ from merge_env.search.recipe import BASE
 log = logging.getLogger("mergegym.figures")
 console = Console()
 SECTIONS = ("zoo", "compare", "ablate", "main", "recycle", "moe")
+# compare's default agents: every config of conf/agent, the README's held-out table
+AGENTS = ("ppo", "moead", "nsga2", "tpe", "mo_cmaes", "cmaes", "random")
 ZOO_POOL = "merge_env.pools.spec.zoo_pool"
 SMOLLM2_POOL = "merge_env.pools.smollm2.smollm2_pool"
 
@@ -695,7 +697,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, help="protocol override")
     p.add_argument("--only", default=",".join(SECTIONS),
                    help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")  # fmt: skip
-    p.add_argument("--agents", nargs="+", default=["ppo", "cmaes", "nsga2", "random"])
+    p.add_argument("--agents", nargs="+", default=list(AGENTS),
+                   help="compare's agents (default: every agent of conf/agent, as the README's "
+                        "held-out table)")  # fmt: skip
     p.add_argument("--variants", nargs="+", default=list(ablate_ppo.VARIANTS),
                    choices=list(ablate_ppo.VARIANTS))  # fmt: skip
     p.add_argument("--main-agent", default="ppo", help="the main job's agent (conf/agent/)")
