@@ -260,7 +260,7 @@ def run_units(ctx: Context, units: Sequence[tuple[str, Callable[..., Any], tuple
         for future, (label, _, _) in zip(futures, units, strict=True):
             try:
                 future.result()
-            except Exception as exc:  # noqa: BLE001 - the others still finish
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - the others still finish
                 log.error("%s failed: %s: %s", label, type(exc).__name__, exc)
                 errors.append(exc)
     if errors:
