@@ -71,6 +71,12 @@ def test_figures_come_from_the_runs_resume_and_record_failures(zoo_cache, tiny_z
                  for s in (0, 1)]  # fmt: skip
     hv = stats.format_ci(stats.summarise([r["hypervolume_test"] for r in main_runs]))
     assert f"| front HV, test | 2 | {hv} |" in md
+    # HM3's own baseline: the references + the plain grid the main job scores after its search
+    vs_grid = [r["hypervolume_test"] / r["grid_hypervolume_test"] for r in main_runs]
+    assert (
+        f"| front / (references + grid), test | 2 | {stats.format_ci(stats.summarise(vs_grid))} |"
+        in md
+    )
     assert [r["hypervolume_search"] for r in sections["main"]["result"]["runs"]] == [
         r["hypervolume_search"] for r in main_runs
     ]
