@@ -191,7 +191,8 @@ def _union(values: Sequence[Any]) -> list[Any]:
     return sorted(seen) if numeric else sorted(seen, key=repr)
 
 
-def _seed_list(values: Sequence[Any]) -> str:
+def seed_list(values: Sequence[Any]) -> str:
+    """A protocol override's list of seeds (``None`` as ``null``), as ``--set`` takes it."""
     return "[" + ",".join("null" if v is None else str(v) for v in values) + "]"
 
 
@@ -259,7 +260,7 @@ def merge_stores(
     assert protocol is not None
     split = [o for o in protocol.get("overrides", [])
              if o.split("=", 1)[0].lstrip("+~") not in SPLIT_KEYS]  # fmt: skip
-    protocol["overrides"] = [*split, *(f"{k}={_seed_list(protocol[k])}" for k in SPLIT_KEYS)]
+    protocol["overrides"] = [*split, *(f"{k}={seed_list(protocol[k])}" for k in SPLIT_KEYS)]
     return protocol, runs
 
 

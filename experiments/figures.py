@@ -297,8 +297,8 @@ def _store_section(ctx: Context, name: str, extra: list[str]) -> dict[str, Any]:
     for zoo_seed in ctx.protocol["zoo_seeds"]:
         for seed in ctx.protocol["search_seeds"]:
             part = folder / "parts" / f"z{zoo_seed}__{seed}"
-            seeds = [f"zoo_seeds={compare_agents._seed_list([zoo_seed])}",
-                     f"search_seeds={compare_agents._seed_list([seed])}"]  # fmt: skip
+            seeds = [f"zoo_seeds={compare_agents.seed_list([zoo_seed])}",
+                     f"search_seeds={compare_agents.seed_list([seed])}"]  # fmt: skip
             argv = ["--protocol", ctx.protocol["name"], "--set", *sets, *seeds, *extra,
                     "--out", str(part)]  # fmt: skip
             units.append((f"[bold]{name}[/bold] zoo seed {zoo_seed} search seed {seed}",
