@@ -514,14 +514,20 @@ def merge_flags_refused(args: argparse.Namespace, flags: Mapping[str, Any]) -> N
         raise ConfigError(f"--merge: --out {args.out} is one of the folders merged; its "
                           "results.json would be overwritten")  # fmt: skip
     store = args.out / "results.json"
-    if store.is_file():
-        try:
-            merged = "merged_from" in json.loads(store.read_text())
-        except (OSError, json.JSONDecodeError, TypeError):
-            merged = False
-        if not merged:
-            raise ConfigError(f"--merge: {store} holds runs of its own (no merged_from); "
-                              "a merge would overwrite them: name another --out")  # fmt: skip
+    if holds_own_runs(store):
+        raise ConfigError(f"--merge: {store} holds runs of its own (no merged_from); "
+                          "a merge would overwrite them: name another --out")  # fmt: skip
+
+
+def holds_own_runs(store: Path) -> bool:
+    """Whether ``store`` (a results.json) exists and was not written by ``--merge``: a merge into
+    its folder would overwrite runs made there (an unreadable file counts as such)."""
+    if not store.is_file():
+        return False
+    try:
+        return "merged_from" not in json.loads(store.read_text())
+    except (OSError, json.JSONDecodeError, TypeError):
+        return True
 
 
 def found_names(runs: Sequence[Mapping[str, Any]], field: str) -> list[str]:

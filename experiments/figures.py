@@ -289,7 +289,7 @@ def _store_section(ctx: Context, name: str, extra: list[str]) -> dict[str, Any]:
     if ctx.args.force:
         shutil.rmtree(folder, ignore_errors=True)
     store = folder / "results.json"
-    if store.is_file() and "merged_from" not in json.loads(store.read_text()):
+    if compare_agents.holds_own_runs(store):  # the --merge below would refuse it, after the runs
         raise ConfigError(f"{store}: its runs were made with --jobs 1; resume it with --jobs 1, "
                           "or pass --force to redo the section with --jobs")  # fmt: skip
     sets = ctx.protocol["overrides"]

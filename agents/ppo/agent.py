@@ -170,15 +170,15 @@ class PPOAgent(Agent):
                               f" >= 0, got {ent_boost}, {temper}, {max_boosts}")  # fmt: skip
         self.level = level
         parts = check_weight_parts(weight_parts, "agent.weight_parts")
-        fixed = level == "arch" or param_mode == "fixed"
+        param_mode = "fixed" if level == "arch" else param_mode
         self.env_kwargs: dict[str, Any] = dict(
             mode=mode, beta=beta, scalarisation=scalarisation, preference=preference,
             lattice_steps=lattice_steps, merge_method=merge_method, density=density,
             t_max=t_max, coefficients=tuple(coefficients), reward=reward, weights=weights,
-            param_mode="fixed" if level == "arch" else param_mode,
+            param_mode=param_mode,
             # no merge weight is searched at level arch / param_mode fixed: the parts change
             # nothing there, as in the genome agents' codec
-            weight_parts=() if fixed else parts,
+            weight_parts=() if param_mode == "fixed" else parts,
         )  # fmt: skip
         self.n_preferences = n_preferences
         self.value_extra = value_extra
