@@ -16,6 +16,13 @@ import sys
 from pathlib import Path
 
 
+def per_part(merge: dict | None) -> bool:
+    """Whether a recipe's merge (as the archive stores it) gives some expert per-part weights."""
+    return any(
+        isinstance(m["parameters"].get("weight"), list) for m in (merge or {"models": []})["models"]
+    )
+
+
 def anatomy(run: Path) -> dict[str, float]:
     """One run's archive counts, phase spend and wall time."""
     out = {"entries": 0.0, "layer path": 0.0, "per-part": 0.0}
@@ -23,9 +30,7 @@ def anatomy(run: Path) -> dict[str, float]:
         recipe = json.loads(line)["recipe"]
         out["entries"] += 1
         out["layer path"] += bool(recipe.get("path"))
-        merge = recipe.get("merge") or {"models": []}
-        out["per-part"] += any(isinstance(m["parameters"].get("weight"), list)
-                               for m in merge["models"])  # fmt: skip
+        out["per-part"] += per_part(recipe.get("merge"))
     summary = json.loads((run / "summary.json").read_text())
     out.update({f"spent {k}": float(v) for k, v in summary.get("phases", {}).items()})
     out["wall s"] = float(summary["wall_s"])

@@ -15,6 +15,8 @@ import statistics as st
 import sys
 from pathlib import Path
 
+from anatomy import per_part  # this folder's script (on the path when run as documented)
+
 KINDS = ("single", "plain", "perpart", "path")
 
 
@@ -25,8 +27,7 @@ def kind(point: dict) -> str:
         return "path"
     if merge is None:
         return "single"
-    weights = [m["parameters"].get("weight") for m in merge["models"]]
-    return "perpart" if any(isinstance(w, list) for w in weights) else "plain"
+    return "perpart" if per_part(merge) else "plain"
 
 
 def arm(folder: Path, prefix: str, zoo: int) -> dict:
