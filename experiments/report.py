@@ -65,7 +65,12 @@ def grid_summary(
     and test (``grid_hypervolume_search`` / ``_test``, ``grid_merges``): what the search adds to a
     grid over the parameter-level merge alone. Scored after the search, uncharged. A lattice of
     more than ``limit`` merges is skipped (``grid_skipped`` says why), as its cost would rival the
-    search's."""
+    search's.
+
+    ``grid_hypervolume_test`` keeps every grid point on test, so the test split picks the grid's
+    front, while the search's front is picked on search. ``grid_front_hypervolume_test`` treats
+    the grid as the search's front is treated: its points non-dominated on search
+    (``grid_front_size``), scored on test."""
     missing = [k for k in ("merge_method", "lattice_steps", "density") if k not in env]
     if missing:  # no fallback values here: they would be copies of conf/env/default.yaml's
         raise ConfigError(f"env: the grid reference needs {', '.join(missing)}")
@@ -76,9 +81,14 @@ def grid_summary(
         return {"grid_merges": len(grid),
                 "grid_skipped": f"{len(grid)} lattice merges > {limit}: not re-scored"}  # fmt: skip
     out: dict[str, Any] = {"grid_merges": len(grid)}
+    vectors = {}
     for split, rows in (("search", refs), ("test", ref_tests)):
-        vectors = np.vstack([np.stack(list(rows.values())), grid_scores(problem, grid, split)])
-        out[f"grid_hypervolume_{split}"] = problem.hypervolume_of(vectors)
+        vectors[split] = np.vstack([np.stack([rows[name] for name in refs]),
+                                    grid_scores(problem, grid, split)])  # fmt: skip
+        out[f"grid_hypervolume_{split}"] = problem.hypervolume_of(vectors[split])
+    picked = non_dominated(vectors["search"])
+    out["grid_front_size"] = int(picked.sum())
+    out["grid_front_hypervolume_test"] = problem.hypervolume_of(vectors["test"][picked])
     return out
 
 

@@ -173,7 +173,9 @@ def _report(
         console.print(
             f"             the references + the {summary['grid_merges']} plain merges of the "
             f"weight lattice: search {summary['grid_hypervolume_search']:.4f} | test "
-            f"{summary['grid_hypervolume_test']:.4f}"
+            f"{summary['grid_hypervolume_test']:.4f} (its {summary['grid_front_size']} points "
+            f"non-dominated on search, as the front is picked: test "
+            f"{summary['grid_front_hypervolume_test']:.4f})"
         )
     tracker.log({"charts/hypervolume_final": hv, "charts/hypervolume_test": hv_test})
     tracker.log_table(

@@ -77,6 +77,10 @@ def test_figures_come_from_the_runs_resume_and_record_failures(zoo_cache, tiny_z
         f"| front / (references + grid), test | 2 | {stats.format_ci(stats.summarise(vs_grid))} |"
         in md
     )
+    # and the grid picked on search, as the front is
+    vs_picked = [r["hypervolume_test"] / r["grid_front_hypervolume_test"] for r in main_runs]
+    picked = "front / (references + grid) picked on search, test"
+    assert f"| {picked} | 2 | {stats.format_ci(stats.summarise(vs_picked))} |" in md
     assert [r["hypervolume_search"] for r in sections["main"]["result"]["runs"]] == [
         r["hypervolume_search"] for r in main_runs
     ]

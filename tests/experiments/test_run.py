@@ -103,6 +103,18 @@ def test_runs_end_to_end_and_leaves_its_outputs(zoo_cache, tiny_zoo):
         >= summary["reference_hypervolume_search"]["single models + plain merges"]
     )
     assert summary["grid_hypervolume_test"] >= summary["reference_hypervolume_test"]
+    # the grid picked as the front is: its points non-dominated on search, scored on test
+    tests = np.stack([cached.score(r, split="test", record=False, charge=False).vector
+                      for r in [*cached.reference_recipes().values(), *grid]])  # fmt: skip
+    rows = np.stack(rows)
+    picked = [i for i, r in enumerate(rows) if not any(
+        np.all(o >= r) and np.any(o > r) or (np.all(o == r) and j < i)
+        for j, o in enumerate(rows))]  # fmt: skip
+    assert summary["grid_front_size"] == len(picked) < len(rows)
+    assert summary["grid_front_hypervolume_test"] == pytest.approx(
+        _independent_hypervolume(tests[picked], ideal), rel=1e-9
+    )
+    assert summary["grid_front_hypervolume_test"] <= summary["grid_hypervolume_test"] + 1e-12
     model = AutoModelForCausalLM.from_pretrained(out / "checkpoint")
     assert model.config.num_hidden_layers >= 1
 
