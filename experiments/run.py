@@ -100,6 +100,9 @@ def run(cfg: DictConfig) -> float:
     return hv
 
 
+GRID_KEYS = ("grid_hypervolume_search", "grid_hypervolume_test", "grid_front_hypervolume_test")
+
+
 def _report(
     cfg: DictConfig,
     problem: MergeProblem,
@@ -177,7 +180,11 @@ def _report(
             f"non-dominated on search, as the front is picked: test "
             f"{summary['grid_front_hypervolume_test']:.4f})"
         )
-    tracker.log({"charts/hypervolume_final": hv, "charts/hypervolume_test": hv_test})
+    # the final hypervolumes beside their baselines, so W&B compares runs against them too
+    charts = {"charts/hypervolume_final": hv, "charts/hypervolume_test": hv_test,
+              "charts/reference_hypervolume_test": ref_hv_test}  # fmt: skip
+    charts.update({f"charts/{k}": summary[k] for k in GRID_KEYS if k in summary})
+    tracker.log(charts)
     tracker.log_table(
         "front", ["recipe", "source", *[f"{n}_search" for n in problem.objectives],
                   *[f"{n}_test" for n in problem.objectives]],

@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM
 
 from experiments.jobs import run_state
 from experiments.run import run
+from experiments.tracking import Tracker
 from merge_env.errors import ConfigError
 from merge_env.search.problem import build_problem
 from merge_env.search.recipe import BASE, Recipe, param_merge
@@ -55,8 +56,10 @@ def _independent_hypervolume(points: np.ndarray, ideal: np.ndarray) -> float:
     return float(moocore.hypervolume(f, ref=np.zeros(len(ideal)), maximise=True)) if len(f) else 0.0
 
 
-def test_runs_end_to_end_and_leaves_its_outputs(zoo_cache, tiny_zoo):
+def test_runs_end_to_end_and_leaves_its_outputs(zoo_cache, tiny_zoo, monkeypatch):
     tmp_path = zoo_cache
+    logged: dict = {}
+    monkeypatch.setattr(Tracker, "log", lambda self, metrics, step=None: logged.update(metrics))
     # token accuracy: the tiny zoo's experts barely reach exact matches, so HV would be 0
     hv = run(_cfg(tmp_path, "preference=[0.6,0.2,0.2]", "evaluator.metric=token_accuracy"))
     out = tmp_path / "run"
@@ -115,6 +118,10 @@ def test_runs_end_to_end_and_leaves_its_outputs(zoo_cache, tiny_zoo):
         _independent_hypervolume(tests[picked], ideal), rel=1e-9
     )
     assert summary["grid_front_hypervolume_test"] <= summary["grid_hypervolume_test"] + 1e-12
+    # the tracker (W&B) gets the final hypervolumes and every baseline of the summary
+    for key in ("hypervolume_test", "reference_hypervolume_test", "grid_hypervolume_search",
+                "grid_hypervolume_test", "grid_front_hypervolume_test"):  # fmt: skip
+        assert logged[f"charts/{key}"] == summary[key], key
     model = AutoModelForCausalLM.from_pretrained(out / "checkpoint")
     assert model.config.num_hidden_layers >= 1
 
