@@ -9,12 +9,13 @@ run whose recomputed grid hypervolumes are not the stored ones, and adds the two
 summary.json.
 
     python results/figures/regrid.py figures results/figures/smollm2   # a `make figures` folder
-    python results/figures/regrid.py runs DIR_z<zoo seed>_s<seed> ...   # `experiments.run` folders
+    python results/figures/regrid.py runs [pool=smollm2 ...] DIR_z<zoo seed>_s<seed> ...
 
 `figures` also adds them to figures.json and redraws figures.md (the figures command's own writer).
-`runs` (default zoo pool, runs named as `results/zoo_v5/collect_main.py` reads them) builds each
-run's problem from the settings its run_state.json recorded and checks the pool's and tasks'
-fingerprints against them; it prints, per zoo seed, the front's test margin over both grids.
+`runs` (`experiments.run` folders named as `results/zoo_v5/collect_main.py` reads them; Hydra
+overrides before them, e.g. `pool=smollm2`, the default zoo without) builds each run's problem
+from the settings its run_state.json recorded and checks the pool's and tasks' fingerprints
+against them; it prints, per zoo seed, the front's test margin over both grids.
 """
 
 from __future__ import annotations
@@ -65,14 +66,15 @@ def figures(out: str) -> None:
     write(Path(out), data)
 
 
-def runs(dirs: list[str]) -> None:
+def runs(args: list[str]) -> None:
+    overrides = [a for a in args if "=" in a]
     by_zoo: dict[int, list[dict[str, Any]]] = {}
-    for d in map(Path, dirs):
+    for d in (Path(a) for a in args if "=" not in a):
         m = re.search(r"_z(\d+)_s(\d+)$", d.name)
         if m is None:
             raise SystemExit(f"{d}: the folder name must end in _z<zoo seed>_s<search seed>")
         recorded = read_state(d)["search"]
-        cfg = compose_config([f"pool.seed={m[1]}", f"seed={m[2]}", "logger=none"])
+        cfg = compose_config([*overrides, f"pool.seed={m[1]}", f"seed={m[2]}", "logger=none"])
         for key, value in recorded.items():
             if (
                 key.startswith(("env.", "evaluator."))
@@ -82,7 +84,7 @@ def runs(dirs: list[str]) -> None:
         problem_keys = ("pool", *(k for k in recorded if k.startswith("tasks.")))
         now = search_settings(cfg, make_problem(cfg, d))
         if any(now.get(k) != recorded[k] for k in problem_keys):
-            raise SystemExit(f"{d}: its pool or tasks are not the default zoo seed {m[1]}'s")
+            raise SystemExit(f"{d}: its pool or tasks are not those of {overrides} seed {m[1]}")
         by_zoo.setdefault(int(m[1]), []).append(regrid(cfg, d))
     print("| zoo seed | runs | test vs references + grid, every point: mean [min, max] (above) "
           "| vs the grid picked on search (above) | grid points picked |")  # fmt: skip
