@@ -487,6 +487,11 @@ def _by_zoo(runs: Sequence[Mapping[str, Any]]) -> dict[Any, list[Mapping[str, An
     return out
 
 
+def _ratio(value: float, baseline: float) -> float:
+    """``value / baseline``; NaN where the baseline is not positive (a row's mean skips it)."""
+    return value / baseline if baseline > 0 else math.nan
+
+
 def main_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list[str]:
     lines = []
     refs = "single models + plain merges"
@@ -499,11 +504,10 @@ def main_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> lis
             "best single model HV, search": [
                 r["reference_hypervolume_search"]["best single model"] for r in runs],
             "front / references, search": [
-                r["hypervolume_search"] / r["reference_hypervolume_search"][refs]
-                if r["reference_hypervolume_search"][refs] > 0 else math.nan for r in runs],
+                _ratio(r["hypervolume_search"], r["reference_hypervolume_search"][refs])
+                for r in runs],
             "front / references, test": [
-                r["hypervolume_test"] / r["reference_hypervolume_test"]
-                if r["reference_hypervolume_test"] > 0 else math.nan for r in runs],
+                _ratio(r["hypervolume_test"], r["reference_hypervolume_test"]) for r in runs],
         }  # fmt: skip
         if all(r.get("grid_hypervolume_test") is not None for r in runs):  # HM3's own baseline
             grid = f"{refs} + plain grid ({runs[0]['grid_merges']} merges)"
@@ -511,11 +515,9 @@ def main_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> lis
                 f"{grid} HV, search": [r["grid_hypervolume_search"] for r in runs],
                 f"{grid} HV, test": [r["grid_hypervolume_test"] for r in runs],
                 "front / (references + grid), search": [
-                    r["hypervolume_search"] / r["grid_hypervolume_search"]
-                    if r["grid_hypervolume_search"] > 0 else math.nan for r in runs],
+                    _ratio(r["hypervolume_search"], r["grid_hypervolume_search"]) for r in runs],
                 "front / (references + grid), test": [
-                    r["hypervolume_test"] / r["grid_hypervolume_test"]
-                    if r["grid_hypervolume_test"] > 0 else math.nan for r in runs],
+                    _ratio(r["hypervolume_test"], r["grid_hypervolume_test"]) for r in runs],
                 "front above references + grid, test (share of runs)": [
                     float(r["hypervolume_test"] > r["grid_hypervolume_test"]) for r in runs],
             })  # fmt: skip
@@ -526,8 +528,8 @@ def main_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> lis
                 f"{picked}: points": [r["grid_front_size"] for r in runs],
                 f"{picked}: HV, test": [r["grid_front_hypervolume_test"] for r in runs],
                 f"front / {picked}, test": [
-                    r["hypervolume_test"] / r["grid_front_hypervolume_test"]
-                    if r["grid_front_hypervolume_test"] > 0 else math.nan for r in runs],
+                    _ratio(r["hypervolume_test"], r["grid_front_hypervolume_test"])
+                    for r in runs],
                 f"front above {picked}, test (share of runs)": [
                     float(r["hypervolume_test"] > r["grid_front_hypervolume_test"])
                     for r in runs],

@@ -100,9 +100,6 @@ def run(cfg: DictConfig) -> float:
     return hv
 
 
-GRID_KEYS = ("grid_hypervolume_search", "grid_hypervolume_test", "grid_front_hypervolume_test")
-
-
 def _report(
     cfg: DictConfig,
     problem: MergeProblem,
@@ -159,10 +156,12 @@ def _report(
         summary["checkpoint"] = {"path": str(out), "recipe": entry.recipe_hash,
                                  "preference": pref.tolist()}  # fmt: skip
         console.print(f"materialised best recipe for preference {pref.tolist()} -> {out}")
+    grid = {}
     if cfg.get("reference_grid", True):
         # the references plus every plain merge of the env's weight lattice (uncharged, after the
         # search): how much the search adds to a grid over the parameter-level merge alone
-        summary.update(report.grid_summary(problem, cfg.env, refs, ref_tests))
+        grid = report.grid_summary(problem, cfg.env, refs, ref_tests)
+        summary.update(grid)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(
         f"hypervolume  search {hv:.4f} | test {hv_test:.4f}   "
@@ -183,7 +182,7 @@ def _report(
     # the final hypervolumes beside their baselines, so W&B compares runs against them too
     charts = {"charts/hypervolume_final": hv, "charts/hypervolume_test": hv_test,
               "charts/reference_hypervolume_test": ref_hv_test}  # fmt: skip
-    charts.update({f"charts/{k}": summary[k] for k in GRID_KEYS if k in summary})
+    charts.update({f"charts/{k}": v for k, v in grid.items() if "hypervolume" in k})
     tracker.log(charts)
     tracker.log_table(
         "front", ["recipe", "source", *[f"{n}_search" for n in problem.objectives],

@@ -34,15 +34,16 @@ from experiments.figures import write
 from experiments.jobs import read_state, search_settings
 from experiments.protocol import compose_config, run_config
 from experiments.run import make_problem
+from merge_env.search.problem import MergeProblem
 
 KEYS = ("grid_front_size", "grid_front_hypervolume_test")
 _ABSENT = object()
 
 
-def regrid(cfg: DictConfig, folder: Path) -> dict[str, Any]:
-    """The run's summary.json with the two keys added (and written back)."""
-    problem = make_problem(cfg, folder)
-    grid = report.grid_summary(problem, cfg.env, problem.references(),
+def regrid(problem: MergeProblem, env: DictConfig, folder: Path) -> dict[str, Any]:
+    """The run's summary.json with the two keys added (and written back); ``problem`` is the
+    run's, on its folder's cache."""
+    grid = report.grid_summary(problem, env, problem.references(),
                                report.reference_test_scores(problem))  # fmt: skip
     summary = json.loads((folder / "summary.json").read_text())
     for key in ("grid_merges", "grid_hypervolume_search", "grid_hypervolume_test"):
@@ -58,7 +59,8 @@ def figures(out: str) -> None:
     for run in data["sections"]["main"]["result"]["runs"]:
         cfg, _ = run_config(data["protocol"], "ppo", run["seed"], run["zoo_seed"], "both",
                             ["logger=none"])  # fmt: skip
-        run.update({k: regrid(cfg, Path(run["folder"]))[k] for k in KEYS})
+        folder = Path(run["folder"])
+        run.update({k: regrid(make_problem(cfg, folder), cfg.env, folder)[k] for k in KEYS})
         print(f"zoo seed {run['zoo_seed']} seed {run['seed']}: front test "
               f"{run['hypervolume_test']:.4f}; references + grid, every point "
               f"{run['grid_hypervolume_test']:.4f}, the {run['grid_front_size']} picked on search "
@@ -82,10 +84,11 @@ def runs(args: list[str]) -> None:
             ):
                 OmegaConf.update(cfg, key, value)
         problem_keys = ("pool", *(k for k in recorded if k.startswith("tasks.")))
-        now = search_settings(cfg, make_problem(cfg, d))
+        problem = make_problem(cfg, d)
+        now = search_settings(cfg, problem)
         if any(now.get(k) != recorded[k] for k in problem_keys):
             raise SystemExit(f"{d}: its pool or tasks are not those of {overrides} seed {m[1]}")
-        by_zoo.setdefault(int(m[1]), []).append(regrid(cfg, d))
+        by_zoo.setdefault(int(m[1]), []).append(regrid(problem, cfg.env, d))
     print("| zoo seed | runs | test vs references + grid, every point: mean [min, max] (above) "
           "| vs the grid picked on search (above) | grid points picked |")  # fmt: skip
     print("|---|---|---|---|---|")
