@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from merge_env.errors import ConfigError, exit_on_error
-from merge_env.pools.cache import describe_machine
+from merge_env.pools.cache import describe_machine, weights_digest
 from merge_env.pools.regime import LAMBDA_GRIDS, Regime, assess_regime
 from merge_env.pools.smollm2 import SmolConfig, SmolPool
 from merge_env.pools.zoo import Zoo, ZooConfig, build_zoo
@@ -199,6 +199,13 @@ def trained_on(built_on: dict[str, Any]) -> str:
     return f"; trained on {machine}" if machine else ""
 
 
+def core_digest(pool: Zoo | SmolPool) -> str:
+    """``weights_digest`` of what the tables and the regime read: the base and the experts."""
+    return weights_digest(
+        {"base": pool.base, **{f"expert:{k}": v for k, v in pool.experts.items()}}
+    )
+
+
 def run(
     preset: str = "default",
     seed: int = 0,
@@ -225,7 +232,7 @@ def run(
     took = f"base + experts {zoo.build_seconds:.1f} s"
     if zoo.has_extras:
         took += f", recycling pool + odd expert {zoo.extras_seconds:.1f} s"
-    took += trained_on(zoo.built_on)
+    took += trained_on(zoo.built_on) + f"; base + experts' weights sha256 {core_digest(zoo)}"
     if elapsed < 0.5 * (zoo.build_seconds + zoo.extras_seconds):
         console.print(
             f"zoo {preset!r} seed {seed}: found in cache at {zoo.root} in {elapsed:.2f} s "
@@ -274,7 +281,7 @@ def run_smollm2(
     )
     elapsed = time.perf_counter() - start
     built = f"conversion {pool.convert_seconds:.1f} s, fine-tuning {pool.finetune_seconds:.1f} s"
-    built += trained_on(pool.built_on)
+    built += trained_on(pool.built_on) + f"; base + experts' weights sha256 {core_digest(pool)}"
     defaults = dataclasses.asdict(SmolConfig(seed=config.seed))
     changed = [f"{k}={v!r}" for k, v in dataclasses.asdict(config).items() if v != defaults[k]]
     if elapsed < 0.5 * pool.finetune_seconds:

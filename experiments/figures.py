@@ -74,8 +74,8 @@ from rich.console import Console
 from rich.table import Table
 
 from experiments import ablate_ppo, compare_agents, stats
+from experiments.build_zoo import core_digest, score_zoo, tradeoff_report
 from experiments.build_zoo import print_table as print_zoo_table
-from experiments.build_zoo import score_zoo, tradeoff_report
 from experiments.protocol import (
     compose_config,
     git_commit,
@@ -85,7 +85,7 @@ from experiments.protocol import (
 )
 from experiments.report import markdown_table
 from merge_env.errors import ConfigError, MergeGymError
-from merge_env.pools.cache import build_machine
+from merge_env.pools.cache import build_machine, describe_machine
 from merge_env.pools.regime import assess_regime
 from merge_env.pools.zoo import ZooConfig, build_zoo
 from merge_env.search.recipe import BASE
@@ -174,6 +174,7 @@ def _build_pool(pool: DictConfig, zoo_seed: Any) -> tuple[Any, dict[str, Any]]:
             "built": f"{zoo.build_seconds:.1f} s for the base and experts, "
                      f"{zoo.extras_seconds:.1f} s for the recycling pool and odd expert",
             "found_in_cache": time.perf_counter() - t0 < 0.5 * took,
+            "trained_on": describe_machine(zoo.built_on), "weights_digest": core_digest(zoo),
         }  # fmt: skip
     if target == SMOLLM2_POOL:
         from hydra.utils import instantiate
@@ -187,6 +188,7 @@ def _build_pool(pool: DictConfig, zoo_seed: Any) -> tuple[Any, dict[str, Any]]:
             "built": f"{smol.convert_seconds:.1f} s converting the GGUF, "
                      f"{smol.finetune_seconds:.1f} s fine-tuning the generalist and experts",
             "found_in_cache": time.perf_counter() - t0 < 0.5 * smol.finetune_seconds,
+            "trained_on": describe_machine(smol.built_on), "weights_digest": core_digest(smol),
         }  # fmt: skip
     raise ConfigError(f"zoo section: pool {target} is neither the zoo ({ZOO_POOL}) nor SmolLM2 "
                       f"({SMOLLM2_POOL}); pass --only without zoo")  # fmt: skip
@@ -427,6 +429,10 @@ def zoo_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list
             f"{z['build_seconds']:.1f} s for the base and experts, "
             f"{z.get('extras_seconds', 0.0):.1f} s for the recycling pool and odd expert"
         )
+        if z.get("trained_on"):  # figures.json of earlier versions: neither
+            built += f"; trained on {z['trained_on']}"
+        if z.get("weights_digest"):
+            built += f"; base + experts' weights sha256 `{z['weights_digest']}`"
         lines += [f"### Zoo seed {seed}", "",
                   f"`{z['preset']}` pool, {how} at `{z['root']}` (its build took {built}); "
                   f"{z['n_test']} TEST examples per task.", ""]  # fmt: skip

@@ -7,6 +7,7 @@ whole, so a killed build never leaves half a pool under its name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -109,6 +110,28 @@ def describe_machine(built_on: dict[str, Any]) -> str:
         f"{built_on.get('cpu', 'an unknown CPU')} (torch {built_on.get('torch', '?')}, "
         f"{built_on.get('torch_cpu_capability', '?')} kernels{pinned})"
     )
+
+
+def weights_digest(checkpoints: Mapping[str, Path]) -> str:
+    """A SHA-256 (16 hex digits) over every ``*.safetensors`` file of each checkpoint folder, by
+    name: the same digest means the same weights, bit for bit.
+
+    Two builds of one config and seed on different CPUs (or kernel paths) differ in every
+    tensor, since training amplifies their last-bit rounding differences
+    (``results/drift_study/``); comparing digests tells a user whether they hold the pool a
+    figure was measured on. CheckpointError names a folder without weights.
+    """
+    h = hashlib.sha256()
+    for name in sorted(checkpoints):
+        files = sorted(Path(checkpoints[name]).glob("*.safetensors"))
+        if not files:
+            raise CheckpointError(f"{checkpoints[name]}: no *.safetensors file for {name!r}")
+        for file in files:
+            h.update(f"{name}/{file.name}:{file.stat().st_size}\n".encode())
+            with open(file, "rb") as fh:
+                while block := fh.read(1 << 24):
+                    h.update(block)
+    return h.hexdigest()[:16]
 
 
 def read_manifest(path: Path, fmt: str, what: str) -> dict[str, Any]:

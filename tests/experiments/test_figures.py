@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from experiments import figures, stats
-from experiments.build_zoo import score_zoo
+from experiments.build_zoo import core_digest, score_zoo
+from merge_env.pools.cache import describe_machine
 from merge_env.pools.regime import task_vectors
 
 # the smoke protocol (tiny zoo, budget 4, search seeds 0 and 1), cut to what each section needs
@@ -45,6 +46,10 @@ def test_figures_come_from_the_runs_resume_and_record_failures(zoo_cache, tiny_z
     (zoo,) = sections["zoo"]["result"]["zoos"]
     expected = {row: {t: vars(s) for t, s in by.items()} for row, by in score_zoo(tiny_zoo).items()}
     assert zoo["scores"] == expected and zoo["root"] == str(tiny_zoo.root)
+    # which weights the figures stand on: a user's digest equal to this one is the same pool
+    assert zoo["weights_digest"] == core_digest(tiny_zoo)
+    assert f"weights sha256 `{zoo['weights_digest']}`" in md
+    assert zoo["trained_on"] == describe_machine(tiny_zoo.built_on) and zoo["trained_on"] in md
     add = expected["expert:add"]["add"]
     assert f"| expert:add | {add['exact_match']:.3f} / {add['token_accuracy']:.3f} |" in md
     # the regime's share intervals and task vectors travel into figures.json

@@ -15,6 +15,7 @@ from merge_env.pools.cache import (
     build_machine,
     pinned_threads,
     train_threads,
+    weights_digest,
 )
 
 
@@ -58,3 +59,34 @@ def test_manifest_records_the_thread_count_and_a_failed_build_leaves_nothing(mon
     with pytest.raises(RuntimeError, match="halfway"):
         build_atomically(tmp_path / "pool-def", "m.json", broken, "build_seconds")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pool-abc"]
+
+
+def test_weights_digest_is_the_bytes_of_every_weight_file_by_name(tmp_path):
+    from safetensors.torch import save_file
+
+    from merge_env.errors import CheckpointError
+
+    def folder(name, tensors):
+        root = tmp_path / name
+        root.mkdir()
+        save_file(tensors, str(root / "model.safetensors"))
+        return root
+
+    w = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(4)}
+    base, copy = folder("base", w), folder("copy", {k: v.clone() for k, v in w.items()})
+    expert = folder("expert", {"a": w["a"] + 1, "b": w["b"]})
+    digest = weights_digest({"base": base, "expert:x": expert})
+    assert len(digest) == 16 and int(digest, 16) >= 0
+    # the same bytes under the same names: the same digest, in any order of the mapping
+    assert weights_digest({"expert:x": expert, "base": copy}) == digest
+    # one bit of one tensor, or the name a folder stands for, changes it
+    flipped = w["a"].clone()
+    flipped.view(torch.int32)[0, 1] ^= 1
+    other = folder("flipped", {"a": flipped, "b": w["b"]})
+    assert weights_digest({"base": other, "expert:x": expert}) != digest
+    assert weights_digest({"base": expert, "expert:x": base}) != digest
+    assert weights_digest({"base": base, "expert:y": expert}) != digest
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match=f"{empty}.*'expert:x'"):
+        weights_digest({"base": base, "expert:x": empty})

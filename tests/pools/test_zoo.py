@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from merge_env.errors import CheckpointError, ConfigError
 from merge_env.pools import zoo as zoo_module
-from merge_env.pools.cache import build_machine, default_cache_dir, describe_machine
+from merge_env.pools.cache import build_machine, default_cache_dir, describe_machine, weights_digest
 from merge_env.pools.zoo import ZOO_VERSION, ZooConfig, build_zoo, load_zoo
 from merge_env.scoring.tasks.synthetic import make_task
 
@@ -331,6 +331,13 @@ def test_build_zoo_cli_prints_table_from_cache(tiny_zoo):
     # the machine that trained it, from the manifest: the same seed on another CPU is another zoo
     machine = build_machine()
     assert f"trained on {machine['cpu']} (torch {machine['torch']}," in " ".join(text.split())
+    # and its weights' digest: the base and the experts, as weights_digest hashes them
+    from experiments.build_zoo import core_digest
+
+    digest = weights_digest(
+        {"base": zoo.base, **{f"expert:{t}": p for t, p in zoo.experts.items()}}
+    )
+    assert core_digest(zoo) == digest and f"weights sha256 {digest}" in " ".join(text.split())
 
 
 def test_built_on_is_loaded_with_the_zoo_and_empty_for_older_pools(tiny_zoo, tmp_path):
