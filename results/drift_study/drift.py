@@ -1,0 +1,219 @@
+"""How far two builds of the default zoo's base drift apart when only the arithmetic differs.
+
+    python results/drift_study/drift.py run MODE OUT.pt [--steps N] [--threads 1] [--seed 0] [--lr R]
+        [--expert TASK --zoo ZOO]
+    python results/drift_study/drift.py compare A.pt B.pt
+    python results/drift_study/drift.py score ZOO A.pt [B.pt ...]
+
+``run`` trains the default zoo's base (``ZooConfig(seed=S)``: its data, initialisation, batches,
+schedule and AdamW) for ``--steps`` steps, and saves the parameters after steps 1, 3, 10, 30,
+100, 300, 900 and 1000 (as float64) to ``OUT.pt``. ``--lr`` changes the peak learning rate only.
+With ``--expert TASK --zoo ZOO`` it trains that task's expert instead, as the build does, from
+the base file of the built zoo ``ZOO``, so two runs start from the same weights. MODE is the
+arithmetic:
+
+- ``fp32``: the build's own (``_Trainer.fit``'s ``finetune`` with the model's own loss). At the
+  build's 2 threads and full step count it gives the built zoo's ``base/`` (or expert) bit for
+  bit on the machine that built it;
+- ``fp64``: the model cast to float64, transformers' Llama code unchanged. That code still rounds
+  to float32 inside every RMSNorm, every attention softmax and the loss;
+- ``fp64-full``: float64 end to end: the RMSNorms swapped for a float64 one, an eager attention
+  whose softmax keeps the input dtype (registered through transformers' ``AttentionInterface``),
+  the cross-entropy taken in float64.
+
+Run the same MODE twice, once with the default kernels and once with another kernel path (e.g.
+``ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2``), which stands in for another
+machine; ``compare`` prints, per saved step, the relative L2 distance of the two parameter sets,
+the largest absolute difference and how many tensors are still equal. ``score`` scores each
+run's last snapshot on the zoo's TEST split (exact match) beside the zoo's own base and experts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+from merge_env.pools.cache import sub_seed
+from merge_env.pools.finetune import IGNORE, finetune, lm_loss, mixture_batches, warmup_cosine
+from merge_env.pools.zoo import ZooConfig, _expert_mix, _Trainer
+
+SNAPSHOTS = (1, 3, 10, 30, 100, 300, 900, 1000)
+MODES = ("fp32", "fp64", "fp64-full")
+
+
+class _RMSNorm64(torch.nn.Module):
+    """Llama's RMSNorm without its round trip through float32."""
+
+    def __init__(self, norm: torch.nn.Module) -> None:
+        super().__init__()
+        self.weight = norm.weight
+        self.eps = norm.variance_epsilon
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+def _eager_native(module, query, key, value, attention_mask, scaling, dropout=0.0, **_):
+    """Eager attention with the softmax in the inputs' dtype (transformers' takes it in float32)."""
+    groups = module.num_key_value_groups
+    key = key.repeat_interleave(groups, dim=1) if groups > 1 else key
+    value = value.repeat_interleave(groups, dim=1) if groups > 1 else value
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = torch.softmax(weights, dim=-1)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def _full_loss(model, ids, mask, labels):
+    """The causal-LM loss with the cross-entropy in the logits' own dtype."""
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE
+    )
+
+
+def _to_full_fp64(model: torch.nn.Module) -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register("eager_native", _eager_native)
+    # without a mask function of its own, transformers passes an unknown attention no mask
+    AttentionMaskInterface.register("eager_native", eager_mask)
+    model.set_attn_implementation("eager_native")
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child).__name__ == "LlamaRMSNorm":
+                setattr(parent, name, _RMSNorm64(child))
+
+
+def run(
+    mode: str, out: Path, steps: int | None, threads: int, seed: int, lr: float | None,
+    expert: str | None = None, zoo: Path | None = None,
+) -> None:  # fmt: skip
+    torch.set_num_threads(threads)
+    config = ZooConfig(seed=seed)
+    trainer = _Trainer(config, 0, False, "cpu")
+    pretraining = trainer.rows("pretrain", config.per_task("base_rare_mass"))
+    model = trainer.model(config.shape, "init")
+    if expert is None:  # the base, from its initialisation
+        rows, mix, phase = pretraining, config.base_mix, "base"
+        peak = config.base_lr if lr is None else lr
+        schedule = warmup_cosine(peak, config.base_steps, config.warmup, floor=0.1)
+        steps = steps or config.base_steps
+    else:  # one expert, from the zoo's own base file
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(zoo / "base" / "model.safetensors")))
+        rows = [*pretraining, *trainer.rows("data", [None] * len(config.tasks))]
+        mix, phase = _expert_mix(config, expert), f"expert:{expert}"
+        peak = dict(zip(config.tasks, config.per_task("expert_lr")))[expert] if lr is None else lr
+        n = dict(zip(config.tasks, config.expert_steps))[expert]
+        schedule = warmup_cosine(peak, n, config.warmup, floor=0.1)
+        steps = steps or n
+    if mode != "fp32":
+        model.to(torch.float64)
+    if mode == "fp64-full":
+        _to_full_fp64(model)
+    snaps: dict[int, dict[str, torch.Tensor]] = {}
+
+    def keep(step: int, _loss: float) -> None:
+        if step + 1 in SNAPSHOTS:
+            snaps[step + 1] = {
+                k: v.detach().double().clone() for k, v in model.state_dict().items()
+            }
+
+    start = time.perf_counter()
+    losses = finetune(
+        model, mixture_batches(rows, mix, config.batch_size), schedule, steps=steps,
+        seed=sub_seed(config.seed, phase), on_step=keep,
+        loss_fn=_full_loss if mode == "fp64-full" else lm_loss,
+    )  # fmt: skip
+    took = time.perf_counter() - start
+    torch.save({"mode": mode, "phase": phase, "steps": steps, "snapshots": snaps}, out)
+    print(
+        f"{mode} {phase} (peak lr {peak:g}): {steps} steps in {took:.1f} s "
+        f"({1000 * took / steps:.1f} ms a step), {threads} thread(s), "
+        f"{torch.backends.cpu.get_cpu_capability()} kernels, final loss {losses[-1]:.6f} -> {out}"
+    )
+
+
+def compare(a_path: Path, b_path: Path) -> None:
+    a, b = (torch.load(p)["snapshots"] for p in (a_path, b_path))
+    print("| step | relative L2 distance | largest absolute difference | tensors still equal |")
+    print("|---|---|---|---|")
+    for step in sorted(set(a) & set(b)):
+        x, y = a[step], b[step]
+        diff = sum(float((x[k] - y[k]).pow(2).sum()) for k in x)
+        norm = sum(float(x[k].pow(2).sum()) for k in x)
+        largest = max(float((x[k] - y[k]).abs().max()) for k in x)
+        equal = sum(torch.equal(x[k], y[k]) for k in x)
+        print(f"| {step} | {(diff / norm) ** 0.5:.2e} | {largest:.2e} | {equal} of {len(x)} |")
+
+
+def score(zoo_dir: Path, runs: list[Path]) -> None:
+    """Each run's last snapshot, cast to float32, scored on the zoo's TEST split (exact match),
+    beside the zoo's own base and experts."""
+    from transformers import AutoTokenizer
+
+    from merge_env.pools.zoo import load_zoo
+    from merge_env.scoring.evaluate import Evaluator
+    from merge_env.search.assemble import load_causal_lm
+
+    zoo = load_zoo(zoo_dir)
+    evaluator = Evaluator(AutoTokenizer.from_pretrained(zoo.tokenizer_dir), batch_size=256)
+    names = [t.name for t in zoo.tasks]
+    print(f"| model | {' | '.join(names)} |")
+    print("|---|" + "---|" * len(names))
+    rows = [(name, load_causal_lm(path)) for name, path in zoo.checkpoints().items()
+            if name == "base" or name.startswith("expert:")]  # fmt: skip
+    for run_file in runs:
+        saved = torch.load(run_file)
+        model = load_causal_lm(zoo.base)
+        last = max(saved["snapshots"])
+        model.load_state_dict({k: v.float() for k, v in saved["snapshots"][last].items()})
+        rows.append((f"{run_file.name} ({saved['mode']}, step {last})", model))
+    for name, model in rows:
+        got = evaluator.score_tasks(model.eval(), zoo.tasks, "test")
+        print(f"| {name} | {' | '.join(f'{got[t].exact_match:.3f}' for t in names)} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("mode", choices=MODES)
+    r.add_argument("out", type=Path)
+    r.add_argument("--steps", type=int, default=None, help="default: the phase's, as built")
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--lr", type=float, default=None, help="the peak rate (default: the zoo's)")
+    r.add_argument("--expert", default=None, help="train this task's expert instead of the base")
+    r.add_argument("--zoo", type=Path, default=None, help="the built zoo whose base it starts from")
+    c = sub.add_parser("compare")
+    c.add_argument("a", type=Path)
+    c.add_argument("b", type=Path)
+    sc = sub.add_parser("score")
+    sc.add_argument("zoo", type=Path)
+    sc.add_argument("runs", type=Path, nargs="+")
+    args = parser.parse_args()
+    if args.command == "score":
+        score(args.zoo, args.runs)
+    elif args.command == "run":
+        if args.expert and args.zoo is None:
+            parser.error("--expert needs --zoo")
+        run(
+            args.mode, args.out, args.steps, args.threads, args.seed, args.lr, args.expert, args.zoo
+        )
+    else:
+        compare(args.a, args.b)
+
+
+if __name__ == "__main__":
+    main()
