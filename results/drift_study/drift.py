@@ -24,13 +24,17 @@ arithmetic:
 Run the same MODE twice, once with the default kernels and once with another kernel path (e.g.
 ``ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2``), which stands in for another
 machine; ``compare`` prints, per saved step, the relative L2 distance of the two parameter sets,
-the largest absolute difference and how many tensors are still equal. ``score`` scores each
+the largest absolute difference and how many tensors are still equal. ``run`` also prints the
+final weights' SHA-256: the same command on two machines gives the same digest only if their
+arithmetic agrees bit for bit (``fp32 OUT --threads 2 --steps 100`` under a pinned kernel path
+is a 10-second check of whether two machines would build the same zoo). ``score`` scores each
 run's last snapshot on the zoo's TEST split (exact match) beside the zoo's own base and experts.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -140,8 +144,18 @@ def run(
     print(
         f"{mode} {phase} (peak lr {peak:g}): {steps} steps in {took:.1f} s "
         f"({1000 * took / steps:.1f} ms a step), {threads} thread(s), "
-        f"{torch.backends.cpu.get_cpu_capability()} kernels, final loss {losses[-1]:.6f} -> {out}"
+        f"{torch.backends.cpu.get_cpu_capability()} kernels, final loss {losses[-1]:.6f}, "
+        f"weights sha256 {_digest(model)} -> {out}"
     )
+
+
+def _digest(model: torch.nn.Module) -> str:
+    """SHA-256 (16 hex digits) of every parameter's bytes, by name: equal only if every bit is."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def compare(a_path: Path, b_path: Path) -> None:
