@@ -4,6 +4,7 @@
         [--expert TASK --zoo ZOO]
     python results/drift_study/drift.py compare A.pt B.pt
     python results/drift_study/drift.py score ZOO A.pt [B.pt ...]
+    python results/drift_study/drift.py pools POOL_A POOL_B [--origin MODEL]
 
 ``run`` trains the default zoo's base (``ZooConfig(seed=S)``: its data, initialisation, batches,
 schedule and AdamW) for ``--steps`` steps, and saves the parameters after steps 1, 3, 10, 30,
@@ -29,6 +30,8 @@ final weights' SHA-256: the same command on two machines gives the same digest o
 arithmetic agrees bit for bit (``fp32 OUT --threads 2 --steps 100`` under a pinned kernel path
 is a 10-second check of whether two machines would build the same zoo). ``score`` scores each
 run's last snapshot on the zoo's TEST split (exact match) beside the zoo's own base and experts.
+``pools`` compares two built pools of one config (e.g. built under two kernel paths), checkpoint
+by checkpoint.
 """
 
 from __future__ import annotations
@@ -198,6 +201,39 @@ def score(zoo_dir: Path, runs: list[Path]) -> None:
         print(f"| {name} | {' | '.join(f'{got[t].exact_match:.3f}' for t in names)} |")
 
 
+def pools(a_root: Path, b_root: Path, origin: Path | None) -> None:
+    """Two built pools of one config (zoo or SmolLM2), checkpoint by checkpoint: how far B's
+    base and experts lie from A's, against the base's norm and against the fine-tune's own
+    vector (an expert minus its base; the base minus ``origin``, the model it was tuned from)."""
+    from safetensors.torch import load_file
+
+    def weights(folder: Path) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for file in sorted(folder.glob("*.safetensors")):
+            out.update({k: v.double() for k, v in load_file(str(file)).items()})
+        return out
+
+    def dist(x: dict, y: dict) -> float:
+        return sum(float((x[k] - y[k]).pow(2).sum()) for k in x) ** 0.5
+
+    names = ["base"] + sorted(p.name for p in (a_root / "experts").iterdir())
+    base_a = weights(a_root / "base")
+    norm = sum(float(v.pow(2).sum()) for v in base_a.values()) ** 0.5
+    print("| checkpoint | distance / base norm | distance / its fine-tune vector | bit-equal |")
+    print("|---|---|---|---|")
+    for name in names:
+        rel = Path("base") if name == "base" else Path("experts") / name
+        a, b = weights(a_root / rel), weights(b_root / rel)
+        if name != "base":
+            start = base_a
+        else:
+            start = weights(origin) if origin is not None else None
+        d = dist(a, b)
+        vector = f"{d / dist(a, start):.2e}" if start is not None else "-"
+        equal = all(torch.equal(a[k], b[k]) for k in a)
+        print(f"| {name} | {d / norm:.2e} | {vector} | {'yes' if equal else 'no'} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -213,12 +249,18 @@ def main() -> None:
     c = sub.add_parser("compare")
     c.add_argument("a", type=Path)
     c.add_argument("b", type=Path)
+    po = sub.add_parser("pools")
+    po.add_argument("a", type=Path)
+    po.add_argument("b", type=Path)
+    po.add_argument("--origin", type=Path, default=None, help="the model the base was tuned from")
     sc = sub.add_parser("score")
     sc.add_argument("zoo", type=Path)
     sc.add_argument("runs", type=Path, nargs="+")
     args = parser.parse_args()
     if args.command == "score":
         score(args.zoo, args.runs)
+    elif args.command == "pools":
+        pools(args.a, args.b, args.origin)
     elif args.command == "run":
         if args.expert and args.zoo is None:
             parser.error("--expert needs --zoo")
