@@ -217,21 +217,29 @@ def pools(a_root: Path, b_root: Path, origin: Path | None) -> None:
         return sum(float((x[k] - y[k]).pow(2).sum()) for k in x) ** 0.5
 
     names = ["base"] + sorted(p.name for p in (a_root / "experts").iterdir())
-    base_a = weights(a_root / "base")
+    base_a, base_b = weights(a_root / "base"), weights(b_root / "base")
     norm = sum(float(v.pow(2).sum()) for v in base_a.values()) ** 0.5
-    print("| checkpoint | distance / base norm | distance / its fine-tune vector | bit-equal |")
-    print("|---|---|---|---|")
+    print("| checkpoint | distance / base norm | distance / its fine-tune vector | "
+          "cosine of the two fine-tune vectors | bit-equal |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    origin_w = weights(origin) if origin is not None else None
     for name in names:
         rel = Path("base") if name == "base" else Path("experts") / name
         a, b = weights(a_root / rel), weights(b_root / rel)
-        if name != "base":
-            start = base_a
-        else:
-            start = weights(origin) if origin is not None else None
+        # each side's fine-tune vector from its own start (the base: from ``origin``)
+        start_a, start_b = (origin_w, origin_w) if name == "base" else (base_a, base_b)
         d = dist(a, b)
-        vector = f"{d / dist(a, start):.2e}" if start is not None else "-"
+        vector, cosine = "-", "-"
+        if start_a is not None:
+            va = {k: a[k] - start_a[k] for k in a}
+            vb = {k: b[k] - start_b[k] for k in b}
+            dot = sum(float((va[k] * vb[k]).sum()) for k in va)
+            size_a, size_b = (
+                sum(float(v.pow(2).sum()) for v in x.values()) ** 0.5 for x in (va, vb)
+            )
+            vector, cosine = f"{d / size_a:.2e}", f"{dot / (size_a * size_b):.4f}"
         equal = all(torch.equal(a[k], b[k]) for k in a)
-        print(f"| {name} | {d / norm:.2e} | {vector} | {'yes' if equal else 'no'} |")
+        print(f"| {name} | {d / norm:.2e} | {vector} | {cosine} | {'yes' if equal else 'no'} |")
 
 
 def main() -> None:
