@@ -206,6 +206,11 @@ def core_digest(pool: Zoo | SmolPool) -> str:
     )
 
 
+def provenance(pool: Zoo | SmolPool) -> str:
+    """The clauses "; trained on <machine>; base + experts' weights sha256 <digest>"."""
+    return trained_on(pool.built_on) + f"; base + experts' weights sha256 {core_digest(pool)}"
+
+
 def run(
     preset: str = "default",
     seed: int = 0,
@@ -232,7 +237,7 @@ def run(
     took = f"base + experts {zoo.build_seconds:.1f} s"
     if zoo.has_extras:
         took += f", recycling pool + odd expert {zoo.extras_seconds:.1f} s"
-    took += trained_on(zoo.built_on) + f"; base + experts' weights sha256 {core_digest(zoo)}"
+    took += provenance(zoo)
     if elapsed < 0.5 * (zoo.build_seconds + zoo.extras_seconds):
         console.print(
             f"zoo {preset!r} seed {seed}: found in cache at {zoo.root} in {elapsed:.2f} s "
@@ -281,7 +286,7 @@ def run_smollm2(
     )
     elapsed = time.perf_counter() - start
     built = f"conversion {pool.convert_seconds:.1f} s, fine-tuning {pool.finetune_seconds:.1f} s"
-    built += trained_on(pool.built_on) + f"; base + experts' weights sha256 {core_digest(pool)}"
+    built += provenance(pool)
     defaults = dataclasses.asdict(SmolConfig(seed=config.seed))
     changed = [f"{k}={v!r}" for k, v in dataclasses.asdict(config).items() if v != defaults[k]]
     if elapsed < 0.5 * pool.finetune_seconds:

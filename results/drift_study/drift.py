@@ -45,6 +45,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from transformers.models.llama.modeling_llama import repeat_kv
 
 from merge_env.pools.cache import sub_seed
 from merge_env.pools.finetune import IGNORE, finetune, lm_loss, mixture_batches, warmup_cosine
@@ -68,9 +69,8 @@ class _RMSNorm64(torch.nn.Module):
 
 def _eager_native(module, query, key, value, attention_mask, scaling, dropout=0.0, **_):
     """Eager attention with the softmax in the inputs' dtype (transformers' takes it in float32)."""
-    groups = module.num_key_value_groups
-    key = key.repeat_interleave(groups, dim=1) if groups > 1 else key
-    value = value.repeat_interleave(groups, dim=1) if groups > 1 else value
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
         weights = weights + attention_mask
@@ -225,7 +225,10 @@ def pools(a_root: Path, b_root: Path, origin: Path | None) -> None:
     origin_w = weights(origin) if origin is not None else None
     for name in names:
         rel = Path("base") if name == "base" else Path("experts") / name
-        a, b = weights(a_root / rel), weights(b_root / rel)
+        if name == "base":
+            a, b = base_a, base_b
+        else:
+            a, b = weights(a_root / rel), weights(b_root / rel)
         # each side's fine-tune vector from its own start (the base: from ``origin``)
         start_a, start_b = (origin_w, origin_w) if name == "base" else (base_a, base_b)
         d = dist(a, b)
