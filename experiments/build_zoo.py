@@ -206,6 +206,19 @@ def core_digest(pool: Zoo | SmolPool) -> str:
     )
 
 
+def core_steps(config: ZooConfig) -> int:
+    """The training steps of a zoo's base and experts (what ``build_seconds`` times)."""
+    return config.base_steps + sum(config.expert_steps)
+
+
+def per_step(seconds: float, steps: int) -> str:
+    """The clause ' (N training steps, X ms each)': the figure to compare build times across
+    machines, since a build is compute-bound (its data and saving, a few seconds, are in it)."""
+    if seconds <= 0 or steps < 1:
+        return ""
+    return f" ({steps:,} training steps, {1000 * seconds / steps:.1f} ms each)"
+
+
 def provenance(pool: Zoo | SmolPool) -> str:
     """The clauses "; trained on <machine>; base + experts' weights sha256 <digest>"."""
     return trained_on(pool.built_on) + f"; base + experts' weights sha256 {core_digest(pool)}"
@@ -234,7 +247,9 @@ def run(
     start = time.perf_counter()
     zoo = build_zoo(config, cache_dir, progress=progress, device=device, extras=extras)
     elapsed = time.perf_counter() - start
-    took = f"base + experts {zoo.build_seconds:.1f} s"
+    took = (
+        f"base + experts {zoo.build_seconds:.1f} s{per_step(zoo.build_seconds, core_steps(config))}"
+    )
     if zoo.has_extras:
         took += f", recycling pool + odd expert {zoo.extras_seconds:.1f} s"
     took += provenance(zoo)

@@ -367,6 +367,8 @@ def test_build_zoo_cli_core_only_builds_the_base_and_experts(tmp_path):
     )  # fmt: skip
     text = out.getvalue()
     assert not zoo.has_extras and "base + experts" in text and "recycling pool" not in text
+    # the tiny preset's 200 base + 500 expert steps, and the time per step the build took
+    assert f"(700 training steps, {1000 * zoo.build_seconds / 700:.1f} ms each)" in text
     assert "expert:add" in text and "recycle:stage80" not in text
     # a later job that needs the extras builds them on the same core
     full = build_zoo(zoo.config, tmp_path, progress=False, extras=True)
