@@ -1,11 +1,13 @@
-"""Variant RR's regime against zoo v5's own experts on the same base files, seed by seed.
+"""A variant's regime against zoo v5's own experts on the same base files, seed by seed.
 
     python -m experiments.regime_variants --seed S --set expert_replay=0.9 \\
         "expert_steps=[1800,1800,1800]" --out DIR                      # S = 0 ... 5
     python results/replay_dose_study/table.py DIR/results.jsonl > table.md
+    python results/replay_dose_study/table.py DIR/results.jsonl --variant LR > table_lr.md
 
-Each results.jsonl line with RR's settings is paired with the cached zoo v5 of its seed, judged
-here by ``assess_regime`` as ``build_zoo`` judges it (the λ chosen on the search split included).
+Each results.jsonl line with the variant's settings (RR by default; LR: ``--set
+expert_lr=3e-4``) is paired with the cached zoo v5 of its seed, judged here by
+``assess_regime`` as ``build_zoo`` judges it (the λ chosen on the search split included).
 Both sides share the base file, data, seeds and scoring; only the experts' recipe differs. Prints
 the per-seed table, then the paired difference of the best judged merge's worst share (mean,
 95 % t interval over the seeds), how many seeds hold, and each expert's own-task spread.
@@ -26,7 +28,11 @@ from merge_env.pools.regime import assess_regime
 from merge_env.pools.zoo import ZooConfig, build_zoo
 from merge_env.search.recipe import BASE
 
-RR = {"expert_replay": 0.9, "expert_steps": [1800, 1800, 1800]}
+# the study's variants: their regime_variants settings
+VARIANTS = {
+    "RR": {"expert_replay": 0.9, "expert_steps": [1800, 1800, 1800]},
+    "LR": {"expert_lr": 3e-4},
+}
 # two-sided 95 % Student t quantiles by degrees of freedom
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
 
@@ -53,34 +59,36 @@ def row(seed: int, label: str, side: dict, tasks: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path)
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="RR")
     args = parser.parse_args()
+    name = args.variant
     lines = [json.loads(x) for x in args.results.read_text().splitlines() if x.strip()]
-    runs = {r["seed"]: r for r in lines if r["settings"] == RR and not r["lora"]}
+    runs = {r["seed"]: r for r in lines if r["settings"] == VARIANTS[name] and not r["lora"]}
     print("| seed | experts | own task add / reverse / cipher | gains | TIES d0.5 keeps | "
           "best judged merge: worst share | regime |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
-    diffs, held, own_task = [], {"v5": 0, "RR": 0}, {"v5": [], "RR": []}
+    diffs, held, own_task = [], {"v5": 0, name: 0}, {"v5": [], name: []}
     for seed in sorted(runs):
         rr, v5 = runs[seed], v5_side(seed)
         tasks = v5["tasks"]
         if rr["scores"]["base"] != v5["scores"]["base"]:
             raise SystemExit(f"seed {seed}: the variant's base scores differ from the zoo's")
-        for label, side in (("v5 (the zoo's)", v5), ("RR, same base file", rr)):
+        for label, side in (("v5 (the zoo's)", v5), (f"{name}, same base file", rr)):
             print(row(seed, label, side, tasks))
-            key = "v5" if side is v5 else "RR"
+            key = "v5" if side is v5 else name
             held[key] += bool(side["holds"])
             own_task[key].append([side["scores"][t][t] for t in tasks])
         diffs.append(rr["best"][1] - v5["best"][1])
-        print(f"| {seed} | RR − v5 | | | | {diffs[-1]:+.2f} | |")
+        print(f"| {seed} | {name} − v5 | | | | {diffs[-1]:+.2f} | |")
     n = len(diffs)
     print()
     if n >= 2:
         mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
         half = T975[n - 1] * sd / n**0.5
-        print(f"- Paired difference of the worst share, RR − v5, over {n} seeds: mean "
+        print(f"- Paired difference of the worst share, {name} − v5, over {n} seeds: mean "
               f"{mean:+.3f}, 95 % t interval [{mean - half:+.3f}, {mean + half:+.3f}]; "
-              f"RR higher on {sum(d > 0 for d in diffs)} of {n}.")  # fmt: skip
-    print(f"- Seeds where the regime holds: v5 {held['v5']} of {n}, RR {held['RR']} of {n}.")
+              f"{name} higher on {sum(d > 0 for d in diffs)} of {n}.")  # fmt: skip
+    print(f"- Seeds where the regime holds: v5 {held['v5']} of {n}, {name} {held[name]} of {n}.")
     for key, table in own_task.items():
         spread = [max(c) - min(c) for c in zip(*table)] if table else []
         print(f"- {key}: own-task spread over the seeds (add / reverse / cipher): "
