@@ -1,18 +1,20 @@
-"""How much of a gain is the base simply trained on: the continuation control for variant RR.
+"""How much of a gain is the base simply trained on: the continuation control for a variant.
 
     python results/replay_dose_study/continuation.py RESULTS_JSONL --seeds 0 1 2 3 4 5 \\
         [--json OUT] > continuation.md
     python results/replay_dose_study/continuation.py OUT --from-json    # the table again
+    python results/replay_dose_study/continuation.py LR_RESULTS_JSONL --variant LR --json OUT
 
 For each zoo seed the cached zoo v5's base is trained further on its own pretraining mixture
-alone (no task data), at the experts' learning rate and schedule, for v5's 900 expert steps and
-for RR's 1,800. Prints the TEST exact match of the base, both continuations, the experts on their
-own task and the best judged merge (v5's, judged as ``build_zoo`` does, and RR's, read from
-``regime_variants``' RESULTS_JSONL), and the share of each expert's gain over the base that
+alone (no task data), on the experts' schedule, as long and at the rate of each side's experts:
+v5's 900 steps at 6e-4, and RR's 1,800 (``--variant RR``) or LR's 900 at 3e-4 (``--variant
+LR``). Prints the TEST exact match of the base, both continuations, the experts on their
+own task and the best judged merge (v5's, judged as ``build_zoo`` does, and the variant's, read
+from ``regime_variants``' RESULTS_JSONL), and the share of each expert's gain over the base that
 the continuation alone reaches. Where the continuation reaches much of a gain, a merge's "kept
 share" counts more pretraining that every expert carries, not the expert's own skill; so each
-seed's worst share is also counted from the continuation of the same length: the share of the
-way from it to the expert that the best merge covers.
+seed's worst share is also counted from the matching continuation: the share of the way from
+it to the expert that the best merge covers.
 """
 
 from __future__ import annotations
@@ -34,44 +36,65 @@ from merge_env.pools.zoo import ZooConfig, _Trainer, build_zoo
 from merge_env.scoring.evaluate import Evaluator
 from merge_env.search.recipe import BASE
 
-RR = {"expert_replay": 0.9, "expert_steps": [1800, 1800, 1800]}
+# the study's variants: their regime_variants settings, and the continuation that matches
+# their experts (steps, learning rate; None: the zoo's expert rate)
+VARIANTS = {
+    "RR": ({"expert_replay": 0.9, "expert_steps": [1800, 1800, 1800]}, 1800, None),
+    "LR": ({"expert_lr": 3e-4}, 900, 3e-4),
+}
+# records written before the variants had names (RR's): old key -> key
+OLD_KEYS = {"continuation_900": "v5_continuation", "continuation_1800": "variant_continuation",
+            "rr_expert": "variant_expert", "rr_best": "variant_best"}  # fmt: skip
 # two-sided 95 % Student t quantiles by degrees of freedom
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
 
 
-def continuation_scores(zoo, steps: int) -> dict[str, float]:
-    """TEST exact match of ``zoo``'s base after ``steps`` more steps on its pretraining mixture."""
+def continuation_scores(zoo, steps: int, lr: float | None = None) -> dict[str, float]:
+    """TEST exact match of ``zoo``'s base after ``steps`` more steps on its pretraining mixture,
+    at ``lr`` (default: the zoo's expert rate) on the experts' schedule."""
     cfg = zoo.config
     run = _Trainer(cfg, steps, False, "cpu")
     pretraining = run.rows("pretrain", cfg.per_task("base_rare_mass"))
     model = LlamaForCausalLM.from_pretrained(zoo.base)
+    rate = cfg.per_task("expert_lr")[0] if lr is None else lr
     with pinned_threads():
         # the add expert's phase seed: the same batch-draw stream its replay starts from
-        run.fit(model, pretraining, cfg.base_mix, steps, cfg.per_task("expert_lr")[0], "expert:add")
+        run.fit(model, pretraining, cfg.base_mix, steps, rate, "expert:add")
     evaluator = Evaluator(AutoTokenizer.from_pretrained(zoo.tokenizer_dir), device="cpu")
     scored = evaluator.score_tasks(model.eval(), zoo.tasks, "test")
     return {t: s.exact_match for t, s in scored.items()}
 
 
-def measure(results: Path, seeds: list[int]) -> list[dict]:
-    """One record per (seed, task): the base, both continuations, the experts, the best merges."""
+def measure(results: Path, seeds: list[int], variant: str) -> list[dict]:
+    """One record per (seed, task): the base, v5's and the variant's continuations, the experts,
+    the best merges."""
+    settings, steps, lr = VARIANTS[variant]
     lines = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
-    rr_runs = {r["seed"]: r for r in lines if r["settings"] == RR and not r["lora"]}
+    runs = {r["seed"]: r for r in lines if r["settings"] == settings and not r["lora"]}
     records = []
     for seed in seeds:
         zoo = build_zoo(dataclasses.replace(ZooConfig.preset("default"), seed=seed), progress=False)
         v5 = assess_regime({BASE: zoo.base, **zoo.experts}, zoo.tasks, zoo.tokenizer_dir)
-        rr = rr_runs[seed]
-        cont = {n: continuation_scores(zoo, n) for n in (900, 1800)}
-        v5_best, rr_best = v5.regime.best_judged[0], rr["best"][0]
+        other = runs[seed]
+        v5_cont = continuation_scores(zoo, zoo.config.expert_steps[0])
+        other_cont = continuation_scores(zoo, steps, lr)
+        v5_best, other_best = v5.regime.best_judged[0], other["best"][0]
         for task in (t.name for t in zoo.tasks):
-            records.append({"seed": seed, "task": task, "base": v5.scores[BASE][task],
-                            "continuation_900": cont[900][task],
-                            "continuation_1800": cont[1800][task],
-                            "v5_expert": v5.scores[task][task], "rr_expert": rr["scores"][task][task],
+            records.append({"variant": variant, "seed": seed, "task": task,
+                            "base": v5.scores[BASE][task], "v5_continuation": v5_cont[task],
+                            "variant_continuation": other_cont[task],
+                            "v5_expert": v5.scores[task][task],
+                            "variant_expert": other["scores"][task][task],
                             "v5_best": [v5_best, v5.scores[v5_best][task]],
-                            "rr_best": [rr_best, rr["scores"][rr_best][task]]})  # fmt: skip
+                            "variant_best": [other_best, other["scores"][other_best][task]]})  # fmt: skip
     return records
+
+
+def named(record: dict) -> dict:
+    """``record`` with the keys of named variants (RR's first records were written without)."""
+    out = {OLD_KEYS.get(k, k): v for k, v in record.items()}
+    out.setdefault("variant", "RR")
+    return out
 
 
 def share(merged: float, start: float, expert: float) -> float:
@@ -81,42 +104,46 @@ def share(merged: float, start: float, expert: float) -> float:
 
 def report(records: list[dict]) -> None:
     """The per-task table, then each seed's worst share counted from the base and from the
-    continuation of the same length (the gain pretraining alone does not give)."""
-    print("| seed | task | base | +900 steps of pretraining | +1,800 | v5 expert | RR expert | "
-          "v5 best merge | RR best merge | continuation reaches, of the v5 / RR gain | "
-          "best merge keeps, from the continuation: v5 / RR |")  # fmt: skip
+    continuation that matches each side's experts (the gain pretraining alone does not give)."""
+    name = records[0]["variant"]
+    v5_steps, (_, steps, lr) = 900, VARIANTS[name]
+    rate = "" if lr is None else f" at lr {lr:g}"
+    print(f"| seed | task | base | v5's continuation ({v5_steps} steps) | {name}'s ({steps:,} "
+          f"steps{rate}) | v5 expert | {name} expert | v5 best merge | {name} best merge | "
+          f"continuation reaches, of the v5 / {name} gain | best merge keeps, from the "
+          f"continuation: v5 / {name} |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     worst: dict[int, dict[str, list[float]]] = {}
     for r in records:
-        v5_from = share(r["v5_best"][1], r["continuation_900"], r["v5_expert"])
-        rr_from = share(r["rr_best"][1], r["continuation_1800"], r["rr_expert"])
-        reach = (share(r["continuation_900"], r["base"], r["v5_expert"]),
-                 share(r["continuation_1800"], r["base"], r["rr_expert"]))  # fmt: skip
-        print(f"| {r['seed']} | {r['task']} | {r['base']:.3f} | {r['continuation_900']:.3f} | "
-              f"{r['continuation_1800']:.3f} | {r['v5_expert']:.3f} | {r['rr_expert']:.3f} | "
-              f"{r['v5_best'][1]:.3f} | {r['rr_best'][1]:.3f} | {reach[0]:.2f} / {reach[1]:.2f} | "
-              f"{v5_from:.2f} / {rr_from:.2f} |")  # fmt: skip
-        seed = worst.setdefault(r["seed"], {k: [] for k in ("v5", "rr", "v5_from", "rr_from")})
+        v5_from = share(r["v5_best"][1], r["v5_continuation"], r["v5_expert"])
+        other_from = share(r["variant_best"][1], r["variant_continuation"], r["variant_expert"])
+        reach = (share(r["v5_continuation"], r["base"], r["v5_expert"]),
+                 share(r["variant_continuation"], r["base"], r["variant_expert"]))  # fmt: skip
+        print(f"| {r['seed']} | {r['task']} | {r['base']:.3f} | {r['v5_continuation']:.3f} | "
+              f"{r['variant_continuation']:.3f} | {r['v5_expert']:.3f} | "
+              f"{r['variant_expert']:.3f} | {r['v5_best'][1]:.3f} | {r['variant_best'][1]:.3f} | "
+              f"{reach[0]:.2f} / {reach[1]:.2f} | {v5_from:.2f} / {other_from:.2f} |")  # fmt: skip
+        seed = worst.setdefault(r["seed"], {k: [] for k in ("v5", "other", "v5_from", "from")})
         seed["v5"].append(share(r["v5_best"][1], r["base"], r["v5_expert"]))
-        seed["rr"].append(share(r["rr_best"][1], r["base"], r["rr_expert"]))
+        seed["other"].append(share(r["variant_best"][1], r["base"], r["variant_expert"]))
         seed["v5_from"].append(v5_from)
-        seed["rr_from"].append(rr_from)
+        seed["from"].append(other_from)
     print()
-    print("| seed | worst share from the base: v5 / RR | from the continuation: v5 / RR |")
+    print(f"| seed | worst share from the base: v5 / {name} | from the continuation: v5 / {name} |")
     print("|---|---|---|")
     for seed, w in worst.items():
-        print(f"| {seed} | {min(w['v5']):.2f} / {min(w['rr']):.2f} | "
-              f"{min(w['v5_from']):.2f} / {min(w['rr_from']):.2f} |")  # fmt: skip
+        print(f"| {seed} | {min(w['v5']):.2f} / {min(w['other']):.2f} | "
+              f"{min(w['v5_from']):.2f} / {min(w['from']):.2f} |")  # fmt: skip
     print()
-    for label, v5_key, rr_key in (("from the base", "v5", "rr"),
-                                  ("from the continuation", "v5_from", "rr_from")):  # fmt: skip
-        diffs = [min(w[rr_key]) - min(w[v5_key]) for w in worst.values()]
+    for label, v5_key, key in (("from the base", "v5", "other"),
+                               ("from the continuation", "v5_from", "from")):  # fmt: skip
+        diffs = [min(w[key]) - min(w[v5_key]) for w in worst.values()]
         n = len(diffs)
         if n < 2:
             continue
         mean, half = statistics.mean(diffs), T975[n - 1] * statistics.stdev(diffs) / n**0.5
-        print(f"- Worst share {label}, RR − v5 over {n} seeds: mean {mean:+.3f}, 95 % t interval "
-              f"[{mean - half:+.3f}, {mean + half:+.3f}]; RR higher on "
+        print(f"- Worst share {label}, {name} − v5 over {n} seeds: mean {mean:+.3f}, 95 % t "
+              f"interval [{mean - half:+.3f}, {mean + half:+.3f}]; {name} higher on "
               f"{sum(d > 0 for d in diffs)} of {n}.")  # fmt: skip
 
 
@@ -124,15 +151,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, help="regime_variants' results.jsonl, or with "
                         "--from-json the records a run wrote")  # fmt: skip
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="RR")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     parser.add_argument("--json", type=Path, help="write the records here")
     parser.add_argument("--from-json", action="store_true",
                         help="RESULTS holds records written by --json: print them, train nothing")  # fmt: skip
     args = parser.parse_args()
     if args.from_json:
-        records = json.loads(args.results.read_text())
+        records = [named(r) for r in json.loads(args.results.read_text())]
     else:
-        records = measure(args.results, args.seeds)
+        records = measure(args.results, args.seeds, args.variant)
     if args.json:
         args.json.write_text(json.dumps(records, indent=1))
     report(records)
