@@ -20,33 +20,26 @@ it to the expert that the best merge covers.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import statistics
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from table import judged_v5, paired, variant_runs  # this folder's table.py
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from merge_env.pools.cache import pinned_threads
-from merge_env.pools.regime import assess_regime
-from merge_env.pools.zoo import ZooConfig, _Trainer, build_zoo
+from merge_env.pools.zoo import _Trainer
 from merge_env.scoring.evaluate import Evaluator
 from merge_env.search.recipe import BASE
 
-# the study's variants: their regime_variants settings, and the continuation that matches
-# their experts (steps, learning rate; None: the zoo's expert rate)
-VARIANTS = {
-    "RR": ({"expert_replay": 0.9, "expert_steps": [1800, 1800, 1800]}, 1800, None),
-    "LR": ({"expert_lr": 3e-4}, 900, 3e-4),
-}
+# the continuation that matches each variant's experts (steps, learning rate; None: the zoo's
+# expert rate); the variants' settings are table.py's
+CONTINUATIONS = {"RR": (1800, None), "LR": (900, 3e-4)}
 # records written before the variants had names (RR's): old key -> key
 OLD_KEYS = {"continuation_900": "v5_continuation", "continuation_1800": "variant_continuation",
             "rr_expert": "variant_expert", "rr_best": "variant_best"}  # fmt: skip
-# two-sided 95 % Student t quantiles by degrees of freedom
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
 
 
 def continuation_scores(zoo, steps: int, lr: float | None = None) -> dict[str, float]:
@@ -68,13 +61,11 @@ def continuation_scores(zoo, steps: int, lr: float | None = None) -> dict[str, f
 def measure(results: Path, seeds: list[int], variant: str) -> list[dict]:
     """One record per (seed, task): the base, v5's and the variant's continuations, the experts,
     the best merges."""
-    settings, steps, lr = VARIANTS[variant]
-    lines = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
-    runs = {r["seed"]: r for r in lines if r["settings"] == settings and not r["lora"]}
+    steps, lr = CONTINUATIONS[variant]
+    runs = variant_runs(results, variant)
     records = []
     for seed in seeds:
-        zoo = build_zoo(dataclasses.replace(ZooConfig.preset("default"), seed=seed), progress=False)
-        v5 = assess_regime({BASE: zoo.base, **zoo.experts}, zoo.tasks, zoo.tokenizer_dir)
+        zoo, v5 = judged_v5(seed)
         other = runs[seed]
         v5_cont = continuation_scores(zoo, zoo.config.expert_steps[0])
         other_cont = continuation_scores(zoo, steps, lr)
@@ -106,7 +97,7 @@ def report(records: list[dict]) -> None:
     """The per-task table, then each seed's worst share counted from the base and from the
     continuation that matches each side's experts (the gain pretraining alone does not give)."""
     name = records[0]["variant"]
-    v5_steps, (_, steps, lr) = 900, VARIANTS[name]
+    v5_steps, (steps, lr) = 900, CONTINUATIONS[name]
     rate = "" if lr is None else f" at lr {lr:g}"
     print(f"| seed | task | base | v5's continuation ({v5_steps} steps) | {name}'s ({steps:,} "
           f"steps{rate}) | v5 expert | {name} expert | v5 best merge | {name} best merge | "
@@ -141,7 +132,7 @@ def report(records: list[dict]) -> None:
         n = len(diffs)
         if n < 2:
             continue
-        mean, half = statistics.mean(diffs), T975[n - 1] * statistics.stdev(diffs) / n**0.5
+        mean, half = paired(diffs)
         print(f"- Worst share {label}, {name} − v5 over {n} seeds: mean {mean:+.3f}, 95 % t "
               f"interval [{mean - half:+.3f}, {mean + half:+.3f}]; {name} higher on "
               f"{sum(d > 0 for d in diffs)} of {n}.")  # fmt: skip
@@ -151,7 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, help="regime_variants' results.jsonl, or with "
                         "--from-json the records a run wrote")  # fmt: skip
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default="RR")
+    parser.add_argument("--variant", choices=sorted(CONTINUATIONS), default="RR")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     parser.add_argument("--json", type=Path, help="write the records here")
     parser.add_argument("--from-json", action="store_true",

@@ -16,7 +16,6 @@ the per-seed table, then the paired difference of the best judged merge's worst 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -24,8 +23,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from merge_env.pools.regime import assess_regime
-from merge_env.pools.zoo import ZooConfig, build_zoo
+from experiments.build_zoo import zoo_config
+from merge_env.pools.regime import Assessment, assess_regime
+from merge_env.pools.zoo import Zoo, build_zoo
 from merge_env.search.recipe import BASE
 
 # the study's variants: their regime_variants settings
@@ -37,14 +37,31 @@ VARIANTS = {
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
 
 
+def variant_runs(results: Path, name: str) -> dict[int, dict]:
+    """``regime_variants``' records in ``results`` (a results.jsonl) of variant ``name``, by seed."""
+    lines = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
+    return {r["seed"]: r for r in lines if r["settings"] == VARIANTS[name] and not r["lora"]}
+
+
+def judged_v5(seed: int) -> tuple[Zoo, Assessment]:
+    """The cached zoo v5 of ``seed`` and its regime, judged as ``build_zoo`` judges it."""
+    zoo = build_zoo(zoo_config("default", seed), progress=False)
+    return zoo, assess_regime({BASE: zoo.base, **zoo.experts}, zoo.tasks, zoo.tokenizer_dir)
+
+
 def v5_side(seed: int) -> dict:
     """The cached zoo v5 of ``seed``, judged: scores, gains, kept shares, best judged, verdict."""
-    zoo = build_zoo(dataclasses.replace(ZooConfig.preset("default"), seed=seed), progress=False)
-    found = assess_regime({BASE: zoo.base, **zoo.experts}, zoo.tasks, zoo.tokenizer_dir)
+    zoo, found = judged_v5(seed)
     r = found.regime
     scores = {("base" if k == BASE else k): v for k, v in found.scores.items()}
     return {"scores": scores, "gains": r.gains, "kept": r.kept, "best": list(r.best_judged),
             "holds": r.holds, "tasks": [t.name for t in zoo.tasks]}  # fmt: skip
+
+
+def paired(diffs: list[float]) -> tuple[float, float]:
+    """The mean of paired differences and the half-width of its 95 % Student t interval."""
+    n = len(diffs)
+    return statistics.mean(diffs), T975[n - 1] * statistics.stdev(diffs) / n**0.5
 
 
 def row(seed: int, label: str, side: dict, tasks: list[str]) -> str:
@@ -62,8 +79,7 @@ def main() -> None:
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="RR")
     args = parser.parse_args()
     name = args.variant
-    lines = [json.loads(x) for x in args.results.read_text().splitlines() if x.strip()]
-    runs = {r["seed"]: r for r in lines if r["settings"] == VARIANTS[name] and not r["lora"]}
+    runs = variant_runs(args.results, name)
     print("| seed | experts | own task add / reverse / cipher | gains | TIES d0.5 keeps | "
           "best judged merge: worst share | regime |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
@@ -83,8 +99,7 @@ def main() -> None:
     n = len(diffs)
     print()
     if n >= 2:
-        mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
-        half = T975[n - 1] * sd / n**0.5
+        mean, half = paired(diffs)
         print(f"- Paired difference of the worst share, {name} − v5, over {n} seeds: mean "
               f"{mean:+.3f}, 95 % t interval [{mean - half:+.3f}, {mean + half:+.3f}]; "
               f"{name} higher on {sum(d > 0 for d in diffs)} of {n}.")  # fmt: skip
