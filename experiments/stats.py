@@ -16,6 +16,8 @@ same intervals on any machine.
   online update on). Exact null distribution when no difference is zero and no two are tied in
   size, the normal approximation otherwise (zeros dropped). Where the pairing holds it is the
   design's test, since it removes the seed-to-seed spread both runs share.
+* **Paired t interval**: the mean of per-seed differences with its Student t interval, for
+  a zoo study's variant against its reference on the same training seeds.
 * **Evaluations to reach**: the first evaluation count at which a curve reaches a target.
 """
 
@@ -149,6 +151,19 @@ def signed_rank(a: Mapping[int, float], b: Mapping[int, float]) -> PairedTest:
     method = "exact" if up + down == d.size and np.unique(np.abs(d)).size == d.size else "approx"
     res = sps.wilcoxon(d, alternative="two-sided", method=method)
     return PairedTest(seeds, up, down, float(res.statistic), float(min(1.0, res.pvalue)), method)
+
+
+def paired_t(diffs: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The mean of paired differences and the half-width of its Student t ``confidence``
+    interval (``n - 1`` degrees of freedom): a study's variant minus its reference, one
+    difference per training seed. ConfigError for fewer than two differences."""
+    d = _sample(diffs, "paired differences")
+    if d.size < 2:
+        raise ConfigError(f"a paired t interval needs two differences, got {d.size}")
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence: must be in (0, 1), got {confidence}")
+    quantile = float(sps.t.ppf(0.5 + confidence / 2, d.size - 1))
+    return float(d.mean()), quantile * float(d.std(ddof=1)) / d.size**0.5
 
 
 def rank_test(a: Sequence[float], b: Sequence[float], seed: int = 0) -> RankTest:

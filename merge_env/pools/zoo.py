@@ -601,6 +601,39 @@ def train_expert_variant(
     return {task: out / "experts" / task for task in config.tasks}
 
 
+def continue_base(
+    zoo: Zoo, steps: int | None = None, lr: float | None = None, *, device: str = "cpu"
+) -> Any:
+    """The zoo's base trained further on its own pretraining mixture alone, with no task data.
+
+    The control for how much of an expert's gain is more pretraining: where this continuation
+    reaches much of a gain, every expert carries that part, and a merge's kept share counts it
+    too. ``steps`` and ``lr`` default to the first expert's; the model, its start from the base
+    file, the schedule (warm-up, cosine to 0.1 x the peak), the batch size, the pretraining rows
+    and the pinned threads are the experts' (the batch draws are seeded by the first expert's
+    phase), so an expert and its continuation differ in the task data only. Deterministic on one
+    machine. Returns the model, in eval mode; nothing is written.
+    """
+    from safetensors.torch import load_file
+
+    if zoo.config is None:
+        raise ConfigError(f"{zoo.root}: the zoo manifest has no config to continue the base with")
+    config = zoo.config
+    steps = config.expert_steps[0] if steps is None else steps
+    rate = config.per_task("expert_lr")[0] if lr is None else lr
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"continue_base: steps must be an integer >= 1, got {steps!r}")
+    if not rate > 0:
+        raise ConfigError(f"continue_base: lr must be > 0, got {rate!r}")
+    run = _Trainer(config, steps, False, device)
+    pretraining = run.rows("pretrain", config.per_task("base_rare_mass"))
+    model = run.model(config.shape, "init")
+    model.load_state_dict(load_file(str(zoo.base / "model.safetensors"), device=device))
+    with pinned_threads():
+        run.fit(model, pretraining, config.base_mix, steps, rate, f"expert:{config.tasks[0]}")
+    return model.eval()
+
+
 def _train_experts(
     zoo: Zoo, config: ZooConfig, out: Path, lora: LoraSpec | None, progress: bool, device: str
 ) -> dict[str, Any]:

@@ -26,9 +26,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from table import judged_v5, paired, variant_runs  # this folder's table.py
+from table import judged_v5, variant_runs  # this folder's table.py
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from experiments.stats import paired_t
 from merge_env.pools.cache import pinned_threads
 from merge_env.pools.zoo import _Trainer
 from merge_env.scoring.evaluate import Evaluator
@@ -132,7 +133,7 @@ def report(records: list[dict]) -> None:
         n = len(diffs)
         if n < 2:
             continue
-        mean, half = paired(diffs)
+        mean, half = paired_t(diffs)
         print(f"- Worst share {label}, {name} − v5 over {n} seeds: mean {mean:+.3f}, 95 % t "
               f"interval [{mean - half:+.3f}, {mean + half:+.3f}]; {name} higher on "
               f"{sum(d > 0 for d in diffs)} of {n}.")  # fmt: skip

@@ -102,3 +102,18 @@ def test_signed_rank_pairs_by_seed_by_hand():
     assert stats.signed_rank(b, b).p_signed_rank == 1.0
     with pytest.raises(ConfigError, match="two common seeds"):
         stats.signed_rank({0: 1.0}, {0: 0.0, 1: 2.0})
+
+
+def test_paired_t_by_hand():
+    # differences 1, 2, 3: mean 2, standard deviation 1, t(0.975, 2 df) = 4.3027
+    mean, half = stats.paired_t([1.0, 2.0, 3.0])
+    assert mean == pytest.approx(2.0)
+    assert half == pytest.approx(4.302653 / 3**0.5, rel=1e-6)
+    # six equal differences: no spread, a point
+    assert stats.paired_t([0.05] * 6) == (pytest.approx(0.05), pytest.approx(0.0))
+    # a wider confidence, a wider interval
+    assert stats.paired_t([1.0, 2.0, 3.0], 0.99)[1] > half
+    with pytest.raises(ConfigError, match="two differences"):
+        stats.paired_t([0.1])
+    with pytest.raises(ConfigError, match="confidence"):
+        stats.paired_t([0.1, 0.2], 1.5)

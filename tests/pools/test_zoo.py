@@ -518,3 +518,28 @@ def test_regime_variants_cli_prints_the_verdict_and_records_it(tiny_zoo, tmp_pat
     assert json.loads(lines[-1]) == json.loads(json.dumps(record))
     assert record["gains"].keys() == tiny_zoo.experts.keys()
     assert record["holds"] in (True, False) and record["settings"] == settings
+
+
+def test_continue_base_trains_the_base_on_its_own_mixture_only(tiny_zoo, tmp_path, monkeypatch):
+    from merge_env.pools.zoo import continue_base
+
+    _zoo_threads(tiny_zoo, monkeypatch)
+    before = sorted(p.name for p in tiny_zoo.root.rglob("*"))
+    base = load_file(tiny_zoo.base / "model.safetensors")
+    first = continue_base(tiny_zoo, steps=3)
+    again = {k: v.detach() for k, v in continue_base(tiny_zoo, steps=3).state_dict().items()}
+    got = {k: v.detach() for k, v in first.state_dict().items()}
+    assert not first.training
+    assert got.keys() == base.keys()
+    assert any(not torch.equal(got[k], base[k]) for k in base), "three steps moved nothing"
+    assert all(torch.equal(got[k], again[k]) for k in got), "not deterministic on one machine"
+    longer = continue_base(tiny_zoo, steps=4).state_dict()
+    assert any(not torch.equal(longer[k], got[k]) for k in got)
+    # the default length and rate are the first expert's; a zoo's files are never touched
+    assert sorted(p.name for p in tiny_zoo.root.rglob("*")) == before
+    for bad, match in (({"steps": 0}, "steps"), ({"steps": 2.5}, "steps"), ({"lr": 0.0}, "lr")):
+        with pytest.raises(ConfigError, match=match):
+            continue_base(tiny_zoo, **bad)
+    bare = dataclasses.replace(tiny_zoo, config=None)
+    with pytest.raises(ConfigError, match="no config"):
+        continue_base(bare, steps=1)
