@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from experiments.build_zoo import zoo_config
+from experiments.stats import paired_t
 from merge_env.pools.regime import Assessment, assess_regime
 from merge_env.pools.zoo import Zoo, build_zoo
 from merge_env.search.recipe import BASE
@@ -33,8 +33,6 @@ VARIANTS = {
     "RR": {"expert_replay": 0.9, "expert_steps": [1800, 1800, 1800]},
     "LR": {"expert_lr": 3e-4},
 }
-# two-sided 95 % Student t quantiles by degrees of freedom
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
 
 
 def variant_runs(results: Path, name: str) -> dict[int, dict]:
@@ -56,12 +54,6 @@ def v5_side(seed: int) -> dict:
     scores = {("base" if k == BASE else k): v for k, v in found.scores.items()}
     return {"scores": scores, "gains": r.gains, "kept": r.kept, "best": list(r.best_judged),
             "holds": r.holds, "tasks": [t.name for t in zoo.tasks]}  # fmt: skip
-
-
-def paired(diffs: list[float]) -> tuple[float, float]:
-    """The mean of paired differences and the half-width of its 95 % Student t interval."""
-    n = len(diffs)
-    return statistics.mean(diffs), T975[n - 1] * statistics.stdev(diffs) / n**0.5
 
 
 def row(seed: int, label: str, side: dict, tasks: list[str]) -> str:
@@ -99,7 +91,7 @@ def main() -> None:
     n = len(diffs)
     print()
     if n >= 2:
-        mean, half = paired(diffs)
+        mean, half = paired_t(diffs)
         print(f"- Paired difference of the worst share, {name} − v5, over {n} seeds: mean "
               f"{mean:+.3f}, 95 % t interval [{mean - half:+.3f}, {mean + half:+.3f}]; "
               f"{name} higher on {sum(d > 0 for d in diffs)} of {n}.")  # fmt: skip
