@@ -536,6 +536,12 @@ def test_continue_base_trains_the_base_on_its_own_mixture_only(tiny_zoo, tmp_pat
     longer = continue_base(tiny_zoo, steps=4).state_dict()
     assert any(not torch.equal(longer[k], got[k]) for k in got)
     # the default length and rate are the first expert's; a zoo's files are never touched
+    config = tiny_zoo.config
+    default = continue_base(tiny_zoo).state_dict()
+    explicit = continue_base(
+        tiny_zoo, steps=config.expert_steps[0], lr=config.per_task("expert_lr")[0]
+    ).state_dict()
+    assert all(torch.equal(default[k], explicit[k]) for k in default)
     assert sorted(p.name for p in tiny_zoo.root.rglob("*")) == before
     for bad, match in (({"steps": 0}, "steps"), ({"steps": 2.5}, "steps"), ({"lr": 0.0}, "lr")):
         with pytest.raises(ConfigError, match=match):
