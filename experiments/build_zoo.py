@@ -206,11 +206,6 @@ def core_digest(pool: Zoo | SmolPool) -> str:
     )
 
 
-def core_steps(config: ZooConfig) -> int:
-    """The training steps of a zoo's base and experts (what ``build_seconds`` times)."""
-    return config.base_steps + sum(config.expert_steps)
-
-
 def per_step(seconds: float, steps: int) -> str:
     """The clause ' (N training steps, X ms each)': the figure to compare build times across
     machines, since a build is compute-bound (its data and saving, a few seconds, are in it)."""
@@ -248,7 +243,7 @@ def run(
     zoo = build_zoo(config, cache_dir, progress=progress, device=device, extras=extras)
     elapsed = time.perf_counter() - start
     took = (
-        f"base + experts {zoo.build_seconds:.1f} s{per_step(zoo.build_seconds, core_steps(config))}"
+        f"base + experts {zoo.build_seconds:.1f} s{per_step(zoo.build_seconds, config.core_steps)}"
     )
     if zoo.has_extras:
         took += f", recycling pool + odd expert {zoo.extras_seconds:.1f} s"

@@ -197,6 +197,11 @@ class ZooConfig:
             if getattr(self, key) < 1:
                 raise ConfigError(f"zoo.{key}: must be >= 1, got {getattr(self, key)}")
 
+    @property
+    def core_steps(self) -> int:
+        """The training steps of the base and the experts (what ``Zoo.build_seconds`` times)."""
+        return self.base_steps + sum(self.expert_steps)
+
     def per_task(self, key: str) -> tuple[Any, ...]:
         """Return setting ``key`` (one value, or one per task) as one value per task."""
         value = getattr(self, key)
@@ -411,6 +416,15 @@ class _Trainer:
     def model(self, shape: ModelShape, phase: str) -> Any:
         return _new_model(shape, self.tok, sub_seed(self.config.seed, phase), self.device)
 
+    def from_base(self, zoo: Zoo) -> Any:
+        """A model of the config's shape holding ``zoo``'s base weights, where every retraining
+        from a built base starts."""
+        from safetensors.torch import load_file
+
+        model = self.model(self.config.shape, "init")
+        model.load_state_dict(load_file(str(zoo.base / "model.safetensors"), device=self.device))
+        return model
+
     def fit(
         self, model: Any, pools: Sequence[Any], mix: Sequence[float], steps: int, lr: float,
         phase: str, at: Sequence[int] = (),
@@ -450,7 +464,7 @@ def _build_core(tmp: Path, config: ZooConfig, progress: bool, device: str) -> di
     pool branches from; return the manifest (paths relative)."""
     from safetensors.torch import save_file
 
-    run = _Trainer(config, config.base_steps + sum(config.expert_steps), progress, device)
+    run = _Trainer(config, config.core_steps, progress, device)
     run.tok.save_pretrained(tmp / "tokenizer")
     # each task's own data (uniform symbols) and its share of the base's pretraining data
     domain = run.rows("data", [None] * len(config.tasks))
@@ -614,8 +628,6 @@ def continue_base(
     phase), so an expert and its continuation differ in the task data only. Deterministic on one
     machine. Returns the model, in eval mode; nothing is written.
     """
-    from safetensors.torch import load_file
-
     if zoo.config is None:
         raise ConfigError(f"{zoo.root}: the zoo manifest has no config to continue the base with")
     config = zoo.config
@@ -627,8 +639,7 @@ def continue_base(
         raise ConfigError(f"continue_base: lr must be > 0, got {rate!r}")
     run = _Trainer(config, steps, False, device)
     pretraining = run.rows("pretrain", config.per_task("base_rare_mass"))
-    model = run.model(config.shape, "init")
-    model.load_state_dict(load_file(str(zoo.base / "model.safetensors"), device=device))
+    model = run.from_base(zoo)
     with pinned_threads():
         run.fit(model, pretraining, config.base_mix, steps, rate, f"expert:{config.tasks[0]}")
     return model.eval()
@@ -638,15 +649,11 @@ def _train_experts(
     zoo: Zoo, config: ZooConfig, out: Path, lora: LoraSpec | None, progress: bool, device: str
 ) -> dict[str, Any]:
     """``train_expert_variant``'s training into ``out``; returns its manifest."""
-    from safetensors.torch import load_file
-
     run = _Trainer(config, sum(config.expert_steps), progress, device)
     domain = run.rows("data", [None] * len(config.tasks))
     pretraining = run.rows("pretrain", config.per_task("base_rare_mass"))
     with run.bar:
-        model = run.model(config.shape, "init")
-        weights = zoo.base / "model.safetensors"
-        model.load_state_dict(load_file(str(weights), device=device))
+        model = run.from_base(zoo)
         base = {k: v.detach().clone() for k, v in model.state_dict().items()}
         experts = _fit_experts(run, model, base, [*pretraining, *domain], out, lora)
     return {

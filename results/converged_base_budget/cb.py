@@ -68,7 +68,7 @@ def measure_one(name: str, config) -> dict:
     return {
         "zoo": name, "seed": config.seed, "root": str(zoo.root),
         "tasks": [t.name for t in zoo.tasks],
-        "scores": {("base" if k == BASE else k): v for k, v in found.scores.items()},
+        "scores": found.scores,
         "gains": r.gains, "kept": r.kept, "best": list(r.best_judged), "holds": r.holds,
         "verdict_interval": r.verdict_interval, "vectors_relative": found.vectors.relative,
         "vectors_cosine": {p: {f"{a}-{b}": c for (a, b), c in v.items()}

@@ -51,8 +51,7 @@ def v5_side(seed: int) -> dict:
     """The cached zoo v5 of ``seed``, judged: scores, gains, kept shares, best judged, verdict."""
     zoo, found = judged_v5(seed)
     r = found.regime
-    scores = {("base" if k == BASE else k): v for k, v in found.scores.items()}
-    return {"scores": scores, "gains": r.gains, "kept": r.kept, "best": list(r.best_judged),
+    return {"scores": found.scores, "gains": r.gains, "kept": r.kept, "best": list(r.best_judged),
             "holds": r.holds, "tasks": [t.name for t in zoo.tasks]}  # fmt: skip
 
 
