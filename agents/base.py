@@ -61,21 +61,28 @@ class BudgetBar:
     def __init__(self, budget: Budget, desc: str, enabled: bool = True) -> None:
         self.budget = budget
         self.bar = tqdm(
-            total=_count(budget.budget), desc=desc, unit="eval", leave=False,
-            disable=None if enabled else True,
+            total=_count(budget.budget), initial=_count(budget.used), desc=desc, unit="eval",
+            leave=False, disable=None if enabled else True,
         )  # fmt: skip
 
     def update(self, **postfix: Any) -> None:
-        """Move the bar to the evaluations spent so far; ``postfix`` is shown beside it."""
-        self.bar.update(_count(self.budget.used - self.bar.n))
+        """Move the bar to the evaluations spent so far; ``postfix`` is shown beside it.
+
+        The count is set, not added to: fractional costs (cheap screenings) summed as floats
+        would show as 161.32999999999998."""
+        self.bar.n = _count(self.budget.used)
         if postfix:
-            self.bar.set_postfix(postfix)
+            self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(0)  # redraws, at tqdm's own rate
+
+    def close(self) -> None:
+        self.bar.close()
 
     def __enter__(self) -> BudgetBar:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bar.close()
+        self.close()
 
 
 def _count(evaluations: float) -> float:

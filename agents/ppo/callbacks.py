@@ -14,8 +14,8 @@ from stable_baselines3.common.distributions import (
     DiagGaussianDistribution,
     MultiCategoricalDistribution,
 )
-from tqdm.auto import tqdm
 
+from agents.base import BudgetBar
 from merge_env.errors import ConfigError
 from merge_env.search.budget import Budget
 
@@ -83,8 +83,7 @@ class BudgetCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         if self.progress:
-            self.bar = tqdm(total=round(self.budget.budget, 2), initial=round(self.budget.used, 2),
-                            desc="ppo online (evaluations)", unit="eval", leave=False)  # fmt: skip
+            self.bar = BudgetBar(self.budget, "ppo online (evaluations)")
 
     def _on_training_end(self) -> None:
         if self.bar is not None:
@@ -103,8 +102,7 @@ class BudgetCallback(BaseCallback):
                 self.logger.record("merge/cached", float(info["cached"]))
                 self._count(bool(info["cached"]))
                 if self.bar is not None:
-                    self.bar.update(round(self.budget.used - self.bar.n, 2))
-                    self.bar.set_postfix(episodes=self.episodes, repeats=self.repeats)
+                    self.bar.update(episodes=self.episodes, repeats=self.repeats)
         return self.affordable() and not self.stalled
 
     def _count(self, cached: bool) -> None:

@@ -7,11 +7,12 @@ proposals, scored through ``evaluate_many``. It knows nothing of anchors or fide
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 from hydra.utils import instantiate
 
-from agents.base import ANCHOR, Agent
+from agents.base import ANCHOR, Agent, BudgetBar
 from merge_env.search.archive import Archive
 from merge_env.search.budget import Budget
 from merge_env.search.problem import MergeProblem
@@ -126,3 +127,21 @@ def test_proposals_seed_a_genome_agent_by_configuration(make_problem):
     off = NSGA2Agent(seed=3, pop_size=4, anchors=False, proposals=0, progress=False)
     b2, g2 = off.start(problem, 6)
     assert off.seed_genomes(problem, b2, g2) == [] and len(_charges(problem)) == len(charges)
+
+
+def test_budget_bar_shows_the_evaluations_spent_rounded_not_a_float_sum():
+    # cheap screenings cost fractions of an evaluation; summed into tqdm's count they showed as
+    # "161.32999999999998/200.0"
+    budget = SimpleNamespace(budget=200.0, used=0.0)
+    with BudgetBar(budget, "test (evaluations)") as bar:
+        assert bar.bar.total == 200 and isinstance(bar.bar.total, int)
+        for _ in range(490):
+            budget.used += 0.33
+            bar.update(episodes=1)
+        assert bar.bar.n == round(budget.used, 2) == 161.7
+        budget.used = 162.0
+        bar.update()
+        assert bar.bar.n == 162 and isinstance(bar.bar.n, int)
+    spent = SimpleNamespace(budget=50.0, used=12.5)  # PPO's online phase starts part-spent
+    with BudgetBar(spent, "test (evaluations)") as bar:
+        assert bar.bar.n == 12.5
