@@ -8,6 +8,7 @@ whole, so a killed build never leaves half a pool under its name.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -80,14 +81,24 @@ def cpu_model() -> str:
 KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
 
 
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
 def build_machine() -> dict[str, Any]:
     """What a pool's tensors depend on beyond its settings and seed: the CPU (another CPU family
     trains another pool from the same seed), the kernels torch dispatches on it (and any
-    KERNEL_ENV setting that moves them), torch's version."""
+    KERNEL_ENV setting that moves them), torch's version and transformers' (whose Llama code
+    initialises and runs the model), so that two builds' records tell a machine difference from
+    a package one."""
     return {
         "cpu": cpu_model(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
+        "transformers": _package_version("transformers"),
         "kernel_env": {k: os.environ[k] for k in KERNEL_ENV if os.environ.get(k)},
     }
 
@@ -100,14 +111,16 @@ def recorded_machine(manifest: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def describe_machine(built_on: dict[str, Any]) -> str:
-    """``build_machine``'s record as one phrase, e.g. "<cpu> (torch 2.13.0+cpu, AVX512 kernels)";
-    "" for an empty record (a pool built before the machine was recorded)."""
+    """``build_machine``'s record as one phrase, e.g. "<cpu> (torch 2.13.0+cpu, transformers
+    5.25.0, AVX512 kernels)"; "" for an empty record (a pool built before the machine was
+    recorded). Records from before transformers' version was kept leave it out."""
     if not built_on:
         return ""
     env = built_on.get("kernel_env") or {}
     pinned = "".join(f", {k}={v}" for k, v in env.items()) if isinstance(env, dict) else ""
+    tf = f", transformers {built_on['transformers']}" if built_on.get("transformers") else ""
     return (
-        f"{built_on.get('cpu', 'an unknown CPU')} (torch {built_on.get('torch', '?')}, "
+        f"{built_on.get('cpu', 'an unknown CPU')} (torch {built_on.get('torch', '?')}{tf}, "
         f"{built_on.get('torch_cpu_capability', '?')} kernels{pinned})"
     )
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import transformers
 
 from merge_env.errors import ConfigError
 from merge_env.pools.cache import (
@@ -49,6 +50,7 @@ def test_manifest_records_the_thread_count_and_a_failed_build_leaves_nothing(mon
     assert saved["built_on"] == build_machine()
     assert saved["built_on"]["cpu"] and saved["built_on"]["torch"] == torch.__version__
     assert saved["built_on"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert saved["built_on"]["transformers"] == transformers.__version__
     monkeypatch.setenv("MKL_CBWR", "AVX2")  # a setting that changes MKL's kernels is recorded
     assert build_machine()["kernel_env"]["MKL_CBWR"] == "AVX2"
 

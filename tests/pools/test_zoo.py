@@ -353,6 +353,10 @@ def test_built_on_is_loaded_with_the_zoo_and_empty_for_older_pools(tiny_zoo, tmp
     assert describe_machine(cpu) == "Some CPU (torch 2.13.0+cpu, AVX2 kernels)"
     cpu["kernel_env"] = {"MKL_CBWR": "AVX2"}
     assert describe_machine(cpu) == "Some CPU (torch 2.13.0+cpu, AVX2 kernels, MKL_CBWR=AVX2)"
+    cpu["transformers"] = "5.25.0"  # recorded since session 32
+    assert describe_machine(cpu) == (
+        "Some CPU (torch 2.13.0+cpu, transformers 5.25.0, AVX2 kernels, MKL_CBWR=AVX2)"
+    )
 
 
 def test_build_zoo_cli_core_only_builds_the_base_and_experts(tmp_path):
