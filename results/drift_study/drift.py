@@ -5,6 +5,8 @@
     python results/drift_study/drift.py compare A.pt B.pt
     python results/drift_study/drift.py score ZOO A.pt [B.pt ...]
     python results/drift_study/drift.py pools POOL_A POOL_B [--origin MODEL]
+    python results/drift_study/drift.py stages OUT.json [--threads 2] [--steps 20]
+    python results/drift_study/drift.py stages-compare A.json B.json
 
 ``run`` trains the default zoo's base (``ZooConfig(seed=S)``: its data, initialisation, batches,
 schedule and AdamW) for ``--steps`` steps, and saves the parameters after steps 1, 3, 10, 30,
@@ -32,6 +34,14 @@ is a 10-second check of whether two machines would build the same zoo). ``score`
 run's last snapshot on the zoo's TEST split (exact match) beside the zoo's own base and experts.
 ``pools`` compares two built pools of one config (e.g. built under two kernel paths), checkpoint
 by checkpoint.
+
+``stages`` (session 32) localises where two machines' arithmetic first parts. It trains the base
+as ``run fp32`` does and writes, in the order they are computed, a SHA-256 of: every initial
+tensor, the first batch, every module's output in the first forward, the first loss, every
+gradient as the first backward accumulates it, every tensor after the first step, then each
+later step's loss and the weights after ``--steps`` steps. ``stages-compare`` names the first
+entries that differ between two such files (from two machines, or two kernel settings of one):
+the first differing module output is the first op whose rounding differs.
 """
 
 from __future__ import annotations
@@ -152,6 +162,101 @@ def run(
     )
 
 
+def _sha(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def stages(out: Path, threads: int, steps: int, seed: int = 0) -> None:
+    """The fingerprint ``stages-compare`` reads (see the module's doc)."""
+    import json
+
+    torch.set_num_threads(threads)
+    config = ZooConfig(seed=seed)
+    trainer = _Trainer(config, 0, False, "cpu")
+    rows = trainer.rows("pretrain", config.per_task("base_rare_mass"))
+    model = trainer.model(config.shape, "init")
+    found: list[tuple[str, str]] = [(f"init/{k}", _sha(v)) for k, v in model.state_dict().items()]
+    first = {"forward": True, "batch": True}
+
+    def on_forward(name: str):
+        def hook(_module, _inputs, output) -> None:
+            if first["forward"]:
+                outs = output.to_tuple() if hasattr(output, "to_tuple") else output
+                outs = outs if isinstance(outs, tuple) else (outs,)
+                outs = [o for o in outs if isinstance(o, torch.Tensor)]
+                found.append((f"forward/{name or 'model'}", _sha(*outs) if outs else "-"))
+
+        return hook
+
+    def on_grad(name: str):
+        def hook(param: torch.Tensor) -> None:  # the first backward only: removed after step 1
+            found.append((f"grad/{name}", _sha(param.grad)))
+
+        return hook
+
+    handles = [m.register_forward_hook(on_forward(n)) for n, m in model.named_modules()]
+    handles += [p.register_post_accumulate_grad_hook(on_grad(n))
+                for n, p in model.named_parameters()]  # fmt: skip
+    draw = mixture_batches(rows, config.base_mix, config.batch_size)
+
+    def batches(gen: torch.Generator):
+        batch = draw(gen)
+        if first["batch"]:
+            found.append(("batch", _sha(*batch)))
+            first["batch"] = False
+        return batch
+
+    def loss_fn(model, ids, mask, labels):
+        loss = lm_loss(model, ids, mask, labels)
+        if first["forward"]:
+            found.append(("loss", loss.item().hex()))
+            first["forward"] = False
+        return loss
+
+    def after(step: int, loss: float) -> None:
+        if step == 0:
+            for h in handles:
+                h.remove()
+            found.extend((f"step1/{k}", _sha(v)) for k, v in model.state_dict().items())
+        else:
+            found.append((f"loss@{step + 1}", float(loss).hex()))
+
+    schedule = warmup_cosine(config.base_lr, config.base_steps, config.warmup, floor=0.1)
+    finetune(model, batches, schedule, steps=steps, seed=sub_seed(config.seed, "base"),
+             loss_fn=loss_fn, on_step=after)  # fmt: skip
+    found.append((f"weights@{steps}", _digest(model)))
+    out.write_text(json.dumps({
+        "kernels": torch.backends.cpu.get_cpu_capability(), "threads": threads, "steps": steps,
+        "kernel_env": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR",
+                                                  "ONEDNN_MAX_CPU_ISA") if k in os.environ},
+        "stages": found,
+    }, indent=0) + "\n")  # fmt: skip
+    print(
+        f"{len(found)} stages, {torch.backends.cpu.get_cpu_capability()} kernels, weights after "
+        f"{steps} steps sha256 {found[-1][1]} -> {out}"
+    )
+
+
+def stages_compare(a_path: Path, b_path: Path) -> None:
+    import json
+
+    a, b = (json.loads(p.read_text())["stages"] for p in (a_path, b_path))
+    if [k for k, _ in a] != [k for k, _ in b]:
+        raise SystemExit(f"{a_path} and {b_path} list other stages (another model or --steps)")
+    differ = [k for (k, x), (_, y) in zip(a, b) if x != y]
+    groups: dict[str, list[bool]] = {}
+    for k, _ in a:
+        groups.setdefault(k.split("/")[0].split("@")[0], []).append(k in set(differ))
+    print("| stage | entries | differ |")
+    print("|---|---|---|")
+    for group, flags in groups.items():
+        print(f"| {group} | {len(flags)} | {sum(flags)} |")
+    print(f"first to differ: {', '.join(differ[:6]) if differ else 'none: the same arithmetic'}")
+
+
 def _digest(model: torch.nn.Module) -> str:
     """SHA-256 (16 hex digits) of every parameter's bytes, by name: equal only if every bit is."""
     h = hashlib.sha256()
@@ -264,12 +369,23 @@ def main() -> None:
     po.add_argument("a", type=Path)
     po.add_argument("b", type=Path)
     po.add_argument("--origin", type=Path, default=None, help="the model the base was tuned from")
+    st = sub.add_parser("stages")
+    st.add_argument("out", type=Path)
+    st.add_argument("--threads", type=int, default=2)
+    st.add_argument("--steps", type=int, default=20)
+    sx = sub.add_parser("stages-compare")
+    sx.add_argument("a", type=Path)
+    sx.add_argument("b", type=Path)
     sc = sub.add_parser("score")
     sc.add_argument("zoo", type=Path)
     sc.add_argument("runs", type=Path, nargs="+")
     args = parser.parse_args()
     if args.command == "score":
         score(args.zoo, args.runs)
+    elif args.command == "stages":
+        stages(args.out, args.threads, args.steps)
+    elif args.command == "stages-compare":
+        stages_compare(args.a, args.b)
     elif args.command == "pools":
         pools(args.a, args.b, args.origin)
     elif args.command == "run":
