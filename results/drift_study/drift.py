@@ -57,7 +57,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from transformers.models.llama.modeling_llama import repeat_kv
 
-from merge_env.pools.cache import sub_seed
+from merge_env.pools.cache import build_machine, sub_seed
 from merge_env.pools.finetune import IGNORE, finetune, lm_loss, mixture_batches, warmup_cosine
 from merge_env.pools.zoo import ZooConfig, _expert_mix, _Trainer
 
@@ -110,19 +110,30 @@ def _to_full_fp64(model: torch.nn.Module) -> None:
                 setattr(parent, name, _RMSNorm64(child))
 
 
-def run(
-    mode: str, out: Path, steps: int | None, threads: int, seed: int, lr: float | None,
-    expert: str | None = None, zoo: Path | None = None,
-) -> None:  # fmt: skip
+def _start(seed: int, threads: int) -> tuple[ZooConfig, _Trainer, list, torch.nn.Module]:
+    """The default zoo's config, a trainer, the base's pretraining rows and the initial model,
+    as the build makes them, at ``threads`` torch threads."""
     torch.set_num_threads(threads)
     config = ZooConfig(seed=seed)
     trainer = _Trainer(config, 0, False, "cpu")
     pretraining = trainer.rows("pretrain", config.per_task("base_rare_mass"))
-    model = trainer.model(config.shape, "init")
+    return config, trainer, pretraining, trainer.model(config.shape, "init")
+
+
+def _base_schedule(config: ZooConfig, peak: float):
+    """The base phase's learning rate by step, peaking at ``peak`` (the build's: ``base_lr``)."""
+    return warmup_cosine(peak, config.base_steps, config.warmup, floor=0.1)
+
+
+def run(
+    mode: str, out: Path, steps: int | None, threads: int, seed: int, lr: float | None,
+    expert: str | None = None, zoo: Path | None = None,
+) -> None:  # fmt: skip
+    config, trainer, pretraining, model = _start(seed, threads)
     if expert is None:  # the base, from its initialisation
         rows, mix, phase = pretraining, config.base_mix, "base"
         peak = config.base_lr if lr is None else lr
-        schedule = warmup_cosine(peak, config.base_steps, config.warmup, floor=0.1)
+        schedule = _base_schedule(config, peak)
         steps = steps or config.base_steps
     else:  # one expert, from the zoo's own base file
         from safetensors.torch import load_file
@@ -173,11 +184,7 @@ def stages(out: Path, threads: int, steps: int, seed: int = 0) -> None:
     """The fingerprint ``stages-compare`` reads (see the module's doc)."""
     import json
 
-    torch.set_num_threads(threads)
-    config = ZooConfig(seed=seed)
-    trainer = _Trainer(config, 0, False, "cpu")
-    rows = trainer.rows("pretrain", config.per_task("base_rare_mass"))
-    model = trainer.model(config.shape, "init")
+    config, _, rows, model = _start(seed, threads)
     found: list[tuple[str, str]] = [(f"init/{k}", _sha(v)) for k, v in model.state_dict().items()]
     first = {"forward": True, "batch": True}
 
@@ -224,16 +231,12 @@ def stages(out: Path, threads: int, steps: int, seed: int = 0) -> None:
         else:
             found.append((f"loss@{step + 1}", float(loss).hex()))
 
-    schedule = warmup_cosine(config.base_lr, config.base_steps, config.warmup, floor=0.1)
-    finetune(model, batches, schedule, steps=steps, seed=sub_seed(config.seed, "base"),
-             loss_fn=loss_fn, on_step=after)  # fmt: skip
+    finetune(model, batches, _base_schedule(config, config.base_lr), steps=steps,
+             seed=sub_seed(config.seed, "base"), loss_fn=loss_fn, on_step=after)  # fmt: skip
     found.append((f"weights@{steps}", _digest(model)))
-    out.write_text(json.dumps({
-        "kernels": torch.backends.cpu.get_cpu_capability(), "threads": threads, "steps": steps,
-        "kernel_env": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR",
-                                                  "ONEDNN_MAX_CPU_ISA") if k in os.environ},
-        "stages": found,
-    }, indent=0) + "\n")  # fmt: skip
+    # the machine as a pool's manifest records it (CPU, torch and transformers versions, kernels)
+    machine = {**build_machine(), "threads": threads, "steps": steps}
+    out.write_text(json.dumps({"machine": machine, "stages": found}, indent=0) + "\n")
     print(
         f"{len(found)} stages, {torch.backends.cpu.get_cpu_capability()} kernels, weights after "
         f"{steps} steps sha256 {found[-1][1]} -> {out}"
