@@ -1,5 +1,6 @@
 """A variant of zoo v5's base (CB: 3,000 steps; CB2: also every task's rare symbols as scarce
-as cipher's; CB3: add's and reverse's between the two) against zoo v5, seed by seed, with the continuation control on both bases.
+as cipher's; CB3: add's and reverse's between the two) against zoo v5, seed by seed, with the
+continuation control on both bases.
 
     python -m experiments.build_zoo --seed S --core-only --no-progress --set base_steps=3000
     python results/converged_base_budget/cb.py measure records.jsonl --seeds 0 1 2 3 4 5

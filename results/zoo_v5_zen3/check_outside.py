@@ -19,7 +19,8 @@ RESULTS = Path(__file__).resolve().parent.parent
 TASKS = ["add", "reverse", "cipher"]
 
 
-def _load(path: Path):
+def load_script(path: Path):
+    """A results script loaded from its file (the studies' scripts are not a package)."""
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -31,8 +32,8 @@ def main() -> None:
     parser.add_argument("dir", type=Path)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
     args = parser.parse_args()
-    builder = _load(RESULTS / "zoo_v5_intel" / "compare_machines.py")
-    outside = _load(RESULTS / "converged_base_budget" / "check_outside.py")
+    builder = load_script(RESULTS / "zoo_v5_intel" / "compare_machines.py")
+    outside = load_script(RESULTS / "converged_base_budget" / "check_outside.py")
     equal = total = 0
     for s in args.seeds:
         mine = builder.parse(args.dir / f"build_zoo_seed{s}.txt")["table"]

@@ -14,10 +14,11 @@ spread, and the pooled count over all (host, seed) builds.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import statistics
 from pathlib import Path
+
+from check_outside import load_script  # this folder's, on the script's path
 
 from experiments.stats import paired_t
 
@@ -34,10 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
     args = parser.parse_args()
-    path = RESULTS / "zoo_v5_intel" / "compare_machines.py"
-    spec = importlib.util.spec_from_file_location("compare_machines", path)
-    machines = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(machines)
+    machines = load_script(RESULTS / "zoo_v5_intel" / "compare_machines.py")
     runs = {h: {s: machines.parse(d / f"build_zoo_seed{s}.txt") for s in args.seeds}
             for h, d in HOSTS.items()}  # fmt: skip
     print("| host | " + " | ".join(f"seed {s}" for s in args.seeds) + " | holds | mean |")
