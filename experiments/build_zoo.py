@@ -230,17 +230,21 @@ def run(
     tune_lambda: bool = True,
     settings: Sequence[str] = (),
     extras: bool = True,
+    shipped: bool = True,
 ) -> Zoo:
     """Build or find the zoo, print build time, the TEST table and the regime; return the zoo.
 
     ``extras=False``: the base and the experts only (all the table and the regime read); the
-    recycling pool and the odd expert are then built by the first job that needs them."""
+    recycling pool and the odd expert are then built by the first job that needs them.
+    ``shipped=False``: train the zoo here even where MergeGym ships a copy of it."""
     console = console or Console()
     config = zoo_config(preset, seed, settings)
     if settings:
         preset = f"{preset} + {' '.join(settings)}"
     start = time.perf_counter()
-    zoo = build_zoo(config, cache_dir, progress=progress, device=device, extras=extras)
+    zoo = build_zoo(
+        config, cache_dir, progress=progress, device=device, extras=extras, shipped=shipped
+    )
     elapsed = time.perf_counter() - start
     took = (
         f"base + experts {zoo.build_seconds:.1f} s{per_step(zoo.build_seconds, config.core_steps)}"
@@ -248,7 +252,12 @@ def run(
     if zoo.has_extras:
         took += f", recycling pool + odd expert {zoo.extras_seconds:.1f} s"
     took += provenance(zoo)
-    if elapsed < 0.5 * (zoo.build_seconds + zoo.extras_seconds):
+    if zoo.installed:
+        console.print(
+            f"zoo {preset!r} seed {seed}: the copy shipped with MergeGym, installed at "
+            f"{zoo.root} in {zoo.installed.get('seconds', 0.0):.1f} s (its build took {took})"
+        )
+    elif elapsed < 0.5 * (zoo.build_seconds + zoo.extras_seconds):
         console.print(
             f"zoo {preset!r} seed {seed}: found in cache at {zoo.root} in {elapsed:.2f} s "
             f"(its build took {took})"
@@ -345,6 +354,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(the table and the regime need no more; a later job builds them when it needs them)",
     )  # fmt: skip
     parser.add_argument(
+        "--no-shipped", action="store_true",
+        help="train the zoo here even where MergeGym ships a copy of it (the default preset's "
+        "seed 0), e.g. to compare this machine's build with the shipped one; with a cache that "
+        "does not hold the shipped copy (--cache-dir)",
+    )  # fmt: skip
+    parser.add_argument(
         "--fixed-lambda", action="store_true",
         help="judge the regime by the fixed-weight merges only (skip choosing each method's "
         "scaling on the search split: 21 more merges)",
@@ -352,8 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.pool == "smollm2":
-        if args.core_only:
-            raise ConfigError("--core-only: for the zoo preset, not --pool smollm2")
+        if args.core_only or args.no_shipped:
+            flag = "--core-only" if args.core_only else "--no-shipped"
+            raise ConfigError(f"{flag}: for the zoo preset, not --pool smollm2")
         run_smollm2(
             args.seed, args.cache_dir, args.device, not args.no_progress,
             config=smollm2_config(args.seed, args.set), regime=not args.no_regime,
@@ -365,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(
             args.preset, args.seed, args.cache_dir, args.device, not args.no_progress,
             regime=not args.no_regime, tune_lambda=not args.fixed_lambda, settings=args.set,
-            extras=not args.core_only,
+            extras=not args.core_only, shipped=not args.no_shipped,
         )  # fmt: skip
     return 0
 

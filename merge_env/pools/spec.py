@@ -47,8 +47,8 @@ class _ZooExtras(Mapping[str, object]):
 
     KEYS = ("recycling", "odd_expert", "odd_expert_task")
 
-    def __init__(self, config: Any, cache_dir: str | None) -> None:
-        self._config, self._cache_dir = config, cache_dir
+    def __init__(self, config: Any, cache_dir: str | None, shipped: bool = True) -> None:
+        self._config, self._cache_dir, self._shipped = config, cache_dir, shipped
         self._values: dict[str, object] | None = None
 
     def __getitem__(self, key: str) -> object:
@@ -57,7 +57,7 @@ class _ZooExtras(Mapping[str, object]):
         if self._values is None:
             from merge_env.pools.zoo import build_zoo
 
-            zoo = build_zoo(self._config, self._cache_dir, extras=True)
+            zoo = build_zoo(self._config, self._cache_dir, extras=True, shipped=self._shipped)
             self._values = {"recycling": list(zoo.recycling), "odd_expert": zoo.odd_expert,
                             "odd_expert_task": zoo.odd_expert_task}  # fmt: skip
         return self._values[key]
@@ -71,26 +71,31 @@ class _ZooExtras(Mapping[str, object]):
     def __eq__(self, other: object) -> bool:  # equal zoos, without building either's extras
         if not isinstance(other, _ZooExtras):
             return NotImplemented
-        return (self._config, self._cache_dir) == (other._config, other._cache_dir)
+        return (self._config, self._cache_dir, self._shipped) == (
+            other._config, other._cache_dir, other._shipped
+        )  # fmt: skip
 
     __hash__ = None  # type: ignore[assignment]
 
 
-def zoo_pool(preset: str = "default", seed: int = 0, cache_dir: str | None = None) -> PoolSpec:
+def zoo_pool(
+    preset: str = "default", seed: int = 0, cache_dir: str | None = None, shipped: bool = True
+) -> PoolSpec:
     """The project's own zoo (built and cached on first use): base + one expert per task; its
-    recycling pool and odd expert (``extra``) are trained when first asked for."""
+    recycling pool and odd expert (``extra``) are trained when first asked for. ``shipped``: a
+    zoo that ships with MergeGym (the default preset's seed 0) is installed, not trained."""
     import dataclasses
 
     from merge_env.pools.zoo import ZooConfig, build_zoo
 
     config = dataclasses.replace(ZooConfig.preset(preset), seed=seed)
-    zoo = build_zoo(config, cache_dir)
+    zoo = build_zoo(config, cache_dir, shipped=shipped)
     return PoolSpec(
         name=f"zoo-{preset}",
         sources={BASE: zoo.base, **zoo.experts},
         tokenizer_dir=zoo.tokenizer_dir,
         tasks=tuple(zoo.tasks),
-        extra=_ZooExtras(config, cache_dir),
+        extra=_ZooExtras(config, cache_dir, shipped),
     )
 
 

@@ -46,6 +46,7 @@ from merge_env.pools.finetune import (
     mixture_batches,
     warmup_cosine,
 )
+from merge_env.pools.shipped import INSTALLED_KEY, install, shipped_entry
 from merge_env.scoring.tasks.synthetic import (
     ZOO_TASK_KINDS,
     char_tokenizer,
@@ -309,6 +310,9 @@ class Zoo:
     base_run: dict[int, str] = field(default_factory=dict, compare=False)  # step -> snapshot
     # the machine that trained it (cache.build_machine); {} for a zoo built before it was recorded
     built_on: dict[str, Any] = field(default_factory=dict, compare=False)
+    # set when the zoo was installed from a copy shipped with MergeGym (shipped.install): from
+    # where, when, in how many seconds; {} for a zoo trained on this machine
+    installed: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def has_extras(self) -> bool:
@@ -540,17 +544,32 @@ def build_zoo(
     progress: bool = True,
     device: str = "cpu",
     extras: bool = False,
+    shipped: bool = True,
 ) -> Zoo:
-    """Return the zoo for ``config``, from ``<cache_dir>/zoo-<fingerprint>`` or trained there now.
+    """Return the zoo for ``config``, from ``<cache_dir>/zoo-<fingerprint>`` or made there now.
 
-    The base and the experts (all a search needs) are built first; ``extras``: also the recycling
-    pool and the odd expert (checkpoint recycling, heterogeneous MoE), trained on first request
-    into ``<root>/extras`` from the base run's snapshots.
+    The base and the experts (all a search needs) come first: installed from the copy shipped
+    with MergeGym when one exists for the config's fingerprint (``merge_env.pools.shipped``: the
+    same bits on every machine; ``shipped=False`` trains instead), else trained here.
+    ``extras``: also the recycling pool and the odd expert (checkpoint recycling, heterogeneous
+    MoE), trained on first request into ``<root>/extras`` from the base run's snapshots.
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    root = cache / f"zoo-{config.fingerprint()}"
+    fingerprint = config.fingerprint()
+    root = cache / f"zoo-{fingerprint}"
     if (root / MANIFEST).is_file():
+        if not shipped and INSTALLED_KEY in read_manifest(
+            root / MANIFEST, "mergegym-zoo", "MergeGym zoo"
+        ):
+            raise ConfigError(
+                f"{root}: holds the zoo shipped with MergeGym, and shipped=False asks to train "
+                "one here: point the cache elsewhere (cache_dir, $MERGEGYM_CACHE) or remove it"
+            )
         logger.info("zoo found in cache: %s", root)
+    elif shipped and shipped_entry(fingerprint) is not None:
+        entry = install(fingerprint, root)
+        logger.info("zoo installed from the shipped copy (weights %s): %s",
+                    entry["weights_digest"], root)  # fmt: skip
     else:
         with pinned_threads():
             manifest = build_atomically(
@@ -741,4 +760,5 @@ def load_zoo(root: str | Path) -> Zoo:
         extras_seconds=extras_seconds,
         base_run=base_run,
         built_on=recorded_machine(data),
+        installed=dict(data.get(INSTALLED_KEY) or {}),
     )

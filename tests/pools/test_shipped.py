@@ -1,0 +1,172 @@
+"""Tests for merge_env/pools/shipped.py and experiments/ship_zoo.py: the zoo shipped with MergeGym
+installs instead of training, bit for bit, scores here as it scored where it was built, and a
+corrupt copy is named and never lands in the cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments.build_zoo import core_digest
+from merge_env.errors import CheckpointError, ConfigError
+from merge_env.pools import shipped as shipped_module
+from merge_env.pools import zoo as zoo_module
+from merge_env.pools.cache import weights_digest
+from merge_env.pools.shipped import SHIPPED_ROOT, install, read_index, shipped_entry, verify
+from merge_env.pools.zoo import ZooConfig, build_zoo
+from tests.pools.test_zoo import _quick
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("trained where a shipped copy should have been installed")
+
+
+def test_the_default_zoo_seed_0_ships_whole():
+    entry = shipped_entry(ZooConfig.preset("default").fingerprint())
+    assert entry is not None, "the default preset's seed 0 (make run's zoo) ships no longer"
+    assert entry["preset"] == "default" and entry["seed"] == 0
+    folder = SHIPPED_ROOT / entry["folder"]
+    verify(folder, entry["files"])  # every file, its SHA-256, nothing extra
+    manifest = json.loads((folder / entry["manifest"]).read_text())
+    assert manifest["fingerprint"] == ZooConfig.preset("default").fingerprint()
+    assert "installed" not in manifest  # a build, not an installed copy
+    assert set(entry["test_exact_match"]) == {"base", "expert:add", "expert:reverse",
+                                              "expert:cipher"}  # fmt: skip
+    assert manifest["built_on"] == entry["built_on"] and manifest["built_on"]["cpu"]
+
+
+def test_the_shipped_zoo_installs_without_training_and_scores_here_as_recorded(
+    tmp_path, monkeypatch
+):
+    """The cross-machine check: the shipped weights, scored on whatever machine runs the tests,
+    give the TEST cells recorded where they were trained (teacher-forced argmax on every answer
+    token; a machine where a near-tie flips would show here)."""
+    from experiments.build_zoo import score_zoo
+
+    config = ZooConfig.preset("default")
+    entry = shipped_entry(config.fingerprint())
+    monkeypatch.setattr(zoo_module, "finetune", _no_training)
+    zoo = build_zoo(config, tmp_path, progress=False)
+    assert zoo.installed and zoo.installed["from"].endswith(entry["folder"])
+    assert zoo.built_on == entry["built_on"]
+    assert core_digest(zoo) == entry["weights_digest"]
+    scores = score_zoo(zoo, "test")
+    got = {
+        name: {task: [round(s.exact_match * s.n), s.n] for task, s in row.items()}
+        for name, row in scores.items()
+    }
+    assert got == entry["test_exact_match"]
+    assert build_zoo(config, tmp_path, progress=False) == zoo  # from the cache now
+
+
+@pytest.fixture
+def shipped_quick(tmp_path, monkeypatch):
+    """A quick tiny zoo built in ``tmp_path/built``, shipped by ship_zoo into
+    ``tmp_path/shipped``, which then stands in for MergeGym's own shipped folder."""
+    from experiments.ship_zoo import ship
+
+    config = _quick(21)
+    monkeypatch.setattr(ZooConfig, "preset", classmethod(lambda cls, name: config))
+    built = build_zoo(config, tmp_path / "built", progress=False)
+    root = tmp_path / "shipped"
+    entry = ship("tiny", 21, tmp_path / "built", root=root)
+    monkeypatch.setattr(shipped_module, "SHIPPED_ROOT", root)
+    return config, built, entry, root
+
+
+def test_a_shipped_zoo_installs_bit_for_bit_and_its_extras_train_as_the_originals(
+    shipped_quick, tmp_path, monkeypatch
+):
+    config, built, entry, root = shipped_quick
+    assert entry["weights_digest"] == core_digest(built)
+    assert "extras" not in {f.split("/")[0] for f in entry["files"]}
+    real = zoo_module.finetune
+    monkeypatch.setattr(zoo_module, "finetune", _no_training)
+    zoo = build_zoo(config, tmp_path / "cache", progress=False)
+    assert zoo.installed and core_digest(zoo) == entry["weights_digest"]
+    assert zoo.base_run == built.base_run and zoo.built_on == built.built_on
+    assert json.loads((zoo.root / "zoo.json").read_text())["installed"]["from"] == str(
+        root / entry["folder"]
+    )
+    assert read_index(root)[config.fingerprint()]["files"] == entry["files"]
+    # the recycling pool and the odd expert train here from the shipped snapshots, as they
+    # would from the zoo that was shipped
+    monkeypatch.setattr(zoo_module, "finetune", real)
+    mine = build_zoo(config, tmp_path / "cache", progress=False, extras=True)
+    theirs = build_zoo(config, tmp_path / "built", progress=False, extras=True)
+    extras = {k: v for k, v in mine.checkpoints().items() if k.startswith(("recycle:", "odd:"))}
+    assert extras and weights_digest(extras) == weights_digest(
+        {k: v for k, v in theirs.checkpoints().items() if k in extras}
+    )
+
+
+@pytest.mark.parametrize("damage", ["edit", "extra", "missing"])
+def test_a_corrupt_shipped_copy_is_named_and_leaves_nothing_in_the_cache(
+    shipped_quick, tmp_path, damage
+):
+    config, _, entry, root = shipped_quick
+    folder = root / entry["folder"]
+    weights = folder / "experts/add/model.safetensors"
+    if damage == "edit":
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 1
+        weights.write_bytes(bytes(data))
+        match = "experts/add/model.safetensors: SHA-256"
+    elif damage == "extra":
+        (folder / "experts/add/notes.txt").write_text("x")
+        match = "experts/add/notes.txt: not a file of the shipped zoo"
+    else:
+        weights.unlink()
+        match = "experts/add/model.safetensors: missing"
+    cache = tmp_path / "cache"
+    with pytest.raises(CheckpointError, match=match):
+        build_zoo(config, cache, progress=False)
+    assert list(cache.iterdir()) == []  # no zoo, no half-copied dot-folder
+    with pytest.raises(CheckpointError, match="no shipped zoo"):
+        install("0" * 16, cache / "zoo-x", root)
+
+
+def test_shipped_false_trains_here_and_will_not_reuse_an_installed_copy(
+    shipped_quick, tmp_path, monkeypatch
+):
+    from merge_env.pools.spec import zoo_pool
+
+    config, built, entry, _ = shipped_quick
+    build_zoo(config, tmp_path / "cache", progress=False)  # installs the shipped copy
+    with pytest.raises(ConfigError, match="holds the zoo shipped with MergeGym"):
+        build_zoo(config, tmp_path / "cache", progress=False, shipped=False)
+    with pytest.raises(ConfigError, match="holds the zoo shipped with MergeGym"):
+        zoo_pool("tiny", seed=21, cache_dir=str(tmp_path / "cache"), shipped=False)
+    trained = []
+    real = zoo_module.finetune
+    monkeypatch.setattr(zoo_module, "finetune", lambda *a, **k: trained.append(1) or real(*a, **k))
+    own = build_zoo(config, tmp_path / "own", progress=False, shipped=False)
+    assert trained and not own.installed
+    assert core_digest(own) == entry["weights_digest"]  # this machine, same seed
+
+
+def test_ship_zoo_refuses_a_missing_zoo_and_an_installed_copy(shipped_quick, tmp_path):
+    from experiments.ship_zoo import ship
+
+    config, _, _, root = shipped_quick
+    with pytest.raises(ConfigError, match="no zoo 'tiny' seed 21 in the cache"):
+        ship("tiny", 21, tmp_path / "empty", root=tmp_path / "other")
+    build_zoo(config, tmp_path / "cache", progress=False)
+    with pytest.raises(ConfigError, match="installed from a shipped copy"):
+        ship("tiny", 21, tmp_path / "cache", root=tmp_path / "other")
+    assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
+
+
+def test_a_broken_index_is_named(tmp_path):
+    (tmp_path / "index.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="index.json: unreadable shipped-zoo index"):
+        read_index(tmp_path)
+    assert read_index(tmp_path / "none") == {}
+
+
+def test_build_zoo_cli_no_shipped_is_for_the_zoo_only():
+    from experiments.build_zoo import main
+
+    with pytest.raises(ConfigError, match="--no-shipped: for the zoo preset, not --pool smollm2"):
+        main(["--pool", "smollm2", "--no-shipped"])
