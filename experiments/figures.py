@@ -166,7 +166,8 @@ def _build_pool(pool: DictConfig, zoo_seed: Any) -> tuple[Any, dict[str, Any]]:
     t0 = time.perf_counter()
     if target == ZOO_POOL:
         config = dataclasses.replace(ZooConfig.preset(pool.preset), seed=zoo_seed)
-        zoo = build_zoo(config, pool.cache_dir, progress=sys.stderr.isatty(), extras=True)
+        zoo = build_zoo(config, pool.cache_dir, progress=sys.stderr.isatty(), extras=True,
+                        shipped=bool(pool.get("shipped", True)))  # fmt: skip
         took = zoo.build_seconds + zoo.extras_seconds
         return zoo, {
             "preset": pool.preset, "build_seconds": zoo.build_seconds,
@@ -175,6 +176,7 @@ def _build_pool(pool: DictConfig, zoo_seed: Any) -> tuple[Any, dict[str, Any]]:
                      f"{zoo.extras_seconds:.1f} s for the recycling pool and odd expert",
             "found_in_cache": time.perf_counter() - t0 < 0.5 * took,
             "trained_on": describe_machine(zoo.built_on), "weights_digest": core_digest(zoo),
+            "shipped": bool(zoo.installed),
         }  # fmt: skip
     if target == SMOLLM2_POOL:
         from hydra.utils import instantiate
@@ -425,6 +427,8 @@ def zoo_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list
     for z in result["zoos"]:
         tasks, seed = z["tasks"], z["zoo_seed"]
         how = "found in the cache" if z["found_in_cache"] else "built now"
+        if z.get("shipped"):
+            how = "the copy shipped with MergeGym, installed"
         built = z.get("built") or (  # figures.json of earlier versions: the zoo's build
             f"{z['build_seconds']:.1f} s for the base and experts, "
             f"{z.get('extras_seconds', 0.0):.1f} s for the recycling pool and odd expert"
