@@ -254,8 +254,9 @@ def run(
     took += provenance(zoo)
     if zoo.installed:
         console.print(
-            f"zoo {preset!r} seed {seed}: the copy shipped with MergeGym, installed at "
-            f"{zoo.root} in {zoo.installed.get('seconds', 0.0):.1f} s (its build took {took})"
+            f"zoo {preset!r} seed {seed}: the copy shipped with MergeGym, at {zoo.root} "
+            f"(installed {zoo.installed.get('at', '?')} in {zoo.installed['seconds']:.1f} s; "
+            f"its build took {took})"
         )
     elif elapsed < 0.5 * (zoo.build_seconds + zoo.extras_seconds):
         console.print(

@@ -428,7 +428,7 @@ def zoo_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list
         tasks, seed = z["tasks"], z["zoo_seed"]
         how = "found in the cache" if z["found_in_cache"] else "built now"
         if z.get("shipped"):
-            how = "the copy shipped with MergeGym, installed"
+            how = "the copy shipped with MergeGym, installed in the cache"
         built = z.get("built") or (  # figures.json of earlier versions: the zoo's build
             f"{z['build_seconds']:.1f} s for the base and experts, "
             f"{z.get('extras_seconds', 0.0):.1f} s for the recycling pool and odd expert"

@@ -73,6 +73,10 @@ def run(
     if built_with is not None and built_with != train_threads():
         log.warning("the zoo was built with %s torch threads, this run trains with %s: even the "
                     "zoo's own settings give other experts", built_with, train_threads())  # fmt: skip
+    if zoo.installed:
+        log.warning("the zoo is the copy shipped with MergeGym, trained on %s: experts "
+                    "retrained here from its base are this machine's, so even the zoo's own "
+                    "settings may give other experts", zoo.built_on.get("cpu", "another machine"))  # fmt: skip
     name = variant_name(settings, lora)
     folder = out / f"{preset}-seed{seed}" / name
     start = time.perf_counter()

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 from rich.console import Console
@@ -52,8 +53,10 @@ def ship(
     scores = score_zoo(zoo, "test")
     names = ["base", *(f"expert:{k}" for k in zoo.experts)]
     folder = f"zoo-{fingerprint}"
-    dest, tmp = root / folder, root / f".tmp-{folder}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    dest = root / folder
+    tag = uuid.uuid4().hex[:8]
+    tmp, old, index_tmp = root / f".tmp-{folder}-{tag}", root / f".old-{folder}-{tag}", None
+    root.mkdir(parents=True, exist_ok=True)
     try:
         shutil.copytree(src, tmp, ignore=lambda d, names: [EXTRAS] if Path(d) == src else [])
         entry = {
@@ -79,12 +82,23 @@ def ship(
             "files": list_files(tmp),
         }
         index = {"format": FORMAT, "zoos": {**read_index(root), fingerprint: entry}}
-        shutil.rmtree(dest, ignore_errors=True)
+        index_tmp = root / f".{INDEX}-{tag}"
+        index_tmp.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+        # publish: an earlier copy of this zoo moves aside, the new one and the index take
+        # their places by rename, then the old copy goes
+        if dest.exists():
+            os.rename(dest, old)
         os.rename(tmp, dest)
+        tmp = dest  # the new copy, removed below if the index cannot follow it
+        os.replace(index_tmp, root / INDEX)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists():
+            os.rename(old, dest)
+        if index_tmp is not None:
+            index_tmp.unlink(missing_ok=True)
         raise
-    (root / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+    shutil.rmtree(old, ignore_errors=True)
     return entry
 
 

@@ -10,27 +10,30 @@ recycling pool and the odd expert branch from them), tokenizer and manifest, exa
 ``build_zoo`` installs a shipped copy into the cache instead of training, when one exists for the
 config's fingerprint and the cache holds none (``shipped=False`` trains instead). Installing
 checks every file against the SHA-256 listed in ``index.json`` and publishes the copy with one
-rename, so a corrupt or partial copy is named and never left in the cache.
+rename, so a corrupt copy is named and never published (a killed install leaves a dot-folder
+beside the cache's zoos, as a killed build does).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
+import stat
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from merge_env.errors import CheckpointError
+from merge_env.pools.cache import build_atomically
 
 SHIPPED_ROOT = Path(__file__).parent / "shipped"
 INDEX = "index.json"
 # written into the installed copy's zoo manifest: where it came from (build_zoo prints it)
 INSTALLED_KEY = "installed"
+# what every index entry holds (experiments/ship_zoo.py writes them)
+ENTRY_KEYS = ("folder", "manifest", "files", "weights_digest")
 
 
 def file_sha256(path: Path) -> str:
@@ -52,8 +55,8 @@ def list_files(folder: Path) -> dict[str, str]:
 
 
 def read_index(root: Path | None = None) -> dict[str, dict[str, Any]]:
-    """The shipped zoos by fingerprint (``{}`` when none ship); a broken index raises
-    CheckpointError naming it."""
+    """The shipped zoos by fingerprint (``{}`` when none ship); a broken index, or an entry
+    without its folder, manifest and file list, raises CheckpointError naming it."""
     path = (root or SHIPPED_ROOT) / INDEX
     if not path.is_file():
         return {}
@@ -61,6 +64,10 @@ def read_index(root: Path | None = None) -> dict[str, dict[str, Any]]:
         data = json.loads(path.read_text())
         if data.get("format") != "mergegym-shipped-zoos" or not isinstance(data["zoos"], dict):
             raise ValueError("not a MergeGym shipped-zoo index")
+        for fingerprint, entry in data["zoos"].items():
+            missing = [k for k in ENTRY_KEYS if k not in entry]
+            if missing or not isinstance(entry["files"], dict):
+                raise ValueError(f"zoo {fingerprint}: no {missing or 'file list'}")
         return data["zoos"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise CheckpointError(f"{path}: unreadable shipped-zoo index ({err!r})") from err
@@ -91,10 +98,12 @@ def verify(folder: Path, files: Mapping[str, str]) -> None:
 
 def install(fingerprint: str, dest: Path, root: Path | None = None) -> dict[str, Any]:
     """Copy the shipped zoo ``fingerprint`` to ``dest`` (a cache's ``zoo-<fingerprint>``),
-    verified file by file, published by one rename; return its index entry.
+    verified file by file, published as every cached build is (``build_atomically``); return
+    its index entry.
 
-    The copy's manifest gains an ``installed`` record (from where, when, how long); a copy that
-    fails verification is removed and CheckpointError names the bad file. If another process
+    The copy is made writable (the jobs add the extras beside it) and its manifest gains an
+    ``installed`` record (from where, when) and ``install_seconds``. A copy that fails
+    verification is removed and CheckpointError names the bad file; if another process
     published ``dest`` first, its copy is kept.
     """
     root = root or SHIPPED_ROOT
@@ -102,27 +111,17 @@ def install(fingerprint: str, dest: Path, root: Path | None = None) -> dict[str,
     if entry is None:
         raise CheckpointError(f"{root / INDEX}: no shipped zoo {fingerprint}")
     src = root / entry["folder"]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}"
-    start = time.perf_counter()
-    try:
+    if not src.is_dir():
+        raise CheckpointError(f"{src}: listed in {root / INDEX} but missing")
+
+    def copy(tmp: Path) -> dict[str, Any]:
         shutil.copytree(src, tmp)
+        for path in [tmp, *tmp.rglob("*")]:  # a read-only install (site-packages) stays one
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
         verify(tmp, entry["files"])
-        manifest = tmp / entry["manifest"]
-        data = json.loads(manifest.read_text())
-        data[INSTALLED_KEY] = {
-            "from": str(src),
-            "seconds": round(time.perf_counter() - start, 2),
-            "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        manifest.write_text(json.dumps(data, indent=1))
-        try:
-            os.rename(tmp, dest)
-        except OSError as err:
-            if not (dest / entry["manifest"]).is_file():
-                raise CheckpointError(f"{dest}: exists but holds no {entry['manifest']}") from err
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        data = json.loads((tmp / entry["manifest"]).read_text())
+        data[INSTALLED_KEY] = {"from": str(src), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        return data
+
+    build_atomically(dest, entry["manifest"], copy, "install_seconds")
     return entry

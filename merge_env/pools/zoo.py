@@ -37,6 +37,7 @@ from merge_env.pools.cache import (
     sub_seed,
     task_records,
     tasks_from_records,
+    weights_digest,
 )
 from merge_env.pools.finetune import (
     LoraSpec,
@@ -557,17 +558,11 @@ def build_zoo(
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     fingerprint = config.fingerprint()
     root = cache / f"zoo-{fingerprint}"
+    entry = shipped_entry(fingerprint) if shipped else None
     if (root / MANIFEST).is_file():
-        if not shipped and INSTALLED_KEY in read_manifest(
-            root / MANIFEST, "mergegym-zoo", "MergeGym zoo"
-        ):
-            raise ConfigError(
-                f"{root}: holds the zoo shipped with MergeGym, and shipped=False asks to train "
-                "one here: point the cache elsewhere (cache_dir, $MERGEGYM_CACHE) or remove it"
-            )
         logger.info("zoo found in cache: %s", root)
-    elif shipped and shipped_entry(fingerprint) is not None:
-        entry = install(fingerprint, root)
+    elif entry is not None:
+        install(fingerprint, root)
         logger.info("zoo installed from the shipped copy (weights %s): %s",
                     entry["weights_digest"], root)  # fmt: skip
     else:
@@ -578,6 +573,22 @@ def build_zoo(
             )  # fmt: skip
         logger.info("zoo built in %.1f s: %s", manifest["build_seconds"], root)
     zoo = load_zoo(root)
+    if not shipped and zoo.installed:  # found so, or published by another process meanwhile
+        raise ConfigError(
+            f"{root}: holds the zoo shipped with MergeGym, and shipped=False asks to train one "
+            "here: point the cache elsewhere (cache_dir, $MERGEGYM_CACHE) or remove it"
+        )
+    if entry is not None and not zoo.installed:
+        digest = weights_digest(
+            {"base": zoo.base, **{f"expert:{k}": v for k, v in zoo.experts.items()}}
+        )
+        if digest != entry["weights_digest"]:
+            logger.warning(
+                "%s holds a zoo trained on %s (weights %s), not the one shipped with MergeGym "
+                "(weights %s), which the README's figures stand on: remove the folder to "
+                "install the shipped copy", root, zoo.built_on.get("cpu", "some machine"),
+                digest, entry["weights_digest"],
+            )  # fmt: skip
     if not extras or zoo.has_extras:
         return zoo
     with pinned_threads():
@@ -760,5 +771,9 @@ def load_zoo(root: str | Path) -> Zoo:
         extras_seconds=extras_seconds,
         base_run=base_run,
         built_on=recorded_machine(data),
-        installed=dict(data.get(INSTALLED_KEY) or {}),
+        installed=(
+            {**data[INSTALLED_KEY], "seconds": float(data.get("install_seconds", 0.0))}
+            if data.get(INSTALLED_KEY)
+            else {}
+        ),
     )

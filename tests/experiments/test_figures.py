@@ -54,7 +54,9 @@ def test_figures_come_from_the_runs_resume_and_record_failures(zoo_cache, tiny_z
     assert zoo["shipped"] is False and "shipped with MergeGym" not in md
     shipped_md = figures.zoo_markdown({**sections["zoo"]["result"], "zoos": [{**zoo, "shipped": True}]},
                                       data["protocol"])  # fmt: skip
-    assert any("the copy shipped with MergeGym, installed at" in line for line in shipped_md)
+    assert any(
+        "the copy shipped with MergeGym, installed in the cache at" in line for line in shipped_md
+    )
     add = expected["expert:add"]["add"]
     assert f"| expert:add | {add['exact_match']:.3f} / {add['token_accuracy']:.3f} |" in md
     # the regime's share intervals and task vectors travel into figures.json

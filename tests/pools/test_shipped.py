@@ -5,6 +5,7 @@ corrupt copy is named and never lands in the cache."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -170,3 +171,92 @@ def test_build_zoo_cli_no_shipped_is_for_the_zoo_only():
 
     with pytest.raises(ConfigError, match="--no-shipped: for the zoo preset, not --pool smollm2"):
         main(["--pool", "smollm2", "--no-shipped"])
+
+
+def test_install_keeps_a_copy_published_first_and_names_a_foreign_folder(shipped_quick, tmp_path):
+    config, _, entry, root = shipped_quick
+    first = build_zoo(config, tmp_path / "cache", progress=False)
+    stamp = json.loads((first.root / "zoo.json").read_text())["installed"]
+    # another process published the zoo while this one copied: its copy is kept
+    assert install(config.fingerprint(), first.root, root) == entry
+    assert json.loads((first.root / "zoo.json").read_text())["installed"] == stamp
+    foreign = tmp_path / "other" / first.root.name
+    (foreign / "junk").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="exists but holds no zoo.json; remove it"):
+        install(config.fingerprint(), foreign, root)
+    assert [p.name for p in foreign.parent.iterdir()] == [foreign.name]  # no dot-folder left
+
+
+def test_an_index_entry_without_its_folder_or_keys_is_named(shipped_quick, tmp_path):
+    config, _, entry, root = shipped_quick
+    index = json.loads((root / "index.json").read_text())
+    shutil.move(root / entry["folder"], tmp_path / "moved")
+    with pytest.raises(CheckpointError, match=f"{entry['folder']}: listed in .*index.json but"):
+        build_zoo(config, tmp_path / "cache", progress=False)
+    del index["zoos"][config.fingerprint()]["files"]
+    (root / "index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"index.json: unreadable .*no \['files'\]"):
+        build_zoo(config, tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_a_read_only_shipped_folder_installs_a_writable_copy(shipped_quick, tmp_path):
+    config, _, entry, root = shipped_quick
+    paths = [root, *root.rglob("*")]
+    try:
+        for p in paths:
+            p.chmod(p.stat().st_mode & ~0o222)
+        zoo = build_zoo(config, tmp_path / "cache", progress=False, extras=True)
+    finally:
+        for p in paths:
+            p.chmod(p.stat().st_mode | 0o200)
+    assert zoo.installed and zoo.has_extras  # the extras were written beside the copy
+    # owner-writable, file by file (root writes read-only files too, so the modes are checked)
+    assert all(p.stat().st_mode & 0o200 for p in [zoo.root, *zoo.root.rglob("*")])
+
+
+def test_shipping_again_replaces_the_copy_and_keeps_the_index_whole(shipped_quick, tmp_path):
+    from experiments.ship_zoo import ship
+
+    config, built, entry, root = shipped_quick
+    again = ship("tiny", 21, tmp_path / "built", root=root)
+    assert again == entry and read_index(root) == {config.fingerprint(): entry}
+    assert sorted(p.name for p in root.iterdir()) == ["index.json", entry["folder"]]
+    verify(root / entry["folder"], entry["files"])
+
+
+def test_a_zoo_trained_here_is_flagged_where_another_ships(shipped_quick, tmp_path, caplog):
+    config, _, entry, root = shipped_quick
+    own = build_zoo(config, tmp_path / "own", progress=False, shipped=False)
+    with caplog.at_level("WARNING", logger="merge_env.pools.zoo"):
+        assert build_zoo(config, tmp_path / "own", progress=False) == own
+    assert not caplog.records  # this machine trains the shipped bits: nothing to say
+    index = json.loads((root / "index.json").read_text())
+    index["zoos"][config.fingerprint()]["weights_digest"] = "0" * 16
+    (root / "index.json").write_text(json.dumps(index))
+    with caplog.at_level("WARNING", logger="merge_env.pools.zoo"):
+        build_zoo(config, tmp_path / "own", progress=False)
+    assert "not the one shipped with MergeGym (weights 0000000000000000)" in caplog.text
+
+
+def test_the_cli_and_figures_take_the_shipped_switch(shipped_quick, tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from experiments import figures
+    from experiments.build_zoo import main
+
+    config, _, entry, _ = shipped_quick
+    cache = str(tmp_path / "cache")
+    args = ["--preset", "tiny", "--seed", "21", "--cache-dir", cache, "--no-progress",
+            "--no-regime", "--core-only"]  # fmt: skip
+    assert main(args) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "the copy shipped with MergeGym, at" in out and entry["weights_digest"] in out
+    with pytest.raises(ConfigError, match="holds the zoo shipped with MergeGym"):
+        main([*args, "--no-shipped"])
+    pool = OmegaConf.create({"_target_": figures.ZOO_POOL, "preset": "tiny", "cache_dir": cache,
+                             "shipped": False})  # fmt: skip
+    with pytest.raises(ConfigError, match="holds the zoo shipped with MergeGym"):
+        figures._build_pool(pool, 21)
+    zoo, record = figures._build_pool(OmegaConf.merge(pool, {"shipped": True}), 21)
+    assert record["shipped"] is True and zoo.installed
