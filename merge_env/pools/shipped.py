@@ -116,7 +116,7 @@ def install(fingerprint: str, dest: Path, root: Path | None = None) -> dict[str,
 
     def copy(tmp: Path) -> dict[str, Any]:
         shutil.copytree(src, tmp)
-        for path in [tmp, *tmp.rglob("*")]:  # a read-only install (site-packages) stays one
+        for path in [tmp, *tmp.rglob("*")]:  # the package may be read-only; the copy must not
             path.chmod(path.stat().st_mode | stat.S_IWUSR)
         verify(tmp, entry["files"])
         data = json.loads((tmp / entry["manifest"]).read_text())
