@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +36,9 @@ def test_the_default_zoo_seed_0_ships_whole():
     assert set(entry["test_exact_match"]) == {"base", "expert:add", "expert:reverse",
                                               "expert:cipher"}  # fmt: skip
     assert manifest["built_on"] == entry["built_on"] and manifest["built_on"]["cpu"]
+    # the README names the weights every machine now runs make run on: a re-ship updates it
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert f"`{entry['weights_digest']}`" in readme
 
 
 def test_the_shipped_zoo_installs_without_training_and_scores_here_as_recorded(
