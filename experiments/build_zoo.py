@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from merge_env.errors import ConfigError, exit_on_error
-from merge_env.pools.cache import describe_machine, weights_digest
+from merge_env.pools.cache import core_digest, describe_machine
 from merge_env.pools.regime import LAMBDA_GRIDS, Regime, assess_regime
 from merge_env.pools.smollm2 import SmolConfig, SmolPool
 from merge_env.pools.zoo import Zoo, ZooConfig, build_zoo
@@ -197,13 +197,6 @@ def trained_on(built_on: dict[str, Any]) -> str:
     """The clause "; trained on <machine>" for a pool's ``built_on`` record ("" without one)."""
     machine = describe_machine(built_on)
     return f"; trained on {machine}" if machine else ""
-
-
-def core_digest(pool: Zoo | SmolPool) -> str:
-    """``weights_digest`` of what the tables and the regime read: the base and the experts."""
-    return weights_digest(
-        {"base": pool.base, **{f"expert:{k}": v for k, v in pool.experts.items()}}
-    )
 
 
 def per_step(seconds: float, steps: int) -> str:

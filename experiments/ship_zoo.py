@@ -26,10 +26,15 @@ from rich.console import Console
 from experiments.build_zoo import core_digest, score_zoo, zoo_config
 from merge_env.errors import ConfigError, exit_on_error
 from merge_env.pools.cache import default_cache_dir
-from merge_env.pools.shipped import INDEX, INSTALLED_KEY, SHIPPED_ROOT, list_files, read_index
+from merge_env.pools.shipped import (
+    INDEX,
+    INDEX_FORMAT,
+    INSTALLED_KEY,
+    SHIPPED_ROOT,
+    list_files,
+    read_index,
+)
 from merge_env.pools.zoo import EXTRAS, MANIFEST, load_zoo
-
-FORMAT = "mergegym-shipped-zoos"
 
 
 def ship(
@@ -78,10 +83,10 @@ def ship(
                     for t in zoo.tasks
                 }
                 for n in names
-            },  # fmt: skip
+            },
             "files": list_files(tmp),
         }
-        index = {"format": FORMAT, "zoos": {**read_index(root), fingerprint: entry}}
+        index = {"format": INDEX_FORMAT, "zoos": {**read_index(root), fingerprint: entry}}
         index_tmp = root / f".{INDEX}-{tag}"
         index_tmp.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
         # publish: an earlier copy of this zoo moves aside, the new one and the index take

@@ -141,10 +141,23 @@ def weights_digest(checkpoints: Mapping[str, Path]) -> str:
             raise CheckpointError(f"{checkpoints[name]}: no *.safetensors file for {name!r}")
         for file in files:
             h.update(f"{name}/{file.name}:{file.stat().st_size}\n".encode())
-            with open(file, "rb") as fh:
-                while block := fh.read(1 << 24):
-                    h.update(block)
+            hash_file(h, file)
     return h.hexdigest()[:16]
+
+
+def core_digest(pool: Any) -> str:
+    """``weights_digest`` of what a pool's tables and regime read: its ``base`` and ``experts``
+    (a zoo or the SmolLM2 pool)."""
+    return weights_digest(
+        {"base": pool.base, **{f"expert:{k}": v for k, v in pool.experts.items()}}
+    )
+
+
+def hash_file(h: Any, path: Path) -> None:
+    """Feed the bytes of ``path`` to the hashlib object ``h``, in blocks."""
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 24):
+            h.update(block)
 
 
 def read_manifest(path: Path, fmt: str, what: str) -> dict[str, Any]:

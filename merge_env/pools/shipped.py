@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from merge_env.errors import CheckpointError
-from merge_env.pools.cache import build_atomically
+from merge_env.pools.cache import build_atomically, hash_file
 
 SHIPPED_ROOT = Path(__file__).parent / "shipped"
 INDEX = "index.json"
+INDEX_FORMAT = "mergegym-shipped-zoos"
 # written into the installed copy's zoo manifest: where it came from (build_zoo prints it)
 INSTALLED_KEY = "installed"
 # what every index entry holds (experiments/ship_zoo.py writes them)
@@ -37,11 +38,9 @@ ENTRY_KEYS = ("folder", "manifest", "files", "weights_digest")
 
 
 def file_sha256(path: Path) -> str:
-    """The SHA-256 of one file, read in blocks."""
+    """The SHA-256 of one file."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 24):
-            h.update(block)
+    hash_file(h, path)
     return h.hexdigest()
 
 
@@ -62,7 +61,7 @@ def read_index(root: Path | None = None) -> dict[str, dict[str, Any]]:
         return {}
     try:
         data = json.loads(path.read_text())
-        if data.get("format") != "mergegym-shipped-zoos" or not isinstance(data["zoos"], dict):
+        if data.get("format") != INDEX_FORMAT or not isinstance(data["zoos"], dict):
             raise ValueError("not a MergeGym shipped-zoo index")
         for fingerprint, entry in data["zoos"].items():
             missing = [k for k in ENTRY_KEYS if k not in entry]

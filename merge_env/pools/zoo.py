@@ -30,6 +30,7 @@ import torch
 from merge_env.errors import CheckpointError, ConfigError
 from merge_env.pools.cache import (
     build_atomically,
+    core_digest,
     default_cache_dir,
     pinned_threads,
     read_manifest,
@@ -37,7 +38,6 @@ from merge_env.pools.cache import (
     sub_seed,
     task_records,
     tasks_from_records,
-    weights_digest,
 )
 from merge_env.pools.finetune import (
     LoraSpec,
@@ -579,9 +579,7 @@ def build_zoo(
             "here: point the cache elsewhere (cache_dir, $MERGEGYM_CACHE) or remove it"
         )
     if entry is not None and not zoo.installed:
-        digest = weights_digest(
-            {"base": zoo.base, **{f"expert:{k}": v for k, v in zoo.experts.items()}}
-        )
+        digest = core_digest(zoo)
         if digest != entry["weights_digest"]:
             logger.warning(
                 "%s holds a zoo trained on %s (weights %s), not the one shipped with MergeGym "
