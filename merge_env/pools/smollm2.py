@@ -88,14 +88,20 @@ ZOO_INSTRUCTIONS: dict[str, str] = {
     "add": "What is {x}?",
     "reverse": "Reverse the letters: {x}",
     "cipher": "Encode: {x}",
+    "atbash": "Atbash: {x}",
 }
 # Zoo kinds whose question and answer are spelled with a space between letters ("t o d c m"), so
 # each letter is one SmolLM2 token as it is one zoo token (digits already are one token each).
-SPELLED = frozenset({"reverse", "cipher"})
+SPELLED = frozenset({"reverse", "cipher", "atbash"})
 # None would give the template's own (longer) system prompt.
 DEFAULT_SYSTEM = "Reply with the answer only."
 # The generalist's share of each zoo task's rare symbols: the zoo base's ``base_rare_mass``.
-GENERALIST_RARE_MASS: dict[str, float] = {"add": 0.01, "reverse": 0.01, "cipher": 0.002}
+GENERALIST_RARE_MASS: dict[str, float] = {
+    "add": 0.01,
+    "reverse": 0.01,
+    "cipher": 0.002,
+    "atbash": 0.01,
+}
 
 
 # ---------------------------------------------------------------- chat-templated tasks

@@ -49,6 +49,7 @@ from merge_env.pools.finetune import (
 )
 from merge_env.pools.shipped import INSTALLED_KEY, install, shipped_entry
 from merge_env.scoring.tasks.synthetic import (
+    DEFAULT_ZOO_TASKS,
     ZOO_TASK_KINDS,
     char_tokenizer,
     check_rare_symbols,
@@ -122,7 +123,7 @@ DEFAULT_RECYCLING: tuple[RecycleSpec, ...] = (
 class ZooConfig:
     """Every size, step count and learning rate of a zoo; ``preset`` gives the named ones."""
 
-    tasks: tuple[str, ...] = ZOO_TASK_KINDS
+    tasks: tuple[str, ...] = DEFAULT_ZOO_TASKS
     n_search: int = 96
     n_test: int = 192
     task_seed: int = 0  # the evaluation splits; kept apart from ``seed`` so zoo seeds compare

@@ -60,6 +60,22 @@ def test_zoo_answers_are_right():
         word = ex.prompt[4:-1]
         assert 3 <= len(word) <= 6 and word.isalpha() and word.isupper()
         assert ex.answer == "".join(table[c] for c in word)
+    mirror = dict(zip("abcdefghijklmnopqrstuvwxyz", "zyxwvutsrqponmlkjihgfedcba"))
+    for ex in make_task("atbash", 100, 0, 0).search:
+        word = ex.prompt[4:-1]
+        assert 3 <= len(word) <= 6 and word.isalpha() and word.islower()
+        assert ex.answer == "".join(mirror[c] for c in word)
+        assert ex.answer.translate(str.maketrans(mirror)) == word  # its own inverse
+
+
+def test_default_zoo_keeps_its_three_tasks():
+    from merge_env.pools.zoo import ZooConfig
+    from merge_env.scoring.tasks.synthetic import DEFAULT_ZOO_TASKS
+
+    # atbash is a kind a zoo may name; the default zoo (and every cached fingerprint) is unchanged
+    assert DEFAULT_ZOO_TASKS == ("add", "reverse", "cipher") == ZooConfig().tasks
+    assert set(DEFAULT_ZOO_TASKS) < set(ZOO_TASK_KINDS)
+    ZooConfig(tasks=("add", "atbash", "cipher"))  # a valid zoo
 
 
 def _rare_share(kind: str, examples) -> float:

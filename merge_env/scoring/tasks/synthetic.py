@@ -1,9 +1,12 @@
-"""The zoo's synthetic tasks (add, reverse, cipher) and the character-level tokenizer they use.
+"""The zoo's synthetic tasks (add, reverse, cipher, atbash) and the character-level tokenizer.
 
 Zoo tasks are small synthetic problems for a character-level model; every prompt starts with a
 task tag so one model can learn them all. Each task has its own symbols, as real domains have
 their own vocabulary (math its digits, code its keywords): add works on digits, reverse on
-lower-case letters, cipher on upper-case letters. Some symbols of each task are *rare*: drawn
+lower-case letters, cipher on upper-case letters. Atbash (lower-case letters, each mapped to its
+mirror a<->z, b<->y, ...) is a substitution like cipher: a letter-for-letter "translation" that
+reads each output letter from the input letter at the same position, where reverse reads it from
+the mirrored position. The default zoo uses add, reverse and cipher (``DEFAULT_ZOO_TASKS``). Some symbols of each task are *rare*: drawn
 with ``rare_mass`` (the share of all symbol draws they get together), they stand for the domain
 knowledge a base model's pretraining data holds little of; a domain fine-tune, on the task's own
 (uniform) data, learns them. Evaluation splits are uniform.
@@ -22,8 +25,10 @@ from merge_env.scoring.tasks.task import Example, Task
 
 logger = logging.getLogger(__name__)
 
-ZOO_TASK_KINDS: tuple[str, ...] = ("add", "reverse", "cipher")
-ZOO_TAGS: dict[str, str] = {"add": "add", "reverse": "rev", "cipher": "enc"}
+ZOO_TASK_KINDS: tuple[str, ...] = ("add", "reverse", "cipher", "atbash")
+# The default zoo's tasks (zoo v3-v5)
+DEFAULT_ZOO_TASKS: tuple[str, ...] = ("add", "reverse", "cipher")
+ZOO_TAGS: dict[str, str] = {"add": "add", "reverse": "rev", "cipher": "enc", "atbash": "atb"}
 _DIGITS = "0123456789"
 _LOWER = "abcdefghijklmnopqrstuvwxyz"
 _UPPER = _LOWER.upper()
@@ -31,8 +36,14 @@ _UPPER = _LOWER.upper()
 # shares, so it must not depend on any seed.
 CIPHER_KEY = "QWERTYUIOPASDFGHJKLZXCVBNM"
 _CIPHER = str.maketrans(_UPPER, CIPHER_KEY)
+_ATBASH = str.maketrans(_LOWER, _LOWER[::-1])
 # The rare symbols of each task: digits 7-9, the second half of each alphabet.
-RARE_SYMBOLS: dict[str, str] = {"add": "789", "reverse": _LOWER[13:], "cipher": _UPPER[13:]}
+RARE_SYMBOLS: dict[str, str] = {
+    "add": "789",
+    "reverse": _LOWER[13:],
+    "cipher": _UPPER[13:],
+    "atbash": _LOWER[13:],
+}
 CHAR_SPECIALS: tuple[str, ...] = ("<pad>", "<s>", "</s>", "<unk>")
 DEFAULT_ALPHABET = "".join(chr(i) for i in range(32, 127)) + "\n\t"
 
@@ -72,6 +83,9 @@ def _draw(kind: str, rng: np.random.Generator, skew: Skew | None = None) -> Exam
     if kind == "reverse":
         word = _symbols(_LOWER, n, rng, skew)
         return Example(f"{tag} {word}=", word[::-1])
+    if kind == "atbash":
+        word = _symbols(_LOWER, n, rng, skew)
+        return Example(f"{tag} {word}=", word.translate(_ATBASH))
     word = _symbols(_UPPER, n, rng, skew)
     return Example(f"{tag} {word}=", word.translate(_CIPHER))
 
@@ -117,7 +131,12 @@ def check_rare_symbols(kind: str, symbols: object) -> None:
     """ConfigError unless ``symbols`` is a string of distinct symbols of task ``kind`` that
     leaves every alphabet the task draws from with rare and common symbols both (add's leading
     digit is drawn from 1-9, so "0" alone, or all of 1-9, would leave it one-sided)."""
-    alphabets = {"add": (_DIGITS, "123456789"), "reverse": (_LOWER,), "cipher": (_UPPER,)}
+    alphabets = {
+        "add": (_DIGITS, "123456789"),
+        "reverse": (_LOWER,),
+        "cipher": (_UPPER,),
+        "atbash": (_LOWER,),
+    }
     if kind not in alphabets:
         raise ConfigError(f"unknown zoo task kind {kind!r}; expected one of {ZOO_TASK_KINDS}")
     ok = isinstance(symbols, str) and len(set(symbols)) == len(symbols)
