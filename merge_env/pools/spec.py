@@ -79,16 +79,26 @@ class _ZooExtras(Mapping[str, object]):
 
 
 def zoo_pool(
-    preset: str = "default", seed: int = 0, cache_dir: str | None = None, shipped: bool = True
+    preset: str = "default",
+    seed: int = 0,
+    cache_dir: str | None = None,
+    shipped: bool = True,
+    tasks: Sequence[str] | None = None,
 ) -> PoolSpec:
     """The project's own zoo (built and cached on first use): base + one expert per task; its
     recycling pool and odd expert (``extra``) are trained when first asked for. ``shipped``: a
-    zoo that ships with MergeGym (the default preset's seed 0) is installed, not trained."""
+    zoo that ships with MergeGym (the default preset's seed 0) is installed, not trained.
+    ``tasks``: the zoo's task kinds in place of the preset's (as many, since the preset's
+    mixtures and step counts are per task), e.g. ``[add, atbash, cipher]``."""
     import dataclasses
 
     from merge_env.pools.zoo import ZooConfig, build_zoo
 
     config = dataclasses.replace(ZooConfig.preset(preset), seed=seed)
+    if tasks is not None:
+        if isinstance(tasks, str):
+            raise ConfigError(f"pool.tasks: a list of zoo task kinds, got the string {tasks!r}")
+        config = dataclasses.replace(config, tasks=tuple(tasks))
     zoo = build_zoo(config, cache_dir, shipped=shipped)
     return PoolSpec(
         name=f"zoo-{preset}",

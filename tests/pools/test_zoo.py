@@ -18,6 +18,7 @@ from merge_env.pools import zoo as zoo_module
 from merge_env.pools.cache import build_machine, default_cache_dir, describe_machine, weights_digest
 from merge_env.pools.zoo import ZOO_VERSION, ZooConfig, build_zoo, load_zoo
 from merge_env.scoring.tasks.synthetic import make_task
+from merge_env.search.recipe import BASE
 
 
 def _all_dirs(zoo) -> list[Path]:
@@ -158,6 +159,27 @@ def test_search_pool_builds_without_the_extras_until_asked(tmp_path, monkeypatch
         again == full
         and len(trained) == 1 + len(config.tasks) + sum(1 for r in config.recycling if r.steps) + 1
     )
+
+
+def test_pool_tasks_replace_the_presets(tmp_path, monkeypatch):
+    from merge_env.pools.spec import zoo_pool
+
+    config = _quick(13)
+    monkeypatch.setattr(ZooConfig, "preset", classmethod(lambda cls, name: config))
+    pool = zoo_pool("tiny", seed=13, cache_dir=str(tmp_path), tasks=["add", "atbash", "cipher"])
+    assert [t.name for t in pool.tasks] == ["add", "atbash", "cipher"]
+    assert set(pool.sources) == {BASE, "add", "atbash", "cipher"}
+    wanted = dataclasses.replace(config, tasks=("add", "atbash", "cipher"))
+    assert pool.sources["atbash"] == load_zoo(tmp_path / f"zoo-{wanted.fingerprint()}").experts[
+        "atbash"
+    ]
+    assert all(t.test[0].prompt.startswith("atb ") for t in pool.tasks if t.name == "atbash")
+    with pytest.raises(ConfigError, match="a list of zoo task kinds"):
+        zoo_pool("tiny", seed=13, cache_dir=str(tmp_path), tasks="atbash")
+    with pytest.raises(ConfigError, match="must be distinct kinds"):
+        zoo_pool("tiny", seed=13, cache_dir=str(tmp_path), tasks=["add", "mul", "cipher"])
+    with pytest.raises(ConfigError, match="one entry per task"):
+        zoo_pool("tiny", seed=13, cache_dir=str(tmp_path), tasks=["add", "atbash"])
 
 
 def test_interrupted_extras_build_keeps_the_core(tmp_path, monkeypatch):
