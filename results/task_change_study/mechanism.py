@@ -29,7 +29,9 @@ def costs(result: dict) -> tuple[str, dict[str, float]]:
     rows = result["merges"][MERGE]
     task = min(rows, key=lambda t: rows[t]["merged"])
     rec = rows[task]
-    return task, {p: rec["alone"] - rec[f"+others in {p}"] for p in PARTS if f"+others in {p}" in rec}
+    return task, {
+        p: rec["alone"] - rec[f"+others in {p}"] for p in PARTS if f"+others in {p}" in rec
+    }
 
 
 def main() -> None:
@@ -39,7 +41,11 @@ def main() -> None:
     args = parser.parse_args()
     designs = {"v5": args.v5, "A": args.candidate}
     per = {}
-    print("| design | seed | worst-kept (TIES d0.5) | alone | merged | cost through " + " / ".join(PARTS) + " |")
+    print(
+        "| design | seed | worst-kept (TIES d0.5) | alone | merged | cost through "
+        + " / ".join(PARTS)
+        + " |"
+    )
     print("|---|---|---|---|---|---|")
     for name, path in designs.items():
         per[name] = {}
@@ -64,7 +70,10 @@ def main() -> None:
     loaded = {name: json.loads(path.read_text()) for name, path in designs.items()}
     for task in ("add", "cipher"):
         for part in ("attention", "mlp", "embeddings"):
-            by = {name: {r["seed"]: r["merges"][MERGE][task] for r in rs} for name, rs in loaded.items()}
+            by = {
+                name: {r["seed"]: r["merges"][MERGE][task] for r in rs}
+                for name, rs in loaded.items()
+            }
             cost = {name: {s: rec["alone"] - rec[f"+others in {part}"] for s, rec in d.items()}
                     for name, d in by.items()}  # fmt: skip
             both = sorted(set(cost["v5"]) & set(cost["A"]))

@@ -170,9 +170,8 @@ def test_pool_tasks_replace_the_presets(tmp_path, monkeypatch):
     assert [t.name for t in pool.tasks] == ["add", "atbash", "cipher"]
     assert set(pool.sources) == {BASE, "add", "atbash", "cipher"}
     wanted = dataclasses.replace(config, tasks=("add", "atbash", "cipher"))
-    assert pool.sources["atbash"] == load_zoo(tmp_path / f"zoo-{wanted.fingerprint()}").experts[
-        "atbash"
-    ]
+    built = load_zoo(tmp_path / f"zoo-{wanted.fingerprint()}")
+    assert pool.sources["atbash"] == built.experts["atbash"]
     assert all(t.test[0].prompt.startswith("atb ") for t in pool.tasks if t.name == "atbash")
     with pytest.raises(ConfigError, match="a list of zoo task kinds"):
         zoo_pool("tiny", seed=13, cache_dir=str(tmp_path), tasks="atbash")
