@@ -124,7 +124,8 @@ def main() -> None:
                    for i, t in enumerate(tasks)]  # fmt: skip
         mean = statistics.mean(a[s]["worst"] for s in seeds)
         lead = held == len(seeds) and max(spreads) <= 0.10 and mean >= 0.55
-        print(f"\ndeclared reading: holds {held} of {len(seeds)}, largest own-task spread "
+        print(f"\nthe declared lead rule (README; declared for seeds 0-5) over seeds {seeds}: holds "
+              f"{held} of {len(seeds)}, largest own-task spread "
               f"{max(spreads):.3f}, mean worst share {mean:.3f}: "
               + ("a lead (not adopted this session)" if lead else "not a lead"))  # fmt: skip
 
