@@ -88,8 +88,10 @@ def zoo_pool(
     """The project's own zoo (built and cached on first use): base + one expert per task; its
     recycling pool and odd expert (``extra``) are trained when first asked for. ``shipped``: a
     zoo that ships with MergeGym (the default preset's seed 0) is installed, not trained.
-    ``tasks``: the zoo's task kinds in place of the preset's (as many, since the preset's
-    mixtures and step counts are per task), e.g. ``[add, atbash, cipher]``."""
+    ``tasks``: the zoo's task kinds in place of the preset's, e.g. ``[add, atbash, cipher]``: as
+    many, and by position, since the preset's per-task settings (the base's mixture and rare
+    mass, the experts' steps, the recycling mixtures) are lists aligned with its tasks; the
+    preset's odd-width expert's task (cipher) must stay."""
     import dataclasses
 
     from merge_env.pools.zoo import ZooConfig, build_zoo
@@ -98,10 +100,16 @@ def zoo_pool(
     if tasks is not None:
         if isinstance(tasks, str):
             raise ConfigError(f"pool.tasks: a list of zoo task kinds, got the string {tasks!r}")
-        config = dataclasses.replace(config, tasks=tuple(tasks))
+        tasks = tuple(tasks)
+        if config.odd_task not in tasks:
+            raise ConfigError(
+                f"pool.tasks: {list(tasks)} must keep {config.odd_task!r}, the task of the "
+                f"preset's odd-width expert"
+            )
+        config = dataclasses.replace(config, tasks=tasks)
     zoo = build_zoo(config, cache_dir, shipped=shipped)
     return PoolSpec(
-        name=f"zoo-{preset}",
+        name=f"zoo-{preset}" + ("" if tasks is None else "-" + "-".join(tasks)),
         sources={BASE: zoo.base, **zoo.experts},
         tokenizer_dir=zoo.tokenizer_dir,
         tasks=tuple(zoo.tasks),

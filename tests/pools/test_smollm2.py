@@ -126,6 +126,10 @@ def test_zoo_questions_are_instructions_in_disjoint_seeded_splits():
     for e, z in zip(enc, zoo_enc):
         assert e.prompt == "Encode: " + " ".join(z.prompt[len(ZOO_TAGS["cipher"]) + 1 : -1])
         assert e.answer == " ".join(z.answer)
+    atb = smollm2.question_examples("atbash", 3, 0, 0, 0, 0)[0]
+    for e, z in zip(atb, make_task("atbash", 3, 0, 0).search, strict=True):
+        assert e.prompt == "Atbash: " + " ".join(z.prompt[len(ZOO_TAGS["atbash"]) + 1 : -1])
+        assert e.answer == " ".join(z.answer)
     with pytest.raises(ConfigError, match="unexpected prompt"):
         smollm2._zoo_question("add", "rev abc=")
 

@@ -169,16 +169,25 @@ def test_pool_tasks_replace_the_presets(tmp_path, monkeypatch):
     pool = zoo_pool("tiny", seed=13, cache_dir=str(tmp_path), tasks=["add", "atbash", "cipher"])
     assert [t.name for t in pool.tasks] == ["add", "atbash", "cipher"]
     assert set(pool.sources) == {BASE, "add", "atbash", "cipher"}
+    assert pool.name == "zoo-tiny-add-atbash-cipher"
     wanted = dataclasses.replace(config, tasks=("add", "atbash", "cipher"))
-    built = load_zoo(tmp_path / f"zoo-{wanted.fingerprint()}")
-    assert pool.sources["atbash"] == built.experts["atbash"]
-    assert all(t.test[0].prompt.startswith("atb ") for t in pool.tasks if t.name == "atbash")
+    (built,) = tmp_path.glob("zoo-*")  # one zoo, the one with atbash in reverse's place
+    assert built.name == f"zoo-{wanted.fingerprint()}" != f"zoo-{config.fingerprint()}"
+    zoo = load_zoo(built)
+    assert zoo.config.tasks == ("add", "atbash", "cipher")
+    assert [t.fingerprint for t in zoo.tasks] == [t.fingerprint for t in pool.tasks]
+    assert all(ex.prompt.startswith("atb ") for ex in pool.tasks[1].test)
     with pytest.raises(ConfigError, match="a list of zoo task kinds"):
         zoo_pool("tiny", seed=13, cache_dir=str(tmp_path), tasks="atbash")
     with pytest.raises(ConfigError, match="must be distinct kinds"):
         zoo_pool("tiny", seed=13, cache_dir=str(tmp_path), tasks=["add", "mul", "cipher"])
     with pytest.raises(ConfigError, match="one entry per task"):
-        zoo_pool("tiny", seed=13, cache_dir=str(tmp_path), tasks=["add", "atbash"])
+        zoo_pool(
+            "tiny", seed=13, cache_dir=str(tmp_path), tasks=["add", "atbash", "reverse", "cipher"]
+        )
+    with pytest.raises(ConfigError, match="must keep 'cipher', the task of the preset's odd"):
+        zoo_pool("tiny", seed=13, cache_dir=str(tmp_path), tasks=["add", "atbash", "reverse"])
+    assert [p.name for p in tmp_path.glob("zoo-*")] == [built.name]  # the errors built nothing
 
 
 def test_interrupted_extras_build_keeps_the_core(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from merge_env.scoring.tasks.synthetic import (
     ZOO_TAGS,
     ZOO_TASK_KINDS,
     char_tokenizer,
+    check_rare_symbols,
     make_task,
     training_examples,
 )
@@ -72,10 +73,21 @@ def test_default_zoo_keeps_its_three_tasks():
     from merge_env.pools.zoo import ZooConfig
     from merge_env.scoring.tasks.synthetic import DEFAULT_ZOO_TASKS
 
-    # atbash is a kind a zoo may name; the default zoo (and every cached fingerprint) is unchanged
+    # atbash is a kind a zoo may name; the default zoo (and its cached fingerprint) is unchanged
     assert DEFAULT_ZOO_TASKS == ("add", "reverse", "cipher") == ZooConfig().tasks
     assert set(DEFAULT_ZOO_TASKS) < set(ZOO_TASK_KINDS)
-    ZooConfig(tasks=("add", "atbash", "cipher"))  # a valid zoo
+    assert ZooConfig.preset("default").fingerprint() == "c4d40895cf4e93df"  # the shipped zoo's
+    atbash = ZooConfig(tasks=("add", "atbash", "cipher")).fingerprint()
+    reordered = ZooConfig(tasks=("add", "cipher", "atbash")).fingerprint()
+    assert len({"c4d40895cf4e93df", atbash, reordered}) == 3
+
+
+def test_atbash_rare_symbols_are_checked():
+    check_rare_symbols("atbash", "xyz")
+    with pytest.raises(ConfigError, match="rare symbols 'XYZ'"):
+        check_rare_symbols("atbash", "XYZ")
+    with pytest.raises(ConfigError, match="some but not all"):
+        check_rare_symbols("atbash", "abcdefghijklmnopqrstuvwxyz")
 
 
 def _rare_share(kind: str, examples) -> float:
