@@ -4,9 +4,9 @@
 
 Reads this folder's ``build_A_seed<S>.txt`` (``python -m experiments.build_zoo --seed S
 --core-only --set "tasks=['add','atbash','cipher']"``) and the same host's zoo v5 builds,
-``results/zoo_v5_zen3/build_zoo_seed<S>.txt``, with ``results/zoo_v5_intel/compare_machines.py``'s
-parser. Prints per seed and design: the base and each expert on its own task, the gains, the
-best judged merge with its worst share, 95 % interval and per-task shares, the trade-off check and
+``results/zoo_v5_zen3/build_zoo_seed<S>.txt`` (seeds 6-11: this folder's
+``build_v5_seed<S>.txt``), with ``results/zoo_v5_intel/compare_machines.py``'s parser. Prints per
+seed and design: the base and each expert on its own task, the gains, the best judged merge with its worst share, 95 % interval and per-task shares, the trade-off check and
 the verdict; then each design's count of seeds that hold, mean worst share and own-task spread;
 the paired (by seed) differences A minus v5 of the worst share and of the shares of the two tasks
 both designs have (add, cipher) under the best judged merge and under TIES d0.5 (Student t 95 %);
@@ -25,10 +25,14 @@ from experiments.stats import paired_t
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent
+# each design's builds: the first existing file of its patterns (v5's seeds 6-11 were built here)
 DESIGNS = {
-    "v5 (add, reverse, cipher)": (RESULTS / "zoo_v5_zen3", "build_zoo_seed{}.txt", ("add", "reverse", "cipher")),
-    "A (add, atbash, cipher)": (HERE, "build_A_seed{}.txt", ("add", "atbash", "cipher")),
-}  # fmt: skip
+    "v5 (add, reverse, cipher)": (
+        (RESULTS / "zoo_v5_zen3" / "build_zoo_seed{}.txt", HERE / "build_v5_seed{}.txt"),
+        ("add", "reverse", "cipher"),
+    ),
+    "A (add, atbash, cipher)": ((HERE / "build_A_seed{}.txt",), ("add", "atbash", "cipher")),
+}
 
 
 def _load(path: Path):
@@ -60,11 +64,12 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
     args = parser.parse_args()
     runs = {}
-    for name, (folder, pattern, tasks) in DESIGNS.items():
+    for name, (patterns, tasks) in DESIGNS.items():
         runs[name] = {}
         for s in args.seeds:
-            path = folder / pattern.format(s)
-            if path.exists():
+            paths = [Path(str(p).format(s)) for p in patterns]
+            path = next((p for p in paths if p.exists()), None)
+            if path is not None:
                 runs[name][s] = parse(path, tasks)
     print("| seed | design | base on the tasks | experts on their own task | gains | best judged "
           "merge: worst share [95 %] | its shares | TIES d0.5 keeps | trade-off | regime |")  # fmt: skip
