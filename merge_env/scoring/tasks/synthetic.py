@@ -6,10 +6,12 @@ their own vocabulary (math its digits, code its keywords): add works on digits, 
 lower-case letters, cipher on upper-case letters. Atbash (lower-case letters, each mapped to its
 mirror a<->z, b<->y, ...) is a substitution like cipher: a letter-for-letter "translation" that
 reads each output letter from the input letter at the same position, where reverse reads it from
-the mirrored position. The default zoo uses add, reverse and cipher (``DEFAULT_ZOO_TASKS``). Some symbols of each task are *rare*: drawn
-with ``rare_mass`` (the share of all symbol draws they get together), they stand for the domain
-knowledge a base model's pretraining data holds little of; a domain fine-tune, on the task's own
-(uniform) data, learns them. Evaluation splits are uniform.
+the mirrored position. The default zoo uses add, reverse and cipher (``DEFAULT_ZOO_TASKS``).
+
+Some symbols of each task are *rare*: drawn with ``rare_mass`` (the share of all symbol draws
+they get together), they stand for the domain knowledge a base model's pretraining data holds
+little of; a domain fine-tune, on the task's own (uniform) data, learns them. Evaluation splits
+are uniform.
 """
 
 from __future__ import annotations
