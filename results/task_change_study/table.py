@@ -1,6 +1,6 @@
 """The task-change study: candidate A (add, atbash, cipher) against zoo v5 on the same host.
 
-    python results/task_change_study/table.py [--seeds 0 1 2 3 4 5]
+    python results/task_change_study/table.py [--seeds 0 1 2 3 4 5] [--arith1t]
 
 Reads this folder's ``build_A_seed<S>.txt`` (``python -m experiments.build_zoo --seed S
 --core-only --set "tasks=['add','atbash','cipher']"``) and the same host's zoo v5 builds,
@@ -11,6 +11,10 @@ the verdict; then each design's count of seeds that hold, mean worst share and o
 the paired (by seed) differences A minus v5 of the worst share and of the shares of the two tasks
 both designs have (add, cipher) under the best judged merge and under TIES d0.5 (Student t 95 %);
 and the declared reading (README: a lead needs 6 of 6, every spread <= 0.10, mean >= 0.55).
+
+``--arith1t`` (session 35, the declared fourth): the same for both designs' builds trained at 1
+torch thread (``arith1t/build_{A,v5}_seed<S>.txt``), then per seed and design how far the thread
+count moved the worst share (1 thread minus the 2-thread builds above).
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ DESIGNS = {
     ),
     "A (add, atbash, cipher)": ((HERE / "build_A_seed{}.txt",), ("add", "atbash", "cipher")),
 }
+# the same designs trained at 1 torch thread (declared fourth)
+DESIGNS_1T = {
+    "v5 (add, reverse, cipher)": ((HERE / "arith1t" / "build_v5_seed{}.txt",), ("add", "reverse", "cipher")),
+    "A (add, atbash, cipher)": ((HERE / "arith1t" / "build_A_seed{}.txt",), ("add", "atbash", "cipher")),
+}  # fmt: skip
 
 
 def _load(path: Path):
@@ -59,18 +68,25 @@ def parse(path: Path, tasks: tuple[str, ...]) -> dict:
     return r
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
-    args = parser.parse_args()
-    runs = {}
-    for name, (patterns, tasks) in DESIGNS.items():
+def load(designs: dict, seeds: list[int]) -> dict[str, dict[int, dict]]:
+    """Each design's parsed builds by seed (the first existing file of its patterns)."""
+    runs: dict[str, dict[int, dict]] = {}
+    for name, (patterns, tasks) in designs.items():
         runs[name] = {}
-        for s in args.seeds:
+        for s in seeds:
             paths = [Path(str(p).format(s)) for p in patterns]
             path = next((p for p in paths if p.exists()), None)
             if path is not None:
                 runs[name][s] = parse(path, tasks)
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
+    parser.add_argument("--arith1t", action="store_true", help="the builds at 1 torch thread")
+    args = parser.parse_args()
+    runs = load(DESIGNS_1T if args.arith1t else DESIGNS, args.seeds)
     print("| seed | design | base on the tasks | experts on their own task | gains | best judged "
           "merge: worst share [95 %] | its shares | TIES d0.5 keeps | trade-off | regime |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -133,6 +149,19 @@ def main() -> None:
               f"{held} of {len(seeds)}, largest own-task spread "
               f"{max(spreads):.3f}, mean worst share {mean:.3f}: "
               + ("a lead (not adopted this session)" if lead else "not a lead"))  # fmt: skip
+    if args.arith1t:
+        two = load(DESIGNS, args.seeds)
+        print("\nworst share, 1 thread minus 2 threads (the same host, seed and design):")
+        for name, rs in runs.items():
+            seeds = [s for s in args.seeds if s in rs and s in two[name]]
+            diffs = [rs[s]["worst"] - two[name][s]["worst"] for s in seeds]
+            if not diffs:
+                continue
+            flips = sum(rs[s]["holds"] != two[name][s]["holds"] for s in seeds)
+            print(f"{name}: " + " / ".join(f"{d:+.2f}" for d in diffs)
+                  + f" (seeds {seeds}); mean |difference| "
+                  f"{statistics.mean(abs(d) for d in diffs):.3f}; verdict flips on {flips} of "
+                  f"{len(seeds)}")  # fmt: skip
 
 
 if __name__ == "__main__":
