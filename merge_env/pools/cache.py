@@ -47,12 +47,27 @@ def train_threads() -> int:
     return int(raw)
 
 
+def warn_other_thread_count(root: Path, recorded: Any, log: logging.Logger) -> None:
+    """Warn when the pool found at ``root`` trained with another torch thread count than
+    ``train_threads()``: cache keys hold a pool's settings, not the count, which changes every
+    tensor it trains. ``recorded``: the count in its manifest (None before counts were kept)."""
+    asked = train_threads()
+    if recorded is None or int(recorded) == asked:
+        return
+    log.warning(
+        "%s was trained with %d torch thread(s), not the %d asked for ($%s): a build at %d gives "
+        "other weights; point the cache elsewhere (--cache-dir, $MERGEGYM_CACHE) to train one",
+        root, int(recorded), asked, TRAIN_THREADS_ENV, asked,
+    )  # fmt: skip
+
+
 @contextmanager
-def pinned_threads() -> Iterator[None]:
-    """Train with ``train_threads()`` torch threads inside the block; the caller's count after."""
+def pinned_threads(count: int | None = None) -> Iterator[None]:
+    """Train with ``count`` (default ``train_threads()``) torch threads inside the block; the
+    caller's count after."""
     threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(train_threads())
+        torch.set_num_threads(train_threads() if count is None else count)
         yield
     finally:
         torch.set_num_threads(threads)

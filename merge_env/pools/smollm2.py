@@ -57,6 +57,7 @@ from merge_env.pools.cache import (
     sub_seed,
     task_records,
     tasks_from_records,
+    warn_other_thread_count,
 )
 from merge_env.pools.finetune import (
     answer_loss,
@@ -383,6 +384,8 @@ def build_smollm2_pool(
         root = cache / f"smollm2-{config.fingerprint(base.name)}"
         if (root / POOL_MANIFEST).is_file():
             logger.info("SmolLM2 pool found in cache: %s", root)
+            manifest = read_manifest(root / POOL_MANIFEST, "mergegym-smollm2-pool", "SmolLM2 pool")
+            warn_other_thread_count(root, manifest.get("train_threads"), logger)
             return load_smollm2_pool(root)
         manifest = build_atomically(
             root, POOL_MANIFEST, lambda tmp: _build_experts(tmp, base, config, progress, device),

@@ -38,6 +38,8 @@ from merge_env.pools.cache import (
     sub_seed,
     task_records,
     tasks_from_records,
+    train_threads,
+    warn_other_thread_count,
 )
 from merge_env.pools.finetune import (
     LoraSpec,
@@ -315,6 +317,8 @@ class Zoo:
     # set when the zoo was installed from a copy shipped with MergeGym (shipped.install): from
     # where, when, in how many seconds; {} for a zoo trained on this machine
     installed: dict[str, Any] = field(default_factory=dict, compare=False)
+    # the torch thread count the base and experts trained with; None for a zoo that predates it
+    train_threads: int | None = field(default=None, compare=False)
 
     @property
     def has_extras(self) -> bool:
@@ -574,6 +578,8 @@ def build_zoo(
             )  # fmt: skip
         logger.info("zoo built in %.1f s: %s", manifest["build_seconds"], root)
     zoo = load_zoo(root)
+    if not zoo.installed:  # an installed copy trained on the shipping machine, not here
+        warn_other_thread_count(root, zoo.train_threads, logger)
     if not shipped and zoo.installed:  # found so, or published by another process meanwhile
         raise ConfigError(
             f"{root}: holds the zoo shipped with MergeGym, and shipped=False asks to train one "
@@ -590,9 +596,12 @@ def build_zoo(
             )  # fmt: skip
     if not extras or zoo.has_extras:
         return zoo
-    with pinned_threads():
+    # at the core's thread count, so the extras hold the tensors a zoo trained in one go would
+    threads = zoo.train_threads or train_threads()
+    with pinned_threads(threads):
         info = build_atomically(
-            root / EXTRAS, EXTRAS_MANIFEST, lambda tmp: _build_extras(tmp, zoo, progress, device),
+            root / EXTRAS, EXTRAS_MANIFEST,
+            lambda tmp: {**_build_extras(tmp, zoo, progress, device), "train_threads": threads},
             "build_seconds",
         )  # fmt: skip
     logger.info("zoo extras built in %.1f s: %s", info["build_seconds"], root / EXTRAS)
@@ -775,4 +784,5 @@ def load_zoo(root: str | Path) -> Zoo:
             if data.get(INSTALLED_KEY)
             else {}
         ),
+        train_threads=int(data["train_threads"]) if data.get("train_threads") else None,
     )

@@ -260,7 +260,7 @@ def test_generalist_data_keeps_each_tasks_rare_symbols_scarce():
         assert rare_share(name, drawn) < 0.05 < 0.2 < rare_share(name, uniform)
 
 
-def test_pool_builds_loads_and_comes_from_cache(tiny_base, tmp_path, monkeypatch):
+def test_pool_builds_loads_and_comes_from_cache(tiny_base, tmp_path, monkeypatch, caplog):
     cache = tiny_base.parent
     pool = build_smollm2_pool(SMALL, cache, progress=False)
     assert pool.root == cache / f"smollm2-{SMALL.fingerprint(tiny_base.name)}"
@@ -285,6 +285,11 @@ def test_pool_builds_loads_and_comes_from_cache(tiny_base, tmp_path, monkeypatch
     monkeypatch.setattr(smollm2, "finetune", no_training)
     assert build_smollm2_pool(SMALL, cache, progress=False) == pool
     assert load_smollm2_pool(pool.root) == pool
+    # found at another thread count than asked for: used, and named (its key holds no count)
+    monkeypatch.setenv("MERGEGYM_TRAIN_THREADS", "3")
+    with caplog.at_level("WARNING", logger="merge_env.pools.smollm2"):
+        assert build_smollm2_pool(SMALL, cache, progress=False) == pool
+    assert f"{pool.root} was trained with 1 torch thread(s), not the 3 asked for" in caplog.text
     spec = smollm2.smollm2_pool(
         n_search=4, n_test=6, train_pool=40, steps=3, batch_size=4, warmup=1, lr=3e-3,
         generalist_steps=0, replay=0.0, metric="token_accuracy", cache_dir=str(cache),
