@@ -37,7 +37,7 @@ def line(x: list[float], y: list[float], label: str, target: float = 20.0) -> No
     fit = stats.linregress(x, y)
     half = stats.t.ppf(0.975, len(x) - 2) * fit.stderr
     cross = (target - fit.intercept) / fit.slope
-    print(f"margin over the references on {label}: slope {fit.slope:+.1f} points a unit "
+    print(f"margin over the references on {label}: {fit.intercept:+.1f} + slope {fit.slope:+.1f} points a unit "
           f"[{fit.slope - half:+.1f}, {fit.slope + half:+.1f}], r {fit.rvalue:+.2f}; "
           f"the line crosses +{target:.0f} % at {label} {cross:.3f}")  # fmt: skip
 
