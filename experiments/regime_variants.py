@@ -69,10 +69,10 @@ def run(
     console = console or Console()
     config = dataclasses.replace(ZooConfig.preset(preset), seed=seed)
     zoo = build_zoo(config, cache_dir, progress=progress, device=device)
-    built_with = json.loads((zoo.root / "zoo.json").read_text()).get("train_threads")
-    if built_with is not None and built_with != train_threads():
-        log.warning("the zoo was built with %s torch threads, this run trains with %s: even the "
-                    "zoo's own settings give other experts", built_with, train_threads())  # fmt: skip
+    if zoo.train_threads is not None and zoo.train_threads != train_threads():
+        log.warning("the zoo was built with %s torch threads, this run trains its variants with "
+                    "%s: even the zoo's own settings give other experts", zoo.train_threads,
+                    train_threads())  # fmt: skip
     if zoo.installed:
         log.warning("the zoo is the copy shipped with MergeGym, trained on %s: experts "
                     "retrained here from its base are this machine's, so even the zoo's own "

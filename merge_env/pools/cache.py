@@ -56,7 +56,8 @@ def warn_other_thread_count(root: Path, recorded: Any, log: logging.Logger) -> N
         return
     log.warning(
         "%s was trained with %d torch thread(s), not the %d asked for ($%s): a build at %d gives "
-        "other weights; point the cache elsewhere (--cache-dir, $MERGEGYM_CACHE) to train one",
+        "other weights; point the cache elsewhere (--cache-dir, $MERGEGYM_CACHE; for a zoo that "
+        "ships with MergeGym also --no-shipped) to train one",
         root, int(recorded), asked, TRAIN_THREADS_ENV, asked,
     )  # fmt: skip
 

@@ -317,8 +317,10 @@ class Zoo:
     # set when the zoo was installed from a copy shipped with MergeGym (shipped.install): from
     # where, when, in how many seconds; {} for a zoo trained on this machine
     installed: dict[str, Any] = field(default_factory=dict, compare=False)
-    # the torch thread count the base and experts trained with; None for a zoo that predates it
+    # the torch thread count the base and experts trained with, and the extras (once built);
+    # None where a manifest predates the count
     train_threads: int | None = field(default=None, compare=False)
+    extras_threads: int | None = field(default=None, compare=False)
 
     @property
     def has_extras(self) -> bool:
@@ -594,6 +596,14 @@ def build_zoo(
                 "install the shipped copy", root, zoo.built_on.get("cpu", "some machine"),
                 digest, entry["weights_digest"],
             )  # fmt: skip
+    if extras and zoo.has_extras and None not in (zoo.train_threads, zoo.extras_threads) \
+            and zoo.train_threads != zoo.extras_threads:  # fmt: skip
+        logger.warning(
+            "%s: its recycling pool and odd expert trained with %d torch thread(s), its base and "
+            "experts with %d, so they are not the tensors a build in one go gives; remove %s to "
+            "train them again at %d", root, zoo.extras_threads, zoo.train_threads, root / EXTRAS,
+            zoo.train_threads,
+        )  # fmt: skip
     if not extras or zoo.has_extras:
         return zoo
     # at the core's thread count, so the extras hold the tensors a zoo trained in one go would
@@ -678,7 +688,7 @@ def continue_base(
     run = _Trainer(config, steps, False, device)
     pretraining = run.rows("pretrain", config.per_task("base_rare_mass"))
     model = run.from_base(zoo)
-    with pinned_threads():
+    with pinned_threads(zoo.train_threads):
         run.fit(model, pretraining, config.base_mix, steps, rate, f"expert:{config.tasks[0]}")
     return model.eval()
 
@@ -734,6 +744,7 @@ def load_zoo(root: str | Path) -> Zoo:
     data = read_manifest(path, "mergegym-zoo", "MergeGym zoo")
     extras_path = root / EXTRAS / EXTRAS_MANIFEST
     extras_seconds = 0.0
+    extras_threads = None
     try:
         tasks = tasks_from_records(data["tasks"])
         base, tok = root / data["base"], root / data["tokenizer"]
@@ -753,6 +764,7 @@ def load_zoo(root: str | Path) -> Zoo:
             recycling = [root / EXTRAS / p for p in extras["recycling"]]
             odd = root / EXTRAS / extras["odd_expert"]
             extras_seconds = float(extras.get("build_seconds", 0.0))
+            extras_threads = int(extras["train_threads"]) if extras.get("train_threads") else None
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(
                 f"{extras_path}: malformed zoo extras manifest ({err!r})"
@@ -785,4 +797,5 @@ def load_zoo(root: str | Path) -> Zoo:
             else {}
         ),
         train_threads=int(data["train_threads"]) if data.get("train_threads") else None,
+        extras_threads=extras_threads,
     )

@@ -412,27 +412,38 @@ def test_build_zoo_cli_core_only_builds_the_base_and_experts(tmp_path):
 def test_a_zoo_found_at_another_thread_count_is_named_and_its_extras_train_at_its_count(
     tiny_zoo, tmp_path, monkeypatch, caplog
 ):
-    # the tiny zoo's core, trained at the tests' 1 thread, without its extras
+    # the tiny zoo's core (trained at the tests' count, 1 unless a kept cache says otherwise),
+    # without its extras, asked for at another count
     root = tmp_path / tiny_zoo.root.name
     shutil.copytree(tiny_zoo.root, root, ignore=shutil.ignore_patterns(zoo_module.EXTRAS))
-    assert json.loads((root / "zoo.json").read_text())["train_threads"] == 1
-    monkeypatch.setenv("MERGEGYM_TRAIN_THREADS", "2")
+    built = json.loads((root / "zoo.json").read_text())["train_threads"]
+    other = built % 2 + 1
+    monkeypatch.setenv("MERGEGYM_TRAIN_THREADS", str(other))
     with caplog.at_level("WARNING", logger="merge_env.pools.zoo"):
         zoo = build_zoo(tiny_zoo.config, tmp_path, progress=False, extras=True)
-    assert zoo.root == root and zoo.train_threads == 1
-    assert "trained with 1 torch thread(s), not the 2 asked for" in caplog.text
-    assert str(root) in caplog.text
+    assert zoo.root == root and zoo.train_threads == built
+    assert f"{root} was trained with {built} torch thread(s), not the {other} asked" in caplog.text
     # the extras train at the core's count, so they are the ones the zoo built in one go holds
-    assert json.loads((root / "extras" / "extras.json").read_text())["train_threads"] == 1
+    assert zoo.extras_threads == built
+    assert json.loads((root / "extras" / "extras.json").read_text())["train_threads"] == built
     extras = {k: v for k, v in zoo.checkpoints().items() if k.startswith(("recycle:", "odd:"))}
     assert extras and weights_digest(extras) == weights_digest(
         {k: v for k, v in tiny_zoo.checkpoints().items() if k in extras}
     )
     caplog.clear()
-    monkeypatch.setenv("MERGEGYM_TRAIN_THREADS", "1")
+    monkeypatch.setenv("MERGEGYM_TRAIN_THREADS", str(built))
     with caplog.at_level("WARNING", logger="merge_env.pools.zoo"):
-        build_zoo(tiny_zoo.config, tmp_path, progress=False)
+        build_zoo(tiny_zoo.config, tmp_path, progress=False, extras=True)
     assert "torch thread" not in caplog.text
+    # extras kept from a build at another count than the core's are named when asked for
+    manifest = root / "extras" / "extras.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "train_threads": other}))
+    with caplog.at_level("WARNING", logger="merge_env.pools.zoo"):
+        build_zoo(tiny_zoo.config, tmp_path, progress=False, extras=True)
+    assert (
+        f"odd expert trained with {other} torch thread(s), its base and experts with {built}"
+        in (caplog.text)
+    )
 
 
 def test_build_zoo_settings_change_the_preset_or_name_the_bad_pair():
