@@ -596,8 +596,8 @@ def build_zoo(
                 "install the shipped copy", root, zoo.built_on.get("cpu", "some machine"),
                 digest, entry["weights_digest"],
             )  # fmt: skip
-    if extras and zoo.has_extras and None not in (zoo.train_threads, zoo.extras_threads) \
-            and zoo.train_threads != zoo.extras_threads:  # fmt: skip
+    kept = zoo.extras_threads  # None until the extras are built (or where a manifest predates it)
+    if extras and kept is not None and zoo.train_threads not in (None, kept):
         logger.warning(
             "%s: its recycling pool and odd expert trained with %d torch thread(s), its base and "
             "experts with %d, so they are not the tensors a build in one go gives; remove %s to "
