@@ -47,18 +47,24 @@ def train_threads() -> int:
     return int(raw)
 
 
-def warn_other_thread_count(root: Path, recorded: Any, log: logging.Logger) -> None:
+def recorded_threads(manifest: dict[str, Any]) -> int | None:
+    """The torch thread count a pool manifest records (None where it predates the count)."""
+    count = manifest.get("train_threads")
+    return int(count) if count else None
+
+
+def warn_other_thread_count(root: Path, recorded: int | None, log: logging.Logger) -> None:
     """Warn when the pool found at ``root`` trained with another torch thread count than
     ``train_threads()``: cache keys hold a pool's settings, not the count, which changes every
-    tensor it trains. ``recorded``: the count in its manifest (None before counts were kept)."""
+    tensor it trains. ``recorded``: ``recorded_threads`` of its manifest."""
     asked = train_threads()
-    if recorded is None or int(recorded) == asked:
+    if recorded is None or recorded == asked:
         return
     log.warning(
         "%s was trained with %d torch thread(s), not the %d asked for ($%s): a build at %d gives "
         "other weights; point the cache elsewhere (--cache-dir, $MERGEGYM_CACHE; for a zoo that "
         "ships with MergeGym also --no-shipped) to train one",
-        root, int(recorded), asked, TRAIN_THREADS_ENV, asked,
+        root, recorded, asked, TRAIN_THREADS_ENV, asked,
     )  # fmt: skip
 
 

@@ -54,6 +54,7 @@ from merge_env.pools.cache import (
     pinned_threads,
     read_manifest,
     recorded_machine,
+    recorded_threads,
     sub_seed,
     task_records,
     tasks_from_records,
@@ -270,6 +271,8 @@ class SmolPool:
     # the machine that fine-tuned it (cache.build_machine); {} for a pool built before it was
     # recorded
     built_on: dict[str, Any] = field(default_factory=dict, compare=False)
+    # the torch thread count its experts trained with; None where the manifest predates it
+    train_threads: int | None = field(default=None, compare=False)
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -384,9 +387,9 @@ def build_smollm2_pool(
         root = cache / f"smollm2-{config.fingerprint(base.name)}"
         if (root / POOL_MANIFEST).is_file():
             logger.info("SmolLM2 pool found in cache: %s", root)
-            manifest = read_manifest(root / POOL_MANIFEST, "mergegym-smollm2-pool", "SmolLM2 pool")
-            warn_other_thread_count(root, manifest.get("train_threads"), logger)
-            return load_smollm2_pool(root)
+            pool = load_smollm2_pool(root)
+            warn_other_thread_count(root, pool.train_threads, logger)
+            return pool
         manifest = build_atomically(
             root, POOL_MANIFEST, lambda tmp: _build_experts(tmp, base, config, progress, device),
             "finetune_seconds",
@@ -418,7 +421,7 @@ def load_smollm2_pool(root: str | Path) -> SmolPool:
             raise CheckpointError(f"{d}: SmolLM2 pool checkpoint missing (no config.json)")
     return SmolPool(
         root, base, experts, tasks, config, conversion_seconds(converted), finetune_seconds,
-        recorded_machine(data),
+        recorded_machine(data), recorded_threads(data),
     )  # fmt: skip
 
 

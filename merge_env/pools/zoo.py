@@ -35,6 +35,7 @@ from merge_env.pools.cache import (
     pinned_threads,
     read_manifest,
     recorded_machine,
+    recorded_threads,
     sub_seed,
     task_records,
     tasks_from_records,
@@ -601,8 +602,7 @@ def build_zoo(
         logger.warning(
             "%s: its recycling pool and odd expert trained with %d torch thread(s), its base and "
             "experts with %d, so they are not the tensors a build in one go gives; remove %s to "
-            "train them again at %d", root, zoo.extras_threads, zoo.train_threads, root / EXTRAS,
-            zoo.train_threads,
+            "train them again at %d", root, kept, zoo.train_threads, root / EXTRAS, zoo.train_threads,
         )  # fmt: skip
     if not extras or zoo.has_extras:
         return zoo
@@ -764,7 +764,7 @@ def load_zoo(root: str | Path) -> Zoo:
             recycling = [root / EXTRAS / p for p in extras["recycling"]]
             odd = root / EXTRAS / extras["odd_expert"]
             extras_seconds = float(extras.get("build_seconds", 0.0))
-            extras_threads = int(extras["train_threads"]) if extras.get("train_threads") else None
+            extras_threads = recorded_threads(extras)
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(
                 f"{extras_path}: malformed zoo extras manifest ({err!r})"
@@ -796,6 +796,6 @@ def load_zoo(root: str | Path) -> Zoo:
             if data.get(INSTALLED_KEY)
             else {}
         ),
-        train_threads=int(data["train_threads"]) if data.get("train_threads") else None,
+        train_threads=recorded_threads(data),
         extras_threads=extras_threads,
     )
