@@ -146,7 +146,7 @@ class ZooConfig:
     # Zoo v5 (session 19): 900 steps at replay 0.8 see as much of the task's own data as v4's 600
     # at 0.7 (180 batches' worth) with more of the base's mixture around it; on this project's
     # machine the best plain merge keeps >= 50 % of every gain on 5 of 6 training seeds (v4: 3 of
-    # 6), at 1.5x v4's expert training time (README: "The regime (zoo v5) and why")
+    # 6), at 1.5x v4's expert training time (docs/zoo.md: "The regime (zoo v5) and why")
     expert_steps: tuple[int, ...] = (900, 900, 900)  # aligned with tasks
     expert_lr: float | tuple[float, ...] = 6e-4  # one for every expert, or one per task
     # share of each expert's batches replaying the base's pretraining mixture

@@ -181,7 +181,7 @@ def test_another_protocol_in_the_same_folder_and_a_bad_section_are_refused(tmp_p
 
 
 def test_compare_defaults_to_every_agent_config():
-    # the README's held-out table has every agent; a new conf/agent/<name>.yaml joins it
+    # the held-out agent table (docs/figures.md) has every agent; a new conf/agent/<name>.yaml joins it
     conf = Path(figures.__file__).resolve().parents[1] / "conf" / "agent"
     assert sorted(figures.AGENTS) == sorted(p.stem for p in conf.glob("*.yaml"))
     assert figures.parse([]).agents == list(figures.AGENTS)
