@@ -30,7 +30,9 @@ judged by the regime check only). The letter tasks are spelled one letter a toke
 as the zoo's character tokenizer shows them: SmolLM2's BPE cuts ``todcm`` into ``t|od|cm``, so
 reversing or enciphering it would first ask a 135M model to spell its own tokens, which a gentle
 fine-tune does not teach (20 steps on the unspelled tasks: reverse 0.05, cipher 0.00 exact
-match). ``generalist_steps=0, replay=0`` builds pool v3.
+match). ``generalist_steps=0, replay=0`` builds pool v3. ``lora_rank > 0`` trains each expert
+(not the generalist) through low-rank adapters on every attention and MLP matrix, merged into its
+weights when done (``finetune.lora_adapters``): a LoRA fine-tune saved as a plain checkpoint.
 """
 
 from __future__ import annotations
@@ -61,9 +63,11 @@ from merge_env.pools.cache import (
     warn_other_thread_count,
 )
 from merge_env.pools.finetune import (
+    LoraSpec,
     answer_loss,
     encode_groups,
     finetune,
+    lora_adapters,
     mixture_batches,
     uniform_batches,
     warmup_cosine,
@@ -223,6 +227,10 @@ class SmolConfig:
     generalist_pool: int = 2000  # training questions per task the generalist draws from
     # share of each expert's batches replaying the generalist's data (by generalist_mix)
     replay: float = 0.5
+    # experts as LoRA fine-tunes (rank, alpha; finetune.LoraSpec) merged into their weights;
+    # 0: full fine-tunes (pools v3-v5). The generalist is always a full fine-tune.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(str(t) for t in self.tasks))
@@ -250,10 +258,23 @@ class SmolConfig:
         if self.replay and not self.generalist_steps:
             raise ConfigError("pool.replay: experts replay the generalist's data; it needs "
                               "pool.generalist_steps > 0")  # fmt: skip
+        if self.lora_rank < 0 or (self.lora_rank and not self.lora_alpha > 0):
+            raise ConfigError(
+                f"pool.lora_rank ({self.lora_rank}) must be >= 0 (0: full fine-tunes) and "
+                f"pool.lora_alpha ({self.lora_alpha}) > 0"
+            )
+
+    @property
+    def lora(self) -> LoraSpec | None:
+        """Return the experts' adapters, or None for full fine-tunes."""
+        return LoraSpec(self.lora_rank, self.lora_alpha) if self.lora_rank else None
 
     def fingerprint(self, base_digest: str) -> str:
         """Return a hex digest of the settings, the base and the pool code version."""
-        blob = json.dumps([POOL_VERSION, base_digest, dataclasses.asdict(self)], sort_keys=True)
+        settings = dataclasses.asdict(self)
+        if not self.lora_rank:  # full fine-tunes: the digest pools built before LoRA existed had
+            del settings["lora_rank"], settings["lora_alpha"]
+        blob = json.dumps([POOL_VERSION, base_digest, settings], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -326,6 +347,12 @@ def _build_experts(tmp: Path, base: Path, config: SmolConfig, progress: bool, de
             seed=sub_seed(config.seed, phase), loss_fn=answer_loss, fused=True, on_step=tick,
         )  # fmt: skip
 
+    def fit_expert(model: Any, batches: Any, phase: str) -> list[float]:
+        if config.lora is None:
+            return fit(model, batches, phase, config.steps)
+        with lora_adapters(model, config.lora, sub_seed(config.seed, f"lora:{phase}")):
+            return fit(model, batches, phase, config.steps)
+
     with bar:
         start_from, base_name = base, base.name
         if config.generalist_steps:
@@ -349,10 +376,10 @@ def _build_experts(tmp: Path, base: Path, config: SmolConfig, progress: bool, de
                 batches = mixture_batches(
                     [*general_rows, *own_rows.values()], weights, config.batch_size
                 )
-                losses[name] = fit(model, batches, f"expert:{name}", config.steps)
+                losses[name] = fit_expert(model, batches, f"expert:{name}")
             else:  # pool v3: the task alone, from the instruct model
                 batches = uniform_batches(own_rows[name], config.batch_size)
-                losses[name] = fit(model, batches, f"fit:{name}", config.steps)
+                losses[name] = fit_expert(model, batches, f"fit:{name}")
             save_hf_folder(model.cpu(), tok, tmp / "experts" / name)
             experts[name] = f"experts/{name}"
             seconds[name] = round(time.perf_counter() - start, 2)
@@ -441,6 +468,8 @@ def smollm2_pool(
     generalist_mix: Sequence[float] = SmolConfig.generalist_mix,
     generalist_pool: int = SmolConfig.generalist_pool,
     replay: float = SmolConfig.replay,
+    lora_rank: int = SmolConfig.lora_rank,
+    lora_alpha: float = SmolConfig.lora_alpha,
     metric: str = "exact_match",
     gguf_file: str | None = None,
     cache_dir: str | None = None,
@@ -455,6 +484,7 @@ def smollm2_pool(
     config = SmolConfig(
         tuple(tasks), n_search, n_test, task_seed, train_pool, steps, batch_size, lr, warmup,
         system, seed, generalist_steps, tuple(generalist_mix), generalist_pool, replay,
+        lora_rank, lora_alpha,
     )  # fmt: skip
     pool = build_smollm2_pool(config, cache_dir, gguf_file=gguf_file, device=device)
     return PoolSpec(

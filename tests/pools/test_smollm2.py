@@ -338,6 +338,32 @@ def test_v4_pool_base_is_the_generalist_and_experts_replay_its_data(tiny_base, m
     assert spec.sources == {BASE: pool.base, **pool.experts}
 
 
+def test_lora_experts_are_low_rank_updates_of_the_generalist(tiny_base):
+    config = dataclasses.replace(SMALL_V4, lora_rank=2, lora_alpha=4.0)
+    pool = build_smollm2_pool(config, tiny_base.parent, progress=False)
+    base_w = load_file(pool.base / "model.safetensors")
+    full = build_smollm2_pool(SMALL_V4, tiny_base.parent, progress=False)
+    # the generalist is a full fine-tune either way: the same base, bit for bit
+    assert all(
+        torch.equal(w, base_w[k]) for k, w in load_file(full.base / "model.safetensors").items()
+    )
+    for name, path in pool.experts.items():
+        w = load_file(path / "model.safetensors")
+        moved = {k for k in w if not torch.equal(w[k], base_w[k])}
+        assert moved, f"expert {name} is the base"
+        # only the decoder's linear maps move (embeddings, norms, head frozen), each by rank <= 2
+        assert all(k.endswith("_proj.weight") for k in moved), sorted(moved)
+        for k in moved:
+            delta = (w[k] - base_w[k]).double()  # float32 rounding aside (rtol)
+            assert torch.linalg.matrix_rank(delta, rtol=1e-4) <= 2, k
+    assert load_smollm2_pool(pool.root).config.lora_rank == 2
+    assert config.fingerprint("x") != SMALL_V4.fingerprint("x")
+    with pytest.raises(ConfigError, match="lora_rank"):
+        SmolConfig(lora_rank=-1)
+    with pytest.raises(ConfigError, match="lora_alpha"):
+        SmolConfig(lora_rank=4, lora_alpha=0.0)
+
+
 def test_interrupted_build_leaves_nothing_behind(tiny_base, monkeypatch):
     cache = tiny_base.parent
     real = smollm2.finetune
