@@ -231,6 +231,8 @@ class SmolConfig:
     # 0: full fine-tunes (pools v3-v5). The generalist is always a full fine-tune.
     lora_rank: int = 0
     lora_alpha: float = 16.0
+    # the experts' learning rate; None: ``lr``, the generalist's (LoRA wants a larger one)
+    expert_lr: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(str(t) for t in self.tasks))
@@ -242,6 +244,10 @@ class SmolConfig:
                 raise ConfigError(f"pool.{key}: must be >= 1, got {getattr(self, key)}")
         if not self.lr > 0:
             raise ConfigError(f"pool.lr: must be > 0, got {self.lr}")
+        if self.expert_lr is not None and not self.expert_lr > 0:
+            raise ConfigError(
+                f"pool.expert_lr: must be > 0 or null (pool.lr), got {self.expert_lr}"
+            )
         if self.generalist_steps < 0 or not 0.0 <= self.replay < 1.0:
             raise ConfigError(
                 f"pool.generalist_steps ({self.generalist_steps}) must be >= 0 and pool.replay "
@@ -274,6 +280,8 @@ class SmolConfig:
         settings = dataclasses.asdict(self)
         if not self.lora_rank:  # full fine-tunes: the digest pools built before LoRA existed had
             del settings["lora_rank"], settings["lora_alpha"]
+        if self.expert_lr is None:  # likewise: one learning rate, as before expert_lr existed
+            del settings["expert_lr"]
         blob = json.dumps([POOL_VERSION, base_digest, settings], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -341,17 +349,18 @@ def _build_experts(tmp: Path, base: Path, config: SmolConfig, progress: bool, de
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-    def fit(model: Any, batches: Any, phase: str, n: int) -> list[float]:
+    def fit(model: Any, batches: Any, phase: str, n: int, lr: float) -> list[float]:
         return finetune(
-            model, batches, warmup_cosine(config.lr, n, config.warmup), steps=n,
+            model, batches, warmup_cosine(lr, n, config.warmup), steps=n,
             seed=sub_seed(config.seed, phase), loss_fn=answer_loss, fused=True, on_step=tick,
         )  # fmt: skip
 
     def fit_expert(model: Any, batches: Any, phase: str) -> list[float]:
+        lr = config.lr if config.expert_lr is None else config.expert_lr
         if config.lora is None:
-            return fit(model, batches, phase, config.steps)
+            return fit(model, batches, phase, config.steps, lr)
         with lora_adapters(model, config.lora, sub_seed(config.seed, f"lora:{phase}")):
-            return fit(model, batches, phase, config.steps)
+            return fit(model, batches, phase, config.steps, lr)
 
     with bar:
         start_from, base_name = base, base.name
@@ -360,7 +369,7 @@ def _build_experts(tmp: Path, base: Path, config: SmolConfig, progress: bool, de
             bar.set_description("smollm2 generalist")
             model = load_causal_lm(base, torch.float32).to(device)
             mix = mixture_batches(general_rows, config.generalist_mix, config.batch_size)
-            losses["generalist"] = fit(model, mix, "generalist", config.generalist_steps)
+            losses["generalist"] = fit(model, mix, "generalist", config.generalist_steps, config.lr)
             save_hf_folder(model.cpu(), tok, tmp / "base")
             start_from, base_name = tmp / "base", "base"
             seconds["generalist"] = round(time.perf_counter() - start, 2)
@@ -470,6 +479,7 @@ def smollm2_pool(
     replay: float = SmolConfig.replay,
     lora_rank: int = SmolConfig.lora_rank,
     lora_alpha: float = SmolConfig.lora_alpha,
+    expert_lr: float | None = None,
     metric: str = "exact_match",
     gguf_file: str | None = None,
     cache_dir: str | None = None,
@@ -484,7 +494,7 @@ def smollm2_pool(
     config = SmolConfig(
         tuple(tasks), n_search, n_test, task_seed, train_pool, steps, batch_size, lr, warmup,
         system, seed, generalist_steps, tuple(generalist_mix), generalist_pool, replay,
-        lora_rank, lora_alpha,
+        lora_rank, lora_alpha, expert_lr,
     )  # fmt: skip
     pool = build_smollm2_pool(config, cache_dir, gguf_file=gguf_file, device=device)
     return PoolSpec(

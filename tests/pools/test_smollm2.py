@@ -339,11 +339,11 @@ def test_v4_pool_base_is_the_generalist_and_experts_replay_its_data(tiny_base, m
 
 
 def test_lora_experts_are_low_rank_updates_of_the_generalist(tiny_base):
-    config = dataclasses.replace(SMALL_V4, lora_rank=2, lora_alpha=4.0)
+    config = dataclasses.replace(SMALL_V4, lora_rank=2, lora_alpha=4.0, expert_lr=1e-2)
     pool = build_smollm2_pool(config, tiny_base.parent, progress=False)
     base_w = load_file(pool.base / "model.safetensors")
     full = build_smollm2_pool(SMALL_V4, tiny_base.parent, progress=False)
-    # the generalist is a full fine-tune either way: the same base, bit for bit
+    # the generalist is a full fine-tune at pool.lr either way: the same base, bit for bit
     assert all(
         torch.equal(w, base_w[k]) for k, w in load_file(full.base / "model.safetensors").items()
     )
@@ -362,6 +362,9 @@ def test_lora_experts_are_low_rank_updates_of_the_generalist(tiny_base):
         SmolConfig(lora_rank=-1)
     with pytest.raises(ConfigError, match="lora_alpha"):
         SmolConfig(lora_rank=4, lora_alpha=0.0)
+    with pytest.raises(ConfigError, match="expert_lr"):
+        SmolConfig(expert_lr=0.0)
+    assert SmolConfig(expert_lr=1e-3).fingerprint("x") != SmolConfig().fingerprint("x")
 
 
 def test_interrupted_build_leaves_nothing_behind(tiny_base, monkeypatch):
