@@ -375,7 +375,12 @@ class TaskVectors:
         out = []
         for part, rel in self.relative.items():
             sizes = ", ".join(f"{e} {r:.1%}" for e, r in rel.items())
-            cos = ", ".join(f"{a}-{b} {c:.2f}" for (a, b), c in self.cosine[part].items())
+            if rel and not any(rel.values()):  # e.g. LoRA experts leave the embeddings as they are
+                out.append(f"{part}: unchanged by every expert (no task vector, no cosine)")
+                continue
+            # a pair with an unchanged expert has no direction to compare: "n/a", not "nan"
+            cos = ", ".join(f"{a}-{b} {c:.2f}" if math.isfinite(c) else f"{a}-{b} n/a"
+                            for (a, b), c in self.cosine[part].items())  # fmt: skip
             out.append(f"{part}: size against the base {sizes}; cosines {cos or '-'}")
         return out
 

@@ -392,6 +392,13 @@ def test_task_vectors_by_part_match_a_hand_computation(tiny_zoo, tmp_path):
     same = task_vectors(tiny_zoo.base, {"base": tiny_zoo.base, **tiny_zoo.experts})
     assert same.relative["body"]["base"] == 0.0
     assert all(math.isnan(c) for (a, _), c in same.cosine["body"].items() if a == "base")
+    assert "base-" in same.sentences()[0] and "n/a" in same.sentences()[0]
+    assert "nan" not in " ".join(same.sentences())
+    alone = task_vectors(tiny_zoo.base, {"a": tiny_zoo.base, "b": tiny_zoo.base})
+    assert alone.sentences() == [
+        "body: unchanged by every expert (no task vector, no cosine)",
+        "embeddings: unchanged by every expert (no task vector, no cosine)",
+    ]
     # an expert lacking a tensor, or holding it in another shape, is named
     name, task = next(k for k in base if "layers.0" in k), next(iter(tiny_zoo.experts))
     for change, words in (("drop", "not found"), ("reshape", "has shape")):
