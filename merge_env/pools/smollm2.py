@@ -228,7 +228,7 @@ class SmolConfig:
     # share of each expert's batches replaying the generalist's data (by generalist_mix)
     replay: float = 0.5
     # experts as LoRA fine-tunes (rank, alpha; finetune.LoraSpec) merged into their weights;
-    # 0: full fine-tunes (pools v3-v5). The generalist is always a full fine-tune.
+    # 0: full fine-tunes (every pool before candidate v5-L). The generalist is always a full one.
     lora_rank: int = 0
     lora_alpha: float = 16.0
     # the experts' learning rate; None: ``lr``, the generalist's (LoRA wants a larger one)
