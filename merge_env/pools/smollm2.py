@@ -479,7 +479,7 @@ def smollm2_pool(
     replay: float = SmolConfig.replay,
     lora_rank: int = SmolConfig.lora_rank,
     lora_alpha: float = SmolConfig.lora_alpha,
-    expert_lr: float | None = None,
+    expert_lr: float | None = SmolConfig.expert_lr,
     metric: str = "exact_match",
     gguf_file: str | None = None,
     cache_dir: str | None = None,
