@@ -30,7 +30,9 @@ def main(roots: list[str]) -> None:
         experts = list(pool.experts)
         tasks = pool.tasks
 
-        rows = {name: test_em(evaluator, models.models[name], tasks) for name in sources}
+        rows = {
+            name: exact_match_on_test(evaluator, models.models[name], tasks) for name in sources
+        }
         gain = {t: rows[t][t] - rows[BASE][t] for t in experts}
         print(f"pool {root} (seed {pool.config.seed}), TEST exact match; share of each gain kept")
         print("  " + "  ".join(f"{n}: " + " ".join(f"{v:.3f}" for v in rows[n].values())
