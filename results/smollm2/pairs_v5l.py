@@ -26,7 +26,7 @@ def main(roots: list[str]) -> None:
     for root in roots:
         pool = load_smollm2_pool(root)
         sources = {BASE: pool.base, **pool.experts}
-        models, evaluator = make_scorer(sources, pool.base, "cpu")
+        models, evaluator = make_scorer(sources, pool.tokenizer_dir, "cpu")
         experts = list(pool.experts)
         tasks = pool.tasks
 
