@@ -15,6 +15,10 @@ and the declared reading (README: a lead needs 6 of 6, every spread <= 0.10, mea
 ``--arith1t`` (session 35, the declared fourth): the same for both designs' builds trained at 1
 torch thread (``arith1t/build_{A,v5}_seed<S>.txt``), then per seed and design how far the thread
 count moved the worst share (1 thread minus the 2-thread builds above).
+
+``--zen4`` (session 40, ``results/zen4/``): both designs' 1-thread builds on an AMD EPYC Zen 4
+(AVX-512 kernels), then per seed and design how far the host moved the worst share (Zen 4 minus
+the Zen 3's 1-thread builds, ``--arith1t``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,12 @@ DESIGNS_1T = {
     "v5 (add, reverse, cipher)": ((HERE / "arith1t" / "build_v5_seed{}.txt",), ("add", "reverse", "cipher")),
     "A (add, atbash, cipher)": ((HERE / "arith1t" / "build_A_seed{}.txt",), ("add", "atbash", "cipher")),
 }  # fmt: skip
+# the same designs at 1 torch thread on a second CPU family, an AMD EPYC Zen 4 (session 40)
+ZEN4 = RESULTS / "zen4"
+DESIGNS_ZEN4 = {
+    "v5 (add, reverse, cipher)": ((ZEN4 / "build_v5_seed{}.txt",), ("add", "reverse", "cipher")),
+    "A (add, atbash, cipher)": ((ZEN4 / "build_A_seed{}.txt",), ("add", "atbash", "cipher")),
+}
 
 
 def _load(path: Path):
@@ -84,9 +94,11 @@ def load(designs: dict, seeds: list[int]) -> dict[str, dict[int, dict]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
-    parser.add_argument("--arith1t", action="store_true", help="the builds at 1 torch thread")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--arith1t", action="store_true", help="the builds at 1 torch thread")
+    which.add_argument("--zen4", action="store_true", help="the 1-thread builds on the Zen 4")
     args = parser.parse_args()
-    runs = load(DESIGNS_1T if args.arith1t else DESIGNS, args.seeds)
+    runs = load(DESIGNS_ZEN4 if args.zen4 else DESIGNS_1T if args.arith1t else DESIGNS, args.seeds)
     print("| seed | design | base on the tasks | experts on their own task | gains | best judged "
           "merge: worst share [95 %] | its shares | TIES d0.5 keeps | trade-off | regime |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -148,10 +160,13 @@ def main() -> None:
         print(f"\nthe declared lead rule (README; declared for seeds 0-5) over seeds {seeds}: holds "
               f"{held} of {len(seeds)}, largest own-task spread "
               f"{max(spreads):.3f}, mean worst share {mean:.3f}: "
-              + ("a lead (not adopted this session)" if lead else "not a lead"))  # fmt: skip
-    if args.arith1t:
-        two = load(DESIGNS, args.seeds)
-        print("\nworst share, 1 thread minus 2 threads (the same host, seed and design):")
+              + (("A's lead carries to this CPU family" if lead else "A's lead does not carry")
+                 if args.zen4 else "a lead (not adopted this session)" if lead else "not a lead"))  # fmt: skip
+    if args.arith1t or args.zen4:
+        two = load(DESIGNS_1T if args.zen4 else DESIGNS, args.seeds)
+        print("\nworst share, Zen 4 minus Zen 3, both at 1 thread (the same seed and design):"
+              if args.zen4 else
+              "\nworst share, 1 thread minus 2 threads (the same host, seed and design):")  # fmt: skip
         for name, rs in runs.items():
             seeds = [s for s in args.seeds if s in rs and s in two[name]]
             diffs = [rs[s]["worst"] - two[name][s]["worst"] for s in seeds]
