@@ -1,6 +1,6 @@
 """Do the regime target and the main-job target meet on one zoo? Post hoc, then out of sample.
 
-    python results/task_change_study/tension.py [--arith1t]
+    python results/task_change_study/tension.py [--arith1t | --zen4]
 
 Session 35. Without ``--arith1t`` it reads only figures sessions 32-34 already reported (not
 declared): for each of this host's 12 zoos with main-job runs (A and v5, training seeds 0-5;
@@ -17,6 +17,11 @@ references' hypervolume, the quantity through which the regime enters the margin
 the line fitted on the 2-thread zoos: each zoo's predicted mean margin, the slope on the new zoos,
 and how many new zoos the band rule (both targets if and only if the worst share lies in [0.50,
 the line's +20 % crossing)) classifies right.
+
+``--zen4`` (session 40, declared third in ``results/zen4/README.md``): the same predictions for the
+12 zoos trained at 1 thread on an AMD EPYC Zen 4 (``results/zen4/build_*``,
+``results/zen4/main_job_{A,v5}.json``), judged on search seed 100 alone (the runs of the seeds
+after it are listed, not judged).
 """
 
 from __future__ import annotations
@@ -43,10 +48,12 @@ def _load(path: Path):
 table, main_job = _load(HERE / "table.py"), _load(HERE / "main_job.py")
 
 
-def zoos(arith1t: bool) -> list[dict]:
+def zoos(arith1t: bool, zen4: bool = False) -> list[dict]:
     """One row per (design, zoo seed): worst share, regime verdict, references' HV, margins."""
-    regime = table.load(table.DESIGNS_1T if arith1t else table.DESIGNS, list(SEEDS))
-    folder = HERE / "arith1t" if arith1t else None
+    designs = table.DESIGNS_ZEN4 if zen4 else table.DESIGNS_1T if arith1t else table.DESIGNS
+    regime = table.load(designs, list(SEEDS))
+    folder = table.ZEN4 if zen4 else HERE / "arith1t" if arith1t else None
+    search = SEARCH[:1] if zen4 else SEARCH
     jobs = {
         "A": main_job.runs(folder / "main_job_A.json" if folder else HERE / "main_job_A.json"),
         "v5": main_job.runs(folder / "main_job_v5.json" if folder else main_job.V5),
@@ -54,14 +61,16 @@ def zoos(arith1t: bool) -> list[dict]:
     out = []
     for rs, design in zip(regime.values(), ("v5", "A"), strict=True):
         for z in SEEDS:
-            if z not in rs or any((z, s) not in jobs[design] for s in SEARCH):
+            if z not in rs or any((z, s) not in jobs[design] for s in search):
                 print(f"({design} zoo {z}: not every build or run is there; left out)")
                 continue
-            m = [main_job.margins(jobs[design][(z, s)])[0] for s in SEARCH]
+            m = [main_job.margins(jobs[design][(z, s)])[0] for s in search]
+            more = sorted(s for (zz, s) in jobs[design] if zz == z and s not in search)
             out.append({
                 "design": design, "zoo": z, "worst": rs[z]["worst"], "holds": rs[z]["holds"],
                 "ref": jobs[design][(z, SEARCH[0])]["rt"], "margins": m,
                 "margin": statistics.mean(m), "both": rs[z]["holds"] and min(m) >= 20,
+                "more": [(s, main_job.margins(jobs[design][(z, s)])[0]) for s in more],
             })  # fmt: skip
     return out
 
@@ -95,10 +104,12 @@ def report(rows: list[dict], predict=None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arith1t", action="store_true", help="the 1-thread zoos (declared fifth)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--arith1t", action="store_true", help="the 1-thread zoos (declared fifth)")
+    which.add_argument("--zen4", action="store_true", help="the Zen 4's zoos (session 40)")
     args = parser.parse_args()
     old = zoos(False)
-    if not args.arith1t:
+    if not (args.arith1t or args.zen4):
         report(old)
         xs, ys = [r["worst"] for r in old], [r["margin"] for r in old]
         fit(xs, ys, "the worst share")
@@ -109,9 +120,13 @@ def main() -> None:
         return
     print("the line fitted on the 2-thread zoos (the declared predictor):")
     line, cross, _ = fit([r["worst"] for r in old], [r["margin"] for r in old], "the worst share")
-    new = zoos(True)
+    new = zoos(True, zen4=args.zen4)
     print()
     report(new, lambda w: line.intercept + line.slope * w)
+    for r in new:
+        if r["more"]:
+            print(f"{r['design']} zoo {r['zoo']}, later search seeds (not judged): "
+                  + ", ".join(f"seed {s} {m:+.1f} %" for s, m in r["more"]))  # fmt: skip
     xs, ys = [r["worst"] for r in new], [r["margin"] for r in new]
     print("\nthe new zoos' own line:")
     mine, _, half = fit(xs, ys, "the worst share")
