@@ -14,6 +14,7 @@ time; then each host's count and the Zen 4 minus Zen 3 differences of the seeds 
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import statistics
 from pathlib import Path
@@ -25,24 +26,27 @@ FIXED = ("ties d0.5", "task arith 0.5", "task arith 1.0")
 N_TEST = 64  # the pool's test examples a task
 
 
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+machines = _load(HERE.parent / "zoo_v5_intel" / "compare_machines.py")
+
+
 def parse(path: Path) -> dict:
     """The cells of the regime table, the digest, the fine-tune time and the builder's verdict."""
-    text = path.read_text(errors="replace").replace("\r", "\n")
-    flat = " ".join(text.split())
-    rows = {}
-    start = text.index("fine-tune regime: plain merges of the experts")
-    for line in text[start:].splitlines():
-        m = re.match(r"│ (.+?)\s+│\s+([\d.]+) │\s+([\d.]+) │\s+([\d.]+) │", line)
-        if m:
-            # exact match over 64 test examples, printed to 3 digits: back to the exact fraction
-            rows[m.group(1)] = tuple(round(float(x) * N_TEST) / N_TEST for x in m.groups()[1:])
-        elif rows and line.startswith("└"):
-            break
+    regime = machines.parse(path)  # the regime table's parser the earlier studies committed
+    # exact match over 64 test examples, printed to 3 digits: back to the exact fraction
+    rows = {name: tuple(round(x * N_TEST) / N_TEST for x in cells)
+            for name, cells in regime["table"].items()}  # fmt: skip
+    flat = " ".join(machines._text(path).split())
     digest = re.search(r"weights sha256 (\w+)", flat).group(1)
     seconds = float(re.search(r"fine-tuning ([\d.]+) s", flat).group(1))
-    holds = "regime holds" in flat
-    assert holds or "regime does NOT hold" in flat, path
-    return {"rows": rows, "digest": digest, "seconds": seconds, "builder": holds}
+    assert regime["holds"] or "regime does NOT hold" in flat, path
+    return {"rows": rows, "digest": digest, "seconds": seconds, "builder": regime["holds"]}
 
 
 def judge(r: dict) -> dict:
