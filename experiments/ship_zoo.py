@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.ship_zoo", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--preset", default="default", choices=["default", "v4", "tiny"])
+    parser.add_argument("--preset", default="default", choices=["default", "v5", "v4", "tiny"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args(argv)

@@ -24,32 +24,38 @@ def _no_training(*args, **kwargs):
     raise AssertionError("trained where a shipped copy should have been installed")
 
 
-def test_the_default_zoo_seed_0_ships_whole():
-    entry = shipped_entry(ZooConfig.preset("default").fingerprint())
-    assert entry is not None, "the default preset's seed 0 (make run's zoo) ships no longer"
-    assert entry["preset"] == "default" and entry["seed"] == 0
+# what ships: make run's zoo (v6, the default) and the zoo most figures in results/ stand on (v5)
+SHIPPED_PRESETS = {"default": ("add", "atbash", "cipher"), "v5": ("add", "reverse", "cipher")}
+
+
+@pytest.mark.parametrize("preset", sorted(SHIPPED_PRESETS))
+def test_the_default_and_v5_zoos_seed_0_ship_whole(preset):
+    entry = shipped_entry(ZooConfig.preset(preset).fingerprint())
+    assert entry is not None, f"the {preset} preset's seed 0 ships no longer"
+    assert entry["preset"] == preset and entry["seed"] == 0
     folder = SHIPPED_ROOT / entry["folder"]
     verify(folder, entry["files"])  # every file, its SHA-256, nothing extra
     manifest = json.loads((folder / entry["manifest"]).read_text())
-    assert manifest["fingerprint"] == ZooConfig.preset("default").fingerprint()
+    assert manifest["fingerprint"] == ZooConfig.preset(preset).fingerprint()
     assert "installed" not in manifest  # a build, not an installed copy
-    assert set(entry["test_exact_match"]) == {"base", "expert:add", "expert:reverse",
-                                              "expert:cipher"}  # fmt: skip
+    tasks = SHIPPED_PRESETS[preset]
+    assert set(entry["test_exact_match"]) == {"base", *(f"expert:{t}" for t in tasks)}
     assert manifest["built_on"] == entry["built_on"] and manifest["built_on"]["cpu"]
     # the README names the weights every machine now runs make run on: a re-ship updates it
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert f"`{entry['weights_digest']}`" in readme
 
 
+@pytest.mark.parametrize("preset", sorted(SHIPPED_PRESETS))
 def test_the_shipped_zoo_installs_without_training_and_scores_here_as_recorded(
-    tmp_path, monkeypatch
+    preset, tmp_path, monkeypatch
 ):
     """The cross-machine check: the shipped weights, scored on whatever machine runs the tests,
     give the TEST cells recorded where they were trained (teacher-forced argmax on every answer
     token; a machine where a near-tie flips would show here)."""
     from experiments.build_zoo import score_zoo
 
-    config = ZooConfig.preset("default")
+    config = ZooConfig.preset(preset)
     entry = shipped_entry(config.fingerprint())
     monkeypatch.setattr(zoo_module, "finetune", _no_training)
     zoo = build_zoo(config, tmp_path, progress=False)

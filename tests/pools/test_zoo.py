@@ -301,11 +301,16 @@ def test_rare_symbols_are_one_set_per_task_and_only_named_ones_change_the_zoo():
     ).hexdigest()[:16]  # fmt: skip
     assert tiny.rare_symbols is None and tiny.fingerprint() == digest
     # pinned: a change here orphans every zoo users have cached (bump ZOO_VERSION on purpose)
-    assert ZooConfig.preset("default").fingerprint() == "c4d40895cf4e93df"  # zoo v5
-    # v4 (sessions 10-18): the preset keeps the key its zoos were cached under
+    assert ZooConfig.preset("default").fingerprint() == "523950f1aa7e29aa"  # zoo v6
+    # v5 (sessions 19-40) and v4 (sessions 10-18): the presets keep the keys their zoos were
+    # cached under
+    assert ZooConfig.preset("v5").fingerprint() == "c4d40895cf4e93df"
+    assert ZooConfig.preset("v5") == dataclasses.replace(
+        ZooConfig(), tasks=("add", "reverse", "cipher")
+    )
     assert ZooConfig.preset("v4").fingerprint() == "40672da8300263b9"
     assert ZooConfig.preset("v4") == dataclasses.replace(
-        ZooConfig(), expert_steps=(600, 600, 600), expert_replay=0.7
+        ZooConfig.preset("v5"), expert_steps=(600, 600, 600), expert_replay=0.7
     )
     assert tiny.fingerprint() == "00efe72294bef792"
     with pytest.raises(ConfigError, match="only with zoo.base_rare_mass"):
@@ -329,7 +334,7 @@ def test_expert_mixture_replays_the_base_mixture():
 
     config = ZooConfig.preset("default")
     assert config.expert_replay > 0 and config.base_rare_mass is not None
-    mix = _expert_mix(config, "reverse")  # [pretraining pools..., domain pools...]
+    mix = _expert_mix(config, "atbash")  # [pretraining pools..., domain pools...]
     k = len(config.tasks)
     assert sum(mix) == pytest.approx(1.0)
     replay = [config.expert_replay * w / sum(config.base_mix) for w in config.base_mix]

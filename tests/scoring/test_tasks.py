@@ -71,15 +71,18 @@ def test_zoo_answers_are_right():
 
 def test_default_zoo_keeps_its_three_tasks():
     from merge_env.pools.zoo import ZooConfig
-    from merge_env.scoring.tasks.synthetic import DEFAULT_ZOO_TASKS
+    from merge_env.scoring.tasks.synthetic import DEFAULT_ZOO_TASKS, V5_ZOO_TASKS
 
-    # atbash is a kind a zoo may name; the default zoo (and its cached fingerprint) is unchanged
-    assert DEFAULT_ZOO_TASKS == ("add", "reverse", "cipher") == ZooConfig().tasks
-    assert set(DEFAULT_ZOO_TASKS) < set(ZOO_TASK_KINDS)
-    assert ZooConfig.preset("default").fingerprint() == "c4d40895cf4e93df"  # the shipped zoo's
-    atbash = ZooConfig(tasks=("add", "atbash", "cipher")).fingerprint()
+    # zoo v6 (session 41): atbash in reverse's place; v5 keeps its tasks and fingerprint as a preset
+    assert DEFAULT_ZOO_TASKS == ("add", "atbash", "cipher") == ZooConfig().tasks
+    assert V5_ZOO_TASKS == ("add", "reverse", "cipher") == ZooConfig.preset("v5").tasks
+    assert set(DEFAULT_ZOO_TASKS) < set(ZOO_TASK_KINDS) and set(V5_ZOO_TASKS) < set(ZOO_TASK_KINDS)
+    assert ZooConfig.preset("default").fingerprint() == "523950f1aa7e29aa"  # shipped: v6 seed 0
+    assert ZooConfig.preset("v5").fingerprint() == "c4d40895cf4e93df"  # shipped: v5 seed 0
+    # the same settings with tasks given by hand are the preset's zoo; another order is another
+    assert ZooConfig(tasks=("add", "atbash", "cipher")).fingerprint() == "523950f1aa7e29aa"
     reordered = ZooConfig(tasks=("add", "cipher", "atbash")).fingerprint()
-    assert len({"c4d40895cf4e93df", atbash, reordered}) == 3
+    assert len({"c4d40895cf4e93df", "523950f1aa7e29aa", reordered}) == 3
 
 
 def test_atbash_rare_symbols_are_checked():

@@ -6,7 +6,8 @@ their own vocabulary (math its digits, code its keywords): add works on digits, 
 lower-case letters, cipher on upper-case letters. Atbash (lower-case letters, each mapped to its
 mirror a<->z, b<->y, ...) is a substitution like cipher: a letter-for-letter "translation" that
 reads each output letter from the input letter at the same position, where reverse reads it from
-the mirrored position. The default zoo uses add, reverse and cipher (``DEFAULT_ZOO_TASKS``).
+the mirrored position. The default zoo uses add, atbash and cipher (``DEFAULT_ZOO_TASKS``, zoo v6);
+zoos v3-v5 used add, reverse and cipher (``V5_ZOO_TASKS``).
 
 Some symbols of each task are *rare*: drawn with ``rare_mass`` (the share of all symbol draws
 they get together), they stand for the domain knowledge a base model's pretraining data holds
@@ -28,8 +29,10 @@ from merge_env.scoring.tasks.task import Example, Task
 logger = logging.getLogger(__name__)
 
 ZOO_TASK_KINDS: tuple[str, ...] = ("add", "reverse", "cipher", "atbash")
-# The default zoo's tasks (zoo v3-v5)
-DEFAULT_ZOO_TASKS: tuple[str, ...] = ("add", "reverse", "cipher")
+# The default zoo's tasks (zoo v6, session 41: atbash in reverse's place; results/zoo_v6/)
+DEFAULT_ZOO_TASKS: tuple[str, ...] = ("add", "atbash", "cipher")
+# The tasks of zoos v3-v5 (the v4 and v5 presets, the tiny preset the tests build)
+V5_ZOO_TASKS: tuple[str, ...] = ("add", "reverse", "cipher")
 ZOO_TAGS: dict[str, str] = {"add": "add", "reverse": "rev", "cipher": "enc", "atbash": "atb"}
 _DIGITS = "0123456789"
 _LOWER = "abcdefghijklmnopqrstuvwxyz"
