@@ -5,31 +5,27 @@
 Seeds 0, 3, 4, 5 come from ``build_seed<S>.txt`` (``build_zoo`` outputs, read with the parser the
 earlier studies committed, ``results/zoo_v5_intel/compare_machines.parse``); seeds 1 and 2 from
 ``make figures``' zoo section (``figures_heldout/figures.json``, the worst share's interval from
-its ``figures.md``), which built them here with the same code and thread count. Per seed: each expert's own-task TEST exact match, its gain over the
-base, the best judged plain merge and its worst share with the 95 % interval, the builder's
-verdict; then each task's own-task spread over the seeds (issue 13: <= 0.10), the smallest gain
-(>= 0.30) and how many seeds hold the regime.
+its ``figures.md``), which built them here with the same code and thread count. Per seed: each
+expert's own-task TEST exact match, its gain over the base, the best judged plain merge and its
+worst share with the 95 % interval, the builder's verdict; then each task's own-task spread over
+the seeds (issue 13: <= 0.10), the smallest gain (>= 0.30) and how many seeds hold the regime.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
+import runpy
 from pathlib import Path
+from types import SimpleNamespace
 
 HERE = Path(__file__).resolve().parent
 TASKS = ("add", "atbash", "cipher")
 
-
-def _load(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-machines = _load(HERE.parent / "zoo_v5_intel" / "compare_machines.py")
+# the regime table's parser the earlier studies committed (results/ is not a package: run its file)
+machines = SimpleNamespace(
+    **runpy.run_path(str(HERE.parent / "zoo_v5_intel" / "compare_machines.py"))
+)
 
 
 def from_build(path: Path) -> dict:
