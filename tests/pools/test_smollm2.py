@@ -27,7 +27,7 @@ from merge_env.pools.finetune import (
     uniform_batches,
     warmup_cosine,
 )
-from merge_env.pools.smollm2 import SmolConfig, build_smollm2_pool, load_smollm2_pool
+from merge_env.pools.smollm2 import POOL_V4, SmolConfig, build_smollm2_pool, load_smollm2_pool
 from merge_env.scoring.evaluate import Evaluator
 from merge_env.scoring.tasks import chat
 from merge_env.scoring.tasks.synthetic import ZOO_TAGS, char_tokenizer, make_task
@@ -53,15 +53,15 @@ CHAT = (
     "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}[assistant]:{% endif %}"
 )
-# pool v3: experts straight from the instruct model (no generalist stage)
+# pool v3: full fine-tunes straight from the instruct model (no generalist stage)
 SMALL = SmolConfig(
     n_search=4, n_test=6, train_pool=40, steps=3, batch_size=4, warmup=1, lr=3e-3,
-    generalist_steps=0, replay=0.0,
+    generalist_steps=0, replay=0.0, lora_rank=0, expert_lr=None,
 )  # fmt: skip
-# pool v4 (the defaults' shape): a generalist stage makes the base, experts replay its data
+# pool v4: a generalist stage makes the base, full fine-tunes replay its data
 SMALL_V4 = SmolConfig(
     n_search=4, n_test=6, train_pool=40, steps=3, batch_size=4, warmup=1, lr=3e-3,
-    generalist_steps=4, generalist_pool=60,
+    generalist_steps=4, generalist_pool=60, **POOL_V4,
 )  # fmt: skip
 
 
@@ -292,7 +292,8 @@ def test_pool_builds_loads_and_comes_from_cache(tiny_base, tmp_path, monkeypatch
     assert f"{pool.root} was trained with 1 torch thread(s), not the 3 asked for" in caplog.text
     spec = smollm2.smollm2_pool(
         n_search=4, n_test=6, train_pool=40, steps=3, batch_size=4, warmup=1, lr=3e-3,
-        generalist_steps=0, replay=0.0, metric="token_accuracy", cache_dir=str(cache),
+        generalist_steps=0, replay=0.0, lora_rank=0, expert_lr=None, metric="token_accuracy",
+        cache_dir=str(cache),
     )  # fmt: skip
     assert spec.sources == {BASE: tiny_base, **pool.experts} and spec.tokenizer_dir == tiny_base
     assert [t.metric for t in spec.tasks] == ["token_accuracy"] * 3
@@ -333,7 +334,7 @@ def test_v4_pool_base_is_the_generalist_and_experts_replay_its_data(tiny_base, m
     assert SMALL_V4.fingerprint("x") != SMALL.fingerprint("x")
     spec = smollm2.smollm2_pool(
         n_search=4, n_test=6, train_pool=40, steps=3, batch_size=4, warmup=1, lr=3e-3,
-        generalist_steps=4, generalist_pool=60, cache_dir=str(cache),
+        generalist_steps=4, generalist_pool=60, cache_dir=str(cache), **POOL_V4,
     )  # fmt: skip
     assert spec.sources == {BASE: pool.base, **pool.experts}
 
@@ -345,10 +346,12 @@ SHIPPED_GGUF = "gguf-f6c1ec03a9d0ba93"
 @pytest.mark.parametrize(
     "option, digests",
     [
-        # pool v4, the default: the cache keys its figures were measured on (results/smollm2/)
-        ("smollm2", ("01e488fbc5a44726", "f19428120649e87f", "e76c5e59c284412b")),
-        # candidate v5-L: the pools of sessions 38's builds (results/smollm2/study_v5l_seed*.txt)
+        # pool v5-L, the default since session 42: the pools of sessions 38-40's builds
+        # (results/smollm2/study_v5l_seed*.txt, results/zen4/study_v5l_seed*.txt)
+        ("smollm2", ("b46c281b6515e301", "c5eb6380aef31ad8", "ae44fcf541485c47")),
         ("smollm2_v5l", ("b46c281b6515e301", "c5eb6380aef31ad8", "ae44fcf541485c47")),
+        # pool v4, the default of sessions 14-41: the cache keys its figures were measured on
+        ("smollm2_v4", ("01e488fbc5a44726", "f19428120649e87f", "e76c5e59c284412b")),
     ],
 )
 def test_pool_configs_find_the_pools_their_figures_were_measured_on(option, digests):
@@ -393,7 +396,7 @@ def test_lora_experts_are_low_rank_updates_of_the_generalist(tiny_base):
         SmolConfig(lora_rank=4, lora_alpha=0.0)
     with pytest.raises(ConfigError, match="expert_lr"):
         SmolConfig(expert_lr=0.0)
-    assert SmolConfig(expert_lr=1e-3).fingerprint("x") != SmolConfig().fingerprint("x")
+    assert SmolConfig(expert_lr=2e-3).fingerprint("x") != SmolConfig().fingerprint("x")
 
 
 def test_interrupted_build_leaves_nothing_behind(tiny_base, monkeypatch):
@@ -555,7 +558,7 @@ def test_figures_zoo_section_tables_the_smollm2_pool(tiny_base, monkeypatch, tmp
     assert figures.main(argv) == 0
     zoo = json.loads((out / "figures.json").read_text())["sections"]["zoo"]["result"]["zoos"][0]
     pool = load_smollm2_pool(zoo["root"])
-    assert pool.config == dataclasses.replace(SMALL_V4, seed=0)
+    assert pool.config == SmolConfig(**small, seed=0)  # the defaults (pool v5-L), sized down
     assert zoo["preset"] == "smollm2" and zoo["experts"] == ["add", "reverse", "cipher"]
     assert zoo["build_seconds"] == pool.finetune_seconds and not zoo["found_in_cache"]
     assert set(zoo["scores"]) == {"base", "expert:add", "expert:reverse", "expert:cipher"}
