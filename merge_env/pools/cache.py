@@ -29,8 +29,9 @@ from merge_env.scoring.tasks.task import Example, Task
 
 logger = logging.getLogger(__name__)
 
-# CPU results depend on torch's thread count (reduction order), and a pool trained with 1 thread
-# differs from one trained with 2 in every tensor and in its scores; every build pins it.
+# CPU results can depend on torch's thread count (reduction order): a default zoo trained with 1
+# thread differs from one trained with 2 in every tensor and in its scores (SmolLM2 pool v5-L's
+# seed 0 on the Zen 4 did not: the same digest at 1 and 2); every build pins the count.
 TRAIN_THREADS = 2
 # Overrides TRAIN_THREADS, e.g. 1 to build pools side by side on a 2-core machine (2 threads
 # each on 2 shared cores run many times slower); the count is written in the manifest.
@@ -61,9 +62,9 @@ def warn_other_thread_count(root: Path, recorded: int | None, log: logging.Logge
     if recorded is None or recorded == asked:
         return
     log.warning(
-        "%s was trained with %d torch thread(s), not the %d asked for ($%s): a build at %d gives "
-        "other weights; point the cache elsewhere (--cache-dir, $MERGEGYM_CACHE; for a zoo that "
-        "ships with MergeGym also --no-shipped) to train one",
+        "%s was trained with %d torch thread(s), not the %d asked for ($%s): a build at %d can "
+        "give other weights; point the cache elsewhere (--cache-dir, $MERGEGYM_CACHE; for a zoo "
+        "that ships with MergeGym also --no-shipped) to train one",
         root, recorded, asked, TRAIN_THREADS_ENV, asked,
     )  # fmt: skip
 
