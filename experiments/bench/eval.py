@@ -366,7 +366,9 @@ def job_main(args: argparse.Namespace) -> None:
     from experiments.run import make_problem
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench-job-"))
-    overrides = [f"pool={args.pool or 'zoo'}", f"agent={args.agent}", f"budget={args.job}",
+    # pool v4 for smollm2, as pool_spec: the pool docs/throughput.md measured
+    pool = {"smollm2": "smollm2_v4", None: "zoo"}.get(args.pool, args.pool)
+    overrides = [f"pool={pool}", f"agent={args.agent}", f"budget={args.job}",
                  "logger=none", "run_name=bench", f"run_dir={run_dir}", f"seed={args.seed}",
                  f"device={args.device}"]  # fmt: skip
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -30,7 +30,7 @@ judged by the regime check only). The letter tasks are spelled one letter a toke
 as the zoo's character tokenizer shows them: SmolLM2's BPE cuts ``todcm`` into ``t|od|cm``, so
 reversing or enciphering it would first ask a 135M model to spell its own tokens, which a gentle
 fine-tune does not teach (20 steps on the unspelled tasks: reverse 0.05, cipher 0.00 exact
-match). ``generalist_steps=0, replay=0`` builds pool v3. ``lora_rank > 0`` trains each expert
+match). ``generalist_steps=0, replay=0, lora_rank=0, expert_lr=None`` builds pool v3. ``lora_rank > 0`` trains each expert
 (not the generalist) through low-rank adapters on every attention and MLP matrix, merged into its
 weights when done (``finetune.lora_adapters``): a LoRA fine-tune saved as a plain checkpoint.
 
@@ -272,7 +272,7 @@ class SmolConfig:
                 raise ConfigError(
                     f"pool.generalist_mix: {list(mix)} needs one weight >= 0 per task "
                     f"{list(self.tasks)}, not all 0 (or pool.generalist_steps=0 "
-                    f"pool.replay=0: no generalist stage, the v3 pool)"
+                    f"pool.replay=0: no generalist stage, as the v3 pool)"
                 )
         if self.replay and not self.generalist_steps:
             raise ConfigError("pool.replay: experts replay the generalist's data; it needs "
@@ -457,6 +457,8 @@ def load_smollm2_pool(root: str | Path) -> SmolPool:
         settings = dict(data["config"])
         if "generalist_steps" not in settings:  # a pool v3 manifest: no generalist, no replay
             settings.update(generalist_steps=0, replay=0.0)
+        if "lora_rank" not in settings:  # written before LoRA experts: full fine-tunes at lr
+            settings.update(lora_rank=0, expert_lr=None)
         config = SmolConfig(**settings)
         base = (root if data.get("base_in_pool") else root.parent) / data["base"]
         converted = root.parent / data.get("converted", data["base"])
@@ -502,7 +504,8 @@ def smollm2_pool(
 
     ``metric`` heads the tasks' reports and does not change what is built. Exact match by
     default: the generalist base (pools v4, v5-L) scores above 0 on every task; for the v3 pool
-    (``generalist_steps=0``), whose base scores 0 exact match everywhere, pass token_accuracy.
+    (``generalist_steps=0, replay=0, lora_rank=0, expert_lr=None``), whose base scores 0 exact
+    match everywhere, pass token_accuracy.
     """
     config = SmolConfig(
         tuple(tasks), n_search, n_test, task_seed, train_pool, steps, batch_size, lr, warmup,
