@@ -367,7 +367,7 @@ def job_main(args: argparse.Namespace) -> None:
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench-job-"))
     # pool v4 for smollm2, as pool_spec: the pool docs/throughput.md measured
-    pool = {"smollm2": "smollm2_v4", None: "zoo"}.get(args.pool, args.pool)
+    pool = "smollm2_v4" if args.pool == "smollm2" else args.pool or "zoo"
     overrides = [f"pool={pool}", f"agent={args.agent}", f"budget={args.job}",
                  "logger=none", "run_name=bench", f"run_dir={run_dir}", f"seed={args.seed}",
                  f"device={args.device}"]  # fmt: skip

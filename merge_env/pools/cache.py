@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 # CPU results can depend on torch's thread count (reduction order): a default zoo trained with 1
 # thread differs from one trained with 2 in every tensor and in its scores (SmolLM2 pool v5-L's
-# seed 0 on the Zen 4 did not: the same digest at 1 and 2); every build pins the count.
+# seeds 0 and 1 on the Zen 4 did not: the same digests at 1 and 2); every build pins the count.
 TRAIN_THREADS = 2
 # Overrides TRAIN_THREADS, e.g. 1 to build pools side by side on a 2-core machine (2 threads
 # each on 2 shared cores run many times slower); the count is written in the manifest.

