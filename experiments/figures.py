@@ -502,6 +502,11 @@ def _ratio(value: float, baseline: float) -> float:
     return value / baseline if baseline > 0 else math.nan
 
 
+def _headroom_share(front: float, references: float, ceiling: float) -> float:
+    """(front − references) / (ceiling − references): the share of the possible gain taken."""
+    return (front - references) / (ceiling - references) if ceiling > references else math.nan
+
+
 def main_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list[str]:
     lines = []
     refs = "single models + plain merges"
@@ -519,6 +524,17 @@ def main_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> lis
             "front / references, test": [
                 _ratio(r["hypervolume_test"], r["reference_hypervolume_test"]) for r in runs],
         }  # fmt: skip
+        if all(r.get("hypervolume_ceiling") is not None for r in runs):
+            # a perfect model's HV: how far any front could beat the references at all
+            figures.update({
+                "perfect model HV (the ceiling)": [r["hypervolume_ceiling"] for r in runs],
+                "perfect model / references, test": [
+                    _ratio(r["hypervolume_ceiling"], r["reference_hypervolume_test"])
+                    for r in runs],
+                "front's share of the headroom, test": [
+                    _headroom_share(r["hypervolume_test"], r["reference_hypervolume_test"],
+                                    r["hypervolume_ceiling"]) for r in runs],
+            })  # fmt: skip
         if all(r.get("grid_hypervolume_test") is not None for r in runs):  # HM3's own baseline
             grid = f"{refs} + plain grid ({runs[0]['grid_merges']} merges)"
             figures.update({

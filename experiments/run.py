@@ -119,6 +119,9 @@ def _report(
     hv = problem.hypervolume_of(archive.score_matrix()) if len(archive) else 0.0
     hv_test = problem.hypervolume_of(np.stack(list(tests.values()))) if tests else 0.0
     ref_hv_test = problem.hypervolume_of(np.stack(list(ref_tests.values())))
+    # a perfect model's hypervolume: the most any front can reach, so the most it can beat the
+    # references by (a margin target above the headroom is out of reach by arithmetic)
+    ceiling = problem.hypervolume_ceiling()
     title = f"{cfg.run_name}: HV {hv:.3f} (search)"
     front_png = report.front_plot(
         problem, archive.score_matrix() if len(archive) else np.zeros((0, len(problem.objectives))),
@@ -139,6 +142,8 @@ def _report(
         "hypervolume_test": hv_test,
         "reference_hypervolume_search": ref_hv,
         "reference_hypervolume_test": ref_hv_test,
+        "hypervolume_ceiling": ceiling,
+        "reference_headroom_test": ceiling / ref_hv_test - 1.0 if ref_hv_test > 0 else None,
         "evaluations": problem.spent,
         "cache_hits": problem.cache_hits,
         "archive_size": len(archive),
@@ -169,6 +174,12 @@ def _report(
         f"{ref_hv['single models + plain merges']:.4f} | test {ref_hv_test:.4f}; "
         f"best single model: search {ref_hv['best single model']:.4f})"
     )
+    if ref_hv_test > 0:
+        console.print(
+            f"             a perfect model: {ceiling:.4f}, so no front can beat the references "
+            f"on test by more than {100 * (ceiling / ref_hv_test - 1):+.1f} % (this front: "
+            f"{100 * (hv_test / ref_hv_test - 1):+.1f} %)"
+        )
     if "grid_skipped" in summary:
         console.print(f"             plain-merge grid: {summary['grid_skipped']}")
     if "grid_hypervolume_search" in summary:
@@ -181,7 +192,8 @@ def _report(
         )
     # the final hypervolumes beside their baselines, so W&B compares runs against them too
     charts = {"charts/hypervolume_final": hv, "charts/hypervolume_test": hv_test,
-              "charts/reference_hypervolume_test": ref_hv_test}  # fmt: skip
+              "charts/reference_hypervolume_test": ref_hv_test,
+              "charts/hypervolume_ceiling": ceiling}  # fmt: skip
     charts.update({f"charts/{k}": v for k, v in grid.items() if "hypervolume" in k})
     tracker.log(charts)
     tracker.log_table(

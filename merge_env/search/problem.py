@@ -21,7 +21,7 @@ import numpy as np
 from merge_env.errors import ConfigError
 from merge_env.scoring.cache import EvalCache
 from merge_env.scoring.evaluate import Evaluator, TaskScore
-from merge_env.scoring.tasks.task import Task
+from merge_env.scoring.tasks.task import METRIC_BEST, Task
 from merge_env.search.archive import Archive, Entry
 from merge_env.search.assemble import ModelPool
 from merge_env.search.budget import Ledger
@@ -360,6 +360,21 @@ class MergeProblem:
         overrides it); agents read it here instead of defining their own.
         """
         return float(np.mean(self.normalised(vector)))
+
+    @property
+    def perfect(self) -> np.ndarray:
+        """The raw scores of a perfect model: each task's metric at its best (see METRIC_BEST)."""
+        return np.array([METRIC_BEST[self.metric or t.metric] for t in self.tasks])
+
+    def hypervolume_ceiling(self) -> float:
+        """The hypervolume of a perfect model: no front, on any split, can exceed it.
+
+        Scores are normalised by z* on the search split, so the ceiling is prod_t (best_t −
+        nadir_t) / (top_t − nadir_t): 1 / z*_t a task for exact match. A front can beat the
+        references by at most ``ceiling / reference HV − 1`` — a target above that is out of
+        reach by arithmetic, not by search.
+        """
+        return self.hypervolume_of(self.perfect)
 
     def hypervolume_of(self, vectors: np.ndarray) -> float:
         """Hypervolume of the non-dominated subset of raw score vectors (normalised as above)."""

@@ -93,6 +93,16 @@ def test_figures_come_from_the_runs_resume_and_record_failures(zoo_cache, tiny_z
     vs_picked = [r["hypervolume_test"] / r["grid_front_hypervolume_test"] for r in main_runs]
     picked = "front / (references + grid) picked on search, test"
     assert f"| {picked} | 2 | {stats.format_ci(stats.summarise(vs_picked))} |" in md
+    # the ceiling: how far a perfect model, hence any front, could beat the references at all
+    most = [r["hypervolume_ceiling"] / r["reference_hypervolume_test"] for r in main_runs]
+    assert all(m >= f for m, f in zip(most, (r["hypervolume_test"] / r["reference_hypervolume_test"]
+                                            for r in main_runs)))  # fmt: skip
+    row = f"| perfect model / references, test | 2 | {stats.format_ci(stats.summarise(most))} |"
+    assert row in md
+    share = [(r["hypervolume_test"] - r["reference_hypervolume_test"])
+             / (r["hypervolume_ceiling"] - r["reference_hypervolume_test"]) for r in main_runs]  # fmt: skip
+    row = f"| front's share of the headroom, test | 2 | {stats.format_ci(stats.summarise(share))} |"
+    assert row in md
     assert [r["hypervolume_search"] for r in sections["main"]["result"]["runs"]] == [
         r["hypervolume_search"] for r in main_runs
     ]

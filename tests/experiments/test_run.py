@@ -89,6 +89,13 @@ def test_runs_end_to_end_and_leaves_its_outputs(zoo_cache, tiny_zoo, monkeypatch
         assert (out / name).is_file(), name
     assert list((out / "recipes").glob("pref_*.yaml"))
     assert summary["evaluations"] <= 6 + 1e-9  # the grid below is never charged
+    # the ceiling: a perfect model (every token right, 1 a task) over the best single models
+    assert summary["hypervolume_ceiling"] == pytest.approx(np.prod(1 / ideal), rel=1e-9)
+    assert summary["reference_headroom_test"] == pytest.approx(
+        summary["hypervolume_ceiling"] / summary["reference_hypervolume_test"] - 1, rel=1e-12
+    )
+    assert summary["hypervolume_ceiling"] >= max(summary["hypervolume_search"],
+                                                 summary["hypervolume_test"])  # fmt: skip
     # the grid reference: the references + every plain TIES merge of the 1/6 lattice, re-scored
     # here through a second problem and hypervolume'd by moocore
     experts = list(tiny_zoo.experts)
@@ -120,7 +127,8 @@ def test_runs_end_to_end_and_leaves_its_outputs(zoo_cache, tiny_zoo, monkeypatch
     assert summary["grid_front_hypervolume_test"] <= summary["grid_hypervolume_test"] + 1e-12
     # the tracker (W&B) gets the final hypervolumes and every baseline of the summary
     for key in ("hypervolume_test", "reference_hypervolume_test", "grid_hypervolume_search",
-                "grid_hypervolume_test", "grid_front_hypervolume_test"):  # fmt: skip
+                "grid_hypervolume_test", "grid_front_hypervolume_test",
+                "hypervolume_ceiling"):  # fmt: skip
         assert logged[f"charts/{key}"] == summary[key], key
     model = AutoModelForCausalLM.from_pretrained(out / "checkpoint")
     assert model.config.num_hidden_layers >= 1

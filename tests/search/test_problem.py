@@ -77,6 +77,10 @@ def test_ideal_is_the_best_single_model_and_exact_ratios_are_kept(make_problem):
     np.testing.assert_array_equal(problem.normalised(refs), refs / problem.ideal)
     assert problem.hypervolume_of(refs) == pytest.approx(_hv(refs / problem.ideal), rel=1e-12)
     assert problem.hypervolume_of(refs) > problem.hypervolume_of(singles[:1]) > 0
+    # a perfect model (every token right) scores 1 / z* a task: the most any front can reach
+    np.testing.assert_array_equal(problem.perfect, np.ones(3))
+    assert problem.hypervolume_ceiling() == pytest.approx(np.prod(1 / problem.ideal), rel=1e-12)
+    assert problem.hypervolume_ceiling() >= problem.hypervolume_of(refs)
 
 
 def test_loglik_is_normalised_from_a_uniform_guess(make_problem, tmp_path):
@@ -98,6 +102,10 @@ def test_loglik_is_normalised_from_a_uniform_guess(make_problem, tmp_path):
     assert np.all((singles >= 0) & (singles <= 1 + 1e-12)) and np.all(singles.max(axis=0) == 1)
     hv = problem.hypervolume_of(refs)
     assert hv > 0 and hv == pytest.approx(_hv(f), rel=1e-12)
+    # a perfect model puts all its probability on the answer: log-likelihood 0, above z*
+    np.testing.assert_array_equal(problem.perfect, np.zeros(3))
+    ceiling = np.prod(-problem.nadir / (problem.ideal - problem.nadir))
+    assert problem.hypervolume_ceiling() == pytest.approx(ceiling, rel=1e-12) and ceiling > hv
     curve = problem.hypervolume_curve()
     assert curve == []  # nothing archived yet; references are not the search's
     problem.score(_merge(problem, (1 / 3, 1 / 3, 1 / 3)))
@@ -125,6 +133,8 @@ def test_a_task_no_model_solves_keeps_the_metric_scale(tiny_zoo, tmp_path):
     # one answer in eight is 1/8 of the task, not 1/8 divided by a floor of 1e-6
     np.testing.assert_allclose(problem.normalised(one_right), [1.0, 1 / 8])
     assert problem.hypervolume_of(one_right) == pytest.approx(1 / 8)
+    # the task keeps the metric's scale, so a perfect model scores 1 there, 1 / z* on the other
+    assert problem.hypervolume_ceiling() == pytest.approx(1 / problem.ideal[0], rel=1e-12)
 
 
 # -- durability: a kill at the bad instant -------------------------------------------------------

@@ -22,6 +22,8 @@ from merge_env.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 METRICS: tuple[str, ...] = ("exact_match", "token_accuracy", "loglik")
+# the best value each metric can take (every answer right; every answer token at probability 1)
+METRIC_BEST: dict[str, float] = {"exact_match": 1.0, "token_accuracy": 1.0, "loglik": 0.0}
 SPLITS: tuple[str, ...] = ("search", "test")
 Scorer = Callable[["Example", str], float]
 
