@@ -14,7 +14,9 @@ the share of it each merge keeps, and TIES and task arithmetic again at the scal
 would pick on validation data (the one that scores best on the SEARCH split, from
 ``regime.LAMBDA_GRIDS``; ``--fixed-lambda`` skips that), each kept share of the best merge with
 its bootstrap interval over the test examples (is the verdict clear, or within the noise?), and
-the experts' task vectors (size against the base, cosines); ``--no-regime`` skips it all.
+the experts' task vectors (size against the base, cosines); last, the main job's references
+(single models + plain merges) on TEST against a perfect model: the most any front on this pool
+can beat them by. ``--no-regime`` skips it all.
 
 ``--set KEY=VALUE ...`` changes settings of the preset (any ``ZooConfig`` field, Python
 literals: ``--set "base_rare_mass=[0.03,0.01,0.002]" base_steps=800``), e.g. to study another
@@ -29,11 +31,13 @@ import argparse
 import ast
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -161,6 +165,50 @@ def print_regime(
     return scores, regime
 
 
+@dataclasses.dataclass(frozen=True)
+class Headroom:
+    """The main job's references against a perfect model (see ``headroom``)."""
+
+    ideal: tuple[float, ...]  # z*: the best single model a task, SEARCH split
+    references_test: float  # the references' hypervolume on TEST
+    ceiling: float  # a perfect model's hypervolume
+
+    @property
+    def most(self) -> float:
+        """The most any front can beat the references by on TEST (ceiling / references − 1)."""
+        return self.ceiling / self.references_test - 1.0 if self.references_test > 0 else math.inf
+
+
+def headroom(pool: Zoo | SmolPool, device: str = "cpu") -> Headroom:
+    """Score the main job's references (each single model and the plain merges at their papers'
+    weights) on the SEARCH split (z*) and the TEST split, as the main job does, and a perfect
+    model's hypervolume: how far any front on this pool could beat the references at all."""
+    from experiments.report import reference_test_scores
+    from merge_env.search.problem import build_problem
+
+    problem = build_problem(
+        {BASE: pool.base, **pool.experts}, pool.tasks, pool.tokenizer_dir, device=device
+    )
+    tests = reference_test_scores(problem)
+    return Headroom(
+        ideal=tuple(float(v) for v in problem.ideal),
+        references_test=problem.hypervolume_of(np.stack(list(tests.values()))),
+        ceiling=problem.hypervolume_ceiling(),
+    )
+
+
+def print_headroom(pool: Zoo | SmolPool, console: Console, device: str = "cpu") -> Headroom:
+    """Print ``headroom``: the references' TEST hypervolume, a perfect model's, the margin."""
+    found = headroom(pool, device)
+    ideal = " / ".join(f"{v:.3f}" for v in found.ideal)
+    console.print(
+        f"  the main job's references (single models + plain merges): TEST hypervolume "
+        f"{found.references_test:.4f}; a perfect model {found.ceiling:.4f} (z* {ideal} on "
+        f"SEARCH): no front can beat the references on TEST by more than {100 * found.most:+.1f} %"
+    )
+    return found
+
+
 def parse_settings(pairs: Sequence[str], keys: Collection[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs (Python literals: 2e-4, [300,300,300]) with KEY one of ``keys``;
     a bad pair raises ConfigError naming it. Shared by ``--set`` here and in regime_variants."""
@@ -263,6 +311,7 @@ def run(
     print_table(zoo, scores, console, f"zoo {preset!r}: TEST split ({n_test} examples per task)")
     if regime:
         print_regime(zoo, console, device, LAMBDA_GRIDS if tune_lambda else None)
+        print_headroom(zoo, console, device)
     return zoo
 
 
@@ -314,6 +363,7 @@ def run_smollm2(
     print_table(pool, scores, console, title, metrics=("exact_match", "token_accuracy"))
     if regime:
         print_regime(pool, console, device, LAMBDA_GRIDS if tune_lambda else None)
+        print_headroom(pool, console, device)
     return pool
 
 

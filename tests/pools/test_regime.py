@@ -361,6 +361,26 @@ def test_builder_prints_the_regime(tiny_zoo):
     assert "bootstrap interval" in text or "no interval" in text or "has no gain" in text
     # where the best merge loses the gains, unless some expert has none (no best merge then)
     assert ("loses the gains" in text) == ("has no gain" not in text)
+    # last, the main job's references against a perfect model: z* from the single models'
+    # SEARCH exact match, scored here by the evaluator alone; a perfect model scores 1 / z* a
+    # task (1 where no single model gets an answer right: that task keeps its own scale)
+    from transformers import AutoTokenizer
+
+    from merge_env.scoring.evaluate import Evaluator
+    from merge_env.search.assemble import load_causal_lm
+
+    evaluator = Evaluator(AutoTokenizer.from_pretrained(tiny_zoo.tokenizer_dir))
+    singles = [evaluator.score_tasks(load_causal_lm(p), tiny_zoo.tasks, "search")
+               for p in [tiny_zoo.base, *tiny_zoo.experts.values()]]  # fmt: skip
+    ideal = [max(s[t.name].exact_match for s in singles) for t in tiny_zoo.tasks]
+    ceiling = math.prod(1 / z if z > 0 else 1.0 for z in ideal)
+    flat = " ".join(text.split())
+    found = re.search(r"TEST hypervolume ([\d.]+); a perfect model ([\d.]+) \(z\* ([\d./ ]+) on "
+                      r"SEARCH\): no front can beat the references on TEST by more than", flat)  # fmt: skip
+    assert found, flat[-600:]
+    assert found.group(2) == f"{ceiling:.4f}"
+    assert found.group(3).strip() == " / ".join(f"{z:.3f}" for z in ideal)
+    assert 0 <= float(found.group(1)) <= ceiling
 
 
 def test_task_vectors_by_part_match_a_hand_computation(tiny_zoo, tmp_path):
