@@ -7,7 +7,8 @@ a folder without one (a run still going, or killed) is skipped and named. Per zo
 the front's test-split hypervolume against the references (single models + plain merges) and
 against the references + the plain TIES lattice merges: mean [min, max] of the margins over the
 search seeds, and how many runs clear +20 % over the references; for runs that recorded it, also
-against the grid picked on search (its points non-dominated on SEARCH, scored on TEST).
+against the grid picked on search (its points non-dominated on SEARCH, scored on TEST), and
+against a perfect model (the headroom, and the share of it the front took).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def read(dirs: list[Path]) -> dict[str, list[dict[str, float]]]:
                 "gt": s["grid_hypervolume_test"],
                 # the grid's points non-dominated on SEARCH, scored on TEST (runs since session 28)
                 "gft": s.get("grid_front_hypervolume_test"),
+                # a perfect model's hypervolume (runs since session 43)
+                "ceil": s.get("hypervolume_ceiling"),
                 "wall": s["wall_s"],
             }
         )
@@ -84,6 +87,13 @@ def main(argv: list[str]) -> None:
             print(
                 f"        vs the grid picked on search (test {rows[0]['gft']:.4f}): "
                 f"{span(picked)}, above it on {sum(m > 0 for m in picked)} of {len(rows)}"
+            )
+        if all(r["ceil"] is not None for r in rows):
+            shares = [(r["hvt"] - r["rt"]) / (r["ceil"] - r["rt"]) for r in rows]
+            print(
+                f"        a perfect model {rows[0]['ceil']:.4f}: headroom "
+                f"{100 * (rows[0]['ceil'] / rows[0]['rt'] - 1):+.1f} %, the front took "
+                f"{statistics.mean(shares):.2f} [{min(shares):.2f}, {max(shares):.2f}] of it"
             )
     out.write_text(
         json.dumps(
