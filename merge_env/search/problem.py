@@ -372,8 +372,19 @@ class MergeProblem:
         Scores are normalised by z* on the search split, so the ceiling is prod_t (best_t −
         nadir_t) / (top_t − nadir_t): 1 / z*_t a task for exact match. A front can beat the
         references by at most ``ceiling / reference HV − 1`` — a target above that is out of
-        reach by arithmetic, not by search.
+        reach by arithmetic, not by search. A log-likelihood task no single model scores above
+        its nadir on keeps the metric's own scale (see ``top``), where a perfect model's 0 sits
+        ln V above the nadir: the ceiling is then no useful bound, and a warning says so.
         """
+        metrics = [self.metric or t.metric for t in self.tasks]
+        flat = [o for o, m, top, low in zip(self.objectives, metrics, self.top, self.nadir)
+                if m in NEGATIVE_METRICS and top == low + 1.0]  # fmt: skip
+        if flat:
+            log.warning(
+                "no single model beats the nadir on log-likelihood task(s) %s: the ceiling puts "
+                "a perfect model there at -nadir on the metric's scale, no useful bound",
+                flat,
+            )
         return self.hypervolume_of(self.perfect)
 
     def hypervolume_of(self, vectors: np.ndarray) -> float:

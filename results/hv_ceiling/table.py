@@ -5,7 +5,7 @@ main job's fronts took (session 43, the Zen 4).
 
 Reads ``zoo_v6.jsonl`` and ``smollm2_v5l_zen4.jsonl`` (``ceiling.py``'s rows) and the committed
 main jobs on the same weights: zoo v6 seed 0 (``results/zoo_v6/main_job_z0.json``), seeds 1 and 2
-(``make figures``, ``results/zoo_v6/figures_heldout/figures.json``), seeds 3-5 (this study's,
+(``make figures``' 10 search seeds, ``results/zoo_v6/figures_heldout10/figures.json``), seeds 3-5 (this study's,
 ``main_job_z345.json``), SmolLM2 v5-L on the Zen 4
 (``results/smollm2/main_job_v5l_zen4_pool*_seed*.json``). Each run's references must equal the
 ceiling row's (the same weights, scored again): the table says so, or stops.
@@ -46,7 +46,9 @@ def zoo_runs() -> dict[int, list[tuple[float, float]]]:
     z345 = json.loads((HERE / "main_job_z345.json").read_text())
     for zoo, got in z345["runs"].items():
         out[int(zoo)] = [(r["hvt"], r["rt"]) for r in got]
-    figures = json.loads((RESULTS / "zoo_v6" / "figures_heldout" / "figures.json").read_text())
+    # seeds 1 and 2: make figures' 10 search seeds (session 43; its first five are session 41's
+    # runs bit for bit)
+    figures = json.loads((RESULTS / "zoo_v6" / "figures_heldout10" / "figures.json").read_text())
     for r in figures["sections"]["main"]["result"]["runs"]:
         out.setdefault(r["zoo_seed"], []).append(
             (r["hypervolume_test"], r["reference_hypervolume_test"])
@@ -125,7 +127,7 @@ def table(title: str, ceilings: dict[int, dict], runs: dict[int, list], extra=No
         if extra:
             line += f" {extra[seed]:.2f} |"
         print(line)
-    print()
+    print("\n(brackets: min and max over the runs)\n")
 
 
 def main() -> None:

@@ -21,9 +21,10 @@ from merge_env.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-METRICS: tuple[str, ...] = ("exact_match", "token_accuracy", "loglik")
-# the best value each metric can take (every answer right; every answer token at probability 1)
+# each metric and the best value it can take (every answer right; every answer token at
+# probability 1): one table, so a new metric cannot lack its best value
 METRIC_BEST: dict[str, float] = {"exact_match": 1.0, "token_accuracy": 1.0, "loglik": 0.0}
+METRICS: tuple[str, ...] = tuple(METRIC_BEST)
 SPLITS: tuple[str, ...] = ("search", "test")
 Scorer = Callable[["Example", str], float]
 
