@@ -174,10 +174,10 @@ def _report(
         f"{ref_hv['single models + plain merges']:.4f} | test {ref_hv_test:.4f}; "
         f"best single model: search {ref_hv['best single model']:.4f})"
     )
-    if ref_hv_test > 0:
+    if summary["reference_headroom_test"] is not None:
         console.print(
             f"             a perfect model: {ceiling:.4f}, so no front can beat the references "
-            f"on test by more than {100 * (ceiling / ref_hv_test - 1):+.1f} % (this front: "
+            f"on test by more than {100 * summary['reference_headroom_test']:+.1f} % (this front: "
             f"{100 * (hv_test / ref_hv_test - 1):+.1f} %)"
         )
     if "grid_skipped" in summary:

@@ -306,6 +306,11 @@ class MergeProblem:
         return self._ideal
 
     @property
+    def metrics(self) -> list[str]:
+        """Each task's headline metric: the problem's metric, else the task's own."""
+        return [self.metric or t.metric for t in self.tasks]
+
+    @property
     def nadir(self) -> np.ndarray:
         """The score that normalises to 0 on each task: what a model that knows nothing scores.
 
@@ -315,13 +320,17 @@ class MergeProblem:
         normalised log-likelihood is positive where it beats guessing and 1 at z*.
         """
         if self._nadir is None:
-            metrics = [self.metric or t.metric for t in self.tasks]
             guess = -math.log(self._vocab_size())
             worst = np.min(np.stack([v for n, v in self.references().items()
                                      if n.startswith("model:")]), axis=0)  # fmt: skip
             self._nadir = np.array([min(guess, w) if m in NEGATIVE_METRICS else 0.0
-                                    for m, w in zip(metrics, worst)])  # fmt: skip
+                                    for m, w in zip(self.metrics, worst)])  # fmt: skip
         return self._nadir
+
+    @property
+    def flat(self) -> np.ndarray:
+        """Per task, whether no single model scores above the nadir (z* == nadir)."""
+        return np.isclose(self.ideal, self.nadir, rtol=0.0, atol=1e-12)
 
     @property
     def top(self) -> np.ndarray:
@@ -332,7 +341,7 @@ class MergeProblem:
         so that task keeps the metric's own scale (exact match: the fraction right).
         """
         if self._top is None:
-            flat = np.isclose(self.ideal, self.nadir, rtol=0.0, atol=1e-12)
+            flat = self.flat
             if np.any(flat):
                 log.warning(
                     "no single model scores above %s on task(s) %s; their scores are not "
@@ -364,7 +373,7 @@ class MergeProblem:
     @property
     def perfect(self) -> np.ndarray:
         """The raw scores of a perfect model: each task's metric at its best (see METRIC_BEST)."""
-        return np.array([METRIC_BEST[self.metric or t.metric] for t in self.tasks])
+        return np.array([METRIC_BEST[m] for m in self.metrics])
 
     def hypervolume_ceiling(self) -> float:
         """The hypervolume of a perfect model: no front, on any split, can exceed it.
@@ -376,9 +385,8 @@ class MergeProblem:
         its nadir on keeps the metric's own scale (see ``top``), where a perfect model's 0 sits
         ln V above the nadir: the ceiling is then no useful bound, and a warning says so.
         """
-        metrics = [self.metric or t.metric for t in self.tasks]
-        flat = [o for o, m, top, low in zip(self.objectives, metrics, self.top, self.nadir)
-                if m in NEGATIVE_METRICS and top == low + 1.0]  # fmt: skip
+        flat = [o for o, m, f in zip(self.objectives, self.metrics, self.flat)
+                if f and m in NEGATIVE_METRICS]  # fmt: skip
         if flat:
             log.warning(
                 "no single model beats the nadir on log-likelihood task(s) %s: the ceiling puts "
