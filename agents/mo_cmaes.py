@@ -3,15 +3,16 @@
 Each restart draws one preference λ ~ Dirichlet(alpha) on the simplex (HM3's preference prior,
 ``pareto.sample_preferences``) and runs CMA-ES (Hansen, "The CMA Evolution Strategy: A Tutorial",
 arXiv:1604.00772, through the ``cma`` package as agents/cmaes.py) on the scalarisation of the
-normalised score vector under λ, by default the Tchebycheff form −max_k λ_k |f_k − z_k|
+normalised score vector under λ, by default the Tchebycheff form −max_k λ_k (z_k − f_k)
 (Zhang & Li, MOEA/D, IEEE TEVC 2007, eq. 3; ``pareto.scalarise``). Many single-objective runs,
 each aimed at one point of the front, are the classic way to reach a front with a scalar
 optimiser (Miettinen 1999, §3.4); the archive keeps every recipe scored, so the front is the
 union of the runs.
 
 * z is the normalised ideal point (1 per task: the best single model), raised to the best
-  normalised score seen so far, as MOEA/D updates z: a recipe beating a single model on a task is
-  then never penalised for it by |f_k − z_k|.
+  normalised score seen so far, as MOEA/D updates z, so that each restart aims beyond the best
+  seen. (The signed form never penalises a recipe for beating z on a task; MOEA/D's |f_k − z_k|
+  relies on this update for that.)
 * Each preference may spend ``budget / n_preferences`` evaluations; a restart hands over earlier
   when ``cma`` stops on its own criteria or after ``patience`` generations without a new
   evaluation (cache hits are free, so a converged strategy could otherwise sample cached recipes

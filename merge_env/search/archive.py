@@ -302,14 +302,21 @@ class Archive:
         kind: str = "tchebycheff",
         nadir: np.ndarray | None = None,
     ) -> Entry:
-        """Return the entry with the highest scalarised normalised search score under `pref`."""
+        """Return the entry with the highest scalarised normalised search score under `pref`.
+
+        Only the front competes: a preference with a zero weight, or Tchebycheff's max, can tie a
+        dominated entry with the one that dominates it, and the first of a tie would then be the
+        dominated one.
+        """
         if not self._entries:
             raise ConfigError("Archive.best: the archive is empty")
-        f = normalise(self.score_matrix(), ideal, nadir)
+        front = self.front() or self._entries  # no complete score vector: every entry competes
+        m = np.stack([e.vector(self.objectives, "search") for e in front])
+        f = normalise(m, ideal, nadir)
         values = np.atleast_1d(
             scalarise(f, pref, normalise(np.asarray(ideal, float), ideal, nadir), kind)
         )
-        return self._entries[int(np.argmax(values))]
+        return front[int(np.argmax(values))]
 
     def hypervolume_curve(
         self,

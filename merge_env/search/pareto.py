@@ -3,9 +3,10 @@
 Every objective is MAXIMISED (task scores such as exact match). Following HM3 (DESIGN.md §1.1), a
 score vector f is normalised by the ideal point z* (the best single model per task), a preference
 λ is drawn from Dirichlet(1) on the simplex, and f is scalarised by the weighted sum Σ λ_k f_k or by
-the Tchebycheff form −max_k λ_k |f_k − z*_k| (Miettinen, *Nonlinear Multiobjective Optimization*,
+the Tchebycheff form −max_k λ_k (z*_k − f_k) (Miettinen, *Nonlinear Multiobjective Optimization*,
 1999, §3.4; Zhang & Li, MOEA/D, IEEE TEVC 2007, eq. 3), which also reaches non-convex parts of the
-front. Hypervolume is computed exactly by moocore (Fonseca et al. 2006; Guerreiro & Fonseca 2017).
+front. The distance is signed, not absolute (Wierzbicki's achievement function): z* is the best
+single model, which a merge can beat, and |f_k − z*_k| would count beating it as a loss. Hypervolume is computed exactly by moocore (Fonseca et al. 2006; Guerreiro & Fonseca 2017).
 """
 
 from __future__ import annotations
@@ -102,12 +103,18 @@ def weighted_sum(f: np.ndarray, pref: np.ndarray) -> np.ndarray | float:
 
 
 def tchebycheff(f: np.ndarray, pref: np.ndarray, ideal: np.ndarray) -> np.ndarray | float:
-    """Return −max_k pref_k |f_k − ideal_k| over the last axis (higher is better; 0 at the ideal)."""
+    """Return −max_k pref_k (ideal_k − f_k) over the last axis (higher is better; 0 at the ideal).
+
+    Signed, so the value never falls as a score rises: a score above the ideal on task k (a merge
+    that beats the best single model) counts for it, where −max_k pref_k |f_k − ideal_k| (MOEA/D's
+    form, whose ideal is the best score seen, so never exceeded) would count it against. Below the
+    ideal on every task the two forms agree.
+    """
     f, pref = _check_pref(f, pref, "tchebycheff")
     z = np.asarray(ideal, dtype=float)
     if z.shape != f.shape[-1:]:
         raise ConfigError(f"tchebycheff: ideal of shape {z.shape} does not match scores {f.shape}")
-    return _scalar_or_array(-(pref * np.abs(f - z)).max(axis=-1))
+    return _scalar_or_array(-(pref * (z - f)).max(axis=-1))
 
 
 def scalarise(

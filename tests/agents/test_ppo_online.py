@@ -164,7 +164,7 @@ def test_a_repeated_recipe_earns_nothing_under_the_front_reward(problem):
     assert not info["cached"] and first >= 0.0
     # its gain is its value over the archive's best before it (empty archive: the nadir)
     f = problem.normalised(info["vector"])
-    assert first == pytest.approx(-np.max(pref * np.abs(f - 1)) + np.max(pref), abs=1e-9)
+    assert first == pytest.approx(-np.max(pref * (1 - f)) + np.max(pref), abs=1e-9)
     again, info = _episode(env, actions, pref)
     assert info["cached"] and again == 0.0
     # cached but never archived (scored outside the search): still a repeat, still nothing
@@ -185,6 +185,22 @@ def test_a_repeated_recipe_earns_nothing_under_the_front_reward(problem):
         assert not info["cached"] and reward >= 0.0
         best = max(env.reward_of(e.vector(problem.objectives), 0, pref) for e in problem.archive)
         assert reward == 0.0 or env.reward_of(info["vector"], 0, pref) == pytest.approx(best)
+
+
+def test_beating_the_best_single_model_never_lowers_the_reward(problem):
+    # z* is the best single model per task; merges can beat it, and must not be paid less for it
+    pref = np.array([0.5, 0.3, 0.2])
+    z = np.asarray(problem.ideal, float)
+    above = z.copy()
+    above[0] += 0.1 * max(abs(z[0]), 1e-3)  # beats z* on one task, equal on the others
+    higher = z + 0.1 * np.maximum(np.abs(z), 1e-3)  # beats it on every task
+    env = MergeEnv(problem)
+    at_z = env.reward_of(z, 0, pref)
+    assert env.reward_of(above, 0, pref) >= at_z
+    assert env.reward_of(higher, 0, pref) > at_z
+    # the front reward, with z* the archive's best so far: a merge beating it everywhere earns
+    front = MergeEnv(problem, reward="front")
+    assert front.final_reward(higher, 0, pref, best=at_z) > 0.0
 
 
 def test_batched_front_reward_zero_for_repeats_within_a_batch(problem):

@@ -99,6 +99,35 @@ def test_weighted_sum_and_tchebycheff_hand_cases():
     np.testing.assert_allclose(weighted_sum(f, prefs), [1.0, 1.0, 0.4])
 
 
+def test_tchebycheff_never_counts_beating_the_ideal_against_a_score():
+    # z* is the best single model; a merge that beats it on a task must not score lower for it
+    pref, ideal = np.array([0.5, 0.5]), np.ones(2)
+    at, above, both = np.array([1.0, 1.0]), np.array([1.2, 1.0]), np.array([1.2, 1.1])
+    assert tchebycheff(at, pref, ideal) == 0.0
+    assert tchebycheff(above, pref, ideal) == 0.0  # weakly better: a tie, never a loss
+    assert tchebycheff(both, pref, ideal) == pytest.approx(0.05)  # strictly better: higher
+    assert tchebycheff(np.array([1.2, 0.8]), pref, ideal) == pytest.approx(-0.1)
+    # monotone: raising any score never lowers the value, whatever the ideal
+    rng = np.random.default_rng(0)
+    f = rng.uniform(0.0, 1.5, size=(500, 3))
+    g = f + rng.uniform(0.0, 0.5, size=f.shape) * (rng.random(f.shape) < 0.5)
+    prefs = rng.dirichlet(np.ones(3), size=500)
+    assert np.all(tchebycheff(g, prefs, np.ones(3)) >= tchebycheff(f, prefs, np.ones(3)))
+
+
+def test_best_picks_the_front_among_tied_scalarised_values():
+    arch = Archive(None, OBJ)
+    arch.add("lo", {}, {"math": 0.9, "code": 0.1}, evaluations=1, source="t")
+    arch.add("hi", {}, {"math": 0.9, "code": 0.9}, evaluations=2, source="t")
+    ideal = np.array([0.9, 0.9])
+    for kind in ("tchebycheff", "weighted_sum"):
+        assert arch.best(np.array([1.0, 0.0]), ideal, kind).recipe_hash == "hi"
+    # a merge above the best single model on one task: Tchebycheff ties it with the ideal, the
+    # front decides, and the dominated entry at the ideal is not picked
+    arch.add("beats", {}, {"math": 1.08, "code": 0.9}, evaluations=3, source="t")
+    assert arch.best(np.array([0.5, 0.5]), ideal).recipe_hash == "beats"
+
+
 def test_scalarise_errors():
     with pytest.raises(ConfigError, match="kind"):
         scalarise(np.ones(2), np.ones(2) / 2, np.ones(2), kind="pbi")
@@ -359,9 +388,9 @@ def test_hypervolume_curve_and_best():
     arch.add("same", {}, {"math": 0.8, "code": 0.5}, evaluations=5, source="t")
     curve = arch.hypervolume_curve(ideal, reference=np.zeros(2))
     assert len(curve) == 5 and curve[-1] == (5, pytest.approx(1.0))
-    assert (
-        arch.best(np.array([1.0, 0.0]), ideal, "weighted_sum").recipe_hash == "h0"
-    )  # first of a tie
+    # h0 (0.8, 0.1) and "same" (0.8, 0.5) tie under a zero weight on code: the one on the front wins
+    assert arch.best(np.array([1.0, 0.0]), ideal, "weighted_sum").recipe_hash == "same"
+    assert arch.best(np.array([1.0, 0.0]), ideal).recipe_hash == "same"
     assert arch.best(np.array([0.5, 0.5]), ideal).recipe_hash == "same"
     arch2 = Archive(None, OBJ)
     _fill(arch2)
