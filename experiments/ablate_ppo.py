@@ -136,7 +136,7 @@ def table(ablation: Mapping[str, Any], protocol: Mapping[str, Any]) -> Table:
         s, f, vs, pv = row["search"], row["figures"], row.get("full_vs"), row.get("full_vs_paired")
         t.add_row(
             variant, str(s["n"]), stats.format_ci(s),
-            f"{vs['p_mannwhitney']:.3g}; {vs['p_permutation']:.3g}" if vs else "-",
+            stats.format_p(vs) if vs else "-",
             f"{pv['p_signed_rank']:.3g} ({pv['a_higher']}/{len(pv['seeds'])})" if pv else "-",
             f"{f['policy_share']['mean']:.2f}", f"{f['fallback_share']['mean']:.2f}",
             f"{sum(r['stalled'] for r in row['runs'])}/{s['n']}",

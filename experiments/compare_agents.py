@@ -350,7 +350,7 @@ def comparison_table(comparison: Mapping[str, Any], protocol: Mapping[str, Any])
         table.add_column(col)
     for agent, row in comparison["agents"].items():
         vs = row.get("vs_best")
-        p = f"{vs['p_mannwhitney']:.3g}; {vs['p_permutation']:.3g}" if vs else (
+        p = stats.format_p(vs) if vs else (
             "(best)" if agent == best else "-")  # fmt: skip
         reach = ", ".join(f"{b} {'never' if v is None else int(v)}"
                           for b, v in row["evals_to_reach"].items())  # fmt: skip

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import comb
+from typing import Any
 
 import numpy as np
 from scipy import stats as sps
@@ -206,6 +207,16 @@ def summarise(values: Sequence[float], seed: int = 0) -> Summary:
 
 
 def format_ci(s: Summary | Mapping[str, float], digits: int = 5) -> str:
-    """``mean [low, high]`` of a Summary (or its ``vars``), ``digits`` decimals."""
+    """``mean [low, high]`` of a Summary (or its ``vars``), ``digits`` decimals; one seed's value
+    alone, marked, since its zero-width interval would read as certainty."""
     d = vars(s) if isinstance(s, Summary) else s
+    if d.get("n") == 1:
+        return f"{d['mean']:.{digits}f} (one seed)"
     return f"{d['mean']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
+
+
+def format_p(test: Mapping[str, Any]) -> str:
+    """``p_mannwhitney; p_permutation`` of a ``Comparison``'s ``vars``; a permutation p from
+    Monte Carlo resamples (too many splits to enumerate) is marked with a dagger."""
+    mc = "" if test.get("exact_permutation", True) else "†"
+    return f"{test['p_mannwhitney']:.3g}; {test['p_permutation']:.3g}{mc}"

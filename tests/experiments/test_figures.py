@@ -168,6 +168,13 @@ def test_figures_come_from_the_runs_resume_and_record_failures(zoo_cache, tiny_z
     assert figures_of(pdata["sections"]["main"]["result"]["runs"]) == figures_of(
         sections["main"]["result"]["runs"]
     )
+    # fewer agents in the same folder: the part stores still hold cmaes's runs, and the merge
+    # must analyse only the agents asked for, as --jobs 1 does
+    narrow = [a for a in ARGS if a != "cmaes"]
+    assert figures.main([*narrow, "--out", str(par), "--only", "compare", "--jobs", "2"]) == 0
+    ndata, _ = _load(par)
+    comparisons = json.dumps(ndata["sections"]["compare"]["result"]["comparisons"])
+    assert "random" in comparisons and "cmaes" not in comparisons
 
 
 def test_another_protocol_in_the_same_folder_and_a_bad_section_are_refused(tmp_path, capsys):

@@ -73,6 +73,23 @@ def test_permutation_test_is_exact_for_small_samples():
     assert test.p_mannwhitney == pytest.approx(1.0) and test.p_permutation == pytest.approx(1.0)
 
 
+def test_a_monte_carlo_permutation_p_is_flagged_and_marked():
+    # 11 + 11 seeds: C(22, 11) = 705,432 splits, more than are enumerated; the exact p would be
+    # 2 / 705,432, and the Monte Carlo estimate floors near 1 / 10,001
+    a, b = [float(i) for i in range(11)], [float(i) for i in range(20, 31)]
+    p, exact = stats.permutation_p(a, b)
+    assert not exact and 1 / 10_001 <= p < 1e-3
+    test = vars(stats.rank_test(a, b))
+    assert stats.format_p(test).endswith("†") and not test["exact_permutation"]
+    small = vars(stats.rank_test([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]))
+    assert stats.format_p(small) == "0.1; 0.1"
+
+
+def test_format_ci_shows_one_seed_as_its_value_not_a_zero_width_interval():
+    assert stats.format_ci(stats.summarise([0.3]), 2) == "0.30 (one seed)"
+    assert stats.format_ci(stats.summarise([0.2, 0.4]), 2).startswith("0.30 [")
+
+
 def test_first_reach_and_curve_on_grid():
     grid = np.arange(0, 5)
     curve = stats.curve_on_grid([(1, 0.1), (3, 0.3)], grid)
