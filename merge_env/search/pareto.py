@@ -6,7 +6,8 @@ score vector f is normalised by the ideal point z* (the best single model per ta
 the Tchebycheff form −max_k λ_k (z*_k − f_k) (Miettinen, *Nonlinear Multiobjective Optimization*,
 1999, §3.4; Zhang & Li, MOEA/D, IEEE TEVC 2007, eq. 3), which also reaches non-convex parts of the
 front. The distance is signed, not absolute (Wierzbicki's achievement function): z* is the best
-single model, which a merge can beat, and |f_k − z*_k| would count beating it as a loss. Hypervolume is computed exactly by moocore (Fonseca et al. 2006; Guerreiro & Fonseca 2017).
+single model, which a merge can beat, and |f_k − z*_k| would count beating it as a loss.
+Hypervolume is computed exactly by moocore (Fonseca et al. 2006; Guerreiro & Fonseca 2017).
 """
 
 from __future__ import annotations
