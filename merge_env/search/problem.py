@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 FIDELITIES = ("full", "cheap")
 # headline metrics below zero (normalised from a nadir, not as f / z*; see MergeProblem.nadir)
 NEGATIVE_METRICS = ("loglik",)
+# a task whose best single model reaches less than this share of the metric's range (nadir to a
+# perfect score: 5 % of exact match) is divided by a small z*; the problem warns
+WEAK_REACH = 0.05
 
 
 @dataclass(frozen=True)
@@ -349,6 +352,17 @@ class MergeProblem:
                     self.nadir[flat].tolist(),
                     [o for o, f in zip(self.objectives, flat) if f],
                 )
+            # z* barely above the nadir: dividing by it blows each right answer up as well
+            reach = (self.ideal - self.nadir) / (self.perfect - self.nadir)
+            weak = ~flat & (reach < WEAK_REACH)
+            if np.any(weak):
+                log.warning(
+                    "the best single model reaches only %s of the metric's range on task(s) %s "
+                    "(z* %s): dividing by z* multiplies their scores by up to %s, so they weigh "
+                    "most in the hypervolume and its ceiling",
+                    np.round(reach[weak], 4).tolist(), [o for o, w in zip(self.objectives, weak) if w],
+                    self.ideal[weak].tolist(), np.round(1 / reach[weak]).tolist(),
+                )  # fmt: skip
             self._top = np.where(flat, self.nadir + 1.0, self.ideal)
         return self._top
 

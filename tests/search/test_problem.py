@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 
 import moocore
@@ -135,6 +136,19 @@ def test_a_task_no_model_solves_keeps_the_metric_scale(tiny_zoo, tmp_path):
     assert problem.hypervolume_of(one_right) == pytest.approx(1 / 8)
     # the task keeps the metric's scale, so a perfect model scores 1 there, 1 / z* on the other
     assert problem.hypervolume_ceiling() == pytest.approx(1 / problem.ideal[0], rel=1e-12)
+
+
+def test_a_task_the_pool_barely_does_is_named_in_a_warning(tiny_zoo, caplog):
+    sources = {BASE: tiny_zoo.base, **tiny_zoo.experts}
+    problem = build_problem(sources, list(tiny_zoo.tasks)[:2], tiny_zoo.tokenizer_dir)
+    # as if the best single model got half the first task right and 2 answers in 96 of the second
+    problem._ideal = np.array([0.5, 2 / 96])
+    with caplog.at_level(logging.WARNING, logger="merge_env.search.problem"):
+        np.testing.assert_allclose(problem.top, problem.ideal)  # still divided by z*
+    (record,) = [r for r in caplog.records if "reaches only" in r.getMessage()]
+    message = record.getMessage()
+    assert problem.objectives[1] in message and problem.objectives[0] not in message
+    assert "[0.0208]" in message and "[48.0]" in message
 
 
 # -- durability: a kill at the bad instant -------------------------------------------------------
