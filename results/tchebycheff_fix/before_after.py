@@ -54,7 +54,8 @@ def main() -> None:
         print(f"| {zoo} | {len(keys)} | {margin(b).mean():+.1f} % → {margin(a).mean():+.1f} % "
               f"[{margin(a).min():+.1f}, {margin(a).max():+.1f}] | {np.sum(margin(b) >= 20 - 1e-9)} → "
               f"{np.sum(margin(a) >= 20 - 1e-9)} of {len(keys)} | {picked(b).mean():+.1f} % → "
-              f"{picked(a).mean():+.1f} % | {same} of {len(keys)} | {diff.mean():+.4f} (p {p:.2g}) |")  # fmt: skip
+              f"{picked(a).mean():+.1f} % | {same} of {len(keys)} | {diff.mean():+.4f} "
+              f"({'too few runs for a test' if np.isnan(p) else f'p {p:.2g}'}) |")  # fmt: skip
 
 
 if __name__ == "__main__":
