@@ -216,7 +216,7 @@ def format_ci(s: Summary | Mapping[str, float], digits: int = 5) -> str:
 
 
 def format_p(test: Mapping[str, Any]) -> str:
-    """``p_mannwhitney; p_permutation`` of a ``Comparison``'s ``vars``; a permutation p from
+    """``p_mannwhitney; p_permutation`` of a ``RankTest``'s ``vars``; a permutation p from
     Monte Carlo resamples (too many splits to enumerate) is marked with a dagger."""
     mc = "" if test.get("exact_permutation", True) else "†"
     return f"{test['p_mannwhitney']:.3g}; {test['p_permutation']:.3g}{mc}"

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from merge_env.errors import ConfigError
-from merge_env.search.pareto import hypervolume, non_dominated, normalise, scalarise
+from merge_env.search.pareto import hypervolume, non_dominated, normalise, scalarise, weighted_sum
 
 logger = logging.getLogger(__name__)
 
@@ -304,9 +304,11 @@ class Archive:
     ) -> Entry:
         """Return the entry with the highest scalarised normalised search score under `pref`.
 
-        Only the front competes: a preference with a zero weight, or Tchebycheff's max, can tie a
-        dominated entry with the one that dominates it, and the first of a tie would then be the
-        dominated one.
+        Only the front competes, and a tie goes to the higher weighted sum (an augmented
+        Tchebycheff: a preference with a zero weight, or Tchebycheff's max, ties entries that
+        differ only where the max does not look, e.g. (1.0, 0.5) and (0.9, 0.9) at an ideal of
+        0.9 under λ = (1, 0); the first of a tie could be a dominated entry or the one that
+        merely reaches the ideal).
         """
         if not self._entries:
             raise ConfigError("Archive.best: the archive is empty")
@@ -316,7 +318,9 @@ class Archive:
         values = np.atleast_1d(
             scalarise(f, pref, normalise(np.asarray(ideal, float), ideal, nadir), kind)
         )
-        return front[int(np.argmax(values))]
+        tied = np.flatnonzero(values >= values.max() - 1e-12)
+        tiebreak = np.atleast_1d(weighted_sum(f[tied], pref))
+        return front[int(tied[np.argmax(tiebreak)])]
 
     def hypervolume_curve(
         self,

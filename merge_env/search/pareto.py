@@ -107,9 +107,10 @@ def tchebycheff(f: np.ndarray, pref: np.ndarray, ideal: np.ndarray) -> np.ndarra
     """Return −max_k pref_k (ideal_k − f_k) over the last axis (higher is better; 0 at the ideal).
 
     Signed, so the value never falls as a score rises: a score above the ideal on task k (a merge
-    that beats the best single model) counts for it, where −max_k pref_k |f_k − ideal_k| (MOEA/D's
-    form, whose ideal is the best score seen, so never exceeded) would count it against. Below the
-    ideal on every task the two forms agree.
+    that beats the best single model) never counts against it, where −max_k pref_k |f_k − ideal_k|
+    (MOEA/D's form, whose ideal is the best score seen, so never exceeded) would. It raises the
+    value only where it moves the max (every weighted task at or above the ideal); elsewhere it
+    ties. Below the ideal on every task the two forms agree.
     """
     f, pref = _check_pref(f, pref, "tchebycheff")
     z = np.asarray(ideal, dtype=float)

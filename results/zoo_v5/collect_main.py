@@ -24,7 +24,7 @@ from pathlib import Path
 
 def read(dirs: list[Path]) -> dict[str, list[dict[str, float]]]:
     runs: dict[str, list[dict[str, float]]] = {}
-    seen: dict[tuple[str, str], Path] = {}
+    seen: dict[tuple[int, int], Path] = {}
     for d in dirs:
         m = re.search(r"_z(\d+)_s(\d+)$", d.name) or re.fullmatch(r"z(\d+)__(\d+)", d.name)
         if m is None:
@@ -32,16 +32,17 @@ def read(dirs: list[Path]) -> dict[str, list[dict[str, float]]]:
                 f"{d}: the folder name must end in _z<zoo seed>_s<search seed> (or be "
                 "z<zoo seed>__<search seed>)"
             )
-        if (m.group(1), m.group(2)) in seen:
-            raise SystemExit(
-                f"{d}: zoo seed {m.group(1)}, search seed {m.group(2)} is also "
-                f"{seen[m.group(1), m.group(2)]}: pass one folder a run"
-            )
-        seen[m.group(1), m.group(2)] = d
         summary = d / "summary.json"
         if not summary.is_file():
             print(f"skipped {d}: no summary.json")
             continue
+        key = (int(m.group(1)), int(m.group(2)))
+        if key in seen:
+            raise SystemExit(
+                f"{d}: zoo seed {key[0]}, search seed {key[1]} is also {seen[key]}: pass one "
+                "folder a run"
+            )
+        seen[key] = d
         s = json.loads(summary.read_text())
         refs = "single models + plain merges"
         runs.setdefault(m.group(1), []).append(

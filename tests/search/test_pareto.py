@@ -126,6 +126,13 @@ def test_best_picks_the_front_among_tied_scalarised_values():
     # front decides, and the dominated entry at the ideal is not picked
     arch.add("beats", {}, {"math": 1.08, "code": 0.9}, evaluations=3, source="t")
     assert arch.best(np.array([0.5, 0.5]), ideal).recipe_hash == "beats"
+    # a zero weight: Tchebycheff ties "hi" (at the ideal) with a merge far above it on the task
+    # asked for; the tie goes to the one better on that task, not to the first
+    arch2 = Archive(None, OBJ)
+    arch2.add("at", {}, {"math": 0.9, "code": 0.9}, evaluations=1, source="t")
+    arch2.add("above", {}, {"math": 1.0, "code": 0.5}, evaluations=2, source="t")
+    assert arch2.best(np.array([1.0, 0.0]), ideal).recipe_hash == "above"
+    assert arch2.best(np.array([0.0, 1.0]), ideal).recipe_hash == "at"
 
 
 def test_scalarise_errors():
