@@ -312,7 +312,7 @@ class Archive:
         """
         if not self._entries:
             raise ConfigError("Archive.best: the archive is empty")
-        front = self.front() or self._entries  # no complete score vector: every entry competes
+        front = self.front()  # search scores are finite (checked on add and load): never empty
         m = np.stack([e.vector(self.objectives, "search") for e in front])
         f = normalise(m, ideal, nadir)
         values = np.atleast_1d(
