@@ -6,7 +6,8 @@ judges it from the outside with mergekit and plain transformers, but with MergeG
 engine and scorer, so every build can print it:
 
 * each expert beats the base on its own task by at least ``min_gain``;
-* TIES (density 0.5, the TIES paper's setting) or task arithmetic (weight 0.5 or 1.0, the
+* TIES (density 0.5, issue 13's setting and mergekit's usual one; the TIES paper keeps the top
+  20 %) or task arithmetic (weight 0.5 or 1.0, the
   task-arithmetic paper's range) keeps at least ``min_kept`` of every expert's own-task gain;
   both papers also pick the merged task vector's scaling λ on held-out validation data, so
   ``score_regime`` can add each method at the λ of ``LAMBDA_GRIDS`` that scores best on a
@@ -193,7 +194,8 @@ class Regime:
         return (
             f"where {name} loses the gains (share kept by each expert's own task vector alone "
             f"at that scaling -> with the other experts' vectors): {parts}; 1 - alone is the "
-            "scaling's cost, alone - merged the other vectors' (negative: they add to the gain)"
+            "scaling's cost (for TIES also the trim's), alone - merged the other vectors' "
+            "(negative: they add to the gain)"
         )
 
     def _noise(self, merge: str) -> str:
@@ -283,7 +285,9 @@ def judge(
         m
         for m in merges
         if all(
-            scores[m][t] >= scores[row][t] - tolerance for row in experts.values() for t in experts
+            scores[m][t] >= scores[row][t] - tolerance - _EPS
+            for row in experts.values()
+            for t in experts
         )
     ]
     if examples is None:

@@ -70,6 +70,18 @@ def test_each_check_can_fail():
     assert math.isnan(only_linear.best_judged[1]) and not only_linear.merging_holds
 
 
+def test_a_merge_exactly_the_tolerance_below_an_expert_counts_as_within_it():
+    # 0.40 - 0.05 is 0.35000000000000003 in floats: without an allowance a merge at 0.35 would
+    # be judged more than 0.05 below an expert at 0.40, and 0.75 against 0.80 would not
+    rows = {
+        BASE: {"a": 0.1, "b": 0.1},
+        "exp_a": {"a": 0.40, "b": 0.2},
+        "exp_b": {"a": 0.2, "b": 0.80},
+        "ties d0.5": {"a": 0.35, "b": 0.75},
+    }
+    assert judge(rows, EXPERTS).dominant == ["ties d0.5"]
+
+
 def _answers(n: int, right: int) -> list[bool]:
     """``right`` correct answers of ``n``, spread evenly (a fixed pattern, not random)."""
     return [(i * right) // n != ((i + 1) * right) // n for i in range(n)]
