@@ -3,8 +3,10 @@
     python results/tchebycheff_fix/before_after.py
 
 Before: the committed runs (zoo 0: ``results/zoo_v6/main_job_z0.json``; zoos 1 and 2: ``make
-figures``' 10 search seeds, ``results/zoo_v6/figures_heldout10/figures.json``). After: the same
-commands on the fixed code (``main_job_z0_after.json``, ``figures_main/figures.json``). Prints,
+figures``' 10 search seeds, ``results/zoo_v6/figures_heldout10/figures.json``; zoos 3-5:
+``results/hv_ceiling/main_job_z345.json``). After: the same commands on the fixed code
+(``main_job_z0_after.json``, ``figures_main/figures.json``; zoos 3-5, session 45:
+``main_job_z345_after.json``). Prints,
 per zoo, the test margin over the references and over the grid picked on search, the +20 %
 count, how many runs reproduced bit for bit, and a paired signed-rank test of the test
 hypervolumes (after against before, same search seed).
@@ -36,9 +38,11 @@ def collected(path: Path) -> dict[tuple[int, int], tuple[float, float, float, fl
 
 def main() -> None:
     before = {**collected(RESULTS / "zoo_v6" / "main_job_z0.json"),
-              **figures_runs(RESULTS / "zoo_v6" / "figures_heldout10" / "figures.json")}  # fmt: skip
+              **figures_runs(RESULTS / "zoo_v6" / "figures_heldout10" / "figures.json"),
+              **collected(RESULTS / "hv_ceiling" / "main_job_z345.json")}  # fmt: skip
     after = {**collected(HERE / "main_job_z0_after.json"),
-             **figures_runs(HERE / "figures_main" / "figures.json")}  # fmt: skip
+             **figures_runs(HERE / "figures_main" / "figures.json"),
+             **collected(HERE / "main_job_z345_after.json")}  # fmt: skip
     print("| zoo | runs | over the references, before → after | at +20 % | over the grid picked "
           "on search | bit for bit | after − before, test HV (paired p) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")

@@ -25,7 +25,8 @@ def main(old: Path, new: Path) -> None:
     print(f"  archive entries: {len(a)} -> {len(b)}; naming another recipe: {len(parted)}")
     if parted:
         i = parted[0]
-        print(f"  first at index {i} (sources {a[i]['source']} -> {b[i]['source']}); all: {parted}")
+        shown = parted if len(parted) <= 12 else f"{parted[:12]} ..."
+        print(f"  first at index {i} (sources {a[i]['source']} -> {b[i]['source']}); {shown}")
     same_scores = all(
         x["scores"] == y["scores"] for x, y in zip(a, b) if x["recipe_hash"] == y["recipe_hash"]
     )
@@ -33,13 +34,13 @@ def main(old: Path, new: Path) -> None:
     for name in ("front_test.json", "summary.json"):
         same = filecmp.cmp(old / name, new / name, shallow=False)
         print(f"  {name}: {'same bytes' if same else 'differs'}")
-    recipes = sorted(p.name for p in (old / "recipes").iterdir())
-    changed = [
-        r
-        for r in recipes
-        if not filecmp.cmp(old / "recipes" / r, new / "recipes" / r, shallow=False)
-    ]
-    print(f"  recipes written: {len(recipes)}; differing: {changed or 'none'}")
+    old_r, new_r = ({q.name for q in (f / "recipes").iterdir()} for f in (old, new))
+    both = sorted(old_r & new_r)
+    changed = [r for r in both
+               if not filecmp.cmp(old / "recipes" / r, new / "recipes" / r, shallow=False)]  # fmt: skip
+    print(f"  recipe files: {len(old_r)} -> {len(new_r)}; differing: {changed or 'none'}"
+          + (f"; only before: {sorted(old_r - new_r)}" if old_r - new_r else "")
+          + (f"; only after: {sorted(new_r - old_r)}" if new_r - old_r else ""))  # fmt: skip
 
 
 if __name__ == "__main__":
