@@ -64,6 +64,7 @@ import shutil
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -598,12 +599,24 @@ def recycle_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> 
             rows.append([f"optimised - {key}", len(runs), _summary(diff, 3), "-", "-", "-"])
         beats = sum(bool(r["optimised_beats_baselines_test"]) for r in runs)
         metric = runs[0]["metric"]
+        tied = Counter(k for r in runs for k in r.get("optimised_tied_on_search", []))
+        distinct = len({r.get("recipe") for r in runs})
+        notes = [
+            f"- the optimised merge is {distinct} distinct merge(s) over the {len(runs)} runs"
+            + (" (the runs are not independent replicates)" if distinct < len(runs) else "")
+        ]
+        if tied:
+            ties = ", ".join(f"{k} in {n}" for k, n in tied.items())
+            notes.append(
+                f"- tied with a baseline on the search split (the objective) in: {ties} "
+                "of the runs; there a TEST margin over that baseline is not the search's"
+            )
         lines += [_table(f"checkpoint recycling, zoo seed {zoo_seed} ({metric}, macro-average, "
                          f"seeds {[r['seed'] for r in runs]})",
                          ["merge", "n", "TEST macro", "search macro", "TEST macro / z*",
                           "active checkpoints"], rows),
                   f"- the optimised merge beats every baseline on the TEST macro-average in "
-                  f"{beats} of {len(runs)} runs", ""]  # fmt: skip
+                  f"{beats} of {len(runs)} runs", *notes, ""]  # fmt: skip
     return lines
 
 

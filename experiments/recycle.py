@@ -184,6 +184,13 @@ def run(cfg: DictConfig) -> float:
     return summary["rows"]["optimised"]["test"]["macro"]
 
 
+def tied_on_search(rows: Mapping[str, Candidate], tol: float = 1e-12) -> list[str]:
+    """The baselines whose search-split objective equals the optimised merge's (its choice among
+    equals is the archive's order: ``best_entry`` keeps the first)."""
+    best = rows["optimised"].value
+    return [k for k, c in rows.items() if k != "optimised" and abs(c.value - best) <= tol]
+
+
 def _scores(problem: MergeProblem, weights: Mapping[str, float]) -> dict[str, dict[str, float]]:
     """Search and test scores of a merge: per task, the macro-average, the normalised one."""
     recipe = linear_recipe(weights)
@@ -233,12 +240,18 @@ def _report(
                   f"TEST macro-average ({'beats' if beats_norm else 'does NOT beat'} them on "
                   f"macro / z*); {active_count(rows['optimised'].weights)}/{len(names)} "
                   f"checkpoints above 1/(10N); weights plot: {png}")  # fmt: skip
+    tied = tied_on_search(rows)
+    if tied:
+        console.print(f"tied on the search split (the objective) with {', '.join(tied)}: the "
+                      "search did not choose between them, so a TEST margin over them is not "
+                      "the search's doing")  # fmt: skip
     summary = {
         "checkpoints": names, "metric": metric, "active_threshold": threshold,
         "rows": {k: {"label": c.label, "weights": c.weights, "active": active_count(c.weights),
                      **scores[k]} for k, c in rows.items()},
         "singles": alone, "greedy_trace": rows["greedy"].trace, "optimised_beats_baselines_test": beats,
-        "optimised_beats_baselines_test_normalised": beats_norm, "front": front,
+        "optimised_beats_baselines_test_normalised": beats_norm, "optimised_tied_on_search": tied,
+        "front": front,
     }  # fmt: skip
     tracker.log({f"recycle/{k}_test_macro": scores[k]["test"]["macro"] for k in rows})
     tracker.log_table("recycle", ["merge", "search_macro", "test_macro"],

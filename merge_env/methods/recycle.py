@@ -178,7 +178,9 @@ def linear_recipe(weights: Mapping[str, float]) -> Recipe:
 
 
 def merge_weights(recipe: Recipe | Mapping[str, Any], names: Sequence[str]) -> Weights:
-    """α of a single-checkpoint or linear recipe over ``names`` (zeros included), on the simplex."""
+    """α of a single-checkpoint or linear recipe over ``names`` (zeros included), on the simplex;
+    RecipeError for anything else (a path, another method or shell, unnormalised or per-part or
+    negative weights), so an archive shared with another recipe space is skipped, not fatal."""
     r = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
     if r.path is not None:
         raise RecipeError(f"recipe {r.hash}: has an inference path; recycling merges have none")
@@ -189,13 +191,23 @@ def merge_weights(recipe: Recipe | Mapping[str, Any], names: Sequence[str]) -> W
     else:
         if r.merge.merge_method != "linear":
             raise RecipeError(f"recipe {r.hash}: merge method {r.merge.merge_method!r}, not linear")
+        if r.merge.parameters.get("normalize", True) is not True:
+            raise RecipeError(f"recipe {r.hash}: an unnormalised linear merge is not Σ α_i θ_i")
+        if r.shell not in (None, MERGED):
+            raise RecipeError(f"recipe {r.hash}: shell {r.shell!r}; recycling merges have none")
         raw = {}
         for m in r.merge.models:
-            raw[m.model] = raw.get(m.model, 0.0) + float(m.parameters.get("weight", 0.0))
+            w = m.parameters.get("weight", 0.0)
+            if isinstance(w, bool) or not isinstance(w, (int, float)):
+                raise RecipeError(f"recipe {r.hash}: {m.model}'s weight {w!r} is not one number")
+            raw[m.model] = raw.get(m.model, 0.0) + float(w)
     unknown = sorted(set(raw) - set(names))
     if unknown:
         raise RecipeError(f"recipe {r.hash}: names {unknown}, not among the checkpoints {names}")
-    return on_simplex({n: raw.get(n, 0.0) for n in names}, f"recipe {r.hash}")
+    try:
+        return on_simplex({n: raw.get(n, 0.0) for n in names}, f"recipe {r.hash}")
+    except ConfigError as exc:  # negative or all-zero weights: not a recycling merge
+        raise RecipeError(str(exc)) from exc
 
 
 def active_count(weights: Mapping[str, float], n: int | None = None) -> int:

@@ -14,6 +14,7 @@ hand a run of layers to one source.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -50,15 +51,20 @@ def propose_candidates(
     interleavings (these are PPO's proposals, expressible as actions; the framework's anchors,
     which the env cannot express, are ``MergeProblem.anchor_recipes``).
 
-    First: each merge's plain merge (STOP at once; the identity path in aligned mode) and each
-    pool model alone. Interleavings: the identity path over the merged model or the base (even
+    First: each merge's plain merge (STOP at once; the identity path in aligned mode; a seeded
+    random ``n`` of them when there are more) and each pool model alone. Interleavings: the identity path over the merged model or the base (even
     odds), each slot handed to the other of the two with probability ``mix`` and to a random
     fine-tune with probability ``expert_rate``, then a few random edits (swap, repeat, drop,
     rescale, a run of layers to one source). Keeping some layers of the base inside a merge is the
     move that most often rescues a merge whose experts drifted apart (layer-wise / partial merging),
     and one random edit of the merged identity path alone rarely makes it twice.
     """
-    merges = range(len(env.merges))
+    merges: Sequence[int] = range(len(env.merges))
+    if len(env.merges) > n:
+        # more plain merges than proposals (e.g. 924 in sixths over 7 recycled checkpoints): a
+        # seeded random subset in random order, not the lattice's first corner, whose weights
+        # leave the last sources at zero and are the same for every seed
+        merges = [int(i) for i in rng.permutation(len(env.merges))[:n]]
     out: dict[str, Candidate] = {}
     for m in merges:
         cand = _identity(env, m) if env.mode == "aligned" else Candidate(m)

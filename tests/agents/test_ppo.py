@@ -181,7 +181,7 @@ def test_value_targets_can_differ_from_the_imitation_rewards(problem):
 @pytest.mark.parametrize("mode", ["free", "aligned"])
 def test_candidate_actions_rebuild_the_recipe(problem, mode):
     env = MergeEnv(problem, mode=mode, t_max=5 if mode == "free" else None)
-    cands = propose_candidates(env, 12, np.random.default_rng(1))
+    cands = propose_candidates(env, len(env.merges) + 12, np.random.default_rng(1))
     assert len({c.recipe(env).hash for c in cands}) == len(cands)
     if mode == "free":
         assert Candidate(0) in cands  # STOP at once: the plain parameter merge
@@ -198,6 +198,22 @@ def test_candidate_actions_rebuild_the_recipe(problem, mode):
             obs, _, done, _, info = env.step(a)
         assert done and info["recipe_hash"] == cand.recipe(env).hash
         assert info["length"] == cand.length(env)
+
+
+def test_more_plain_merges_than_proposals_give_a_seeded_random_subset(problem):
+    # e.g. recycling 7 checkpoints: 924 lattice merges in sixths, 180 proposals. The lattice's
+    # first n would leave the last sources at weight zero and be the same for every seed.
+    env = MergeEnv(problem)
+    n = len(env.merges) // 3
+
+    def picked(seed):
+        return [c.merge for c in propose_candidates(env, n, np.random.default_rng(seed))]
+
+    first, again, other = picked(0), picked(0), picked(1)
+    assert first == again and len(set(first)) == n and all(not c.slots for c in
+        propose_candidates(env, n, np.random.default_rng(0)))  # fmt: skip
+    assert set(first) != set(other)  # the seed matters
+    assert max(first) >= n  # not the lattice's first corner
 
 
 def test_candidates_hold_the_anchors_and_interleave_merge_and_base(problem):

@@ -15,6 +15,7 @@ from agents.genome import Genome, PoolFacts
 from agents.nsga2 import NSGA2Agent
 from merge_env.errors import ConfigError, RecipeError
 from merge_env.methods.recycle import (
+    Candidate,
     RecyclingProblem,
     active_count,
     baselines,
@@ -67,6 +68,53 @@ def test_linear_recipe_round_trips_and_rejects_bad_weights():
     with pytest.raises(RecipeError, match="not among"):
         merge_weights(linear_recipe({"a": 1.0, "zz": 1.0}), NAMES)
     assert active_count({"a": 0.9, "b": 0.06, "c": 0.02, "d": 0.02}) == 2  # 1/(10N) = 0.025
+
+
+@pytest.mark.parametrize(
+    ("recipe", "match"),
+    [
+        ({"merge": {"merge_method": "linear", "parameters": {"normalize": False},
+                    "models": [{"model": "a", "parameters": {"weight": 0.5}},
+                               {"model": "b", "parameters": {"weight": 0.5}}]}}, "unnormalised"),
+        ({"merge": {"merge_method": "linear",
+                    "models": [{"model": "a", "parameters": {"weight": [0.2, 0.8]}},
+                               {"model": "b", "parameters": {"weight": 0.5}}]}}, "one number"),
+        ({"merge": {"merge_method": "linear",
+                    "models": [{"model": "a", "parameters": {"weight": -0.5}},
+                               {"model": "b", "parameters": {"weight": 1.5}}]}}, "non-negative"),
+        ({"merge": {"merge_method": "linear",
+                    "models": [{"model": "a", "parameters": {"weight": 0.5}},
+                               {"model": "b", "parameters": {"weight": 0.5}}]}, "shell": "c"},
+         "shell"),
+    ],
+)  # fmt: skip
+def test_what_is_not_a_recycling_merge_is_skipped_not_fatal(recipe, match):
+    # an archive shared with another recipe space: best_entry skips these entries
+    from experiments.recycle import is_recycling_merge
+    from merge_env.search.archive import Entry
+
+    r = Recipe.from_dict(recipe)
+    with pytest.raises(RecipeError, match=match):
+        merge_weights(r, NAMES)
+    entry = Entry(0, r.hash, r.to_dict(), {"t": 0.5}, None, 1, "test")
+    assert not is_recycling_merge(entry, NAMES)
+
+
+def test_a_tie_on_the_search_split_is_named():
+    from experiments.recycle import tied_on_search
+
+    rows = {k: Candidate(k, {"a": 1.0}, v) for k, v in
+            (("best single", 0.5), ("greedy", 0.7), ("optimised", 0.7))}  # fmt: skip
+    assert tied_on_search(rows) == ["greedy"]
+    rows["optimised"] = Candidate("optimised", {"a": 1.0}, 0.71)
+    assert tied_on_search(rows) == []
+
+
+def test_the_job_searches_continuous_weights_by_default():
+    # the env's default lattice (sixths) holds at most 6 of 7 checkpoints, each at >= 1/6
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("recycle", overrides=["run_name=x"])
+    assert cfg.env.weights == "simplex" and cfg.agent.weights == "simplex"
 
 
 # -- baselines on a stub objective ---------------------------------------------------------------
