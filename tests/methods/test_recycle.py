@@ -100,14 +100,42 @@ def test_what_is_not_a_recycling_merge_is_skipped_not_fatal(recipe, match):
     assert not is_recycling_merge(entry, NAMES)
 
 
-def test_a_tie_on_the_search_split_is_named():
-    from experiments.recycle import tied_on_search
+def test_a_baseline_tied_or_above_on_the_search_split_is_named():
+    from experiments.recycle import not_above_on_search
 
     rows = {k: Candidate(k, {"a": 1.0}, v) for k, v in
-            (("best single", 0.5), ("greedy", 0.7), ("optimised", 0.7))}  # fmt: skip
-    assert tied_on_search(rows) == ["greedy"]
-    rows["optimised"] = Candidate("optimised", {"a": 1.0}, 0.71)
-    assert tied_on_search(rows) == []
+            (("best single", 0.5), ("greedy", 0.7), ("uniform", 0.72), ("optimised", 0.7))}  # fmt: skip
+    assert not_above_on_search(rows) == {"greedy": "tied", "uniform": "below"}
+    rows["optimised"] = Candidate("optimised", {"a": 1.0}, 0.75)
+    assert not_above_on_search(rows) == {}
+
+
+def test_figures_count_distinct_merges_and_search_standing():
+    from experiments.figures import recycle_markdown
+
+    def run(seed, recipe, optimised, greedy):
+        rows = {
+            k: {
+                "search": {"macro": v, "norm_macro": v},
+                "test": {"macro": 0.5, "norm_macro": 0.5},
+                "active": 1,
+            }
+            for k, v in (("best single", 0.1), ("greedy", greedy), ("optimised", optimised))
+        }
+        return {
+            "zoo_seed": 1,
+            "seed": seed,
+            "recipe": recipe,
+            "rows": rows,
+            "metric": "exact_match",
+            "objective": "macro",
+            "optimised_beats_baselines_test": False,
+        }
+
+    runs = [run(100, "r1", 0.8, 0.8), run(101, "r1", 0.8, 0.8), run(102, "r2", 0.7, 0.8)]
+    text = "\n".join(recycle_markdown({"runs": runs}, {}))
+    assert "2 distinct merge(s) over the 3 runs (the runs are not independent replicates)" in text
+    assert "below greedy in 1, tied with greedy in 2 of the 3 runs" in text
 
 
 def test_the_job_searches_continuous_weights_by_default():
