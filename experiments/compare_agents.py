@@ -296,9 +296,13 @@ def compare(
     runs: Sequence[Mapping[str, Any]], budget: float, baselines: Sequence[str] | None = None
 ) -> list[dict[str, Any]]:
     """Per (zoo seed, level): every agent's search and test hypervolume (mean, 95 % bootstrap
-    interval), its mean curve with a bootstrap band, its rank test against the best baseline (the
+    interval), its mean curve with a bootstrap band, its rank tests against the best baseline (the
     baseline of highest mean search hypervolume; baselines: ``baselines``, else every agent not
-    named ppo*) and the evaluations its mean curve needs to reach each baseline's final mean."""
+    named ppo*) on the search and the test split, unpaired (``vs_best``, ``vs_best_test``) and
+    paired by search seed (``vs_best_paired``: runs of one seed share the proposals and anchors,
+    so their hypervolumes are correlated and the signed-rank test is the design's), and the
+    evaluations its mean curve needs to reach each baseline's final mean. The best baseline is
+    chosen on the same data, and no p is corrected for the several agents tested against it."""
     grid = np.arange(0, int(budget) + 1)
     out = []
     for zoo_seed, level in sorted({(r["zoo_seed"], r["level"]) for r in runs}, key=str):
@@ -325,6 +329,16 @@ def compare(
                 finals = [[r["hv"] for r in by[a]] for a in (agent, best)]
                 if min(map(len, finals)) > 1:  # a rank test needs two seeds a side
                     row["vs_best"] = {"baseline": best, **vars(stats.rank_test(*finals))}
+                    tests = [[r["hv_test"] for r in by[a]] for a in (agent, best)]
+                    row["vs_best_test"] = {"baseline": best, **vars(stats.rank_test(*tests))}
+                # agents with one search seed share its proposals and anchors: paired runs
+                common = {r["seed"] for r in by[agent]} & {r["seed"] for r in by[best]}
+                if len(common) > 1:
+                    row["vs_best_paired"] = {
+                        split: vars(stats.signed_rank(*({r["seed"]: r[key] for r in by[a]}
+                                                        for a in (agent, best))))
+                        for split, key in (("search", "hv"), ("test", "hv_test"))
+                    }  # fmt: skip
             mean_curve = np.asarray(row["curve"]["mean"])
             reach = {b: stats.first_reach(mean_curve, grid, rows[b]["search"]["mean"])
                      for b in base if b != agent}  # fmt: skip
@@ -346,20 +360,24 @@ def comparison_table(comparison: Mapping[str, Any], protocol: Mapping[str, Any])
         f" · level {comparison['level']} · budget {comparison['budget']} · "
         f"best baseline {best or '-'}"))  # fmt: skip
     for col in ("agent", "n", "search HV mean [95% CI]", "test HV mean [95% CI]",
-                "p vs best baseline (MWU; perm.)", "evals to reach baseline's final HV"):  # fmt: skip
+                "p vs best baseline, search (MWU; perm.)", "p vs best, test (MWU; perm.)",
+                "paired by seed: p signed-rank search; test (higher/n)",
+                "evals to reach baseline's final HV"):  # fmt: skip
         table.add_column(col)
     for agent, row in comparison["agents"].items():
-        vs = row.get("vs_best")
-        p = stats.format_p(vs) if vs else (
-            "(best)" if agent == best else "-")  # fmt: skip
+        none = "(best)" if agent == best else "-"
+        vs, vt, pv = row.get("vs_best"), row.get("vs_best_test"), row.get("vs_best_paired")
+        paired = "; ".join(f"{t['p_signed_rank']:.3g} ({t['a_higher']}/{len(t['seeds'])})"
+                           for t in (pv["search"], pv["test"])) if pv else none  # fmt: skip
         reach = ", ".join(f"{b} {'never' if v is None else int(v)}"
                           for b, v in row["evals_to_reach"].items())  # fmt: skip
         table.add_row(agent, str(row["search"]["n"]), stats.format_ci(row["search"]),
-                      stats.format_ci(row["test"]), p,
+                      stats.format_ci(row["test"]), stats.format_p(vs) if vs else none,
+                      stats.format_p(vt) if vt else none, paired,
                       reach or "-")  # fmt: skip
     refs = comparison["references"]
     table.add_row("references (inputs)", "-", f"{refs['search']:.5f}", f"{refs['test']:.5f}",
-                  "-", "-")  # fmt: skip
+                  "-", "-", "-", "-")  # fmt: skip
     return table
 
 

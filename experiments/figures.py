@@ -647,11 +647,14 @@ def moe_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list
     lines = [_table(f"MergeME, {runs[0]['split']} split, macro-average over tasks; mean over "
                     f"runs {names}", ["variant", "n", "macro EM", "macro token accuracy"], rows),
              "", "The paper's orderings, as measured (macro-averages), per run:", ""]  # fmt: skip
-    for i, o in enumerate(runs[0]["ordering"]):
-        verdicts = [r["ordering"][i] for r in runs]
-        holds = sum(v["holds"] for v in verdicts)
-        values = "; ".join(f"{n} {v['values']} {v['verdict']}" for n, v in zip(names, verdicts))
-        lines.append(f"- {o['claim']} [{o['metric']}]: holds in {holds} of {len(runs)} runs "
+    # each claim matched by its text and metric (runs may check different row sets)
+    claims = list(dict.fromkeys((o["claim"], o["metric"]) for r in runs for o in r["ordering"]))
+    for claim, metric in claims:
+        found = [(n, o) for n, r in zip(names, runs) for o in r["ordering"]
+                 if (o["claim"], o["metric"]) == (claim, metric)]  # fmt: skip
+        holds = sum(bool(o["holds"]) and o["verdict"] == "holds" for _, o in found)
+        values = "; ".join(f"{n} {o['values']} {o['verdict']}" for n, o in found)
+        lines.append(f"- {claim} [{metric}]: holds in {holds} of {len(found)} runs "
                      f"({values})")  # fmt: skip
     return [*lines, ""]
 

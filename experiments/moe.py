@@ -20,7 +20,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,12 +214,19 @@ def _macro(b: Bench, label: str, metric: str) -> float:
     return float(np.mean([b.rows[label][n].get(metric) for n in b.names]))
 
 
+def claim_holds(values: Sequence[float]) -> bool:
+    """Whether the first value beats (is strictly above) every other one."""
+    return all(values[0] > v for v in values[1:])
+
+
 def _ordering(b: Bench) -> list[dict[str, Any]]:
     """MergeME's claimed orderings, each checked on the macro-averages as measured.
 
-    (1) TIES / DARE shared parameters >= BTX's plain average (same router; and with oracle
+    (1) TIES / DARE shared parameters beat BTX's plain average (same router; and with oracle
         routing, where no router error hides the effect);
-    (2) PPL routing, separate attention >= merged attention >= the dense merge of the same method.
+    (2) PPL routing with separate attention beats merged attention and the dense merge of the
+        same method (each of them; how those two compare is not part of the claim).
+    "Beats" is strictly above (``claim_holds``): a tie does not hold.
     """
     cfg, rows = b.cfg, b.rows
     chains: list[list[str]] = []
@@ -240,11 +247,11 @@ def _ordering(b: Bench) -> list[dict[str, Any]]:
     for chain in chains:
         for metric in ("exact_match", "token_accuracy"):
             vals = [_macro(b, x, metric) for x in chain]
-            holds = all(x >= y for x, y in zip(vals, vals[1:]))
+            holds = claim_holds(vals)
             verdict = "holds" if holds else "does NOT hold"
             if len(set(vals)) == 1:
                 verdict = "all equal (vacuous)"
-            out.append({"claim": " >= ".join(chain), "metric": metric,
+            out.append({"claim": f"{chain[0]} > {', '.join(chain[1:])}", "metric": metric,
                         "values": [round(v, 4) for v in vals], "holds": holds,
                         "verdict": verdict})  # fmt: skip
     return out

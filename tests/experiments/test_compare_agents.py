@@ -75,6 +75,30 @@ def test_one_seed_a_side_gets_its_interval_but_no_rank_test():
     assert list(table.columns[4].cells) == ["-", "(best)", "-", "-"]
 
 
+def test_the_best_baseline_is_tested_on_both_splits_and_paired_by_seed():
+    # ppo above cmaes on search, below it on test, on each of 6 seeds; the seed-to-seed spread
+    # both share hides that from the unpaired tests, not from the paired one
+    def run(agent, seed, hv, hv_test):
+        return {"agent": agent, "seed": seed, "zoo_seed": 1, "level": "both", "hv": hv,
+                "hv_test": hv_test, "curve": [[1, hv]], "references_hv": 0.1,
+                "references_hv_test": 0.05, "passed": {}}  # fmt: skip
+
+    runs = []
+    for i, seed in enumerate(range(100, 106)):
+        base = 0.5 + 0.05 * i
+        runs += [run("cmaes", seed, base, base), run("ppo", seed, base + 0.01, base - 0.01)]
+    (c,) = ca.compare(runs, budget=2)
+    row = c["agents"]["ppo"]
+    assert row["vs_best"]["baseline"] == row["vs_best_test"]["baseline"] == "cmaes"
+    assert row["vs_best"]["p_mannwhitney"] > 0.5 and row["vs_best_test"]["p_mannwhitney"] > 0.5
+    paired = row["vs_best_paired"]
+    assert paired["search"]["a_higher"] == 6 and paired["test"]["b_higher"] == 6
+    assert paired["search"]["p_signed_rank"] < 0.05 and paired["test"]["p_signed_rank"] < 0.05
+    table = ca.comparison_table(c, {"name": "heldout", "purpose": "reported"})
+    cells = dict(zip(table.columns[0].cells, table.columns[6].cells))
+    assert cells["ppo"] == "0.0143 (6/6); 0.0143 (0/6)" and cells["cmaes"] == "(best)"
+
+
 def test_runs_split_by_seed_merge_into_the_comparison_made_in_one_go(zoo_cache, tmp_path):
     whole = ca.main(["--protocol", "smoke", "--agents", "random", "--out", str(tmp_path / "all")])
     for seed in (0, 1):

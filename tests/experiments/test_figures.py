@@ -202,3 +202,18 @@ def test_compare_defaults_to_every_agent_config():
     conf = Path(figures.__file__).resolve().parents[1] / "conf" / "agent"
     assert sorted(figures.AGENTS) == sorted(p.stem for p in conf.glob("*.yaml"))
     assert figures.parse([]).agents == list(figures.AGENTS)
+
+
+def test_moe_claims_are_matched_by_their_text_not_their_position():
+    def run(zoo, orderings):
+        macro = {"dense ties": {"exact_match": 0.5, "token_accuracy": 0.6}}
+        ordering = [{"claim": c, "metric": "exact_match", "values": v, "holds": h, "verdict": w}
+                    for c, v, h, w in orderings]  # fmt: skip
+        return {"zoo_seed": zoo, "seed": 100, "split": "test", "macro": macro, "ordering": ordering}
+
+    a, b = "x > y", "p > q, r"
+    runs = [run(1, [(a, [0.6, 0.5], True, "holds"), (b, [0.2, 0.3, 0.1], False, "does NOT hold")]),
+            run(2, [(b, [0.4, 0.3, 0.1], True, "holds")])]  # fmt: skip
+    text = "\n".join(figures.moe_markdown({"runs": runs}, {}))
+    assert "- x > y [exact_match]: holds in 1 of 1 runs" in text
+    assert "- p > q, r [exact_match]: holds in 1 of 2 runs" in text
