@@ -331,7 +331,7 @@ def compare(
                     row["vs_best"] = {"baseline": best, **vars(stats.rank_test(*finals))}
                     tests = [[r["hv_test"] for r in by[a]] for a in (agent, best)]
                     row["vs_best_test"] = {"baseline": best, **vars(stats.rank_test(*tests))}
-                # agents with one search seed share its proposals and anchors: paired runs
+                # runs of one search seed share its proposals and anchors: paired runs
                 common = {r["seed"] for r in by[agent]} & {r["seed"] for r in by[best]}
                 if len(common) > 1:
                     row["vs_best_paired"] = {

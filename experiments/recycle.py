@@ -186,9 +186,10 @@ def run(cfg: DictConfig) -> float:
 
 def not_above_on_search(rows: Mapping[str, Candidate], tol: float = 1e-12) -> dict[str, str]:
     """The baselines the optimised merge is not above on the search split's objective: "tied"
-    (``best_entry`` kept the first of equals, so which of them is "optimised" is the archive's
-    order) or "below" (a baseline the search never scored, e.g. the greedy soup, is better). A
-    TEST margin over such a baseline is not the search's doing."""
+    (equal values: the search did not choose between them; where the search scored the
+    baseline's merge too, ``best_entry`` kept whichever came first) or "below" (a baseline the
+    search never scored, e.g. the greedy soup, is better). A TEST margin over such a baseline is
+    not the search's doing."""
     best = rows["optimised"].value
     out = {}
     for key, c in rows.items():

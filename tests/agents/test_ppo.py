@@ -216,6 +216,15 @@ def test_more_plain_merges_than_proposals_give_a_seeded_random_subset(problem):
     assert max(first) >= n  # not the lattice's first corner
 
 
+def test_proposals_draw_nothing_for_the_plain_merges_when_all_fit(problem):
+    # the zoo's main jobs (28 merges, 200 proposals) keep the proposals they always had
+    env = MergeEnv(problem)
+    rng, untouched = np.random.default_rng(5), np.random.default_rng(5)
+    head = [c for c in propose_candidates(env, len(env.merges), rng)]
+    assert head == [Candidate(m) for m in range(len(env.merges))]
+    assert rng.bit_generator.state == untouched.bit_generator.state
+
+
 def test_candidates_hold_the_anchors_and_interleave_merge_and_base(problem):
     env = MergeEnv(problem)
     cands = propose_candidates(env, 80, np.random.default_rng(0))
