@@ -584,14 +584,12 @@ def main_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> lis
 def _search_standing(run: Mapping[str, Any], tol: float = 1e-12) -> list[tuple[str, str]]:
     """("tied with" | "below", baseline) for each baseline a recycling run's optimised merge is
     not above on the search split's objective (read from its rows, so older runs count too)."""
+    from experiments.recycle import not_above_on_search
+
     col = "norm_macro" if run.get("objective") == "normalised" else "macro"
-    best = run["rows"]["optimised"]["search"][col]
-    out = []
-    for key, row in run["rows"].items():
-        value = row["search"][col]
-        if key != "optimised" and value >= best - tol:
-            out.append(("tied with" if value <= best + tol else "below", key))
-    return out
+    values = {key: row["search"][col] for key, row in run["rows"].items()}
+    return [("tied with" if how == "tied" else how, key)
+            for key, how in not_above_on_search(values, tol).items()]  # fmt: skip
 
 
 def recycle_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list[str]:

@@ -184,18 +184,16 @@ def run(cfg: DictConfig) -> float:
     return summary["rows"]["optimised"]["test"]["macro"]
 
 
-def not_above_on_search(rows: Mapping[str, Candidate], tol: float = 1e-12) -> dict[str, str]:
-    """The baselines the optimised merge is not above on the search split's objective: "tied"
-    (equal values: the search did not choose between them; where the search scored the
-    baseline's merge too, ``best_entry`` kept whichever came first) or "below" (a baseline the
-    search never scored, e.g. the greedy soup, is better). A TEST margin over such a baseline is
-    not the search's doing."""
-    best = rows["optimised"].value
-    out = {}
-    for key, c in rows.items():
-        if key != "optimised" and c.value >= best - tol:
-            out[key] = "tied" if c.value <= best + tol else "below"
-    return out
+def not_above_on_search(values: Mapping[str, float], tol: float = 1e-12) -> dict[str, str]:
+    """The baselines the optimised merge is not above on the search split's objective, from each
+    row's objective value (``values``, "optimised" among them): "tied" (equal values: the search
+    did not choose between them; where the search scored the baseline's merge too, ``best_entry``
+    kept whichever came first) or "below" (a baseline the search never scored, e.g. the greedy
+    soup, is better). A TEST margin over such a baseline is not the search's doing."""
+    best = values["optimised"]
+    return {key: "tied" if value <= best + tol else "below"
+            for key, value in values.items()
+            if key != "optimised" and value >= best - tol}  # fmt: skip
 
 
 def _scores(problem: MergeProblem, weights: Mapping[str, float]) -> dict[str, dict[str, float]]:
@@ -247,7 +245,7 @@ def _report(
                   f"TEST macro-average ({'beats' if beats_norm else 'does NOT beat'} them on "
                   f"macro / z*); {active_count(rows['optimised'].weights)}/{len(names)} "
                   f"checkpoints above 1/(10N); weights plot: {png}")  # fmt: skip
-    standing = not_above_on_search(rows)
+    standing = not_above_on_search({k: c.value for k, c in rows.items()})
     if standing:
         said = ", ".join(
             f"{'tied with' if v == 'tied' else 'below'} {k}" for k, v in standing.items()

@@ -52,10 +52,11 @@ def propose_candidates(
     which the env cannot express, are ``MergeProblem.anchor_recipes``).
 
     First: each merge's plain merge (STOP at once; the identity path in aligned mode; a seeded
-    random ``n`` of them when there are more) and each pool model alone. Interleavings: the identity path over the merged model or the base (even
-    odds), each slot handed to the other of the two with probability ``mix`` and to a random
-    fine-tune with probability ``expert_rate``, then a few random edits (swap, repeat, drop,
-    rescale, a run of layers to one source). Keeping some layers of the base inside a merge is the
+    random ``n`` of them when there are more) and each pool model alone. Interleavings: the
+    identity path over the merged model or the base (even odds), each slot handed to the other
+    of the two with probability ``mix`` and to a random fine-tune with probability
+    ``expert_rate``, then a few random edits (swap, repeat, drop, rescale, a run of layers to one
+    source). Keeping some layers of the base inside a merge is the
     move that most often rescues a merge whose experts drifted apart (layer-wise / partial merging),
     and one random edit of the merged identity path alone rarely makes it twice.
     """
