@@ -1,7 +1,9 @@
 """The one fine-tuning loop every pool trains with (the zoo's checkpoints, SmolLM2's experts).
 
-Rows are encoded exactly as the Evaluator scores them (prompt + answer + EOS, loss on the answer
-and EOS only), so a model is trained on the tokens it is scored on. The loop is AdamW with
+Rows are encoded exactly as the Evaluator scores them (prompt + answer + EOS), with the loss on the
+answer and EOS only (an instruction fine-tune's masking, the default) or on the whole text (a
+language model of the domain, as continued pretraining trains one), so a model is trained on the
+tokens it is scored on. The loop is AdamW with
 gradient clipping over seeded batches; what differs between pools is passed in: how a batch is
 drawn (one task, or a mixture of tasks), the learning-rate schedule, the loss and hooks per step.
 """
@@ -22,6 +24,7 @@ from merge_env.scoring.evaluate import Evaluator
 from merge_env.scoring.tasks.task import Example
 
 IGNORE = -100  # label id the loss skips
+LOSS_ON = ("answer", "text")  # which tokens of a row carry the loss
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids, attention mask, labels
 Batches = Callable[[torch.Generator], Batch]
@@ -29,19 +32,23 @@ Batches = Callable[[torch.Generator], Batch]
 
 @dataclass(frozen=True)
 class TrainRows:
-    """Encoded training examples: right-padded ids, attention mask, labels (answer + EOS only)."""
+    """Encoded training examples: right-padded ids, attention mask, labels (answer + EOS, or the
+    whole text)."""
 
     ids: torch.Tensor
     mask: torch.Tensor
     labels: torch.Tensor
 
 
-def encode_rows(tokenizer: Any, examples: Sequence[Example], width: int | None = None) -> TrainRows:
+def encode_rows(
+    tokenizer: Any, examples: Sequence[Example], width: int | None = None, loss_on: str = "answer"
+) -> TrainRows:
     """Examples encoded exactly as the Evaluator scores them: prompt + answer + EOS, padded to
-    ``width`` (default: the longest); ConfigError for an example longer than ``width``."""
+    ``width`` (default: the longest); ConfigError for an example longer than ``width``.
+    ``loss_on``: "answer" (answer + EOS carry the loss) or "text" (every token after the first)."""
     encoded = Evaluator(tokenizer).encode(examples)
     width = max(len(e.ids) for e in encoded) if width is None else width
-    return _padded(tokenizer, examples, encoded, width)
+    return _padded(tokenizer, examples, encoded, width, loss_on)
 
 
 def encode_groups(tokenizer: Any, groups: Sequence[Sequence[Example]]) -> list[TrainRows]:
@@ -53,9 +60,16 @@ def encode_groups(tokenizer: Any, groups: Sequence[Sequence[Example]]) -> list[T
 
 
 def _padded(
-    tokenizer: Any, examples: Sequence[Example], encoded: Sequence[Any], width: int
+    tokenizer: Any,
+    examples: Sequence[Example],
+    encoded: Sequence[Any],
+    width: int,
+    loss_on: str = "answer",
 ) -> TrainRows:
-    """The encoded ``examples`` right-padded to ``width``, labels on the answer + EOS only."""
+    """The encoded ``examples`` right-padded to ``width``, labels on the answer + EOS (or, with
+    ``loss_on="text"``, on every real token: the first is never predicted, as nothing precedes it)."""
+    if loss_on not in LOSS_ON:
+        raise ConfigError(f"fine-tune: loss_on must be one of {LOSS_ON}, got {loss_on!r}")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = torch.full((len(encoded), width), int(pad), dtype=torch.long)
     labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)
@@ -68,7 +82,8 @@ def _padded(
         row = torch.tensor(enc.ids, dtype=torch.long)
         ids[i, : len(row)] = row
         mask[i, : len(row)] = 1
-        labels[i, enc.n_prompt : len(row)] = row[enc.n_prompt :]
+        start = enc.n_prompt if loss_on == "answer" else 0
+        labels[i, start : len(row)] = row[start:]
     return TrainRows(ids, mask, labels)
 
 

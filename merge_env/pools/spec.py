@@ -84,6 +84,7 @@ def zoo_pool(
     cache_dir: str | None = None,
     shipped: bool = True,
     tasks: Sequence[str] | None = None,
+    loss_on: str = "answer",
 ) -> PoolSpec:
     """The project's own zoo (built and cached on first use): base + one expert per task; its
     recycling pool and odd expert (``extra``) are trained when first asked for. ``shipped``: a
@@ -91,7 +92,9 @@ def zoo_pool(
     ``tasks``: the zoo's task kinds in place of the preset's, e.g. ``[add, atbash, cipher]``: as
     many, and by position, since the preset's per-task settings (the base's mixture and rare
     mass, the experts' steps, the recycling mixtures) are lists aligned with its tasks; the
-    preset's odd-width expert's task (cipher) must stay."""
+    preset's odd-width expert's task (cipher) must stay. ``loss_on``: "answer" (the presets') or
+    "text": every model trained with the loss on the whole sequence, prompt included (another
+    zoo, with its own fingerprint; none ships)."""
     import dataclasses
 
     from merge_env.pools.zoo import ZooConfig, build_zoo
@@ -107,9 +110,11 @@ def zoo_pool(
                 f"preset's odd-width expert"
             )
         config = dataclasses.replace(config, tasks=tasks)
+    config = dataclasses.replace(config, loss_on=loss_on)
     zoo = build_zoo(config, cache_dir, shipped=shipped)
+    name = f"zoo-{preset}" + ("" if tasks is None else "-" + "-".join(tasks))
     return PoolSpec(
-        name=f"zoo-{preset}" + ("" if tasks is None else "-" + "-".join(tasks)),
+        name=name + ("" if loss_on == "answer" else f"-{loss_on}"),
         sources={BASE: zoo.base, **zoo.experts},
         tokenizer_dir=zoo.tokenizer_dir,
         tasks=tuple(zoo.tasks),

@@ -9,7 +9,9 @@ learning rates: snapshots of the base run and short branches from them. The odd 
 width, for heterogeneous MoE (MergeME).
 
 Training sequences are exactly what the Evaluator scores: ``<s> prompt answer </s>``, with the loss
-on the answer and EOS only (random prompt digits are noise a model cannot learn). Everything is
+on the answer and EOS only (random prompt digits are noise a model cannot learn), or, with
+``loss_on="text"``, on the whole sequence: language models of their domains, whose perplexity on a
+prompt says which domain it is from (what MergeME's perplexity routing assumes). Everything is
 seeded; a build goes to a temporary folder renamed into ``<cache>/zoo-<fingerprint>`` when complete.
 """
 
@@ -43,6 +45,7 @@ from merge_env.pools.cache import (
     warn_other_thread_count,
 )
 from merge_env.pools.finetune import (
+    LOSS_ON,
     LoraSpec,
     encode_rows,
     finetune,
@@ -162,6 +165,11 @@ class ZooConfig:
     odd_shape: ModelShape = ModelShape(hidden=96, intermediate=192)
     odd_steps: int = 240
     odd_lr: float = 3e-3
+    # which tokens carry every model's training loss: "answer" (answer + EOS, an instruction
+    # fine-tune's masking) or "text" (the whole sequence, prompt included: each model a language
+    # model of its data, as continued pretraining on a domain makes one). Session 46: whole-text
+    # zoos, where MergeME's perplexity routing has a prompt signal to route on (docs/zoo.md)
+    loss_on: str = "answer"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -205,6 +213,8 @@ class ZooConfig:
             object.__setattr__(self, "rare_symbols", sorted_symbols)
         if not all(lr > 0 for lr in self.per_task("expert_lr")):
             raise ConfigError(f"zoo.expert_lr: must be > 0, got {self.expert_lr}")
+        if self.loss_on not in LOSS_ON:
+            raise ConfigError(f"zoo.loss_on: must be one of {LOSS_ON}, got {self.loss_on!r}")
         for key in ("base_steps", "odd_steps", "batch_size", "n_search", "n_test", "train_pool"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"zoo.{key}: must be >= 1, got {getattr(self, key)}")
@@ -265,6 +275,8 @@ class ZooConfig:
         # None (the tasks' own symbols) is left out, so zoos built before the key keep theirs
         if settings["rare_symbols"] is None:
             del settings["rare_symbols"]
+        if settings["loss_on"] == "answer":  # likewise for the loss of zoos before session 46
+            del settings["loss_on"]
         blob = json.dumps([ZOO_VERSION, settings, tasks], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -434,7 +446,8 @@ class _Trainer:
         for task, mass, rare in zip(self.tasks, rare_mass, symbols, strict=True):
             seed = sub_seed(self.config.seed, f"{stream}:{task.name}")
             examples = training_examples(task.name, self.config.train_pool, seed, task, mass, rare)
-            out.append(encode_rows(self.tok, examples, self.config.shape.max_positions))
+            width = self.config.shape.max_positions
+            out.append(encode_rows(self.tok, examples, width, self.config.loss_on))
         return out
 
     def model(self, shape: ModelShape, phase: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import pytest
@@ -203,47 +204,27 @@ def test_ppl_routing_with_one_expert_is_that_expert(trio):
         ForcedExpert(moe, 2)
 
 
-def _full_text_expert(base, task, tok, out, *, steps=60, seed=0):
-    """Fine-tune ``base`` on ``task``'s training text with the loss on every token, prompt
-    included (how MergeME's experts are trained). The zoo's own experts learn answers only, so
-    their prompt perplexity carries no task signal (see experiments/moe.py's confusion matrix).
-    """
-    from merge_env.scoring.evaluate import Evaluator
-    from merge_env.scoring.tasks.synthetic import training_examples
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    encoded = Evaluator(tok).encode(training_examples(task.name, 512, seed, task))
-    ids, mask = pad_right([e.ids for e in encoded], tok.pad_token_id)
-    labels = ids.masked_fill(mask == 0, -100)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        pick = torch.randint(len(ids), (32,), generator=gen)
-        loss = model(input_ids=ids[pick], attention_mask=mask[pick], labels=labels[pick]).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.save_pretrained(out)
-    return out
-
-
-def test_ppl_routing_picks_the_task_expert_on_tiny_zoo(tiny_zoo, tmp_path):
-    """Experts fine-tuned from the tiny zoo's base on one task each: 1/PPL of a test prompt
-    sends it to the expert of its task (separate attention: each expert scores with its own)."""
+def test_ppl_routing_picks_the_task_expert_on_a_whole_text_tiny_zoo(tiny_zoo, tmp_path):
+    """A zoo trained with the loss on the whole text (``loss_on="text"``, prompt included, as
+    MergeME's experts are trained): 1/PPL of a test prompt sends it to the expert of its task
+    (separate attention: each expert scores with its own). The answer-only zoo's experts never
+    learn prompts, so their perplexity routes worse (on this machine every prompt to one expert)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_zoo.tokenizer_dir)
-    experts = {
-        t.name: _full_text_expert(tiny_zoo.base, t, tok, tmp_path / t.name, seed=i)
-        for i, t in enumerate(tiny_zoo.tasks)
-    }
-    prompts = {t.name: [ex.prompt for ex in t.test[:32]] for t in tiny_zoo.tasks}
-    confusion = routing_confusion(ppl_moe_separate(experts), tok, prompts)
-    assert set(confusion) == set(experts), confusion
-    for task, counts in confusion.items():
-        assert counts[task] >= 0.9 * sum(counts.values()), confusion
+    from merge_env.pools.zoo import ZooConfig, build_zoo
+
+    text = build_zoo(dataclasses.replace(ZooConfig.preset("tiny"), loss_on="text"), tmp_path,
+                     progress=False)  # fmt: skip
+    assert text.config.loss_on == "text" and text.root != tiny_zoo.root
+    right = {}
+    for zoo in (text, tiny_zoo):
+        tok = AutoTokenizer.from_pretrained(zoo.tokenizer_dir)
+        prompts = {t.name: [ex.prompt for ex in t.test[:32]] for t in zoo.tasks}
+        confusion = routing_confusion(ppl_moe_separate(zoo.experts), tok, prompts)
+        assert set(confusion) == set(zoo.experts), confusion
+        right[zoo.config.loss_on] = {t: c[t] / sum(c.values()) for t, c in confusion.items()}
+    assert min(right["text"].values()) >= 0.9, right
+    assert sum(right["answer"].values()) < sum(right["text"].values()), right
 
 
 # ------------------------------------------------------------------ heterogeneous experts

@@ -286,13 +286,13 @@ def test_rare_symbols_are_one_set_per_task_and_only_named_ones_change_the_zoo():
     assert shuffled == own and shuffled.fingerprint() == own.fingerprint()  # sets, not strings
     back = ZooConfig.from_dict(json.loads(json.dumps(own.to_dict())))
     assert back == own and back.fingerprint() == own.fingerprint() != tiny.fingerprint()
-    # the key left out (None: the tasks' own symbols) leaves every fingerprint as it was, so
-    # zoos cached before the key existed are found again
+    # the keys left out (None: the tasks' own symbols; loss_on "answer") leave every fingerprint
+    # as it was, so zoos cached before the keys existed are found again
     digest = hashlib.sha256(
         json.dumps(
             [
                 ZOO_VERSION,
-                {k: v for k, v in tiny.to_dict().items() if k != "rare_symbols"},
+                {k: v for k, v in tiny.to_dict().items() if k not in ("rare_symbols", "loss_on")},
                 [make_task(k, tiny.n_search, tiny.n_test, tiny.task_seed).fingerprint
                  for k in tiny.tasks],
             ],
@@ -327,6 +327,34 @@ def test_rare_symbols_are_one_set_per_task_and_only_named_ones_change_the_zoo():
     ):
         with pytest.raises(ConfigError, match=words):
             dataclasses.replace(tiny, rare_symbols=bad)
+
+
+def test_loss_on_text_labels_the_whole_sequence_and_is_another_zoo():
+    from merge_env.pools.finetune import IGNORE, encode_rows
+    from merge_env.scoring.tasks.synthetic import char_tokenizer
+
+    tok = char_tokenizer()
+    task = make_task("add", 4, 4, 0)
+    answer = encode_rows(tok, task.test, 32)
+    text = encode_rows(tok, task.test, 32, loss_on="text")
+    assert torch.equal(answer.ids, text.ids) and torch.equal(answer.mask, text.mask)
+    real = text.mask.bool()
+    assert torch.equal(text.labels[real], text.ids[real]) and text.labels[~real].eq(IGNORE).all()
+    for i, ex in enumerate(task.test):  # answer-only: the prompt's tokens carry no loss
+        n_answer = len(tok(ex.answer, add_special_tokens=False).input_ids) + 1  # + EOS
+        assert int(answer.labels[i].ne(IGNORE).sum()) == n_answer
+    with pytest.raises(ConfigError, match="loss_on"):
+        encode_rows(tok, task.test, 32, loss_on="prompt")
+    with pytest.raises(ConfigError, match="zoo.loss_on"):
+        dataclasses.replace(ZooConfig.preset("tiny"), loss_on="all")
+    # "answer" is left out of the fingerprint (zoos cached before the key keep theirs: the
+    # pinned digests above); "text" is another zoo, and survives the manifest round trip
+    tiny = ZooConfig.preset("tiny")
+    whole = dataclasses.replace(tiny, loss_on="text")
+    assert whole.fingerprint() != tiny.fingerprint() == "00efe72294bef792"
+    assert ZooConfig.from_dict(json.loads(json.dumps(whole.to_dict()))) == whole
+    old = {k: v for k, v in tiny.to_dict().items() if k != "loss_on"}  # a pre-session-46 manifest
+    assert ZooConfig.from_dict(old) == tiny
 
 
 def test_expert_mixture_replays_the_base_mixture():
