@@ -209,9 +209,12 @@ def print_headroom(pool: Zoo | SmolPool, console: Console, device: str = "cpu") 
     return found
 
 
-def parse_settings(pairs: Sequence[str], keys: Collection[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs (Python literals: 2e-4, [300,300,300]) with KEY one of ``keys``;
-    a bad pair raises ConfigError naming it. Shared by ``--set`` here and in regime_variants."""
+def parse_settings(
+    pairs: Sequence[str], keys: Collection[str], strings: Collection[str] = ()
+) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (Python literals: 2e-4, [300,300,300]) with KEY one of ``keys``; for
+    a key of ``strings`` (a text setting) a bare word is taken as it is (``loss_on=text``). A
+    bad pair raises ConfigError naming it. Shared by ``--set`` here and in regime_variants."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -221,6 +224,9 @@ def parse_settings(pairs: Sequence[str], keys: Collection[str]) -> dict[str, Any
         try:
             out[key] = ast.literal_eval(raw)
         except (ValueError, SyntaxError) as err:
+            if key in strings and raw.isidentifier():
+                out[key] = raw
+                continue
             raise ConfigError(f"--set {pair!r}: {raw!r} is not a Python literal") from err
     return out
 
@@ -228,7 +234,8 @@ def parse_settings(pairs: Sequence[str], keys: Collection[str]) -> dict[str, Any
 def with_settings(data: dict[str, Any], settings: Sequence[str], build: Callable[..., T]) -> T:
     """``build(data)`` with the ``KEY=VALUE`` settings applied to ``data`` (``parse_settings``:
     KEY one of its keys); a bad pair, key or value raises ConfigError naming it."""
-    data.update(parse_settings(settings, data.keys()))
+    text = [k for k, v in data.items() if isinstance(v, str)]
+    data.update(parse_settings(settings, data.keys(), text))
     try:
         return build(data)
     except TypeError as err:

@@ -492,6 +492,11 @@ def test_build_zoo_settings_change_the_preset_or_name_the_bad_pair():
         zoo_config("tiny", 0, ["base_stepz=7"])
     with pytest.raises(ConfigError, match="not a Python literal"):
         zoo_config("tiny", 0, ["base_steps=seven"])
+    # a text setting takes a bare word, or a quoted one
+    assert zoo_config("tiny", 0, ["loss_on=text"]).loss_on == "text"
+    assert zoo_config("tiny", 0, ["loss_on='text'"]).loss_on == "text"
+    with pytest.raises(ConfigError, match="zoo.loss_on"):
+        zoo_config("tiny", 0, ["loss_on=prompt"])
     with pytest.raises(ConfigError, match="base_rare_mass"):
         zoo_config("tiny", 0, ["base_rare_mass=2.0"])
     with pytest.raises(ConfigError, match="--core-only: for the zoo preset, not --pool smollm2"):
