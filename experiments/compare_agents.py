@@ -58,6 +58,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -91,7 +92,8 @@ def run_one(
     overrides: Sequence[str] = (), label: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One search on a fresh problem: its hypervolume curve, front (search and test split),
-    spending, the settings it searched under and the commit it ran at."""
+    spending, the settings it searched under, the agent's own overrides and its whole resolved
+    config (e.g. whether it promotes its proposals), and the commit it ran at."""
     label = label or name
     cfg, passed = run_config(protocol, name, seed, zoo_seed, level, overrides)
     folder = out / "runs" / f"z{zoo_seed}__{label}__{level}__{seed}"
@@ -119,7 +121,8 @@ def run_one(
     return {
         "agent": label, "seed": seed, "zoo_seed": zoo_seed, "level": level,
         "protocol": protocol["name"], "budget": cfg.budget, "settings": comparison_settings(cfg),
-        "passed": passed, "commit": git_commit(),
+        "passed": passed, "commit": git_commit(), "agent_overrides": list(overrides),
+        "agent_config": json.loads(json.dumps(OmegaConf.to_container(cfg.agent, resolve=True))),
         "spent": problem.spent, "entries": len(archive), "cache_hits": problem.cache_hits,
         "wall_s": wall, "curve": problem.hypervolume_curve(),
         "hv": problem.hypervolume_of(archive.score_matrix()) if len(archive) else 0.0,
@@ -163,6 +166,27 @@ def preflight(
         for agent, label in zip(agents, labels) for level in protocol["levels"]
     ]  # fmt: skip
     check_one_space(records)
+
+
+def check_resumed_overrides(
+    store: Path, runs: Sequence[Mapping[str, Any]], overrides: Mapping[str, Sequence[str]]
+) -> None:
+    """ConfigError naming the run: a finished run in ``store`` of a label this invocation runs,
+    made with other agent overrides than this invocation's (``overrides``: label -> overrides),
+    so that a resumed comparison never mixes two configurations under one label. A run stored
+    before overrides were recorded is refused only when this invocation passes some."""
+    for run in runs:
+        if run["agent"] not in overrides:
+            continue
+        want = list(overrides[run["agent"]])
+        had = run.get("agent_overrides")
+        if (had is None and want) or (had is not None and list(had) != want):
+            shown = "not recorded" if had is None else (" ".join(had) or "none")
+            raise ConfigError(
+                f"{store}: run {comparison_key(run)} was made with agent overrides "
+                f"{shown}, this invocation passes {' '.join(want) or 'none'}; pass --tag to "
+                "keep the variants apart, --rerun, or another --out"
+            )
 
 
 def read_store(store: Path, protocol: Mapping[str, Any]) -> list[dict]:
@@ -629,6 +653,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     store = out / "results.json"
     runs = [] if args.rerun else read_store(store, protocol)
+    check_resumed_overrides(store, runs, {label: overrides.get(agent, ())
+                                          for agent, label in zip(agents, labels)})  # fmt: skip
     done = {comparison_key(r) for r in runs}
     for zoo_seed, level, (agent, label), seed in itertools.product(
         protocol["zoo_seeds"], protocol["levels"], zip(agents, labels),

@@ -61,6 +61,34 @@ def test_protocol_commit_and_statistics_land_in_results(zoo_cache, tmp_path):
         ca.main(["--protocol", "smoke", "--agents", "random", "--out", str(out), "--budget", "3"])
 
 
+def test_a_resumed_comparison_refuses_runs_made_with_other_agent_overrides(zoo_cache, tmp_path):
+    out = tmp_path / "cmp"
+    first = ca.main(["--protocol", "smoke", "--agents", "random", "--out", str(out)])
+    run = first["runs"][0]
+    assert run["agent_overrides"] == [] and run["agent_config"]["_target_"].endswith("RandomSearch")
+    store = out / "results.json"
+    data = json.loads(store.read_text())
+    data["runs"][1]["agent_overrides"] = ["agent.batch=2"]
+    store.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"run \(0, 'random', 'both', 1\) was made with agent "
+                                          r"overrides agent.batch=2, this invocation passes none"):
+        ca.main(["--protocol", "smoke", "--agents", "random", "--out", str(out)])
+    # a store from before overrides were recorded resumes when none are passed...
+    for r in data["runs"]:
+        del r["agent_overrides"]
+    store.write_text(json.dumps(data))
+    again = ca.main(["--protocol", "smoke", "--agents", "random", "--out", str(out)])
+    assert [r["hv"] for r in again["runs"]] == [r["hv"] for r in first["runs"]]  # nothing re-run
+    # ...and is refused when some are: it cannot say what its runs were made with
+    for r in data["runs"]:
+        r["agent"] = "ppo"
+    store.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="overrides not recorded, this invocation passes "
+                                          "agent.bc_epochs=1"):
+        ca.main(["--protocol", "smoke", "--agents", "ppo", "--out", str(out),
+                 "--ppo-override", "agent.bc_epochs=1"])  # fmt: skip
+
+
 def test_one_seed_a_side_gets_its_interval_but_no_rank_test():
     def run(agent, hv):
         return {"agent": agent, "seed": 100, "zoo_seed": 1, "level": "both", "hv": hv,
