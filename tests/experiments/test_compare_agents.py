@@ -70,8 +70,11 @@ def test_a_resumed_comparison_refuses_runs_made_with_other_agent_overrides(zoo_c
     data = json.loads(store.read_text())
     data["runs"][1]["agent_overrides"] = ["agent.batch=2"]
     store.write_text(json.dumps(data))
-    with pytest.raises(ConfigError, match=r"run \(0, 'random', 'both', 1\) was made with agent "
-                                          r"overrides agent.batch=2, this invocation passes none"):
+    with pytest.raises(
+        ConfigError,
+        match=r"run \(0, 'random', 'both', 1\) was made with agent "
+        r"overrides agent.batch=2, this invocation passes none",
+    ):
         ca.main(["--protocol", "smoke", "--agents", "random", "--out", str(out)])
     # a store from before overrides were recorded resumes when none are passed...
     for r in data["runs"]:
@@ -83,8 +86,9 @@ def test_a_resumed_comparison_refuses_runs_made_with_other_agent_overrides(zoo_c
     for r in data["runs"]:
         r["agent"] = "ppo"
     store.write_text(json.dumps(data))
-    with pytest.raises(ConfigError, match="overrides not recorded, this invocation passes "
-                                          "agent.bc_epochs=1"):
+    with pytest.raises(
+        ConfigError, match="overrides not recorded, this invocation passes agent.bc_epochs=1"
+    ):
         ca.main(["--protocol", "smoke", "--agents", "ppo", "--out", str(out),
                  "--ppo-override", "agent.bc_epochs=1"])  # fmt: skip
 
