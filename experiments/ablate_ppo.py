@@ -49,7 +49,14 @@ from rich.console import Console
 from rich.table import Table
 
 from experiments import stats
-from experiments.compare_agents import load_merge, read_store, run_one, write_store, write_wide
+from experiments.compare_agents import (
+    check_resumed_runs,
+    load_merge,
+    read_store,
+    run_one,
+    write_store,
+    write_wide,
+)
 from experiments.protocol import check_one_space, git_commit, load_protocol
 from merge_env.errors import ConfigError, exit_on_error
 
@@ -183,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     store = out / "results.json"
     runs = [] if args.rerun else read_store(store, protocol)
+    check_resumed_runs(store, runs, protocol, {f"ppo-{v}": ("ppo", VARIANTS[v][0])
+                                               for v in variants})  # fmt: skip
     done = {variant_key(r) for r in runs}
     for zoo_seed, level, variant, seed in itertools.product(
         protocol["zoo_seeds"], protocol["levels"], variants, protocol["search_seeds"]

@@ -19,7 +19,8 @@ the experts' task vectors (size against the base, cosines); last, the main job's
 can beat them by. ``--no-regime`` skips it all.
 
 ``--set KEY=VALUE ...`` changes settings of the preset (any ``ZooConfig`` field, Python
-literals: ``--set "base_rare_mass=[0.03,0.01,0.002]" base_steps=800``), e.g. to study another
+literals: ``--set "base_rare_mass=[0.03,0.01,0.002]" base_steps=800``; a text setting takes a
+bare word: ``--set loss_on=text``), e.g. to study another
 zoo design; the variant has its own fingerprint, so it is cached beside the preset's zoo. With
 ``--pool smollm2`` it changes the pool's defaults (any ``SmolConfig`` field:
 ``--set "generalist_mix=[0.05,0.05,0.9]"``).
@@ -394,6 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE",
         help="change settings of the zoo preset, e.g. \"base_rare_mass=[0.03,0.01,0.002]\" "
+        "loss_on=text "
         "(--pool smollm2: of the pool, e.g. \"generalist_mix=[0.05,0.05,0.9]\")",
     )  # fmt: skip
     parser.add_argument(

@@ -28,7 +28,8 @@ records the space it searched (the env settings as the agent resolved them: a ge
 differing key, agents that searched different spaces, before any model is loaded and again on
 the recorded runs. ``DIR/results.json`` holds the protocol, the git commit, every run (its front
 re-scored on the held-out test split) and the statistics (experiments/stats.py); finished runs
-are skipped when the command is run again with the same protocol.
+are skipped when the command is run again with the same protocol, the same agent overrides and
+an agent config that resolves as it did (else refused, naming the run).
 
 A comparison too long for one process is split by seed: one invocation per zoo or search seed
 (``--set "search_seeds=[S]" --out DIR_S``, in parallel or on other machines), then
@@ -122,7 +123,7 @@ def run_one(
         "agent": label, "seed": seed, "zoo_seed": zoo_seed, "level": level,
         "protocol": protocol["name"], "budget": cfg.budget, "settings": comparison_settings(cfg),
         "passed": passed, "commit": git_commit(), "agent_overrides": list(overrides),
-        "agent_config": json.loads(json.dumps(OmegaConf.to_container(cfg.agent, resolve=True))),
+        "agent_config": agent_config(cfg),
         "spent": problem.spent, "entries": len(archive), "cache_hits": problem.cache_hits,
         "wall_s": wall, "curve": problem.hypervolume_curve(),
         "hv": problem.hypervolume_of(archive.score_matrix()) if len(archive) else 0.0,
@@ -168,17 +169,39 @@ def preflight(
     check_one_space(records)
 
 
-def check_resumed_overrides(
-    store: Path, runs: Sequence[Mapping[str, Any]], overrides: Mapping[str, Sequence[str]]
-) -> None:
-    """ConfigError naming the run: a finished run in ``store`` of a label this invocation runs,
-    made with other agent overrides than this invocation's (``overrides``: label -> overrides),
-    so that a resumed comparison never mixes two configurations under one label. A run stored
-    before overrides were recorded is refused only when this invocation passes some."""
+def agent_config(cfg: Any) -> dict[str, Any]:
+    """A composed run config's agent section, resolved, as JSON data (what a run records)."""
+    return json.loads(json.dumps(OmegaConf.to_container(cfg.agent, resolve=True)))
+
+
+def config_diffs(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` for each (nested) key on which two configs differ."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, "(unset)"), new.get(key, "(unset)")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += config_diffs(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {json.dumps(a)} -> {json.dumps(b)}")
+    return out
+
+
+def check_resumed_runs(
+    store: Path, runs: Sequence[Mapping[str, Any]], protocol: Mapping[str, Any],
+    agents: Mapping[str, tuple[str, Sequence[str]]],
+) -> None:  # fmt: skip
+    """ConfigError naming the run: a finished run in ``store`` of a label this invocation runs
+    (``agents``: label -> (agent, overrides)) made with other agent overrides, or whose recorded
+    agent config differs from the one this invocation composes for it (a default or the code
+    changed since), so that a resumed comparison never mixes two configurations under one
+    label. A run stored before overrides were recorded is refused only when this invocation
+    passes some; one stored before its config was recorded is checked on its overrides only.
+    Overrides compare as written: the same ones in another order are refused."""
     for run in runs:
-        if run["agent"] not in overrides:
+        if run["agent"] not in agents:
             continue
-        want = list(overrides[run["agent"]])
+        agent, overrides = agents[run["agent"]]
+        want = list(overrides)
         had = run.get("agent_overrides")
         if (had is None and want) or (had is not None and list(had) != want):
             shown = "not recorded" if had is None else (" ".join(had) or "none")
@@ -187,6 +210,15 @@ def check_resumed_overrides(
                 f"{shown}, this invocation passes {' '.join(want) or 'none'}; pass --tag to "
                 "keep the variants apart, --rerun, or another --out"
             )
+        if "agent_config" in run:
+            cfg, _ = run_config(protocol, agent, run["seed"], run["zoo_seed"], run["level"], want)
+            diffs = config_diffs(run["agent_config"], agent_config(cfg))
+            if diffs:
+                raise ConfigError(
+                    f"{store}: run {comparison_key(run)} was made with another agent config "
+                    f"than this invocation's (agent.{'; agent.'.join(diffs)}); pass --rerun or "
+                    "another --out"
+                )
 
 
 def read_store(store: Path, protocol: Mapping[str, Any]) -> list[dict]:
@@ -238,6 +270,7 @@ def merge_stores(
     first: Path | None = None
     runs: list[dict[str, Any]] = []
     seen: dict[tuple, tuple[Path, tuple]] = {}
+    made_with: dict[str, tuple[Path, list[str]]] = {}  # label -> (store, agent overrides)
     for folder in folders:
         store = Path(folder) / "results.json"
         try:
@@ -273,6 +306,14 @@ def merge_stores(
                                   "command, compare_agents or ablate_ppo?)") from err  # fmt: skip
             if name in in_store:
                 raise ConfigError(f"{store}: run {name} is in it twice")
+            if run.get("agent_overrides") is not None:
+                had = made_with.setdefault(run["agent"], (store, list(run["agent_overrides"])))
+                if had[1] != list(run["agent_overrides"]):
+                    raise ConfigError(
+                        f"{store}: run {name} was made with agent overrides "
+                        f"{' '.join(run['agent_overrides']) or 'none'}, its label's runs in "
+                        f"{had[0]} with {' '.join(had[1]) or 'none'}; merge one of them"
+                    )
             in_store.add(name)
             if name in seen:
                 if seen[name][1] != figures:
@@ -653,8 +694,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     store = out / "results.json"
     runs = [] if args.rerun else read_store(store, protocol)
-    check_resumed_overrides(store, runs, {label: overrides.get(agent, ())
-                                          for agent, label in zip(agents, labels)})  # fmt: skip
+    check_resumed_runs(store, runs, protocol, {label: (agent, overrides.get(agent, ()))
+                                               for agent, label in zip(agents, labels)})  # fmt: skip
     done = {comparison_key(r) for r in runs}
     for zoo_seed, level, (agent, label), seed in itertools.product(
         protocol["zoo_seeds"], protocol["levels"], zip(agents, labels),

@@ -88,7 +88,8 @@ from experiments.report import markdown_table
 from merge_env.errors import ConfigError, MergeGymError
 from merge_env.pools.cache import build_machine, describe_machine
 from merge_env.pools.regime import assess_regime
-from merge_env.pools.zoo import ZooConfig, build_zoo
+from merge_env.pools.spec import zoo_config
+from merge_env.pools.zoo import build_zoo
 from merge_env.search.recipe import BASE
 
 log = logging.getLogger("mergegym.figures")
@@ -166,12 +167,13 @@ def _build_pool(pool: DictConfig, zoo_seed: Any) -> tuple[Any, dict[str, Any]]:
     target = pool.get("_target_")
     t0 = time.perf_counter()
     if target == ZOO_POOL:
-        config = dataclasses.replace(ZooConfig.preset(pool.preset), seed=zoo_seed)
+        config = zoo_config(pool.preset, zoo_seed, pool.get("tasks"), pool.get("loss_on", "answer"))
         zoo = build_zoo(config, pool.cache_dir, progress=sys.stderr.isatty(), extras=True,
                         shipped=bool(pool.get("shipped", True)))  # fmt: skip
         took = zoo.build_seconds + zoo.extras_seconds
         return zoo, {
-            "preset": pool.preset, "build_seconds": zoo.build_seconds,
+            "preset": pool.preset, "tasks": list(config.tasks), "loss_on": config.loss_on,
+            "build_seconds": zoo.build_seconds,
             "extras_seconds": zoo.extras_seconds,
             "built": f"{zoo.build_seconds:.1f} s for the base and experts, "
                      f"{zoo.extras_seconds:.1f} s for the recycling pool and odd expert",

@@ -78,6 +78,32 @@ class _ZooExtras(Mapping[str, object]):
     __hash__ = None  # type: ignore[assignment]
 
 
+def zoo_config(
+    preset: str = "default",
+    seed: int = 0,
+    tasks: Sequence[str] | None = None,
+    loss_on: str = "answer",
+) -> Any:
+    """The ZooConfig a zoo pool config names: the preset at ``seed``, with its task kinds
+    replaced (``tasks``, by position; the odd-width expert's task must stay) and ``loss_on``."""
+    import dataclasses
+
+    from merge_env.pools.zoo import ZooConfig
+
+    config = dataclasses.replace(ZooConfig.preset(preset), seed=seed, loss_on=loss_on)
+    if tasks is None:
+        return config
+    if isinstance(tasks, str):
+        raise ConfigError(f"pool.tasks: a list of zoo task kinds, got the string {tasks!r}")
+    tasks = tuple(tasks)
+    if config.odd_task not in tasks:
+        raise ConfigError(
+            f"pool.tasks: {list(tasks)} must keep {config.odd_task!r}, the task of the "
+            f"preset's odd-width expert"
+        )
+    return dataclasses.replace(config, tasks=tasks)
+
+
 def zoo_pool(
     preset: str = "default",
     seed: int = 0,
@@ -95,24 +121,11 @@ def zoo_pool(
     preset's odd-width expert's task (cipher) must stay. ``loss_on``: "answer" (the presets') or
     "text": every model trained with the loss on the whole sequence, prompt included (another
     zoo, with its own fingerprint; none ships)."""
-    import dataclasses
+    from merge_env.pools.zoo import build_zoo
 
-    from merge_env.pools.zoo import ZooConfig, build_zoo
-
-    config = dataclasses.replace(ZooConfig.preset(preset), seed=seed)
-    if tasks is not None:
-        if isinstance(tasks, str):
-            raise ConfigError(f"pool.tasks: a list of zoo task kinds, got the string {tasks!r}")
-        tasks = tuple(tasks)
-        if config.odd_task not in tasks:
-            raise ConfigError(
-                f"pool.tasks: {list(tasks)} must keep {config.odd_task!r}, the task of the "
-                f"preset's odd-width expert"
-            )
-        config = dataclasses.replace(config, tasks=tasks)
-    config = dataclasses.replace(config, loss_on=loss_on)
+    config = zoo_config(preset, seed, tasks, loss_on)
     zoo = build_zoo(config, cache_dir, shipped=shipped)
-    name = f"zoo-{preset}" + ("" if tasks is None else "-" + "-".join(tasks))
+    name = f"zoo-{preset}" + ("" if tasks is None else "-" + "-".join(config.tasks))
     return PoolSpec(
         name=name + ("" if loss_on == "answer" else f"-{loss_on}"),
         sources={BASE: zoo.base, **zoo.experts},

@@ -245,6 +245,15 @@ class ZooConfig:
         """Return the config as plain JSON-able data."""
         return dataclasses.asdict(self)
 
+    def to_manifest(self) -> dict[str, Any]:
+        """``to_dict`` as a zoo's manifest keeps it: without keys at the values zoos had before
+        the key existed (``loss_on="answer"``), so that older checkouts sharing a cache still
+        read the zoos built now (``from_dict`` gives them the default back)."""
+        data = self.to_dict()
+        if data["loss_on"] == "answer":
+            del data["loss_on"]
+        return data
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ZooConfig:
         """Return the config written by ``to_dict``; an unknown key raises ConfigError."""
@@ -523,7 +532,7 @@ def _build_core(tmp: Path, config: ZooConfig, progress: bool, device: str) -> di
         "format": "mergegym-zoo",
         "version": ZOO_VERSION,
         "fingerprint": config.fingerprint(),
-        "config": config.to_dict(),
+        "config": config.to_manifest(),
         "base": "base",
         "experts": experts,
         "base_run": base_run,
@@ -729,7 +738,7 @@ def _train_experts(
         base = {k: v.detach().clone() for k, v in model.state_dict().items()}
         experts = _fit_experts(run, model, base, [*pretraining, *domain], out, lora)
     return {
-        "format": "mergegym-expert-variant", "zoo": str(zoo.root), "config": config.to_dict(),
+        "format": "mergegym-expert-variant", "zoo": str(zoo.root), "config": config.to_manifest(),
         "lora": dataclasses.asdict(lora) if lora else None, "experts": experts,
     }  # fmt: skip
 

@@ -76,9 +76,16 @@ def test_a_resumed_comparison_refuses_runs_made_with_other_agent_overrides(zoo_c
         r"overrides agent.batch=2, this invocation passes none",
     ):
         ca.main(["--protocol", "smoke", "--agents", "random", "--out", str(out)])
-    # a store from before overrides were recorded resumes when none are passed...
+    # the same overrides, but a default changed since the run (its recorded config says so)
+    data["runs"][1]["agent_overrides"] = []
+    data["runs"][1]["agent_config"]["screen_keep"] = 0.5
+    store.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"run \(0, 'random', 'both', 1\) was made with another "
+                                          r"agent config .*agent.screen_keep: 0.5 -> 0.25"):  # fmt: skip
+        ca.main(["--protocol", "smoke", "--agents", "random", "--out", str(out)])
+    # a store from before overrides and configs were recorded resumes when none are passed...
     for r in data["runs"]:
-        del r["agent_overrides"]
+        del r["agent_overrides"], r["agent_config"]
     store.write_text(json.dumps(data))
     again = ca.main(["--protocol", "smoke", "--agents", "random", "--out", str(out)])
     assert [r["hv"] for r in again["runs"]] == [r["hv"] for r in first["runs"]]  # nothing re-run
@@ -183,6 +190,16 @@ def test_merge_refuses_other_protocols_clashing_runs_and_missing_stores(tmp_path
         ca.merge_stores([a, c], ca.comparison_key)
     protocol, runs = ca.merge_stores([a, d], ca.comparison_key)  # the same run twice: kept once
     assert runs == [_run(0, 0.3)] and protocol["search_seeds"] == [0]
+    # one label's runs split between stores must have been made with the same agent overrides
+    e = _store(tmp_path / "e0", {**smoke, "search_seeds": [0]},
+               [{**_run(0, 0.3), "agent_overrides": []}])  # fmt: skip
+    f = _store(tmp_path / "f1", {**smoke, "search_seeds": [1]},
+               [{**_run(1, 0.2), "agent_overrides": ["agent.batch_size=2"]}])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"f1/results.json: run \(0, 'random', 'both', 1\) was "
+                                          r"made with agent overrides agent.batch_size=2, its "
+                                          r"label's runs in .*e0/results.json with none"):  # fmt: skip
+        ca.merge_stores([e, f], ca.comparison_key)
+    assert len(ca.merge_stores([e, a], ca.comparison_key)[1]) == 1  # unrecorded: not checked
     twice = _store(tmp_path / "twice", smoke, [_run(0, 0.3), _run(0, 0.3)])
     with pytest.raises(ConfigError, match=r"twice/results.json: run .* is in it twice"):
         ca.merge_stores([twice], ca.comparison_key)

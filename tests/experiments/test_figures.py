@@ -217,3 +217,23 @@ def test_moe_claims_are_matched_by_their_text_not_their_position():
     text = "\n".join(figures.moe_markdown({"runs": runs}, {}))
     assert "- x > y [exact_match]: holds in 1 of 1 runs" in text
     assert "- p > q, r [exact_match]: holds in 1 of 2 runs" in text
+
+
+def test_the_zoo_section_builds_the_zoo_the_pool_config_names(tiny_zoo, monkeypatch):
+    """The pool's task kinds and loss reach the zoo section's build, as they reach every job's
+    pool (merge_env.pools.spec.zoo_config), so figures.md describes the zoo the jobs ran on."""
+    from omegaconf import OmegaConf
+
+    asked = []
+
+    def build(config, *args, **kwargs):
+        asked.append(config)
+        return tiny_zoo
+
+    monkeypatch.setattr(figures, "build_zoo", build)
+    pool = OmegaConf.create({"_target_": figures.ZOO_POOL, "preset": "tiny", "cache_dir": None,
+                             "tasks": ["add", "atbash", "cipher"], "loss_on": "text"})  # fmt: skip
+    _, info = figures._build_pool(pool, 3)
+    (config,) = asked
+    assert (config.seed, config.tasks, config.loss_on) == (3, ("add", "atbash", "cipher"), "text")
+    assert info["tasks"] == ["add", "atbash", "cipher"] and info["loss_on"] == "text"

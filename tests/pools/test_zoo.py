@@ -355,6 +355,14 @@ def test_loss_on_text_labels_the_whole_sequence_and_is_another_zoo():
     assert ZooConfig.from_dict(json.loads(json.dumps(whole.to_dict()))) == whole
     old = {k: v for k, v in tiny.to_dict().items() if k != "loss_on"}  # a pre-session-46 manifest
     assert ZooConfig.from_dict(old) == tiny
+    assert tiny.to_manifest() == old and whole.to_manifest() == whole.to_dict()  # as before
+    assert ZooConfig.from_dict(whole.to_manifest()) == whole
+    # every model's training rows follow the setting
+    from merge_env.pools.zoo import _Trainer
+
+    for config, prompt_labelled in ((tiny, False), (whole, True)):
+        rows = _Trainer(config, 1, False, "cpu").rows("data", [None] * len(config.tasks))[0]
+        assert bool(rows.labels[:, 1].ne(IGNORE).any()) is prompt_labelled
 
 
 def test_expert_mixture_replays_the_base_mixture():
