@@ -20,6 +20,10 @@ ablate   PPO's ablations under the protocol (experiments/ablate_ppo.py)
 main     the main job (experiments/run.py) under the protocol's settings, one run per job seed
 recycle  checkpoint recycling (experiments/recycle.py), one run per job seed
 moe      MergeME (experiments/moe.py), one run per MoE seed
+moe_text MergeME on the whole-text zoo of each zoo seed (``pool.loss_on=text``: every model
+         trained with the loss on the whole sequence, so an expert's perplexity on a prompt tells
+         its task, as MergeME's routing assumes; the zoo is built on first use); a pool without
+         that setting (SmolLM2) records the section as not applicable
 =======  ==========================================================================================
 
 Job seeds are the protocol's search seeds unless ``--job-seeds`` names others; MoE runs once per
@@ -30,8 +34,8 @@ the random router). Budgets: compare, ablate and main spend the protocol's; recy
 The output folder (default ``results/figures/<protocol>/``) holds ``figures.md`` (every table,
 each figure the mean and 95 % bootstrap interval over seeds, experiments/stats.py; the protocol,
 the git commit, the machine), ``figures.json`` (the raw numbers behind it) and each section's own
-outputs: ``compare/`` and ``ablate/`` (results.json and plots), ``main/``, ``recycle/``, ``moe/``
-(one run folder per zoo seed and seed). Both files are rewritten as each section finishes.
+outputs: ``compare/`` and ``ablate/`` (results.json and plots), ``main/``, ``recycle/``, ``moe/``,
+``moe_text/`` (one run folder per zoo seed and seed). Both files are rewritten as each section finishes.
 
 ``--jobs N`` runs N of a section's runs at a time, each in a worker process of its own (spawned,
 ``--threads`` torch threads each): the main job, recycling and MergeME one (zoo seed, seed) run
@@ -94,7 +98,7 @@ from merge_env.search.recipe import BASE
 
 log = logging.getLogger("mergegym.figures")
 console = Console()
-SECTIONS = ("zoo", "compare", "ablate", "main", "recycle", "moe")
+SECTIONS = ("zoo", "compare", "ablate", "main", "recycle", "moe", "moe_text")
 # compare's default agents: every config of conf/agent, the README's held-out table
 AGENTS = ("ppo", "moead", "nsga2", "tpe", "mo_cmaes", "cmaes", "random")
 ZOO_POOL = "merge_env.pools.spec.zoo_pool"
@@ -131,6 +135,7 @@ class Context:
                      "overrides": a.main_override},
             "recycle": {"seeds": self.job_seeds, "overrides": a.recycle_override},
             "moe": {"seeds": self.moe_seeds, "overrides": a.moe_override},
+            "moe_text": {"seeds": self.moe_seeds, "overrides": a.moe_override},
         }[section]  # fmt: skip
 
     def fresh(self, folder: Path) -> Path:
@@ -378,12 +383,15 @@ def run_recycle(ctx: Context) -> dict[str, Any]:
     return {"runs": _job_runs(ctx, "recycle", ctx.job_seeds, "summary.json", _recycle_job)}
 
 
-def _moe_job(ctx: Context, zoo_seed: Any, seed: int, folder: Path) -> None:
+def _moe_job(
+    ctx: Context, zoo_seed: Any, seed: int, folder: Path, extra: Sequence[str] = ()
+) -> None:
     from experiments.moe import run
 
     settings = {"threads": ctx.args.threads, "run_dir": str(folder),
                 "max_examples": ctx.protocol["fidelity"].get("max_examples")}  # fmt: skip
-    run(job_config("moe", ctx.protocol, zoo_seed, seed, settings, ctx.args.moe_override))
+    overrides = [*ctx.args.moe_override, *extra]
+    run(job_config("moe", ctx.protocol, zoo_seed, seed, settings, overrides))
 
 
 def run_moe(ctx: Context) -> dict[str, Any]:
@@ -394,9 +402,29 @@ def run_moe(ctx: Context) -> dict[str, Any]:
     return {"runs": runs}
 
 
+WHOLE_TEXT = "pool.loss_on=text"
+
+
+def _moe_text_job(ctx: Context, zoo_seed: Any, seed: int, folder: Path) -> None:
+    _moe_job(ctx, zoo_seed, seed, folder, [WHOLE_TEXT])
+
+
+def run_moe_text(ctx: Context) -> dict[str, Any]:
+    """MergeME on each zoo seed's whole-text zoo (``pool.loss_on=text``), per MoE seed; not
+    applicable (recorded, no run) for a pool without that setting."""
+    pool = compose_config([f"pool={ctx.protocol['pool']}"]).pool
+    if "loss_on" not in pool:
+        return {"runs": [], "not_applicable": f"pool={ctx.protocol['pool']} has no whole-text "
+                                              "variant (pool.loss_on)"}  # fmt: skip
+    runs = _job_runs(ctx, "moe_text", ctx.moe_seeds, "moe_results.json", _moe_text_job)
+    for r in runs:
+        r.pop("config", None)
+    return {"runs": runs, "override": WHOLE_TEXT}
+
+
 RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "zoo": run_zoo, "compare": run_compare, "ablate": run_ablate, "main": run_main,
-    "recycle": run_recycle, "moe": run_moe,
+    "recycle": run_recycle, "moe": run_moe, "moe_text": run_moe_text,
 }  # fmt: skip
 
 
@@ -656,18 +684,43 @@ def moe_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list
         values = "; ".join(f"{n} {o['values']} {o['verdict']}" for n, o in found)
         lines.append(f"- {claim} [{metric}]: holds in {holds} of {len(found)} runs "
                      f"({values})")  # fmt: skip
+    routed = [(n, row, routing_share(c)) for n, r in zip(names, runs)
+              for row, c in r.get("confusion", {}).items()]  # fmt: skip
+    if routed:
+        lines += ["", "Sequence routing: share of TEST prompts sent to their own task's expert "
+                  "(per task in brackets):", ""]  # fmt: skip
+        for n, row, (share, per) in routed:
+            tasks = ", ".join(f"{t} {v:.2f}" for t, v in per.items())
+            lines.append(f"- {n} {row}: {share:.3f} ({tasks})")
     return [*lines, ""]
+
+
+def routing_share(confusion: Mapping[str, Mapping[str, int]]) -> tuple[float, dict[str, float]]:
+    """A routing confusion (task -> chosen expert -> count): the share of prompts sent to their
+    own task's expert, overall and per task."""
+    total = sum(sum(c.values()) for c in confusion.values())
+    right = sum(c.get(t, 0) for t, c in confusion.items())
+    per = {t: c.get(t, 0) / max(1, sum(c.values())) for t, c in confusion.items()}
+    return right / max(1, total), per
+
+
+def moe_text_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list[str]:
+    if result.get("not_applicable"):
+        return [f"Not applicable: {result['not_applicable']}.", ""]
+    return moe_markdown(result, protocol)
 
 
 MARKDOWN: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]]] = {
     "zoo": zoo_markdown, "compare": compare_markdown, "ablate": ablate_markdown,
     "main": main_markdown, "recycle": recycle_markdown, "moe": moe_markdown,
+    "moe_text": moe_text_markdown,
 }  # fmt: skip
 TITLES = {
     "zoo": "Pools: model x task on the TEST split, fine-tune regime",
     "compare": "Agent comparison (hypervolume, search and TEST split)",
     "ablate": "PPO ablations", "main": "Main job (HM3 search)",
     "recycle": "Checkpoint recycling", "moe": "MergeME: dense experts -> Mixture-of-Experts",
+    "moe_text": "MergeME on whole-text zoos (pool.loss_on=text)",
 }  # fmt: skip
 
 

@@ -117,6 +117,14 @@ def test_figures_come_from_the_runs_resume_and_record_failures(zoo_cache, tiny_z
         in md
     )
 
+    # moe_text: the same job on the whole-text zoo (its own fingerprint, built on first use),
+    # with each sequence router's share of prompts sent to their own expert
+    text = json.loads((out / "moe_text" / "z0__0" / "moe_results.json").read_text())
+    assert text["pool"] == "zoo-tiny-text" and moe["pool"] == "zoo-tiny"
+    assert text["macro"] != moe["macro"]  # other models
+    share, per = figures.routing_share(text["confusion"]["ppl separate-attn"])
+    assert f"- z0/s0 ppl separate-attn: {share:.3f} (" in md and set(per) == set(text["tasks"])
+
     # a second run resumes: every finished section is skipped, nothing runs again
     def boom(ctx):
         raise AssertionError("a finished section ran again")
@@ -237,3 +245,18 @@ def test_the_zoo_section_builds_the_zoo_the_pool_config_names(tiny_zoo, monkeypa
     (config,) = asked
     assert (config.seed, config.tasks, config.loss_on) == (3, ("add", "atbash", "cipher"), "text")
     assert info["tasks"] == ["add", "atbash", "cipher"] and info["loss_on"] == "text"
+
+
+def test_routing_share_and_moe_text_on_a_pool_without_whole_text_models(tmp_path):
+    confusion = {"a": {"a": 3, "b": 1}, "b": {"a": 2, "b": 2}}
+    assert figures.routing_share(confusion) == (5 / 8, {"a": 0.75, "b": 0.5})
+    import argparse
+
+    ctx = figures.Context({"pool": "smollm2"}, argparse.Namespace(), tmp_path)
+    result = figures.run_moe_text(ctx)  # SmolLM2's pool config has no loss_on: no run, no build
+    assert (
+        result["runs"] == []
+        and "pool=smollm2 has no whole-text variant" in result["not_applicable"]
+    )
+    assert figures.moe_text_markdown(result, {})[0].startswith("Not applicable: pool=smollm2")
+    assert not (tmp_path / "moe_text").exists()
