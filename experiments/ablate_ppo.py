@@ -191,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     store = out / "results.json"
     runs = [] if args.rerun else read_store(store, protocol)
     check_resumed_runs(store, runs, protocol, {f"ppo-{v}": ("ppo", VARIANTS[v][0])
-                                               for v in variants})  # fmt: skip
+                                               for v in variants},
+                       "pass --rerun or another --out")  # fmt: skip
     done = {variant_key(r) for r in runs}
     for zoo_seed, level, variant, seed in itertools.product(
         protocol["zoo_seeds"], protocol["levels"], variants, protocol["search_seeds"]

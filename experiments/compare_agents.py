@@ -189,11 +189,13 @@ def config_diffs(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "
 def check_resumed_runs(
     store: Path, runs: Sequence[Mapping[str, Any]], protocol: Mapping[str, Any],
     agents: Mapping[str, tuple[str, Sequence[str]]],
+    hint: str = "pass --tag to keep the variants apart, --rerun, or another --out",
 ) -> None:  # fmt: skip
-    """ConfigError naming the run: a finished run in ``store`` of a label this invocation runs
-    (``agents``: label -> (agent, overrides)) made with other agent overrides, or whose recorded
-    agent config differs from the one this invocation composes for it (a default or the code
-    changed since), so that a resumed comparison never mixes two configurations under one
+    """ConfigError naming the run (and ``hint``, what the caller's user can do): a finished run
+    in ``store`` of a label this invocation runs (``agents``: label -> (agent, overrides)) made
+    with other agent overrides, or whose recorded agent config differs from the one this
+    invocation composes for it (an agent's YAML default changed since; a change of the agents'
+    code is not seen), so that a resumed comparison never mixes two configurations under one
     label. A run stored before overrides were recorded is refused only when this invocation
     passes some; one stored before its config was recorded is checked on its overrides only.
     Overrides compare as written: the same ones in another order are refused."""
@@ -207,8 +209,7 @@ def check_resumed_runs(
             shown = "not recorded" if had is None else (" ".join(had) or "none")
             raise ConfigError(
                 f"{store}: run {comparison_key(run)} was made with agent overrides "
-                f"{shown}, this invocation passes {' '.join(want) or 'none'}; pass --tag to "
-                "keep the variants apart, --rerun, or another --out"
+                f"{shown}, this invocation passes {' '.join(want) or 'none'}; {hint}"
             )
         if "agent_config" in run:
             cfg, _ = run_config(protocol, agent, run["seed"], run["zoo_seed"], run["level"], want)
@@ -219,6 +220,10 @@ def check_resumed_runs(
                     f"than this invocation's (agent.{'; agent.'.join(diffs)}); pass --rerun or "
                     "another --out"
                 )
+
+
+# agent config keys that differ between the runs of one label by design
+PER_RUN_AGENT_KEYS = ("seed", "level")
 
 
 def read_store(store: Path, protocol: Mapping[str, Any]) -> list[dict]:
@@ -271,6 +276,7 @@ def merge_stores(
     runs: list[dict[str, Any]] = []
     seen: dict[tuple, tuple[Path, tuple]] = {}
     made_with: dict[str, tuple[Path, list[str]]] = {}  # label -> (store, agent overrides)
+    configs: dict[str, tuple[Path, dict]] = {}  # label -> (store, agent config but per-run keys)
     for folder in folders:
         store = Path(folder) / "results.json"
         try:
@@ -313,6 +319,17 @@ def merge_stores(
                         f"{store}: run {name} was made with agent overrides "
                         f"{' '.join(run['agent_overrides']) or 'none'}, its label's runs in "
                         f"{had[0]} with {' '.join(had[1]) or 'none'}; merge one of them"
+                    )
+            if isinstance(run.get("agent_config"), dict):
+                mine = {k: v for k, v in run["agent_config"].items()
+                        if k not in PER_RUN_AGENT_KEYS}  # fmt: skip
+                first_store, first = configs.setdefault(run["agent"], (store, mine))
+                diffs = config_diffs(first, mine)
+                if diffs:
+                    raise ConfigError(
+                        f"{store}: run {name} was made with another agent config than its "
+                        f"label's runs in {first_store} (agent.{'; agent.'.join(diffs)}); "
+                        "merge one of them"
                     )
             in_store.add(name)
             if name in seen:

@@ -10,21 +10,21 @@ Sections (``--only``, all by default), each for every zoo training seed of the p
 (conf/protocol/<name>.yaml; ``--set``, ``--zoo-seeds``, ``--search-seeds``, ``--budget`` override
 it, and the overrides are recorded with it):
 
-=======  ==========================================================================================
-zoo      the pool, built or found in the cache (merge_env.pools.zoo), its model x task table on
-         the TEST split, the trade-off checks and the fine-tune regime verdict
-         (experiments/build_zoo.py, merge_env/pools/regime.py)
-compare  the agent comparison under the protocol (experiments/compare_agents.py: search and test
-         hypervolume, 95 % bootstrap intervals, rank tests against the best baseline)
-ablate   PPO's ablations under the protocol (experiments/ablate_ppo.py)
-main     the main job (experiments/run.py) under the protocol's settings, one run per job seed
-recycle  checkpoint recycling (experiments/recycle.py), one run per job seed
-moe      MergeME (experiments/moe.py), one run per MoE seed
-moe_text MergeME on the whole-text zoo of each zoo seed (``pool.loss_on=text``: every model
-         trained with the loss on the whole sequence, so an expert's perplexity on a prompt tells
-         its task, as MergeME's routing assumes; the zoo is built on first use); a pool without
-         that setting (SmolLM2) records the section as not applicable
-=======  ==========================================================================================
+========  =========================================================================================
+zoo       the pool, built or found in the cache (merge_env.pools.zoo), its model x task table on
+          the TEST split, the trade-off checks and the fine-tune regime verdict
+          (experiments/build_zoo.py, merge_env/pools/regime.py)
+compare   the agent comparison under the protocol (experiments/compare_agents.py: search and test
+          hypervolume, 95 % bootstrap intervals, rank tests against the best baseline)
+ablate    PPO's ablations under the protocol (experiments/ablate_ppo.py)
+main      the main job (experiments/run.py) under the protocol's settings, one run per job seed
+recycle   checkpoint recycling (experiments/recycle.py), one run per job seed
+moe       MergeME (experiments/moe.py), one run per MoE seed
+moe_text  MergeME on the whole-text zoo of each zoo seed (``pool.loss_on=text``: every model
+          trained with the loss on the whole sequence, so an expert's perplexity on a prompt tells
+          its task, as MergeME's routing assumes; the zoo is built on first use); a pool without
+          that setting (SmolLM2) records the section as not applicable
+========  =========================================================================================
 
 Job seeds are the protocol's search seeds unless ``--job-seeds`` names others; MoE runs once per
 zoo seed (``--moe-seeds``, default the first search seed: its only randomness is DARE's drop and
@@ -48,7 +48,10 @@ runs (finish it with ``--jobs 1``, or ``--force``).
 
 Resuming: a finished section whose settings are unchanged is skipped (``--force`` redoes it from
 nothing). Inside a section finished runs are kept (compare's and ablate's results.json, the job
-folders' summary files), so a killed command, run again, continues where it stopped. A section
+folders' summary files), so a killed command, run again, continues where it stopped; a job's run
+folder made with other settings (``--*-override``, ``--main-agent``; kept in its
+``figures_params.json``) is emptied and run again, and compare and ablate refuse a store whose
+runs were made with other agent overrides or configs. A section
 that fails has its error written into both files; the command goes on with the next section and
 exits with status 1.
 """
@@ -92,13 +95,14 @@ from experiments.report import markdown_table
 from merge_env.errors import ConfigError, MergeGymError
 from merge_env.pools.cache import build_machine, describe_machine
 from merge_env.pools.regime import assess_regime
-from merge_env.pools.spec import zoo_config
+from merge_env.pools.spec import zoo_pool_config
 from merge_env.pools.zoo import build_zoo
 from merge_env.search.recipe import BASE
 
 log = logging.getLogger("mergegym.figures")
 console = Console()
 SECTIONS = ("zoo", "compare", "ablate", "main", "recycle", "moe", "moe_text")
+RUN_PARAMS = "figures_params.json"  # in each job run folder: the settings it was made with
 # compare's default agents: every config of conf/agent, the README's held-out table
 AGENTS = ("ppo", "moead", "nsga2", "tpe", "mo_cmaes", "cmaes", "random")
 ZOO_POOL = "merge_env.pools.spec.zoo_pool"
@@ -112,6 +116,9 @@ class Context:
     protocol: dict[str, Any]
     args: argparse.Namespace
     out: Path
+    # each section's params as figures.json last recorded them (what its run folders were made
+    # with, for those that hold no RUN_PARAMS of their own)
+    previous: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def job_seeds(self) -> list[int]:
@@ -137,6 +144,12 @@ class Context:
             "moe": {"seeds": self.moe_seeds, "overrides": a.moe_override},
             "moe_text": {"seeds": self.moe_seeds, "overrides": a.moe_override},
         }[section]  # fmt: skip
+
+    def run_params(self, section: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What one run folder of a job section depends on: the section's params (``params``,
+        default this invocation's) but the seed list, which names the folders."""
+        given = self.params(section) if params is None else params
+        return {k: v for k, v in given.items() if k != "seeds"}
 
     def fresh(self, folder: Path) -> Path:
         """``folder``, emptied first under --force."""
@@ -172,12 +185,13 @@ def _build_pool(pool: DictConfig, zoo_seed: Any) -> tuple[Any, dict[str, Any]]:
     target = pool.get("_target_")
     t0 = time.perf_counter()
     if target == ZOO_POOL:
-        config = zoo_config(pool.preset, zoo_seed, pool.get("tasks"), pool.get("loss_on", "answer"))
+        config = zoo_pool_config(pool.preset, pool.seed, pool.get("tasks"),
+                                 pool.get("loss_on", "answer"))  # fmt: skip
         zoo = build_zoo(config, pool.cache_dir, progress=sys.stderr.isatty(), extras=True,
                         shipped=bool(pool.get("shipped", True)))  # fmt: skip
         took = zoo.build_seconds + zoo.extras_seconds
         return zoo, {
-            "preset": pool.preset, "tasks": list(config.tasks), "loss_on": config.loss_on,
+            "preset": pool.preset, "task_kinds": list(config.tasks), "loss_on": config.loss_on,
             "build_seconds": zoo.build_seconds,
             "extras_seconds": zoo.extras_seconds,
             "built": f"{zoo.build_seconds:.1f} s for the base and experts, "
@@ -341,12 +355,28 @@ def _job_runs(
     job: Callable[[Context, Any, int, Path], None],
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Every (zoo seed, seed) run of a job in ``<out>/<name>/z<zoo seed>__<seed>``, each run only
-    if its ``summary_file`` is missing (``run_units``: --jobs at a time); returns the summaries
-    with their seeds and folders. ``job`` is a module-level function, so a worker can run it."""
+    if its ``summary_file`` is missing or it was made with other settings (``Context.run_params``:
+    the folder's RUN_PARAMS, else the section's params figures.json last recorded; such a folder
+    is emptied and run again) (``run_units``: --jobs at a time); returns the summaries with their
+    seeds and folders. ``job`` is a module-level function, so a worker can run it."""
+    now = ctx.run_params(name)
+    before = ctx.previous.get(name)
     cells = [(zoo_seed, seed, ctx.fresh(ctx.out / name / f"z{zoo_seed}__{seed}"))
              for zoo_seed in ctx.protocol["zoo_seeds"] for seed in seeds]  # fmt: skip
+    for _, _, folder in cells:
+        stamp = folder / RUN_PARAMS
+        if stamp.is_file():
+            made = json.loads(stamp.read_text())
+        else:  # made before run folders kept their settings: the section's last record says
+            made = now if before is None else ctx.run_params(name, before)
+        if (folder / summary_file).is_file() and made != now:
+            log.info("%s: made with %s, now %s: run again", folder, made, now)
+            shutil.rmtree(folder)
     run_units(ctx, [(f"[bold]{name}[/bold] zoo seed {z} seed {s}", job, (ctx, z, s, folder))
                     for z, s, folder in cells if not (folder / summary_file).is_file()])  # fmt: skip
+    for _, _, folder in cells:
+        if (folder / summary_file).is_file():
+            (folder / RUN_PARAMS).write_text(json.dumps(now, sort_keys=True))
     return [{"zoo_seed": z, "seed": s, "folder": str(folder),
              **json.loads((folder / summary_file).read_text())} for z, s, folder in cells]  # fmt: skip
 
@@ -687,8 +717,8 @@ def moe_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list
     routed = [(n, row, routing_share(c)) for n, r in zip(names, runs)
               for row, c in r.get("confusion", {}).items()]  # fmt: skip
     if routed:
-        lines += ["", "Sequence routing: share of TEST prompts sent to their own task's expert "
-                  "(per task in brackets):", ""]  # fmt: skip
+        lines += ["", f"Sequence routing: share of {runs[0]['split']} prompts sent to their own "
+                  "task's expert (per task in brackets):", ""]  # fmt: skip
         for n, row, (share, per) in routed:
             tasks = ", ".join(f"{t} {v:.2f}" for t, v in per.items())
             lines.append(f"- {n} {row}: {share:.3f} ({tasks})")
@@ -892,7 +922,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MergeGymError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ctx = Context(protocol, args, out)
+    ctx = Context(protocol, args, out, {k: v.get("params") for k, v in sections.items()
+                                        if v.get("params") is not None})  # fmt: skip
     data = {"protocol": protocol, "commit": git_commit(), "machine": machine(),
             "command": shlex.join(["python", "-m", "experiments.figures", *argv]),
             "jobs": args.jobs,

@@ -78,7 +78,7 @@ class _ZooExtras(Mapping[str, object]):
     __hash__ = None  # type: ignore[assignment]
 
 
-def zoo_config(
+def zoo_pool_config(
     preset: str = "default",
     seed: int = 0,
     tasks: Sequence[str] | None = None,
@@ -123,7 +123,7 @@ def zoo_pool(
     zoo, with its own fingerprint; none ships)."""
     from merge_env.pools.zoo import build_zoo
 
-    config = zoo_config(preset, seed, tasks, loss_on)
+    config = zoo_pool_config(preset, seed, tasks, loss_on)
     zoo = build_zoo(config, cache_dir, shipped=shipped)
     name = f"zoo-{preset}" + ("" if tasks is None else "-" + "-".join(config.tasks))
     return PoolSpec(

@@ -200,6 +200,30 @@ def test_merge_refuses_other_protocols_clashing_runs_and_missing_stores(tmp_path
                                           r"label's runs in .*e0/results.json with none"):  # fmt: skip
         ca.merge_stores([e, f], ca.comparison_key)
     assert len(ca.merge_stores([e, a], ca.comparison_key)[1]) == 1  # unrecorded: not checked
+    # ... and with one agent config, but for the keys that differ per run (seed, level)
+    g = _store(
+        tmp_path / "g0",
+        {**smoke, "search_seeds": [0]},
+        [{**_run(0, 0.3), "agent_config": {"seed": 0, "level": "both", "screen_keep": 0.25}}],
+    )
+    h = _store(
+        tmp_path / "h1",
+        {**smoke, "search_seeds": [1]},
+        [{**_run(1, 0.2), "agent_config": {"seed": 1, "level": "both", "screen_keep": 0.5}}],
+    )
+    i = _store(
+        tmp_path / "i1",
+        {**smoke, "search_seeds": [1]},
+        [{**_run(1, 0.2), "agent_config": {"seed": 1, "level": "param", "screen_keep": 0.25}}],
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"h1/results.json: run \(0, 'random', 'both', 1\) was "
+        r"made with another agent config than its label's runs "
+        r"in .*g0/results.json \(agent.screen_keep: 0.25 -> 0.5\)",
+    ):
+        ca.merge_stores([g, h], ca.comparison_key)
+    assert len(ca.merge_stores([g, i], ca.comparison_key)[1]) == 2
     twice = _store(tmp_path / "twice", smoke, [_run(0, 0.3), _run(0, 0.3)])
     with pytest.raises(ConfigError, match=r"twice/results.json: run .* is in it twice"):
         ca.merge_stores([twice], ca.comparison_key)

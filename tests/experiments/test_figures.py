@@ -123,7 +123,9 @@ def test_figures_come_from_the_runs_resume_and_record_failures(zoo_cache, tiny_z
     assert text["pool"] == "zoo-tiny-text" and moe["pool"] == "zoo-tiny"
     assert text["macro"] != moe["macro"]  # other models
     share, per = figures.routing_share(text["confusion"]["ppl separate-attn"])
-    assert f"- z0/s0 ppl separate-attn: {share:.3f} (" in md and set(per) == set(text["tasks"])
+    text_md = md.split("## MergeME on whole-text zoos")[1]
+    assert f"- z0/s0 ppl separate-attn: {share:.3f} (" in text_md and set(per) == set(text["tasks"])
+    assert "Sequence routing: share of test prompts" in text_md
 
     # a second run resumes: every finished section is skipped, nothing runs again
     def boom(ctx):
@@ -229,7 +231,7 @@ def test_moe_claims_are_matched_by_their_text_not_their_position():
 
 def test_the_zoo_section_builds_the_zoo_the_pool_config_names(tiny_zoo, monkeypatch):
     """The pool's task kinds and loss reach the zoo section's build, as they reach every job's
-    pool (merge_env.pools.spec.zoo_config), so figures.md describes the zoo the jobs ran on."""
+    pool (merge_env.pools.spec.zoo_pool_config), so figures.md describes the zoo the jobs ran on."""
     from omegaconf import OmegaConf
 
     asked = []
@@ -239,12 +241,12 @@ def test_the_zoo_section_builds_the_zoo_the_pool_config_names(tiny_zoo, monkeypa
         return tiny_zoo
 
     monkeypatch.setattr(figures, "build_zoo", build)
-    pool = OmegaConf.create({"_target_": figures.ZOO_POOL, "preset": "tiny", "cache_dir": None,
+    pool = OmegaConf.create({"_target_": figures.ZOO_POOL, "preset": "tiny", "seed": 3, "cache_dir": None,
                              "tasks": ["add", "atbash", "cipher"], "loss_on": "text"})  # fmt: skip
-    _, info = figures._build_pool(pool, 3)
+    _, info = figures._build_pool(pool, 3)  # the seed the pool config holds, as the jobs use
     (config,) = asked
     assert (config.seed, config.tasks, config.loss_on) == (3, ("add", "atbash", "cipher"), "text")
-    assert info["tasks"] == ["add", "atbash", "cipher"] and info["loss_on"] == "text"
+    assert info["task_kinds"] == ["add", "atbash", "cipher"] and info["loss_on"] == "text"
 
 
 def test_routing_share_and_moe_text_on_a_pool_without_whole_text_models(tmp_path):
@@ -260,3 +262,38 @@ def test_routing_share_and_moe_text_on_a_pool_without_whole_text_models(tmp_path
     )
     assert figures.moe_text_markdown(result, {})[0].startswith("Not applicable: pool=smollm2")
     assert not (tmp_path / "moe_text").exists()
+
+
+def _count_job(ctx, zoo_seed, seed, folder):
+    """A job section's run: counts its calls in the folder's summary."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps({"ran": ctx.args.moe_override}))
+
+
+def test_a_job_section_runs_a_folder_again_when_its_settings_changed(tmp_path):
+    import argparse
+
+    args = argparse.Namespace(moe_override=["top_k=1"], moe_seeds=[5], force=False, jobs=1,
+                              agents=[], variants=[], main_agent="ppo", job_seeds=None,
+                              main_override=[], recycle_override=[])  # fmt: skip
+    ctx = figures.Context({"zoo_seeds": [0], "search_seeds": [5]}, args, tmp_path)
+    folder = tmp_path / "moe" / "z0__5"
+
+    def runs():
+        return [r["ran"] for r in figures._job_runs(ctx, "moe", [5], "summary.json", _count_job)]
+
+    assert runs() == [["top_k=1"]]
+    stamp = json.loads((folder / figures.RUN_PARAMS).read_text())
+    assert stamp == {"overrides": ["top_k=1"]}  # the seed list names the folders: left out
+    (folder / "summary.json").write_text(json.dumps({"ran": "kept"}))
+    assert runs() == ["kept"]  # the same settings: not run again
+    args.moe_override = ["top_k=2"]
+    assert runs() == [["top_k=2"]]  # other settings: the folder emptied and run again
+    # a folder from before run folders kept their settings: the section's last record decides
+    (folder / figures.RUN_PARAMS).unlink()
+    (folder / "summary.json").write_text(json.dumps({"ran": "old"}))
+    ctx.previous = {"moe": {"seeds": [5], "overrides": ["top_k=2"]}}
+    assert runs() == ["old"]
+    (folder / figures.RUN_PARAMS).unlink()
+    ctx.previous = {"moe": {"seeds": [5, 6], "overrides": ["top_k=1"]}}
+    assert runs() == [["top_k=2"]]
