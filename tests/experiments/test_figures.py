@@ -120,6 +120,8 @@ def test_figures_come_from_the_runs_resume_and_record_failures(zoo_cache, tiny_z
     # moe_text: the same job on the whole-text zoo (its own fingerprint, built on first use),
     # with each sequence router's share of prompts sent to their own expert
     text = json.loads((out / "moe_text" / "z0__0" / "moe_results.json").read_text())
+    built = sections["moe_text"]["result"]["zoos"]["0"]  # built before the runs, in this process
+    assert built["loss_on"] == "text" and f"`{built['weights_digest']}`" in md
     assert text["pool"] == "zoo-tiny-text" and moe["pool"] == "zoo-tiny"
     assert text["macro"] != moe["macro"]  # other models
     share, per = figures.routing_share(text["confusion"]["ppl separate-attn"])
