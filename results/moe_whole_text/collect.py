@@ -2,9 +2,10 @@
 
     python results/moe_whole_text/collect.py
 
-Reads the MoE runs of ``make figures``' MoE section (``figures.json``): the whole-text zoos
-(``figures/``, zoo v6 seeds 1-3 with ``pool.loss_on=text``) and the answer-only zoos of the same
-seeds (``results/zoo_v6/figures_heldout10/`` for 1 and 2, ``answer_z3/`` for 3); MoE seed 100.
+Reads the MoE runs of ``make figures``' MoE sections (``figures.json``): the whole-text zoos
+(``figures/``, zoo v6 seeds 1-3, the moe section with ``pool.loss_on=text``; ``figures_z45/``,
+seeds 4 and 5, the moe_text section) and the answer-only zoos of the same seeds
+(``results/zoo_v6/figures_heldout10/`` for 1 and 2, ``answer_z3/``, ``answer_z45/``); MoE seed 100.
 Per zoo and loss: how often perplexity routing sends a TEST prompt to its own task's expert
 (3 tasks: chance 1/3), the macro exact match of the rows MergeME's claims compare, and each
 claim's verdict under ``experiments.moe.claim_holds`` (strictly above every other value).
@@ -23,9 +24,9 @@ sys.path.insert(0, str(HERE.parents[1]))
 from experiments.moe import claim_holds  # noqa: E402
 
 SOURCES = {
-    "text": [HERE / "figures" / "figures.json"],
+    "text": [HERE / "figures" / "figures.json", HERE / "figures_z45" / "figures.json"],
     "answer": [HERE.parent / "zoo_v6" / "figures_heldout10" / "figures.json",
-               HERE / "answer_z3" / "figures.json"],
+               HERE / "answer_z3" / "figures.json", HERE / "answer_z45" / "figures.json"],
 }  # fmt: skip
 ROWS = {
     "dense TIES": "dense ties",
@@ -48,9 +49,11 @@ def runs() -> dict[tuple[int, str], dict]:
     out = {}
     for loss, files in SOURCES.items():
         for f in files:
-            if f.is_file():
-                for run in json.loads(f.read_text())["sections"]["moe"]["result"]["runs"]:
-                    out[(run["zoo_seed"], loss)] = run
+            if f.is_file():  # seeds 1-3 ran the moe section with pool.loss_on=text, 4-5 moe_text
+                sections = json.loads(f.read_text())["sections"]
+                for name in ("moe", "moe_text"):
+                    for run in sections.get(name, {}).get("result", {}).get("runs", []):
+                        out[(run["zoo_seed"], loss)] = run
     return out
 
 
