@@ -185,7 +185,8 @@ def _build_pool(pool: DictConfig, zoo_seed: Any) -> tuple[Any, dict[str, Any]]:
     target = pool.get("_target_")
     t0 = time.perf_counter()
     if target == ZOO_POOL:
-        config = zoo_pool_config(pool.preset, pool.seed, pool.get("tasks"),
+        seed = pool.get("seed", zoo_seed)  # a composed pool holds it (zoo_seed None: its default)
+        config = zoo_pool_config(pool.preset, seed, pool.get("tasks"),
                                  pool.get("loss_on", "answer"))  # fmt: skip
         zoo = build_zoo(config, pool.cache_dir, progress=sys.stderr.isatty(), extras=True,
                         shipped=bool(pool.get("shipped", True)))  # fmt: skip
