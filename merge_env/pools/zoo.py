@@ -128,6 +128,12 @@ DEFAULT_RECYCLING: tuple[RecycleSpec, ...] = (
 )
 
 
+# Settings added after zoos were cached, at the value those zoos were built with: left out of the
+# fingerprint and the manifest there, so the zoos keep their fingerprints and older checkouts
+# still read new manifests (session 46: the loss on the whole text)
+_BEFORE_THEIR_KEY: dict[str, Any] = {"loss_on": "answer"}
+
+
 @dataclass(frozen=True)
 class ZooConfig:
     """Every size, step count and learning rate of a zoo; ``preset`` gives the named ones."""
@@ -250,8 +256,9 @@ class ZooConfig:
         the key existed (``loss_on="answer"``), so that older checkouts sharing a cache still
         read the zoos built now (``from_dict`` gives them the default back)."""
         data = self.to_dict()
-        if data["loss_on"] == "answer":
-            del data["loss_on"]
+        for key, value in _BEFORE_THEIR_KEY.items():
+            if data[key] == value:
+                del data[key]
         return data
 
     @classmethod
@@ -280,12 +287,10 @@ class ZooConfig:
         tasks = [
             make_task(k, self.n_search, self.n_test, self.task_seed).fingerprint for k in self.tasks
         ]
-        settings = self.to_dict()
-        # None (the tasks' own symbols) is left out, so zoos built before the key keep theirs
+        settings = self.to_manifest()  # loss_on "answer" left out: older zoos keep theirs
+        # None (the tasks' own symbols) is left out too (manifests keep it, as they always have)
         if settings["rare_symbols"] is None:
             del settings["rare_symbols"]
-        if settings["loss_on"] == "answer":  # likewise for the loss of zoos before session 46
-            del settings["loss_on"]
         blob = json.dumps([ZOO_VERSION, settings, tasks], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -21,6 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
+from experiments.figures import routing_share  # noqa: E402
 from experiments.moe import claim_holds  # noqa: E402
 
 SOURCES = {
@@ -55,13 +56,6 @@ def runs() -> dict[tuple[int, str], dict]:
                     for run in sections.get(name, {}).get("result", {}).get("runs", []):
                         out[(run["zoo_seed"], loss)] = run
     return out
-
-
-def routing(run: dict, row: str) -> tuple[float, dict[str, float]]:
-    confusion = run["confusion"][row]
-    total = sum(sum(c.values()) for c in confusion.values())
-    right = sum(c.get(t, 0) for t, c in confusion.items())
-    return right / total, {t: c.get(t, 0) / sum(c.values()) for t, c in confusion.items()}
 
 
 def gains(text: str) -> dict[str, float]:
@@ -106,7 +100,7 @@ def main() -> None:
                 continue
             cells = []
             for row in ("ppl separate-attn", "ppl merged-attn (ties)"):
-                share, per = routing(found[(z, loss)], row)
+                share, per = routing_share(found[(z, loss)]["confusion"][row])
                 cells.append(f"{share:.3f} ({', '.join(f'{t} {v:.2f}' for t, v in per.items())})")
             print(f"| {z} | {loss} | {cells[0]} | {cells[1]} |")
     print("\n## Macro exact match on TEST\n")
