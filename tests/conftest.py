@@ -66,6 +66,20 @@ def build_tiny(
     return out
 
 
+def tiny_llama_for(tok, seed: int = 0):
+    """A tiny random Llama (tied embeddings) sized to the tokenizer ``tok``, its specials set."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg)
+
+
 @pytest.fixture
 def tiny_factory(tmp_path: Path) -> Callable[..., Path]:
     """A function that builds tiny checkpoints under this test's tmp_path."""

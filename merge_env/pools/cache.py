@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -205,6 +205,7 @@ def task_records(tasks: Sequence[Task]) -> list[dict[str, Any]]:
             "fingerprint": t.fingerprint,
             "search": [[ex.prompt, ex.answer] for ex in t.search],
             "test": [[ex.prompt, ex.answer] for ex in t.test],
+            **({} if t.eos else {"eos": False}),
         }
         for t in tasks
     ]
@@ -218,6 +219,7 @@ def tasks_from_records(records: Sequence[dict[str, Any]]) -> list[Task]:
             tuple(Example(p, a) for p, a in r["search"]),
             tuple(Example(p, a) for p, a in r["test"]),
             r["metric"],
+            eos=bool(r.get("eos", True)),
         )
         for r in records
     ]
@@ -232,6 +234,30 @@ def default_cache_dir() -> Path:
 def sub_seed(seed: int, phase: str) -> int:
     """Return a seed for one phase of the build, stable across runs and Python versions."""
     return zlib.crc32(f"{seed}:{phase}".encode())
+
+
+class _Pool(Protocol):
+    train_threads: int | None
+
+
+P = TypeVar("P", bound=_Pool)
+
+
+def cached_pool(
+    root: Path, manifest: str, build: Callable[[Path], dict[str, Any]],
+    load: Callable[[Path], P], what: str, log: logging.Logger,
+) -> P:  # fmt: skip
+    """The pool at ``root``: loaded where its manifest is (with a warning if it trained at another
+    thread count), else built by ``build_atomically`` (wall time as ``finetune_seconds``) and
+    loaded. ``load(root)`` returns an object with ``train_threads``; ``what`` names it in logs."""
+    if (root / manifest).is_file():
+        log.info("%s found in cache: %s", what, root)
+        pool = load(root)
+        warn_other_thread_count(root, pool.train_threads, log)
+        return pool
+    info = build_atomically(root, manifest, build, "finetune_seconds")
+    log.info("%s fine-tuned in %.1f s: %s", what, info["finetune_seconds"], root)
+    return load(root)
 
 
 def build_atomically(

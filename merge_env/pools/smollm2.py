@@ -58,7 +58,7 @@ import torch
 
 from merge_env.errors import CheckpointError, ConfigError
 from merge_env.pools.cache import (
-    build_atomically,
+    cached_pool,
     default_cache_dir,
     pinned_threads,
     read_manifest,
@@ -67,7 +67,6 @@ from merge_env.pools.cache import (
     sub_seed,
     task_records,
     tasks_from_records,
-    warn_other_thread_count,
 )
 from merge_env.pools.finetune import (
     LoraSpec,
@@ -434,17 +433,10 @@ def build_smollm2_pool(
     with pinned_threads():
         base = converted_base(gguf_file, cache)
         root = cache / f"smollm2-{config.fingerprint(base.name)}"
-        if (root / POOL_MANIFEST).is_file():
-            logger.info("SmolLM2 pool found in cache: %s", root)
-            pool = load_smollm2_pool(root)
-            warn_other_thread_count(root, pool.train_threads, logger)
-            return pool
-        manifest = build_atomically(
+        return cached_pool(
             root, POOL_MANIFEST, lambda tmp: _build_experts(tmp, base, config, progress, device),
-            "finetune_seconds",
+            load_smollm2_pool, "SmolLM2 pool", logger,
         )  # fmt: skip
-    logger.info("SmolLM2 experts fine-tuned in %.1f s: %s", manifest["finetune_seconds"], root)
-    return load_smollm2_pool(root)
 
 
 def load_smollm2_pool(root: str | Path) -> SmolPool:

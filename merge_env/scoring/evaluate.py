@@ -1,6 +1,7 @@
 """Teacher-forced scoring of a causal LM on tasks (its scores cached by ``scoring/cache.py``).
 
-Each example is ``prompt tokens + answer tokens + EOS``. One forward pass per batch gives, at every
+Each example is ``prompt tokens + answer tokens + EOS`` (no EOS for a task with ``eos=False``: a
+continuation of running text, where exact match is "greedy decoding reproduces the answer"). One forward pass per batch gives, at every
 answer position, the log-probability of the reference token and whether it is the argmax. So
 exact match here is "greedy decoding from the prompt reproduces the answer and then stops", with
 no generation loop (tests check it equals ``model.generate(do_sample=False)``).
@@ -188,8 +189,9 @@ class Evaluator:
             ids = ids[:-1]
         return ids
 
-    def encode(self, examples: Sequence[Example]) -> list[EncodedExample]:
-        """Return each example as prompt + answer + EOS token ids (see the module docstring)."""
+    def encode(self, examples: Sequence[Example], eos: bool = True) -> list[EncodedExample]:
+        """Return each example as prompt + answer + EOS token ids (see the module docstring);
+        without the EOS for ``eos=False`` (a task whose answers continue running text)."""
         tok = self.tokenizer
         p_ids = tok([ex.prompt for ex in examples], add_special_tokens=True)["input_ids"]
         j_ids = tok([ex.prompt + ex.answer for ex in examples], add_special_tokens=True)[
@@ -212,7 +214,9 @@ class Evaluator:
                     )
                     self._warned_boundary = True
                 answer = list(tok(ex.answer, add_special_tokens=False)["input_ids"])
-            out.append(EncodedExample(tuple(p + answer + [self._eos]), len(p)))
+            if not answer and not eos:
+                raise ConfigError(f"evaluator: answer {ex.answer!r} encodes to no tokens")
+            out.append(EncodedExample(tuple(p + answer + ([self._eos] if eos else [])), len(p)))
         return out
 
     def _encoded_split(self, task: Task, split: str) -> list[EncodedExample]:
@@ -222,7 +226,7 @@ class Evaluator:
             examples = task.split(split)[: self.max_examples]
             if not examples:
                 raise ConfigError(f"task {task.name!r}: split {split!r} has no examples")
-            self._memo[key] = self.encode(examples)
+            self._memo[key] = self.encode(examples, eos=task.eos)
         return self._memo[key]
 
     # ------------------------------------------------------------ the forward loop

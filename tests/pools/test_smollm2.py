@@ -32,6 +32,7 @@ from merge_env.scoring.evaluate import Evaluator
 from merge_env.scoring.tasks import chat
 from merge_env.scoring.tasks.synthetic import ZOO_TAGS, char_tokenizer, make_task
 from merge_env.search.recipe import BASE
+from tests.conftest import tiny_llama_for
 
 
 def _installed(dist: str) -> bool:
@@ -72,24 +73,11 @@ def chat_tok():
     return tok
 
 
-def _tiny_model(tok, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, tie_word_embeddings=True,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg)
-
-
 @pytest.fixture
 def tiny_base(tmp_path, chat_tok, monkeypatch) -> Path:
     """A tiny 'converted base' in the cache folder; converted_base() is patched to return it."""
     base = tmp_path / "cache" / "gguf-tiny"
-    gguf.save_hf_folder(_tiny_model(chat_tok), chat_tok, base)
+    gguf.save_hf_folder(tiny_llama_for(chat_tok), chat_tok, base)
     (base / gguf.CONVERTED_MANIFEST).write_text(json.dumps({"seconds": 1.5}))
     monkeypatch.setattr(smollm2, "converted_base", lambda gguf_file, cache_dir: base)
     return base
@@ -187,7 +175,7 @@ def test_chat_prompt_and_training_rows(chat_tok):
 
 
 def test_answer_loss_equals_the_full_head_loss(chat_tok):
-    model = _tiny_model(chat_tok)
+    model = tiny_llama_for(chat_tok)
     examples = chat.chat_examples(chat_tok, smollm2.question_examples("add", 6, 0, 0, 0, 0)[0], "s")
     rows = encode_rows(chat_tok, examples)
     full = model(input_ids=rows.ids, attention_mask=rows.mask, labels=rows.labels).loss
@@ -207,7 +195,7 @@ def test_finetune_is_seeded_and_lowers_the_loss(chat_tok):
     train = smollm2.question_examples("reverse", 1, 1, 64, 0, 0)[2]
     rows = encode_rows(chat_tok, chat.chat_examples(chat_tok, train, "s"))
     kw = dict(steps=25, batch_size=8, lr=3e-3, warmup=2)
-    models = [_tiny_model(chat_tok) for _ in range(3)]
+    models = [tiny_llama_for(chat_tok) for _ in range(3)]
     losses = [_finetune(m, rows, seed=s, **kw) for m, s in zip(models, (0, 0, 1))]
     assert sum(losses[0][-5:]) < sum(losses[0][:5])
     assert losses[0] == losses[1] and losses[0] != losses[2]

@@ -43,6 +43,8 @@ class Task:
 
     ``scorer`` optionally grades *generated* text (a dataset's own checker, or running unit
     tests); teacher-forced evaluation does not use it, and it is not part of the fingerprint.
+    ``eos``: each answer ends with the tokenizer's EOS (a reply is finished there); False for a
+    continuation of running text (a domain passage), which does not end where the answer does.
     """
 
     name: str
@@ -50,6 +52,7 @@ class Task:
     test: tuple[Example, ...]
     metric: str = "exact_match"
     scorer: Scorer | None = field(default=None, compare=False, repr=False)
+    eos: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "search", tuple(self.search))
@@ -80,6 +83,8 @@ class Task:
             "search": [[ex.prompt, ex.answer] for ex in self.search],
             "test": [[ex.prompt, ex.answer] for ex in self.test],
         }
+        if not self.eos:  # left out when True: the digest every task had before the key existed
+            payload["eos"] = False
         blob = json.dumps(payload, ensure_ascii=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
