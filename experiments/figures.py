@@ -720,7 +720,10 @@ def moe_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list
                  if (o["claim"], o["metric"]) == (claim, metric)]  # fmt: skip
         holds = sum(bool(o["holds"]) and o["verdict"] == "holds" for _, o in found)
         values = "; ".join(f"{n} {o['values']} {o['verdict']}" for n, o in found)
-        lines.append(f"- {claim} [{metric}]: holds in {holds} of {len(found)} runs "
+        # runs made before the paired intervals existed have none
+        sig = [bool(o["significant"]) for _, o in found if "significant" in o]
+        beyond = f", every paired 95 % interval above 0 in {sum(sig)} of {len(sig)}" if sig else ""
+        lines.append(f"- {claim} [{metric}]: holds in {holds} of {len(found)} runs{beyond} "
                      f"({values})")  # fmt: skip
     routed = [(n, row, routing_share(c)) for n, r in zip(names, runs)
               for row, c in r.get("confusion", {}).items()]  # fmt: skip

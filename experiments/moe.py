@@ -35,6 +35,7 @@ from rich.table import Table
 from transformers import AutoTokenizer
 
 from experiments.cli import hydra_entry
+from experiments.stats import paired_macro_ci
 from merge_env.errors import ConfigError
 from merge_env.merging.plan import ParamMerge
 from merge_env.methods.moe.hetero import build_hetero, train_hetero
@@ -43,7 +44,7 @@ from merge_env.methods.moe.ppl import ForcedExpert, ppl_moe_merged, ppl_moe_sepa
 from merge_env.methods.moe.routers import router_rows, token_routing_share
 from merge_env.methods.moe.sequence import routing_confusion
 from merge_env.pools.spec import PoolSpec
-from merge_env.scoring.evaluate import Evaluator, TaskScore
+from merge_env.scoring.evaluate import Evaluator, ExampleScore, TaskScore, aggregate
 from merge_env.search.assemble import load_causal_lm
 from merge_env.search.recipe import BASE
 
@@ -73,6 +74,8 @@ class Bench:
         self.ev = Evaluator(self.tokenizer, device=cfg.device, batch_size=cfg.batch_size,
                             max_examples=cfg.max_examples)  # fmt: skip
         self.rows: dict[str, dict[str, TaskScore]] = {}
+        # per row and task, each example's (n_tokens, n_correct, loglik_sum): the claims' intervals
+        self.examples: dict[str, dict[str, list[list[float]]]] = {}
         self.moe_rows: list[str] = []
         self.confusions: dict[str, dict[str, dict[str, int]]] = {}
         self._routers: dict[str, torch.Tensor] = {}
@@ -81,11 +84,18 @@ class Bench:
     def score(self, label: str, make: Callable[[], Any], moe: bool = True) -> Any:
         """Build a model, score it on every task, keep the row; returns the model."""
         model = make()
-        self.rows[label] = self.ev.score_tasks(model, self.tasks, split=self.cfg.split)
+        self.record(label, self.ev.task_examples(model, self.tasks, split=self.cfg.split))
         if moe:
             self.moe_rows.append(label)
-        self.log_row(label)
         return model
+
+    def record(self, label: str, per_task: dict[str, list[ExampleScore]]) -> None:
+        """Keep one row: its per-example results and their scores (``score_tasks``' bit for bit)."""
+        self.examples[label] = {
+            t: [[e.n_tokens, e.n_correct, e.loglik] for e in ex] for t, ex in per_task.items()
+        }
+        self.rows[label] = {t: aggregate(ex) for t, ex in per_task.items()}
+        self.log_row(label)
 
     def log_row(self, label: str) -> None:
         """Log one row's per-task headline scores."""
@@ -186,11 +196,10 @@ def _oracle(b: Bench) -> None:
     for shared in cfg.shared:
         moe = ppl_moe_merged(b.base, b.experts, shared=b.spec("shared", shared), device=cfg.device)
         label = f"oracle route, merged-attn ({shared})"
-        b.rows[label] = {
-            t.name: b.ev.score_tasks(ForcedExpert(moe, k), [t], split=cfg.split)[t.name]
+        b.record(label, {
+            t.name: b.ev.task_examples(ForcedExpert(moe, k), [t], split=cfg.split)[t.name]
             for k, t in enumerate(b.tasks)
-        }
-        b.log_row(label)
+        })  # fmt: skip
         del moe
     gc.collect()
 
@@ -229,6 +238,15 @@ def _macro(b: Bench, label: str, metric: str) -> float:
     return float(np.mean([b.rows[label][n].get(metric) for n in b.names]))
 
 
+def _intervals(o: dict[str, Any]) -> str:
+    """A check's paired intervals in words ("" for a check recorded without them)."""
+    if "intervals" not in o:
+        return ""
+    cis = ", ".join(f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in o["intervals"])
+    word = "every interval above 0" if o["significant"] else "not every interval above 0"
+    return f"; first minus each other, 95 % paired bootstrap {cis}: {word}"
+
+
 def claim_holds(values: Sequence[float]) -> bool:
     """Whether the first value beats (is strictly above) every other one."""
     return all(values[0] > v for v in values[1:])
@@ -241,7 +259,9 @@ def _ordering(b: Bench) -> list[dict[str, Any]]:
         routing, where no router error hides the effect);
     (2) PPL routing with separate attention beats merged attention and the dense merge of the
         same method (each of them; how those two compare is not part of the claim).
-    "Beats" is strictly above (``claim_holds``): a tie does not hold.
+    "Beats" is strictly above (``claim_holds``): a tie does not hold. Each check also gives the
+    paired-bootstrap 95 % interval of the first row minus each other one (the same TEST examples
+    resampled for both; ``stats.paired_macro_ci``), and ``significant``: every interval above 0.
     """
     cfg, rows = b.cfg, b.rows
     chains: list[list[str]] = []
@@ -266,9 +286,13 @@ def _ordering(b: Bench) -> list[dict[str, Any]]:
             verdict = "holds" if holds else "does NOT hold"
             if len(set(vals)) == 1:
                 verdict = "all equal (vacuous)"
+            cis = [paired_macro_ci(b.examples[chain[0]], b.examples[x], metric, seed=cfg.seed)
+                   for x in chain[1:]]  # fmt: skip
             out.append({"claim": f"{chain[0]} > {', '.join(chain[1:])}", "metric": metric,
                         "values": [round(v, 4) for v in vals], "holds": holds,
-                        "verdict": verdict})  # fmt: skip
+                        "verdict": verdict, "intervals": [[round(lo, 4), round(hi, 4)]
+                                                          for lo, hi in cis],
+                        "significant": all(lo > 0 for lo, _ in cis)})  # fmt: skip
     return out
 
 
@@ -311,8 +335,8 @@ def _markdown(b: Bench, ordering: list[dict[str, Any]]) -> str:
         lines += [f"| {lb} | " + " | ".join(f"{s[n]:.2f}" for n in b.names) + " |"
                   for lb, s in b.token_share.items()]  # fmt: skip
     lines += ["", "## The paper's orderings, as measured (macro-averages)", ""]
-    lines += [f"- {o['claim']} on {o['metric']}: {o['values']} -> "
-              f"{o['verdict']}" for o in ordering]  # fmt: skip
+    lines += [f"- {o['claim']} on {o['metric']}: {o['values']} -> {o['verdict']}"
+              f"{_intervals(o)}" for o in ordering]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -345,6 +369,7 @@ def run(cfg: DictConfig) -> float:
             for k in b.rows
         },  # fmt: skip
         "confusion": b.confusions,
+        "examples": b.examples,
         "mixtral_token_share": b.token_share,
         "ordering": ordering,
         "seconds": round(time.perf_counter() - start, 1),
@@ -393,7 +418,7 @@ def _print(b: Bench, ordering: list[dict[str, Any]]) -> None:
         console.print(m)
     console.print("The paper's orderings, as measured (macro-averages):")
     for o in ordering:
-        line = f"  {o['claim']}  [{o['metric']}]  {o['values']}  -> {o['verdict']}"
+        line = f"  {o['claim']}  [{o['metric']}]  {o['values']}  -> {o['verdict']}{_intervals(o)}"
         console.print(line, markup=False, soft_wrap=True)
 
 

@@ -89,6 +89,46 @@ def bootstrap_band(
     return np.maximum(low, c.min(0)), np.minimum(high, c.max(0))
 
 
+def _macro_metric(rows: np.ndarray, metric: str) -> np.ndarray:
+    """One task's metric per resample from (..., n, 3) rows (n_tokens, n_correct, loglik_sum), as
+    the Evaluator aggregates: exact match per example, token accuracy and loglik per token."""
+    n_tok, n_cor, ll = rows[..., 0], rows[..., 1], rows[..., 2]
+    if metric == "exact_match":
+        return (n_cor == n_tok).mean(-1)
+    if metric == "token_accuracy":
+        return n_cor.sum(-1) / n_tok.sum(-1)
+    if metric == "loglik":
+        return ll.sum(-1) / n_tok.sum(-1)
+    raise ConfigError(f"unknown metric {metric!r}")
+
+
+def paired_macro_ci(
+    a: Mapping[str, Sequence[Sequence[float]]],
+    b: Mapping[str, Sequence[Sequence[float]]],
+    metric: str,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """The percentile-bootstrap interval of macro(a) - macro(b), two models scored on the same
+    examples: ``a`` and ``b`` map each task to per-example rows (n_tokens, n_correct, loglik_sum).
+    Each task's examples are resampled with replacement, the same draw for both models (paired),
+    and the macro is the mean of the tasks' ``metric``."""
+    if sorted(a) != sorted(b) or not a:
+        raise ConfigError(f"paired_macro_ci: tasks differ or are empty: {sorted(a)} / {sorted(b)}")
+    rng = np.random.default_rng(seed)
+    diffs = np.zeros(n_resamples)
+    for task in sorted(a):
+        x, y = np.asarray(a[task], dtype=float), np.asarray(b[task], dtype=float)
+        if x.shape != y.shape or x.ndim != 2 or x.shape[1] != 3 or not len(x):
+            raise ConfigError(f"paired_macro_ci: task {task!r}: rows {x.shape} / {y.shape}")
+        idx = rng.integers(0, len(x), size=(n_resamples, len(x)))
+        diffs += (_macro_metric(x[idx], metric) - _macro_metric(y[idx], metric)) / len(a)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(diffs, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
 @dataclass(frozen=True)
 class RankTest:
     """Mann–Whitney U of ``a`` against ``b`` (two-sided) and the permutation test's p."""

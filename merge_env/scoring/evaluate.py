@@ -608,6 +608,13 @@ def _example_results(stats: np.ndarray) -> list[ExampleScore]:
     return [ExampleScore(bool(t == c), int(t), int(c), float(ll)) for t, c, ll in stats]
 
 
+def aggregate(examples: Sequence[ExampleScore]) -> TaskScore:
+    """The TaskScore of per-example results (``task_examples``'), equal to ``score_tasks``' bit
+    for bit."""
+    rows = [[e.n_tokens, e.n_correct, e.loglik] for e in examples]
+    return _aggregate(np.array(rows, dtype=np.float64).reshape(-1, 3))
+
+
 def _aggregate(stats: np.ndarray) -> TaskScore:
     """Return a TaskScore from per-example (n_tokens, n_correct, loglik_sum) rows."""
     n_tok, n_cor, ll = stats[:, 0], stats[:, 1], stats[:, 2]

@@ -227,8 +227,13 @@ def test_moe_claims_are_matched_by_their_text_not_their_position():
     runs = [run(1, [(a, [0.6, 0.5], True, "holds"), (b, [0.2, 0.3, 0.1], False, "does NOT hold")]),
             run(2, [(b, [0.4, 0.3, 0.1], True, "holds")])]  # fmt: skip
     text = "\n".join(figures.moe_markdown({"runs": runs}, {}))
-    assert "- x > y [exact_match]: holds in 1 of 1 runs" in text
-    assert "- p > q, r [exact_match]: holds in 1 of 2 runs" in text
+    assert "- x > y [exact_match]: holds in 1 of 1 runs (" in text  # no intervals recorded
+    assert "- p > q, r [exact_match]: holds in 1 of 2 runs (" in text
+    runs[1]["ordering"][0].update(intervals=[[0.01, 0.2], [-0.1, 0.3]], significant=False)
+    runs[0]["ordering"][1].update(intervals=[[-0.2, 0.1], [0.1, 0.2]], significant=False)
+    text = "\n".join(figures.moe_markdown({"runs": runs}, {}))
+    assert "- p > q, r [exact_match]: holds in 1 of 2 runs, every paired 95 % interval above 0 " \
+           "in 0 of 2 (" in text  # fmt: skip
 
 
 def test_the_zoo_section_builds_the_zoo_the_pool_config_names(tiny_zoo, monkeypatch):

@@ -33,6 +33,30 @@ def test_bootstrap_ci_is_seeded_contains_the_mean_and_widens_with_confidence():
     assert shifted == pytest.approx((low + 5.0, high + 5.0))
 
 
+def test_paired_macro_ci_of_one_model_against_itself_is_zero_and_of_a_better_one_above():
+    rng = np.random.default_rng(0)
+    # per task 40 examples of (n_tokens, n_correct, loglik_sum)
+    a = {t: [[4, int(c), -float(x)] for c, x in zip(rng.integers(0, 5, 40), rng.random(40))]
+         for t in ("p", "q")}  # fmt: skip
+    for metric in ("exact_match", "token_accuracy", "loglik"):
+        assert stats.paired_macro_ci(a, a, metric) == (0.0, 0.0)
+    # every example one more token right, half a nat more likely: a paired shift, not noise
+    b = {t: [[n, min(n, c + 1), ll + 0.5] for n, c, ll in rows] for t, rows in a.items()}
+    lo, hi = stats.paired_macro_ci(b, a, "loglik")
+    assert lo == pytest.approx(0.125) and hi == pytest.approx(0.125)  # 0.5 nat / 4 tokens
+    lo, hi = stats.paired_macro_ci(b, a, "token_accuracy")
+    assert 0 < lo <= hi <= 0.25
+    lo, hi = stats.paired_macro_ci(a, b, "exact_match")
+    assert lo <= hi < 0 and stats.paired_macro_ci(a, b, "exact_match") == (lo, hi)  # seeded
+    # the point difference sits inside: macro of per-task exact match
+    em = [np.mean([r[1] == r[0] for r in v]) for v in (*a.values(), *b.values())]
+    assert lo <= (em[0] + em[1]) / 2 - (em[2] + em[3]) / 2 <= hi
+    with pytest.raises(ConfigError, match="tasks differ"):
+        stats.paired_macro_ci(a, {"p": a["p"]}, "loglik")
+    with pytest.raises(ConfigError, match="unknown metric"):
+        stats.paired_macro_ci(a, b, "bleu")
+
+
 def test_bootstrap_band_of_identical_curves_is_the_curve():
     curve = np.array([0.0, 0.1, 0.1, 0.4])
     low, high = stats.bootstrap_band(np.stack([curve] * 5))

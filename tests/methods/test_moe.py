@@ -346,6 +346,17 @@ def test_experiment_runs_on_the_tiny_zoo(tiny_zoo, tmp_path, monkeypatch):
     assert {o["claim"] for o in out["ordering"]} >= {
         "ppl separate-attn > ppl merged-attn (ties), dense ties"
     }
+    # every row keeps its per-example results, which give the scores and the claims' intervals
+    from merge_env.scoring.evaluate import ExampleScore, aggregate
+
+    for row, per in out["examples"].items():
+        for n in names:
+            ex = [ExampleScore(t == c, int(t), int(c), ll) for t, c, ll in per[n]]
+            assert vars(aggregate(ex)) == out["scores"][row][n]
+    for o in out["ordering"]:
+        assert len(o["intervals"]) == len(o["values"]) - 1
+        assert o["significant"] == all(lo > 0 for lo, _ in o["intervals"])
+        assert all(lo <= hi for lo, hi in o["intervals"])
     moe_rows = [r for r in out["scores"] if r.startswith(("mixtral", "ppl", "hetero"))]
     assert best == max(out["macro"][r]["exact_match"] for r in moe_rows)
     table = (tmp_path / "outputs/moe/moe_table.md").read_text()

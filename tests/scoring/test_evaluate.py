@@ -17,7 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from merge_env.errors import ConfigError
 from merge_env.scoring.cache import EvalCache
-from merge_env.scoring.evaluate import Evaluator, TaskScore
+from merge_env.scoring.evaluate import Evaluator, TaskScore, aggregate
 from merge_env.scoring.tasks.synthetic import char_tokenizer, make_task, training_examples
 from merge_env.scoring.tasks.task import Example, Task
 
@@ -169,6 +169,7 @@ def test_task_examples_are_the_per_example_results_of_score_tasks(tok, trained):
         # bit for bit: the same sweep, the same mean
         assert float(np.mean([r.correct for r in results])) == scores[name].exact_match
         assert sum(r.n_tokens for r in results) > 0
+        assert aggregate(results) == scores[name]  # every field, bit for bit
     assert 0 < scores["cipher"].exact_match < 1  # some right, some wrong: a real check
     assert ev.task_examples(model, []) == {}
     with pytest.raises(ConfigError, match="task 'none': split 'test' has no examples"):
