@@ -191,6 +191,25 @@ def test_ppl_routing_over_identical_experts_is_the_dense_model(tiny_factory, tmp
             torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
 
 
+def test_separate_attention_mixes_the_experts_probabilities_by_their_weights(trio):
+    """log sum_k w_k p_k from each expert's own logits, for top-1 (bit for bit the routed
+    expert's log-softmax) and top-2 (a real mixture)."""
+    _, e1, e2 = trio
+    own = [torch.log_softmax(_logits(_load(e), IDS), -1) for e in (e1, e2)]
+    for top_k in (1, 2):
+        moe = ppl_moe_separate({"a": e1, "b": e2}, top_k=top_k)
+        with torch.no_grad():
+            out = moe(input_ids=IDS)
+        w = out.routing
+        mixed = torch.log(w[..., 0, None] * own[0].exp() + w[..., 1, None] * own[1].exp())
+        torch.testing.assert_close(out.logits, mixed, atol=1e-5, rtol=1e-5)
+        if top_k == 1:
+            pick = w[..., 1:2].bool()
+            assert torch.equal(out.logits, torch.where(pick, own[1], own[0]))
+        else:
+            assert bool(((w > 0) & (w < 1)).any())  # some positions really mix
+
+
 def test_ppl_routing_with_one_expert_is_that_expert(trio):
     _, e1, e2 = trio
     moe = ppl_moe_separate({"a": e1})

@@ -154,9 +154,17 @@ class PplRoutedMoE(SequenceMoE):
             topk_weights(scores, self.top_k, self.temperature), prompt_lengths
         )
         if self.attention == "separate":
-            logp = torch.stack([F.log_softmax(lg.float(), dim=-1) for lg in per_expert], dim=-2)
+            # log sum_k w_k p_k, one expert at a time: a (B, T, V) working copy or two, not K
+            # stacked ones (with SmolLM2's 49k words, a batch of 64 passages of 170 tokens
+            # is 2.1 GB a copy; stacked, two experts went past 24 GB). Where one weight is
+            # nonzero (top-1) the result is that expert's log-softmax exactly, as before.
             logw = torch.where(weights > 0, weights.log(), torch.full_like(weights, -torch.inf))
-            logits = torch.logsumexp(logp + logw[..., None], dim=-2)
+            logits = None
+            for k in range(len(per_expert)):
+                lg = per_expert.pop(0)  # each expert's logits freed once folded in
+                term = F.log_softmax(lg.float(), dim=-1).add_(logw[..., k, None])
+                logits = term if logits is None else torch.logaddexp(logits, term)
+                del lg
         else:
             with self._routed(weights, None):
                 logits = self.models[0](input_ids=input_ids, attention_mask=attention_mask).logits
