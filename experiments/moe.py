@@ -290,8 +290,7 @@ def _ordering(b: Bench) -> list[dict[str, Any]]:
                    for x in chain[1:]]  # fmt: skip
             out.append({"claim": f"{chain[0]} > {', '.join(chain[1:])}", "metric": metric,
                         "values": [round(v, 4) for v in vals], "holds": holds,
-                        "verdict": verdict, "intervals": [[round(lo, 4), round(hi, 4)]
-                                                          for lo, hi in cis],
+                        "verdict": verdict, "intervals": [list(ci) for ci in cis],
                         "significant": all(lo > 0 for lo, _ in cis)})  # fmt: skip
     return out
 
