@@ -113,7 +113,11 @@ def paired_macro_ci(
     """The percentile-bootstrap interval of macro(a) - macro(b), two models scored on the same
     examples: ``a`` and ``b`` map each task to per-example rows (n_tokens, n_correct, loglik_sum).
     Each task's examples are resampled with replacement, the same draw for both models (paired),
-    and the macro is the mean of the tasks' ``metric``."""
+    and the macro is the mean of the tasks' ``metric``. Examples are resampled one by one: where
+    they cluster (passages of a few documents), the interval is narrower than a resampling of the
+    clusters would give."""
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence: must be in (0, 1), got {confidence}")
     if sorted(a) != sorted(b) or not a:
         raise ConfigError(f"paired_macro_ci: tasks differ or are empty: {sorted(a)} / {sorted(b)}")
     rng = np.random.default_rng(seed)
@@ -122,6 +126,9 @@ def paired_macro_ci(
         x, y = np.asarray(a[task], dtype=float), np.asarray(b[task], dtype=float)
         if x.shape != y.shape or x.ndim != 2 or x.shape[1] != 3 or not len(x):
             raise ConfigError(f"paired_macro_ci: task {task!r}: rows {x.shape} / {y.shape}")
+        if not np.array_equal(x[:, 0], y[:, 0]):  # the same examples have the same token counts
+            raise ConfigError(f"paired_macro_ci: task {task!r}: the rows' token counts differ, "
+                              "so they are not the same examples")  # fmt: skip
         idx = rng.integers(0, len(x), size=(n_resamples, len(x)))
         diffs += (_macro_metric(x[idx], metric) - _macro_metric(y[idx], metric)) / len(a)
     alpha = (1 - confidence) / 2

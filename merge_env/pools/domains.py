@@ -11,8 +11,11 @@ is, and its fingerprint names the corpus' digest:
   out);
 - ``docs``: the Python language reference as plain text (``pydoc_data.topics``).
 
-Each document goes to ``train``, ``search`` or ``test`` by a hash of its name, so no scored text
-was trained on. An expert is a LoRA fine-tune (``finetune.lora_adapters``) merged into its
+Each document goes to ``train``, ``search`` or ``test`` by a hash of its name. Documents copy
+each other (a reference topic holds whole other topics; codec modules are near-copies), so a
+held-out passage whose continuation, with the ``LEAK_CONTEXT`` characters before it, occurs word
+for word in a training document is dropped before the draw (``leaks``): no scored continuation
+was trained on in its context. Pool version 1 (session 47's run) lacked that filter. An expert is a LoRA fine-tune (``finetune.lora_adapters``) merged into its
 weights, trained on ``seq_len``-token windows of its training documents. A task example is a
 passage of a held-out document (``prompt_chars`` characters) and the text that follows it
 (``answer_chars``), both cut before a space; the task scores the continuation without an end
@@ -69,11 +72,16 @@ from merge_env.search.recipe import BASE
 logger = logging.getLogger(__name__)
 
 # Bump when the code changes what a config builds (stale caches stop matching).
-DOMAINS_VERSION = 1
+# 2: held-out passages found in the training text dropped; pydoc_data left out of ``code``
+DOMAINS_VERSION = 2
 DOMAINS_MANIFEST = "pool.json"
 # folders of the standard library that are not its code: test suites, installed packages
+# (pydoc_data holds the ``docs`` corpus itself, as one Python file)
 SKIPPED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages",
-                          "__pycache__"})  # fmt: skip
+                          "__pycache__", "pydoc_data"})  # fmt: skip
+# characters of prompt before a continuation that, with it, make a passage leaked when found in
+# a training document
+LEAK_CONTEXT = 64
 
 Documents = list[tuple[str, str]]  # (name, text), sorted by name
 
@@ -194,18 +202,29 @@ def load_corpus(domains: Sequence[str]) -> dict[str, Documents]:
     return {d: DOMAIN_SOURCES[d]() for d in domains}
 
 
+def leaks(example: Example, train_texts: Sequence[str]) -> bool:
+    """Whether the continuation, with the ``LEAK_CONTEXT`` characters of prompt before it, occurs
+    word for word in a training text."""
+    probe = example.prompt[-LEAK_CONTEXT:] + example.answer
+    return any(probe in text for text in train_texts)
+
+
 def domain_task(domain: str, docs: Documents, config: DomainConfig) -> tuple[Task, Documents]:
-    """The domain's task (passages of its held-out documents) and its training documents."""
+    """The domain's task (passages of its held-out documents that do not ``leak`` into the
+    training documents) and its training documents."""
     by_split: dict[str, Documents] = {"train": [], "search": [], "test": []}
     for name, text in docs:
         by_split[split_of(name, config.task_seed, config.held_out)].append((name, text))
     drawn = {}
     for split, n in (("search", config.n_search), ("test", config.n_test)):
+        train = [text for _, text in by_split["train"]]
         pool = [ex for _, text in by_split[split]
-                for ex in passages(text, config.prompt_chars, config.answer_chars)]  # fmt: skip
+                for ex in passages(text, config.prompt_chars, config.answer_chars)
+                if not leaks(ex, train)]  # fmt: skip
         if len(pool) < n:
             raise ConfigError(
-                f"domain {domain!r}: {len(pool)} {split} passages in {len(by_split[split])} "
+                f"domain {domain!r}: {len(pool)} {split} passages (none found in the training "
+                f"text) in {len(by_split[split])} "
                 f"held-out documents, {n} asked (pool.n_{split}); lower it or raise pool.held_out"
             )
         rng = np.random.default_rng(sub_seed(config.task_seed, f"{domain}:{split}"))

@@ -234,6 +234,9 @@ def test_moe_claims_are_matched_by_their_text_not_their_position():
     text = "\n".join(figures.moe_markdown({"runs": runs}, {}))
     assert "- p > q, r [exact_match]: holds in 1 of 2 runs, every paired 95 % interval above 0 " \
            "in 0 of 2 (" in text  # fmt: skip
+    runs[1]["ordering"][0].update(intervals=[[0.01, 0.2], [0.05, 0.3]], significant=True)
+    text = "\n".join(figures.moe_markdown({"runs": runs}, {}))
+    assert "every paired 95 % interval above 0 in 1 of 2 (" in text
 
 
 def test_the_zoo_section_builds_the_zoo_the_pool_config_names(tiny_zoo, monkeypatch):

@@ -53,6 +53,11 @@ def test_paired_macro_ci_of_one_model_against_itself_is_zero_and_of_a_better_one
     assert lo <= (em[0] + em[1]) / 2 - (em[2] + em[3]) / 2 <= hi
     with pytest.raises(ConfigError, match="tasks differ"):
         stats.paired_macro_ci(a, {"p": a["p"]}, "loglik")
+    other = {t: [[n + 1, c, ll] for n, c, ll in rows] for t, rows in a.items()}
+    with pytest.raises(ConfigError, match="token counts differ"):
+        stats.paired_macro_ci(a, other, "loglik")  # not the same examples
+    with pytest.raises(ConfigError, match="confidence"):
+        stats.paired_macro_ci(a, b, "loglik", confidence=1.0)
     with pytest.raises(ConfigError, match="unknown metric"):
         stats.paired_macro_ci(a, b, "bleu")
 

@@ -57,6 +57,7 @@ def test_the_real_corpora_are_the_standard_librarys_code_and_reference():
     names = [n for n, _ in corpus["code"]]
     assert "json/decoder.py" in names and names == sorted(names)
     assert not any(part in {"test", "site-packages"} for n in names for part in n.split("/"))
+    assert "pydoc_data/topics.py" not in names  # the docs corpus itself is not code
     assert any(n == "if" for n, _ in corpus["docs"])  # the reference's "if" statement topic
     assert domains.corpus_digest(corpus) == domains.corpus_digest(
         domains.load_corpus(("code", "docs"))
@@ -86,14 +87,36 @@ def test_tasks_read_only_held_out_documents_and_score_the_continuation():
     held = {n: t for n, t in corpus["docs"] if n not in train_names}
     for ex in (*task.search, *task.test):  # every passage is from a held-out document
         assert any(ex.prompt + ex.answer in t for t in held.values())
-    splits = {domains.split_of(n, 0, 0.2) for n in held}
-    assert splits == {"search", "test"}
+    # each split's passages come from that split's documents only, and none is in the training text
+    for split in ("search", "test"):
+        own = [t for n, t in held.items() if domains.split_of(n, 0, 0.2) == split]
+        for ex in task.split(split):
+            assert any(ex.prompt + ex.answer in t for t in own)
+            assert not domains.leaks(ex, [t for _, t in train])
     again, _ = domains.domain_task("docs", corpus["docs"], config)
     assert again == task  # seeded
     with pytest.raises(ConfigError, match="domain 'docs': .* test passages .*pool.n_test"):
         domains.domain_task(
             "docs", corpus["docs"], domains.DomainConfig(**{**SMALL, "n_test": 500})
         )
+
+
+def test_held_out_passages_copied_in_a_training_document_are_dropped():
+    corpus = _corpus()["docs"]
+    config = domains.DomainConfig(**SMALL)
+    task, train = domains.domain_task("docs", corpus, config)
+    # a training document that quotes one test passage (with its context) drops that passage
+    quoted = task.test[0]
+    name = next(f"zz{i}" for i in range(100) if domains.split_of(f"zz{i}", 0, 0.2) == "train")
+    extra = (name, "preface " + quoted.prompt + quoted.answer + " after")
+    again, _ = domains.domain_task("docs", sorted([*corpus, extra]), config)
+    assert quoted not in again.test and domains.leaks(quoted, [extra[1]])
+    # held-out documents that all copy training ones leave nothing to draw
+    copies = [(n, text) for n, text in corpus if domains.split_of(n, 0, 0.2) == "train"]
+    held = [n for n, _ in corpus if domains.split_of(n, 0, 0.2) != "train"]
+    copied = sorted([*copies, *((n, copies[i][1]) for i, n in enumerate(held))])
+    with pytest.raises(ConfigError, match="0 search passages \\(none found in the training"):
+        domains.domain_task("docs", copied, config)
 
 
 def test_a_task_without_eos_scores_the_answer_tokens_alone():
