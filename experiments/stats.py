@@ -32,6 +32,7 @@ import numpy as np
 from scipy import stats as sps
 
 from merge_env.errors import ConfigError
+from merge_env.scoring.evaluate import metric_of_rows
 
 N_RESAMPLES = 10_000
 CONFIDENCE = 0.95
@@ -89,19 +90,6 @@ def bootstrap_band(
     return np.maximum(low, c.min(0)), np.minimum(high, c.max(0))
 
 
-def _macro_metric(rows: np.ndarray, metric: str) -> np.ndarray:
-    """One task's metric per resample from (..., n, 3) rows (n_tokens, n_correct, loglik_sum), as
-    the Evaluator aggregates: exact match per example, token accuracy and loglik per token."""
-    n_tok, n_cor, ll = rows[..., 0], rows[..., 1], rows[..., 2]
-    if metric == "exact_match":
-        return (n_cor == n_tok).mean(-1)
-    if metric == "token_accuracy":
-        return n_cor.sum(-1) / n_tok.sum(-1)
-    if metric == "loglik":
-        return ll.sum(-1) / n_tok.sum(-1)
-    raise ConfigError(f"unknown metric {metric!r}")
-
-
 def paired_macro_ci(
     a: Mapping[str, Sequence[Sequence[float]]],
     b: Mapping[str, Sequence[Sequence[float]]],
@@ -130,7 +118,7 @@ def paired_macro_ci(
             raise ConfigError(f"paired_macro_ci: task {task!r}: the rows' token counts differ, "
                               "so they are not the same examples")  # fmt: skip
         idx = rng.integers(0, len(x), size=(n_resamples, len(x)))
-        diffs += (_macro_metric(x[idx], metric) - _macro_metric(y[idx], metric)) / len(a)
+        diffs += (metric_of_rows(x[idx], metric) - metric_of_rows(y[idx], metric)) / len(a)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(diffs, [alpha, 1 - alpha])
     return float(low), float(high)

@@ -615,12 +615,21 @@ def aggregate(examples: Sequence[ExampleScore]) -> TaskScore:
     return _aggregate(np.array(rows, dtype=np.float64).reshape(-1, 3))
 
 
+def metric_of_rows(rows: np.ndarray, metric: str) -> np.ndarray:
+    """``metric`` of per-example (n_tokens, n_correct, loglik_sum) rows, over their last-but-one
+    axis: (n, 3) rows give one value, (R, n, 3) one per leading index (a bootstrap's resamples).
+    Exact match is per example, token accuracy and loglik per token (over all tokens)."""
+    n_tok, n_cor, ll = rows[..., 0], rows[..., 1], rows[..., 2]
+    if metric == "exact_match":
+        return (n_cor == n_tok).mean(-1)
+    if metric == "token_accuracy":
+        return n_cor.sum(-1) / n_tok.sum(-1)
+    if metric == "loglik":
+        return ll.sum(-1) / n_tok.sum(-1)
+    raise ConfigError(f"unknown metric {metric!r}; expected one of {METRICS}")
+
+
 def _aggregate(stats: np.ndarray) -> TaskScore:
     """Return a TaskScore from per-example (n_tokens, n_correct, loglik_sum) rows."""
-    n_tok, n_cor, ll = stats[:, 0], stats[:, 1], stats[:, 2]
-    return TaskScore(
-        exact_match=float(np.mean(n_cor == n_tok)),
-        token_accuracy=float(n_cor.sum() / n_tok.sum()),
-        loglik=float(ll.sum() / n_tok.sum()),
-        n=int(len(stats)),
-    )
+    values = {m: float(metric_of_rows(stats, m)) for m in METRICS}
+    return TaskScore(**values, n=int(len(stats)))

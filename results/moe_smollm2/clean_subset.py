@@ -26,6 +26,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 from experiments.stats import paired_macro_ci  # noqa: E402
 from merge_env.pools import domains  # noqa: E402
 from merge_env.pools.cache import tasks_from_records  # noqa: E402
+from merge_env.scoring.evaluate import metric_of_rows  # noqa: E402
 
 RUN = HERE / "domains_pool0"
 CLAIMS = [
@@ -36,8 +37,12 @@ CLAIMS = [
 ]
 
 
+def loglik(rows: np.ndarray) -> float:
+    return float(metric_of_rows(rows, "loglik"))
+
+
 def macro(rows: dict[str, np.ndarray]) -> float:
-    return float(np.mean([r[:, 2].sum() / r[:, 0].sum() for r in rows.values()]))
+    return float(np.mean([loglik(r) for r in rows.values()]))
 
 
 def main() -> None:
@@ -59,15 +64,14 @@ def main() -> None:
     out += ["", "| row | " + " | ".join(names) + " | macro | macro, all passages |",
             "|---|" + "---|" * (len(names) + 2)]  # fmt: skip
     for label, r in rows.items():
-        cells = [f"{r[t][:, 2].sum() / r[t][:, 0].sum():.3f}" for t in names]
+        cells = [f"{loglik(r[t]):.3f}" for t in names]
         out.append(f"| {label} | " + " | ".join(cells) +
                    f" | {macro(r):.4f} | {res['macro'][label]['loglik']:.4f} |")  # fmt: skip
     base = rows["base"]
     out += ["", "Experts' gains over the base on the kept passages (log-likelihood per token):", ""]
     for e in names:
         r = rows[f"expert {e}"]
-        gains = [r[t][:, 2].sum() / r[t][:, 0].sum() - base[t][:, 2].sum() / base[t][:, 0].sum()
-                 for t in names]  # fmt: skip
+        gains = [loglik(r[t]) - loglik(base[t]) for t in names]
         out.append(f"- expert {e}: " + ", ".join(f"{t} {g:+.3f}" for t, g in zip(names, gains)))
     out += ["", "MergeME's claims on the kept passages (macro log-likelihood; paired 95 % "
             "intervals of the first row minus each other):", ""]  # fmt: skip
