@@ -17,7 +17,7 @@ import shutil
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -234,6 +234,14 @@ def default_cache_dir() -> Path:
 def sub_seed(seed: int, phase: str) -> int:
     """Return a seed for one phase of the build, stable across runs and Python versions."""
     return zlib.crc32(f"{seed}:{phase}".encode())
+
+
+def require_checkpoints(folders: Iterable[Path], what: str) -> None:
+    """CheckpointError naming the first of a pool's ``folders`` without a ``config.json``
+    (``what``: the pool's kind, e.g. "zoo")."""
+    for d in folders:
+        if not (d / "config.json").is_file():
+            raise CheckpointError(f"{d}: {what} checkpoint missing (no config.json)")
 
 
 class _Pool(Protocol):

@@ -50,6 +50,7 @@ from merge_env.pools.cache import (
     read_manifest,
     recorded_machine,
     recorded_threads,
+    require_checkpoints,
     sub_seed,
     task_records,
     tasks_from_records,
@@ -58,6 +59,7 @@ from merge_env.pools.finetune import (
     LoraSpec,
     TrainRows,
     answer_loss,
+    bar_ticker,
     finetune,
     lora_adapters,
     uniform_batches,
@@ -216,8 +218,8 @@ def domain_task(domain: str, docs: Documents, config: DomainConfig) -> tuple[Tas
     for name, text in docs:
         by_split[split_of(name, config.task_seed, config.held_out)].append((name, text))
     drawn = {}
+    train = [text for _, text in by_split["train"]]
     for split, n in (("search", config.n_search), ("test", config.n_test)):
-        train = [text for _, text in by_split["train"]]
         pool = [ex for _, text in by_split[split]
                 for ex in passages(text, config.prompt_chars, config.answer_chars)
                 if not leaks(ex, train)]  # fmt: skip
@@ -265,19 +267,16 @@ class DomainPool:
     train_threads: int | None = field(default=None, compare=False)
 
 
-def _build(tmp: Path, base: Path, corpus: Mapping[str, Documents], config: DomainConfig,
-           progress: bool, device: str) -> dict[str, Any]:  # fmt: skip
-    """Fine-tune one expert per domain into ``tmp``; return the manifest's content."""
+def _build(tmp: Path, base: Path, corpus: Mapping[str, Documents], digest: str,
+           config: DomainConfig, progress: bool, device: str) -> dict[str, Any]:  # fmt: skip
+    """Fine-tune one expert per domain into ``tmp``; return the manifest's content (``digest``:
+    the corpus', ``corpus_digest``)."""
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base)
     tasks, experts, losses, seconds, windows = [], {}, {}, {}, {}
     bar = tqdm(total=config.steps * len(config.domains), disable=not progress, unit="step")
-
-    def tick(step: int, loss: float) -> None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
     with bar:
         for domain in config.domains:
@@ -294,7 +293,7 @@ def _build(tmp: Path, base: Path, corpus: Mapping[str, Documents], config: Domai
                     model, uniform_batches(rows, config.batch_size),
                     warmup_cosine(config.lr, config.steps, config.warmup), steps=config.steps,
                     seed=sub_seed(config.seed, f"expert:{domain}"), loss_fn=answer_loss,
-                    fused=True, on_step=tick,
+                    fused=True, on_step=bar_ticker(bar),
                 )  # fmt: skip
             save_hf_folder(model.cpu(), tok, tmp / "experts" / domain)
             experts[domain] = f"experts/{domain}"
@@ -305,7 +304,7 @@ def _build(tmp: Path, base: Path, corpus: Mapping[str, Documents], config: Domai
         "version": DOMAINS_VERSION,
         "config": dataclasses.asdict(config),
         "base": base.name,
-        "corpus": corpus_digest(corpus),
+        "corpus": digest,
         "documents": {d: len(docs) for d, docs in corpus.items()},
         "train_windows": windows,
         "experts": experts,
@@ -334,10 +333,11 @@ def build_domain_pool(
     corpus = {d: list(corpus[d]) for d in config.domains}
     with pinned_threads():
         base = converted_base(gguf_file, cache)
-        root = cache / f"domains-{config.fingerprint(base.name, corpus_digest(corpus))}"
+        digest = corpus_digest(corpus)
+        root = cache / f"domains-{config.fingerprint(base.name, digest)}"
         return cached_pool(
             root, DOMAINS_MANIFEST,
-            lambda tmp: _build(tmp, base, corpus, config, progress, device),
+            lambda tmp: _build(tmp, base, corpus, digest, config, progress, device),
             load_domain_pool, "domain pool", logger,
         )  # fmt: skip
 
@@ -355,9 +355,7 @@ def load_domain_pool(root: str | Path) -> DomainPool:
         seconds = float(data.get("finetune_seconds", 0.0))
     except (KeyError, TypeError, ValueError, ConfigError) as err:
         raise CheckpointError(f"{path}: malformed pool manifest ({err!r})") from err
-    for d in [base, *experts.values()]:
-        if not (d / "config.json").is_file():
-            raise CheckpointError(f"{d}: domain pool checkpoint missing (no config.json)")
+    require_checkpoints([base, *experts.values()], "domain pool")
     return DomainPool(root, base, experts, tasks, config, seconds, recorded_machine(data),
                       recorded_threads(data))  # fmt: skip
 

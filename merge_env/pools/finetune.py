@@ -168,6 +168,16 @@ def answer_loss(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch
 # ---------------------------------------------------------------- the loop
 
 
+def bar_ticker(bar: Any) -> Callable[[int, float], None]:
+    """A fine-tune's ``on_step`` that advances a tqdm ``bar`` one step and shows the loss."""
+
+    def tick(step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    return tick
+
+
 def finetune(
     model: Any,
     batches: Batches,

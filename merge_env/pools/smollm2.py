@@ -64,6 +64,7 @@ from merge_env.pools.cache import (
     read_manifest,
     recorded_machine,
     recorded_threads,
+    require_checkpoints,
     sub_seed,
     task_records,
     tasks_from_records,
@@ -71,6 +72,7 @@ from merge_env.pools.cache import (
 from merge_env.pools.finetune import (
     LoraSpec,
     answer_loss,
+    bar_ticker,
     encode_groups,
     finetune,
     lora_adapters,
@@ -356,10 +358,7 @@ def _build_experts(tmp: Path, base: Path, config: SmolConfig, progress: bool, de
     steps = config.generalist_steps + config.steps * len(tasks)
     experts, losses, seconds = {}, {}, {}
     bar = tqdm(total=steps, disable=not progress, unit="step")
-
-    def tick(step: int, loss: float) -> None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+    tick = bar_ticker(bar)
 
     def fit(model: Any, batches: Any, phase: str, n: int, lr: float) -> list[float]:
         return finetune(
@@ -461,9 +460,7 @@ def load_smollm2_pool(root: str | Path) -> SmolPool:
         finetune_seconds = float(data.get("finetune_seconds", 0.0))
     except (KeyError, TypeError, ValueError, ConfigError) as err:
         raise CheckpointError(f"{path}: malformed pool manifest ({err!r})") from err
-    for d in [base, *experts.values()]:
-        if not (d / "config.json").is_file():
-            raise CheckpointError(f"{d}: SmolLM2 pool checkpoint missing (no config.json)")
+    require_checkpoints([base, *experts.values()], "SmolLM2 pool")
     return SmolPool(
         root, base, experts, tasks, config, conversion_seconds(converted), finetune_seconds,
         recorded_machine(data), recorded_threads(data),

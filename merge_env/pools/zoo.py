@@ -38,6 +38,7 @@ from merge_env.pools.cache import (
     read_manifest,
     recorded_machine,
     recorded_threads,
+    require_checkpoints,
     sub_seed,
     task_records,
     tasks_from_records,
@@ -807,9 +808,7 @@ def load_zoo(root: str | Path) -> Zoo:
             raise CheckpointError(
                 f"{extras_path}: malformed zoo extras manifest ({err!r})"
             ) from err
-    for d in [base, *experts.values(), *recycling, *([odd] if odd else [])]:
-        if not (d / "config.json").is_file():
-            raise CheckpointError(f"{d}: zoo checkpoint missing (no config.json)")
+    require_checkpoints([base, *experts.values(), *recycling, *([odd] if odd else [])], "zoo")
     for snapshot in base_run.values():
         if not (root / snapshot).is_file():
             raise CheckpointError(f"{root / snapshot}: base-run snapshot missing")
