@@ -447,11 +447,14 @@ class Evaluator:
 
     # ------------------------------------------------------------ public scoring
 
-    def example_scores(self, model: Any, examples: Sequence[Example]) -> list[ExampleScore]:
-        """Return the per-example teacher-forced results (no cache)."""
+    def example_scores(
+        self, model: Any, examples: Sequence[Example], eos: bool = True
+    ) -> list[ExampleScore]:
+        """Return the per-example teacher-forced results (no cache); ``eos=False`` scores the
+        answers without the end token (as ``encode``; pass the examples' task's ``eos``)."""
         if not examples:
             return []
-        return _example_results(self._run(model, self.encode(examples)))
+        return _example_results(self._run(model, self.encode(examples, eos=eos)))
 
     def task_examples(
         self, model: Any, tasks: Sequence[Task], split: str = "search"

@@ -317,6 +317,24 @@ def test_hetero_training_is_seeded_and_round_trips(hetero_experts, tmp_path):
         assert again.route(ids, mask).shape == (3, 3)
 
 
+def test_hetero_training_follows_each_examples_eos(hetero_experts):
+    """Examples of a task without an end token (``Task.eos=False``) are trained without it: the
+    per-example flags change the loss from the first step, one flag for all equals the same flag
+    per example, and a count of flags that does not match is refused."""
+    tok = _tok()
+    examples = [Example(f"ab{c}=", c * 2) for c in "abcdefgh"]
+
+    def losses(eos):
+        moe = build_hetero(hetero_experts)
+        return train_hetero(moe, examples, tok, steps=2, batch_size=4, seed=5, progress=False,
+                            eos=eos)  # fmt: skip
+
+    assert losses(False) == losses([False] * len(examples))
+    assert losses(True)[0] != losses(False)[0]
+    with pytest.raises(ConfigError, match="3 eos flags for 8 training examples"):
+        losses([True, False, True])
+
+
 def test_hetero_training_can_freeze_projections(hetero_experts):
     tok = _tok()
     examples = [Example(f"ab{c}=", c * 2) for c in "abcdefgh"]
@@ -381,6 +399,23 @@ def test_experiment_runs_on_the_tiny_zoo(tiny_zoo, tmp_path, monkeypatch):
     table = (tmp_path / "outputs/moe/moe_table.md").read_text()
     assert "| ppl separate-attn |" in table and "prompts per (task, chosen expert)" in table
     assert not (tmp_path / "outputs/moe/moe_models").exists()  # checkpoints removed
+
+
+def test_the_returned_macro_is_the_tasks_shared_headline_metric():
+    """``run`` returns the best MoE's macro of the tasks' one headline metric; on a pool whose
+    tasks mix metrics, of token accuracy (a macro of exact match and log-likelihood would mix
+    scales), whatever the tasks' order."""
+    from types import SimpleNamespace
+
+    from experiments.moe import _headline
+
+    def bench(*metrics):
+        return SimpleNamespace(metric={f"t{i}": m for i, m in enumerate(metrics)})
+
+    assert _headline(bench("exact_match", "exact_match")) == "exact_match"
+    assert _headline(bench("loglik", "loglik")) == "loglik"
+    assert _headline(bench("loglik", "exact_match")) == "token_accuracy"
+    assert _headline(bench("exact_match", "loglik")) == "token_accuracy"
 
 
 def test_a_claim_holds_only_where_the_first_row_beats_each_other():

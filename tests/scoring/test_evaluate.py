@@ -132,6 +132,27 @@ def test_scores_match_a_direct_computation(tok, trained):
         total.get("f1")
 
 
+def test_example_scores_without_eos_score_the_answer_alone(tok, trained):
+    """``eos=False`` drops the end token from each example's scored tokens: one token fewer, and
+    the log-likelihood of the answer tokens only (the with-EOS sum minus the EOS term)."""
+    model, task = trained
+    examples = task.test[:4]
+    ev = Evaluator(tok)
+    with_eos, without = (
+        ev.example_scores(model, examples),
+        ev.example_scores(model, examples, False),
+    )
+    for ex, a, b in zip(examples, with_eos, without):
+        prompt = tok(ex.prompt)["input_ids"]
+        ids = prompt + tok(ex.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+        eos_term = logp[len(ids) - 2, tok.eos_token_id].item()
+        assert (b.n_tokens, a.n_tokens) == (len(ex.answer), len(ex.answer) + 1)
+        assert b.loglik == pytest.approx(a.loglik - eos_term, abs=1e-4)
+    assert ev.example_scores(model, examples, eos=False) == without  # no cache, same results
+
+
 def test_a_padded_batch_scores_each_example_as_alone(tok):
     model = _llama(tok, seed=1)
     examples = _mixed_task().search

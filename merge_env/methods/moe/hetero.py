@@ -257,8 +257,11 @@ def train_hetero(
     seed: int = 0,
     router_loss: float = 1.0,
     progress: bool = True,
+    eos: bool | Sequence[bool] = True,
 ) -> list[float]:
     """Train projections and router on answer tokens (+EOS) of ``examples``; the loss per step.
+    ``eos``: whether each example's answer ends in the end token (one flag for all, or one per
+    example: its task's ``Task.eos``; False for a continuation of running text).
 
     Per sequence the teacher is the expert whose own answer loss is lowest (1/PPL routing,
     MergeME §3.2, on the answer): the loss is that expert's answer loss (training its
@@ -275,7 +278,13 @@ def train_hetero(
             f"train_hetero: need router_loss > 0 and lr > 0 (the router learns from its teacher) "
             f"and proj_lr >= 0; got router_loss={router_loss}, lr={lr}, proj_lr={proj_lr}"
         )
-    encoded = Evaluator(tokenizer).encode(examples)
+    flags = [eos] * len(examples) if isinstance(eos, bool) else [bool(e) for e in eos]
+    if len(flags) != len(examples):
+        raise ConfigError(
+            f"train_hetero: {len(flags)} eos flags for {len(examples)} training examples"
+        )
+    evaluator = Evaluator(tokenizer)
+    encoded = [evaluator.encode([ex], eos=flag)[0] for ex, flag in zip(examples, flags)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(moe.trainable(lr, proj_lr), weight_decay=0.0)
