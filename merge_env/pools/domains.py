@@ -266,6 +266,15 @@ class DomainPool:
     built_on: dict[str, Any] = field(default_factory=dict, compare=False)
     train_threads: int | None = field(default=None, compare=False)
 
+    @property
+    def tokenizer_dir(self) -> Path:
+        """The tokenizer's folder: the seed model's (every expert keeps it)."""
+        return self.base
+
+    def checkpoints(self) -> dict[str, Path]:
+        """Every checkpoint folder by a display name: the base, then the experts."""
+        return {"base": self.base, **{f"expert:{k}": v for k, v in self.experts.items()}}
+
 
 def _build(tmp: Path, base: Path, corpus: Mapping[str, Documents], digest: str,
            config: DomainConfig, progress: bool, device: str) -> dict[str, Any]:  # fmt: skip

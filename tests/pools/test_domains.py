@@ -200,6 +200,48 @@ def test_config_and_corpus_are_checked(tiny_seed, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp", "domains-"))]
 
 
+def test_build_zoo_reports_a_domain_pool(tiny_seed, tmp_path, monkeypatch):
+    """``build_zoo --pool smollm2_domains``: the pool built with the settings given, its TEST
+    table on log-likelihood, and each plain merge's share of each expert's own-domain gain,
+    checked against a uniform average of the weights made by hand."""
+    from rich.console import Console
+
+    from experiments import build_zoo
+    from merge_env.search.assemble import load_causal_lm
+
+    monkeypatch.setattr(domains, "load_corpus", lambda names: _corpus())
+    console = Console(record=True, width=200)
+    settings = [f"{k}={v}" for k, v in {**SMALL, "steps": 12}.items()]
+    config = build_zoo.domains_config(0, [*settings, "lora_rank=4"])
+    assert (config.lora_rank, config.steps, config.domains) == (4, 12, ("code", "docs"))
+    pool = build_zoo.run_domains(cache_dir=tmp_path / "cache", progress=False, console=console,
+                                 config=config)  # fmt: skip
+    text = console.export_text()
+    assert "domain pool seed 0: built at" in text and "lora_rank=4" in text
+    assert "loglik / tok" in text and "linear uniform keeps of each own-domain gain" in text
+
+    ev = Evaluator(char_tokenizer())
+    models = {n: load_causal_lm(p, torch.float32) for n, p in pool.checkpoints().items()}
+    score = {n: ev.score_tasks(m, pool.tasks, "test") for n, m in models.items()}
+    base_row = next(line for line in text.splitlines() if line.startswith("│ base "))
+    assert f"{score['base']['code'].loglik:.3f} / " in base_row
+    average = load_causal_lm(pool.base, torch.float32)
+    states = [models[f"expert:{d}"].state_dict() for d in ("code", "docs")]
+    average.load_state_dict({k: (states[0][k] + states[1][k]) / 2 for k in states[0]})
+    averaged = ev.score_tasks(average, pool.tasks, "test")
+    regime = build_zoo.print_domain_merges(pool, Console(file=open(tmp_path / "log", "w")))
+    for d in ("code", "docs"):
+        gain = score[f"expert:{d}"][d].loglik - score["base"][d].loglik
+        assert regime.gains[d] == pytest.approx(gain, abs=1e-5)
+        kept = (averaged[d].loglik - score["base"][d].loglik) / gain
+        assert regime.kept["linear uniform"][d] == pytest.approx(kept, abs=1e-3)
+    for flags in (["--core-only"], ["--fixed-lambda"]):
+        with pytest.raises(
+            ConfigError, match=f"{flags[0]}: for the zoo preset, not --pool smollm2_domains"
+        ):
+            build_zoo.main(["--pool", "smollm2_domains", *flags])
+
+
 def test_moe_experiment_runs_on_a_domain_pool(tiny_seed, tmp_path, monkeypatch):
     """``python -m experiments.moe pool=smollm2_domains`` end to end on a tiny seed model: the
     per-task columns and the claims are on the continuation's log-likelihood."""
