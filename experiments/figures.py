@@ -24,6 +24,10 @@ moe_text  MergeME on the whole-text zoo of each zoo seed (``pool.loss_on=text``:
           trained with the loss on the whole sequence, so an expert's perplexity on a prompt tells
           its task, as MergeME's routing assumes; the zoo is built on first use); a pool without
           that setting (SmolLM2) records the section as not applicable
+moe_domains  MergeME on the real-domain SmolLM2 experts (``pool=smollm2_domains``, training seed
+          = each zoo seed; built first; batch 16), scored on the continuation's log-likelihood;
+          on a SmolLM2 protocol only (others record it as not applicable). About 18 minutes to
+          train and 19 to score a pool on 2 CPU cores
 ========  =========================================================================================
 
 Job seeds are the protocol's search seeds unless ``--job-seeds`` names others; MoE runs once per
@@ -101,7 +105,7 @@ from merge_env.search.recipe import BASE
 
 log = logging.getLogger("mergegym.figures")
 console = Console()
-SECTIONS = ("zoo", "compare", "ablate", "main", "recycle", "moe", "moe_text")
+SECTIONS = ("zoo", "compare", "ablate", "main", "recycle", "moe", "moe_text", "moe_domains")
 RUN_PARAMS = "figures_params.json"  # in each job run folder: the settings it was made with
 # compare's default agents: every config of conf/agent, the README's held-out table
 AGENTS = ("ppo", "moead", "nsga2", "tpe", "mo_cmaes", "cmaes", "random")
@@ -143,6 +147,7 @@ class Context:
             "recycle": {"seeds": self.job_seeds, "overrides": a.recycle_override},
             "moe": {"seeds": self.moe_seeds, "overrides": a.moe_override},
             "moe_text": {"seeds": self.moe_seeds, "overrides": a.moe_override},
+            "moe_domains": {"seeds": self.moe_seeds, "overrides": a.moe_override},
         }[section]  # fmt: skip
 
     def run_params(self, section: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -460,9 +465,69 @@ def run_moe_text(ctx: Context) -> dict[str, Any]:
     return {"runs": runs, "override": WHOLE_TEXT, "zoos": built}
 
 
+DOMAINS_POOL = "pool=smollm2_domains"
+# separate attention holds a batch's full-vocabulary log-probabilities (49k words): batch 64 of
+# the domain passages went past 24 GB in session 47, batch 16 peaked at 13.1 GB
+DOMAINS_BATCH = 16
+
+
+def _domains_config(ctx: Context, zoo_seed: Any, seed: int, settings: Mapping[str, Any]) -> Any:
+    """``conf/moe.yaml`` on the real-domain pool at training seed ``zoo_seed``, with ``settings``
+    (a key the user's --moe-override sets keeps their value). The protocol's pool settings are
+    the SmolLM2 pool's, not this pool's, and are not applied."""
+    overrides = list(ctx.args.moe_override)
+    cfg = compose_config([DOMAINS_POOL, f"seed={seed}", *overrides], "moe")
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    for key, value in {"pool.seed": zoo_seed, "batch_size": DOMAINS_BATCH, **settings}.items():
+        if key not in given:
+            OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+def _moe_domains_job(ctx: Context, zoo_seed: Any, seed: int, folder: Path) -> None:
+    from experiments.moe import run
+
+    run(_domains_config(ctx, zoo_seed, seed, {
+        "threads": ctx.args.threads, "run_dir": str(folder),
+        "max_examples": ctx.protocol["fidelity"].get("max_examples"),
+    }))  # fmt: skip
+
+
+def run_moe_domains(ctx: Context) -> dict[str, Any]:
+    """MergeME on the real-domain SmolLM2 experts (``pool=smollm2_domains``; results/moe_smollm2/),
+    one pool per zoo seed of the protocol (its training seed), per MoE seed; built first, here,
+    one after another. Applicable to a SmolLM2 protocol only: its seed model is SmolLM2."""
+    pool = compose_config([f"pool={ctx.protocol['pool']}"]).pool
+    if pool.get("_target_") != SMOLLM2_POOL:
+        return {"runs": [], "not_applicable": f"pool={ctx.protocol['pool']} is not SmolLM2, "
+                                              "the domain experts' seed model"}  # fmt: skip
+    from hydra.utils import instantiate
+
+    from merge_env.pools.domains import load_domain_pool
+
+    built = {}
+    for zoo_seed in ctx.protocol["zoo_seeds"]:
+        t0 = time.perf_counter()
+        found = load_domain_pool(
+            instantiate(_domains_config(ctx, zoo_seed, 0, {}).pool).extra["root"]
+        )
+        took = found.finetune_seconds
+        built[str(zoo_seed)] = {
+            "root": str(found.root), "finetune_seconds": took,
+            "found_in_cache": time.perf_counter() - t0 < 0.5 * took,
+            "trained_on": describe_machine(found.built_on), "weights_digest": core_digest(found),
+        }  # fmt: skip
+    runs = _job_runs(ctx, "moe_domains", ctx.moe_seeds, "moe_results.json", _moe_domains_job)
+    for r in runs:
+        r.pop("config", None)
+        r.pop("examples", None)  # every example's result: in the run folder, not here
+    return {"runs": runs, "pools": built}
+
+
 RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "zoo": run_zoo, "compare": run_compare, "ablate": run_ablate, "main": run_main,
     "recycle": run_recycle, "moe": run_moe, "moe_text": run_moe_text,
+    "moe_domains": run_moe_domains,
 }  # fmt: skip
 
 
@@ -706,12 +771,16 @@ def moe_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list
         return []
     names = [f"z{r['zoo_seed']}/s{r['seed']}" for r in runs]
     rows = []
+    metrics = {"exact_match": "macro EM", "token_accuracy": "macro token accuracy",
+               "loglik": "macro loglik"}  # fmt: skip
+    # log-likelihood where a run's claims were checked on it (the domain pool's headline metric)
+    shown = [m for m in metrics if m != "loglik"
+             or any(o["metric"] == "loglik" for r in runs for o in r["ordering"])]  # fmt: skip
     for variant in runs[0]["macro"]:
-        em = [r["macro"][variant]["exact_match"] for r in runs]
-        tok = [r["macro"][variant]["token_accuracy"] for r in runs]
-        rows.append([variant, len(runs), _summary(em, 3), _summary(tok, 3)])
+        values = [_summary([r["macro"][variant][m] for r in runs], 3) for m in shown]
+        rows.append([variant, len(runs), *values])
     lines = [_table(f"MergeME, {runs[0]['split']} split, macro-average over tasks; mean over "
-                    f"runs {names}", ["variant", "n", "macro EM", "macro token accuracy"], rows),
+                    f"runs {names}", ["variant", "n", *(metrics[m] for m in shown)], rows),
              "", "The paper's orderings, as measured (macro-averages), per run:", ""]  # fmt: skip
     # each claim matched by its text and metric (runs may check different row sets)
     claims = list(dict.fromkeys((o["claim"], o["metric"]) for r in runs for o in r["ordering"]))
@@ -755,10 +824,21 @@ def moe_text_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) ->
     return [*zoos, *([""] if zoos else []), *moe_markdown(result, protocol)]
 
 
+def moe_domains_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list[str]:
+    if result.get("not_applicable"):
+        return [f"Not applicable: {result['not_applicable']}.", ""]
+    pools = [f"- domain pool seed {z}: fine-tuning {p['finetune_seconds']:.1f} s"
+             + (", found in the cache" if p["found_in_cache"] else "")
+             + f" (`{Path(p['root']).name}`); trained on {p['trained_on']}; seed model + "
+             f"experts' weights sha256 `{p['weights_digest']}`"
+             for z, p in result.get("pools", {}).items()]  # fmt: skip
+    return [*pools, *([""] if pools else []), *moe_markdown(result, protocol)]
+
+
 MARKDOWN: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]]] = {
     "zoo": zoo_markdown, "compare": compare_markdown, "ablate": ablate_markdown,
     "main": main_markdown, "recycle": recycle_markdown, "moe": moe_markdown,
-    "moe_text": moe_text_markdown,
+    "moe_text": moe_text_markdown, "moe_domains": moe_domains_markdown,
 }  # fmt: skip
 TITLES = {
     "zoo": "Pools: model x task on the TEST split, fine-tune regime",
@@ -766,6 +846,7 @@ TITLES = {
     "ablate": "PPO ablations", "main": "Main job (HM3 search)",
     "recycle": "Checkpoint recycling", "moe": "MergeME: dense experts -> Mixture-of-Experts",
     "moe_text": "MergeME on whole-text zoos (pool.loss_on=text)",
+    "moe_domains": "MergeME on real-domain SmolLM2 experts (pool=smollm2_domains)",
 }  # fmt: skip
 
 
