@@ -1,4 +1,5 @@
-"""MergeME on SmolLM2: the answer-only pool v5-L (study S) and the real-domain pool (study D).
+"""MergeME on SmolLM2: the answer-only pool v5-L (study S), the real-domain pool (study D) and,
+from session 48, pool version 2 at the defaults (D2) and trained harder (DH).
 
     python results/moe_smollm2/collect.py
 
@@ -8,7 +9,9 @@ split) and prints markdown (``collect.md`` is its output): each expert's gain ov
 every task in the task's headline metric (exact match for S, the continuation's log-likelihood
 per token for D), how often perplexity routing sends a TEST prompt to its own task's expert, and
 the rows and verdicts of MergeME's claims as ``experiments.moe`` checked them (strictly above
-every other value).
+every other value). Last, DH against D2 (the same TEST passages, so every comparison is paired):
+each expert's own-domain gain, the share of it dense TIES keeps, routing, and the routing claim,
+with percentile-bootstrap 95 % intervals over the passages (``N_BOOT`` resamples, seed 0).
 """
 
 from __future__ import annotations
@@ -17,14 +20,22 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
 from experiments.figures import routing_share  # noqa: E402
+from merge_env.scoring.evaluate import metric_of_rows  # noqa: E402
 
 RUNS = {"S: pool v5-L, answer-only": HERE / "answer_pool0_rerun",
-        "D: real-domain experts": HERE / "domains_pool0"}  # fmt: skip
-METRIC = {"S: pool v5-L, answer-only": "exact_match", "D: real-domain experts": "loglik"}
+        "D: real-domain experts": HERE / "domains_pool0",
+        "D2: pool version 2, the defaults (session 48)": HERE / "domains_v2",
+        "DH: pool version 2, trained harder (session 48)": HERE / "domains_v2_hard"}  # fmt: skip
+METRIC = {title: "exact_match" if title.startswith("S") else "loglik" for title in RUNS}
+CONTROL, HARD = "domains_v2", "domains_v2_hard"
+N_BOOT = 2000
+SEP = "ppl separate-attn"
 FIRST = HERE / "answer_pool0" / "moe_results.json"  # S's first run, on e81b0eb
 
 
@@ -73,11 +84,73 @@ def same_scores() -> list[str]:
             f" ({len(a)} rows x {len(next(iter(a.values())))} tasks, every field).", ""]  # fmt: skip
 
 
+def _rows(res: dict, row: str, task: str) -> np.ndarray:
+    """A row's per-example (n_tokens, n_correct, loglik_sum) on one task."""
+    return np.asarray(res["examples"][row][task], dtype=float)
+
+
+def _ci(values: np.ndarray, spec: str = "+.3f") -> str:
+    low, high = np.quantile(values, [0.025, 0.975])
+    return f"[{low:{spec}}, {high:{spec}}]"
+
+
+def gains_and_kept(res: dict, task: str, idx: np.ndarray | None = None) -> tuple:
+    """The own-domain expert's gain over the base and the share of it dense TIES keeps, on
+    log-likelihood per token; ``idx`` (R, n) resamples the passages (one value per resample)."""
+
+    def ll(row: str) -> np.ndarray:
+        rows = _rows(res, row, task)
+        return metric_of_rows(rows if idx is None else rows[idx], "loglik")
+
+    base = ll("base")
+    gain = ll(f"expert {task}") - base
+    return gain, (ll("dense ties") - base) / gain
+
+
+def harder_vs_control(control: Path, hard: Path) -> list[str]:
+    """DH against D2 on the same passages: H1-H4 of the session-48 declaration."""
+    paths = [control / "moe_results.json", hard / "moe_results.json"]
+    if not all(p.is_file() for p in paths):
+        return ["## DH against D2", "", "Not both run.", ""]
+    c, h = (json.loads(p.read_text()) for p in paths)
+    lines = ["## DH against D2 (the same TEST passages, paired)", ""]
+    for task in c["tasks"]:
+        if _rows(c, "base", task).tolist() != _rows(h, "base", task).tolist():
+            return [*lines, f"The base's rows on {task} differ: not the same passages.", ""]
+    rng = np.random.default_rng(0)
+    lines += ["| domain | gain D2 | gain DH | DH − D2 | TIES keeps D2 | TIES keeps DH | DH − D2 |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for task in c["tasks"]:
+        idx = rng.integers(
+            0, len(_rows(c, "base", task)), size=(N_BOOT, len(_rows(c, "base", task)))
+        )
+        (gc, kc), (gh, kh) = gains_and_kept(c, task), gains_and_kept(h, task)
+        (bgc, bkc), (bgh, bkh) = gains_and_kept(c, task, idx), gains_and_kept(h, task, idx)
+        lines.append(
+            f"| {task} | {gc:+.3f} {_ci(bgc)} | {gh:+.3f} {_ci(bgh)} | {gh - gc:+.3f} "
+            f"{_ci(bgh - bgc)} | {kc:.2f} {_ci(bkc, '.2f')} | {kh:.2f} {_ci(bkh, '.2f')} | "
+            f"{kh - kc:+.2f} {_ci(bkh - bkc, '+.2f')} |"
+        )
+    lines += ["", "Gains are nats a token over the base on the expert's own domain; \"TIES keeps\" is "
+              "(dense TIES − base) / (expert − base) there.", ""]  # fmt: skip
+    for name, res in (("D2", c), ("DH", h)):
+        overall, per = routing_share(res["confusion"][SEP])
+        each = ", ".join(f"{t} {v:.2f}" for t, v in per.items())
+        claim = next(o for o in res["ordering"]
+                     if o["claim"].startswith(f"{SEP} >") and o["metric"] == "loglik")  # fmt: skip
+        cis = ", ".join(f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in claim["intervals"])
+        lines.append(f"- {name}: separate attention routes **{overall:.3f}** right ({each}); "
+                     f"{claim['claim']}: {claim['values']} -> {claim['verdict']}, intervals {cis}"
+                     f" ({'every one above 0' if claim['significant'] else 'not every one above 0'})")  # fmt: skip
+    return [*lines, ""]
+
+
 def main() -> None:
-    out = ["# MergeME on SmolLM2-135M-Instruct (session 47)", ""]
+    out = ["# MergeME on SmolLM2-135M-Instruct (sessions 47-48)", ""]
     for title, folder in RUNS.items():
         out += study(title, folder)
     out += same_scores()
+    out += harder_vs_control(HERE / CONTROL, HERE / HARD)
     print("\n".join(out))
 
 
