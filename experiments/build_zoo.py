@@ -7,7 +7,8 @@ the real-domain experts (``merge_env.pools.domains``), scored on the continuatio
 per token, with the plain merges' share of each expert's own-domain gain (``print_domain_merges``).
 
 Rows: the base, each expert, the odd expert, each recycling checkpoint; columns: the zoo tasks,
-each cell ``exact match / token accuracy``. Below the table, the trade-off checks the zoo is built
+each cell ``exact match / token accuracy`` (on the domain pool ``log-likelihood per token / token
+accuracy``). Below the table, the trade-off checks the zoo is built
 to pass: every expert is the best of base + experts on its own task, and worse than the base or
 another expert on some other task; the base scores above zero on every task. Then the fine-tune
 regime (merge_env/pools/regime.py): the plain merges a user would try (TIES density 0.5, task
@@ -25,7 +26,8 @@ literals: ``--set "base_rare_mass=[0.03,0.01,0.002]" base_steps=800``; a text se
 bare word: ``--set loss_on=text``), e.g. to study another
 zoo design; the variant has its own fingerprint, so it is cached beside the preset's zoo. With
 ``--pool smollm2`` it changes the pool's defaults (any ``SmolConfig`` field:
-``--set "generalist_mix=[0.05,0.05,0.9]"``).
+``--set "generalist_mix=[0.05,0.05,0.9]"``); with ``--pool smollm2_domains`` any ``DomainConfig``
+field (``--set lora_rank=64 lr=3e-3``).
 """
 
 from __future__ import annotations
@@ -48,14 +50,7 @@ from rich.table import Table
 from merge_env.errors import ConfigError, exit_on_error
 from merge_env.pools.cache import core_digest, describe_machine
 from merge_env.pools.domains import DomainConfig, DomainPool
-from merge_env.pools.regime import (
-    LAMBDA_GRIDS,
-    Regime,
-    assess_regime,
-    judge,
-    make_scorer,
-    regime_merges,
-)
+from merge_env.pools.regime import LAMBDA_GRIDS, Regime, assess_regime, judge, score_regime
 from merge_env.pools.smollm2 import SmolConfig, SmolPool
 from merge_env.pools.zoo import Zoo, ZooConfig, build_zoo
 from merge_env.scoring.evaluate import Evaluator, TaskScore
@@ -91,6 +86,8 @@ def tradeoff_report(
     dense = {"base": scores["base"], **{f"expert:{k}": scores[f"expert:{k}"] for k in zoo.experts}}
     lines: list[tuple[bool, str]] = []
     for task in tasks:
+        if metric == "loglik":  # never above 0: "partly solves" has no meaning in nats
+            break
         base_score = scores["base"][task].get(metric)
         lines.append((base_score > 0, f"base partly solves {task}: {base_score:.3f}"))
     for task in zoo.experts:
@@ -393,7 +390,7 @@ def domains_config(seed: int, settings: Sequence[str] = ()) -> DomainConfig:
     """The domain pool's defaults at ``seed`` with ``KEY=VALUE`` settings applied (any
     DomainConfig field)."""
     return with_settings(dataclasses.asdict(DomainConfig(seed=seed)), settings,
-                         lambda data: DomainConfig(**{**data, "domains": tuple(data["domains"])}))  # fmt: skip
+                         lambda data: DomainConfig(**data))  # fmt: skip
 
 
 def print_domain_merges(pool: DomainPool, console: Console, device: str = "cpu") -> Regime:
@@ -401,30 +398,28 @@ def print_domain_merges(pool: DomainPool, console: Console, device: str = "cpu")
     arithmetic 0.5 and 1.0, uniform linear) on the TEST split and print, on the continuation's
     log-likelihood per token, each expert's gain over the base on its own domain and on the
     others, and the share of each own-domain gain each merge keeps (what MergeME's routing can
-    win back at most); return the verdict ``judge`` gives on log-likelihood (its 0.30 exact-match
-    gain threshold does not apply to nats and is not printed)."""
+    win back at most). Returns ``judge``'s verdict on log-likelihood with the thresholds in nats
+    set to 0 (an expert gains at all; a merge within 0 nats of every expert dominates); its
+    kept-share threshold, 0.50, means the same in any metric."""
     sources = {BASE: pool.base, **pool.experts}
-    merges, evaluator = make_scorer(sources, pool.tokenizer_dir, device)
-    scores = {n: evaluator.score_tasks(merges.models[n], pool.tasks, "test") for n in sources}
-    for name, spec in regime_merges(list(pool.experts)).items():
-        scores[name] = evaluator.score_tasks(merges.merged_model(spec), pool.tasks, "test")
-    loglik = {row: {t: s.loglik for t, s in per.items()} for row, per in scores.items()}
-    regime = judge(loglik, {t: t for t in pool.experts})
+    scores = score_regime(sources, pool.tasks, pool.tokenizer_dir, device=device,
+                          metric="loglik")  # fmt: skip
+    regime = judge(scores, {t: t for t in pool.experts}, min_gain=0.0, tolerance=0.0)
     tasks = [t.name for t in pool.tasks]
     table = Table(title="plain merges of the domain experts, TEST log-likelihood per token")
     table.add_column("model", no_wrap=True)
     for task in tasks:
         table.add_column(task, justify="right")
-    for name, row in loglik.items():
+    for name, row in scores.items():
         table.add_row(name, *(f"{row[t]:.3f}" for t in tasks))
     console.print(table)
-    base = loglik[BASE]
+    base = scores[BASE]
     for expert in pool.experts:
-        others = ", ".join(f"{t} {loglik[expert][t] - base[t]:+.3f}" for t in tasks if t != expert)
+        others = ", ".join(f"{t} {scores[expert][t] - base[t]:+.3f}" for t in tasks if t != expert)
         console.print(f"  expert {expert}: own domain {regime.gains[expert]:+.3f} nats a token "
                       f"over the base; {others or 'no other domain'}")  # fmt: skip
     for merge, kept in regime.kept.items():
-        shares = ", ".join(f"{t} {v:.2f}" for t, v in kept.items())
+        shares = ", ".join(f"{t} {'-' if math.isnan(v) else f'{v:.2f}'}" for t, v in kept.items())
         console.print(f"  {merge} keeps of each own-domain gain: {shares}")
     return regime
 
@@ -490,8 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--set", nargs="*", default=[], metavar="KEY=VALUE",
         help="change settings of the zoo preset, e.g. \"base_rare_mass=[0.03,0.01,0.002]\" "
         "loss_on=text "
-        "(--pool smollm2 / smollm2_domains: of the pool, e.g. \"generalist_mix=[0.05,0.05,0.9]\", "
-        "lora_rank=64)",
+        "(--pool smollm2: of the pool, e.g. \"generalist_mix=[0.05,0.05,0.9]\"; "
+        "--pool smollm2_domains: e.g. lora_rank=64 lr=3e-3)",
     )  # fmt: skip
     parser.add_argument(
         "--no-regime", action="store_true", help="skip scoring the plain merges of the experts"
@@ -514,12 +509,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    zoo_only = {"--core-only": args.core_only, "--no-shipped": args.no_shipped}
-    if args.pool == "smollm2_domains":  # its merges are judged at the fixed weights only
-        zoo_only["--fixed-lambda"] = args.fixed_lambda
+    zoo_only = {"--core-only": args.core_only, "--no-shipped": args.no_shipped,
+                f"--preset {args.preset}": args.preset != "default"}  # fmt: skip
     if args.pool != "zoo" and any(zoo_only.values()):
         flag = next(f for f, on in zoo_only.items() if on)
         raise ConfigError(f"{flag}: for the zoo preset, not --pool {args.pool}")
+    if args.pool == "smollm2_domains" and args.fixed_lambda:
+        raise ConfigError("--fixed-lambda: --pool smollm2_domains scores its merges at their "
+                          "fixed weights only (no scaling is chosen on the search split)")  # fmt: skip
     if args.pool == "smollm2_domains":
         run_domains(
             args.seed, args.cache_dir, args.device, not args.no_progress,

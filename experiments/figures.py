@@ -25,7 +25,8 @@ moe_text  MergeME on the whole-text zoo of each zoo seed (``pool.loss_on=text``:
           its task, as MergeME's routing assumes; the zoo is built on first use); a pool without
           that setting (SmolLM2) records the section as not applicable
 moe_domains  MergeME on the real-domain SmolLM2 experts (``pool=smollm2_domains``, training seed
-          = each zoo seed; built first; batch 16), scored on the continuation's log-likelihood;
+          = each zoo seed; built first; batch 16; ``--moe-domains-override`` changes its
+          config), scored on the continuation's log-likelihood;
           on a SmolLM2 protocol only (others record it as not applicable). About 18 minutes to
           train and 19 to score a pool on 2 CPU cores
 ========  =========================================================================================
@@ -39,7 +40,8 @@ The output folder (default ``results/figures/<protocol>/``) holds ``figures.md``
 each figure the mean and 95 % bootstrap interval over seeds, experiments/stats.py; the protocol,
 the git commit, the machine), ``figures.json`` (the raw numbers behind it) and each section's own
 outputs: ``compare/`` and ``ablate/`` (results.json and plots), ``main/``, ``recycle/``, ``moe/``,
-``moe_text/`` (one run folder per zoo seed and seed). Both files are rewritten as each section finishes.
+``moe_text/``, ``moe_domains/`` (one run folder per zoo seed and seed). Both files are rewritten as
+each section finishes.
 
 ``--jobs N`` runs N of a section's runs at a time, each in a worker process of its own (spawned,
 ``--threads`` torch threads each): the main job, recycling and MergeME one (zoo seed, seed) run
@@ -111,6 +113,7 @@ RUN_PARAMS = "figures_params.json"  # in each job run folder: the settings it wa
 AGENTS = ("ppo", "moead", "nsga2", "tpe", "mo_cmaes", "cmaes", "random")
 ZOO_POOL = "merge_env.pools.spec.zoo_pool"
 SMOLLM2_POOL = "merge_env.pools.smollm2.smollm2_pool"
+DOMAINS_TARGET = "merge_env.pools.domains.domain_pool"
 
 
 @dataclasses.dataclass
@@ -147,7 +150,7 @@ class Context:
             "recycle": {"seeds": self.job_seeds, "overrides": a.recycle_override},
             "moe": {"seeds": self.moe_seeds, "overrides": a.moe_override},
             "moe_text": {"seeds": self.moe_seeds, "overrides": a.moe_override},
-            "moe_domains": {"seeds": self.moe_seeds, "overrides": a.moe_override},
+            "moe_domains": {"seeds": self.moe_seeds, "overrides": a.moe_domains_override},
         }[section]  # fmt: skip
 
     def run_params(self, section: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -219,6 +222,20 @@ def _build_pool(pool: DictConfig, zoo_seed: Any) -> tuple[Any, dict[str, Any]]:
                      f"{smol.finetune_seconds:.1f} s fine-tuning the generalist and experts",
             "found_in_cache": time.perf_counter() - t0 < 0.5 * smol.finetune_seconds,
             "trained_on": describe_machine(smol.built_on), "weights_digest": core_digest(smol),
+        }  # fmt: skip
+    if target == DOMAINS_TARGET:
+        from hydra.utils import instantiate
+
+        from merge_env.pools.domains import load_domain_pool
+
+        domains = load_domain_pool(instantiate(pool).extra["root"])
+        return domains, {
+            "preset": "smollm2_domains", "build_seconds": domains.finetune_seconds,
+            "extras_seconds": 0.0, "root": str(domains.root),
+            "built": f"{domains.finetune_seconds:.1f} s fine-tuning the domain experts",
+            "found_in_cache": time.perf_counter() - t0 < 0.5 * domains.finetune_seconds,
+            "trained_on": describe_machine(domains.built_on),
+            "weights_digest": core_digest(domains),
         }  # fmt: skip
     raise ConfigError(f"zoo section: pool {target} is neither the zoo ({ZOO_POOL}) nor SmolLM2 "
                       f"({SMOLLM2_POOL}); pass --only without zoo")  # fmt: skip
@@ -465,62 +482,46 @@ def run_moe_text(ctx: Context) -> dict[str, Any]:
     return {"runs": runs, "override": WHOLE_TEXT, "zoos": built}
 
 
-DOMAINS_POOL = "pool=smollm2_domains"
+DOMAINS_POOL = "smollm2_domains"
 # separate attention holds a batch's full-vocabulary log-probabilities (49k words): batch 64 of
 # the domain passages went past 24 GB in session 47, batch 16 peaked at 13.1 GB
 DOMAINS_BATCH = 16
 
 
-def _domains_config(ctx: Context, zoo_seed: Any, seed: int, settings: Mapping[str, Any]) -> Any:
-    """``conf/moe.yaml`` on the real-domain pool at training seed ``zoo_seed``, with ``settings``
-    (a key the user's --moe-override sets keeps their value). The protocol's pool settings are
-    the SmolLM2 pool's, not this pool's, and are not applied."""
-    overrides = list(ctx.args.moe_override)
-    cfg = compose_config([DOMAINS_POOL, f"seed={seed}", *overrides], "moe")
-    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-    for key, value in {"pool.seed": zoo_seed, "batch_size": DOMAINS_BATCH, **settings}.items():
-        if key not in given:
-            OmegaConf.update(cfg, key, value)
-    return cfg
+def _domains_protocol(ctx: Context) -> dict[str, Any]:
+    """The protocol as the domain pool's jobs read it: ``pool=smollm2_domains``, with the
+    settings the SmolLM2 pool shares with it (which GGUF, which cache, which device) carried
+    over; its other pool settings are the SmolLM2 pool's own and are not applied."""
+    shared = {k: v for k, v in ctx.protocol.get("pool_settings", {}).items()
+              if k in ("gguf_file", "cache_dir", "device")}  # fmt: skip
+    return {**ctx.protocol, "pool": DOMAINS_POOL, "pool_settings": shared}
 
 
 def _moe_domains_job(ctx: Context, zoo_seed: Any, seed: int, folder: Path) -> None:
     from experiments.moe import run
 
-    run(_domains_config(ctx, zoo_seed, seed, {
-        "threads": ctx.args.threads, "run_dir": str(folder),
-        "max_examples": ctx.protocol["fidelity"].get("max_examples"),
-    }))  # fmt: skip
+    settings = {"threads": ctx.args.threads, "run_dir": str(folder), "batch_size": DOMAINS_BATCH,
+                "max_examples": ctx.protocol["fidelity"].get("max_examples")}  # fmt: skip
+    run(job_config("moe", _domains_protocol(ctx), zoo_seed, seed, settings,
+                   ctx.args.moe_domains_override))  # fmt: skip
 
 
 def run_moe_domains(ctx: Context) -> dict[str, Any]:
     """MergeME on the real-domain SmolLM2 experts (``pool=smollm2_domains``; results/moe_smollm2/),
-    one pool per zoo seed of the protocol (its training seed), per MoE seed; built first, here,
-    one after another. Applicable to a SmolLM2 protocol only: its seed model is SmolLM2."""
+    one pool per zoo seed of the protocol (its training seed), per MoE seed; the pools built
+    first, here, one after another. Applicable to a SmolLM2 protocol only (the experts' seed
+    model is SmolLM2); ``--moe-domains-override`` changes its config."""
     pool = compose_config([f"pool={ctx.protocol['pool']}"]).pool
-    if pool.get("_target_") != SMOLLM2_POOL:
+    if pool.get("_target_") not in (SMOLLM2_POOL, DOMAINS_TARGET):
         return {"runs": [], "not_applicable": f"pool={ctx.protocol['pool']} is not SmolLM2, "
                                               "the domain experts' seed model"}  # fmt: skip
-    from hydra.utils import instantiate
-
-    from merge_env.pools.domains import load_domain_pool
-
-    built = {}
+    protocol, built = _domains_protocol(ctx), {}
     for zoo_seed in ctx.protocol["zoo_seeds"]:
-        t0 = time.perf_counter()
-        found = load_domain_pool(
-            instantiate(_domains_config(ctx, zoo_seed, 0, {}).pool).extra["root"]
-        )
-        took = found.finetune_seconds
-        built[str(zoo_seed)] = {
-            "root": str(found.root), "finetune_seconds": took,
-            "found_in_cache": time.perf_counter() - t0 < 0.5 * took,
-            "trained_on": describe_machine(found.built_on), "weights_digest": core_digest(found),
-        }  # fmt: skip
+        cfg = job_config("moe", protocol, zoo_seed, 0, {}, ctx.args.moe_domains_override)
+        _, built[str(zoo_seed)] = _build_pool(cfg.pool, zoo_seed)
     runs = _job_runs(ctx, "moe_domains", ctx.moe_seeds, "moe_results.json", _moe_domains_job)
     for r in runs:
         r.pop("config", None)
-        r.pop("examples", None)  # every example's result: in the run folder, not here
     return {"runs": runs, "pools": built}
 
 
@@ -773,9 +774,10 @@ def moe_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list
     rows = []
     metrics = {"exact_match": "macro EM", "token_accuracy": "macro token accuracy",
                "loglik": "macro loglik"}  # fmt: skip
-    # log-likelihood where a run's claims were checked on it (the domain pool's headline metric)
-    shown = [m for m in metrics if m != "loglik"
-             or any(o["metric"] == "loglik" for r in runs for o in r["ordering"])]  # fmt: skip
+    # the metrics the runs' claims were checked on (exact match on the zoo, log-likelihood on the
+    # domain pool), and token accuracy
+    checked = {o["metric"] for r in runs for o in r["ordering"]} | {"token_accuracy"}
+    shown = [m for m in metrics if m in checked]
     for variant in runs[0]["macro"]:
         values = [_summary([r["macro"][variant][m] for r in runs], 3) for m in shown]
         rows.append([variant, len(runs), *values])
@@ -827,10 +829,10 @@ def moe_text_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) ->
 def moe_domains_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list[str]:
     if result.get("not_applicable"):
         return [f"Not applicable: {result['not_applicable']}.", ""]
-    pools = [f"- domain pool seed {z}: fine-tuning {p['finetune_seconds']:.1f} s"
+    pools = [f"- domain pool seed {z} (`{Path(p['root']).name}`): {p['built']}"
              + (", found in the cache" if p["found_in_cache"] else "")
-             + f" (`{Path(p['root']).name}`); trained on {p['trained_on']}; seed model + "
-             f"experts' weights sha256 `{p['weights_digest']}`"
+             + (f"; trained on {p['trained_on']}" if p["trained_on"] else "")
+             + f"; seed model + experts' weights sha256 `{p['weights_digest']}`"
              for z, p in result.get("pools", {}).items()]  # fmt: skip
     return [*pools, *([""] if pools else []), *moe_markdown(result, protocol)]
 
@@ -977,7 +979,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="main and recycle seeds (default: the protocol's search seeds)")  # fmt: skip
     p.add_argument("--moe-seeds", type=int, nargs="+",
                    help="MoE seeds (default: the protocol's first search seed)")  # fmt: skip
-    for job in ("main", "recycle", "moe"):
+    for job in ("main", "recycle", "moe", "moe-domains"):
         p.add_argument(f"--{job}-override", nargs="*", default=[], metavar="KEY=VALUE",
                        help=f"Hydra overrides of the {job} job's config")  # fmt: skip
     p.add_argument("--threads", type=int, default=1,

@@ -122,3 +122,17 @@ def make_problem(tiny_zoo, tmp_path):
         return build_problem(sources, tiny_zoo.tasks, tiny_zoo.tokenizer_dir, **kw)
 
     return make
+
+
+@pytest.fixture
+def tiny_domain_seed(tmp_path, monkeypatch):
+    """A tiny Llama with a character tokenizer standing in for the converted SmolLM2 as the
+    domain pool's seed model (in ``<tmp_path>/cache``)."""
+    from merge_env.pools import domains, gguf
+    from merge_env.scoring.tasks.synthetic import char_tokenizer
+
+    tok = char_tokenizer()
+    base = tmp_path / "cache" / "gguf-tiny"
+    gguf.save_hf_folder(tiny_llama_for(tok), tok, base)
+    monkeypatch.setattr(domains, "converted_base", lambda gguf_file, cache_dir: base)
+    return base

@@ -168,12 +168,15 @@ def weights_digest(checkpoints: Mapping[str, Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def core_checkpoints(pool: Any) -> dict[str, Path]:
+    """What a pool's tables and regime read, by display name: its ``base``, then its
+    ``experts`` as ``expert:<task>`` (a zoo, the SmolLM2 pool, the domain pool)."""
+    return {"base": pool.base, **{f"expert:{k}": v for k, v in pool.experts.items()}}
+
+
 def core_digest(pool: Any) -> str:
-    """``weights_digest`` of what a pool's tables and regime read: its ``base`` and ``experts``
-    (a zoo or the SmolLM2 pool)."""
-    return weights_digest(
-        {"base": pool.base, **{f"expert:{k}": v for k, v in pool.experts.items()}}
-    )
+    """``weights_digest`` of ``core_checkpoints(pool)``."""
+    return weights_digest(core_checkpoints(pool))
 
 
 def hash_file(h: Any, path: Path) -> None:

@@ -45,6 +45,7 @@ import torch
 from merge_env.errors import CheckpointError, ConfigError
 from merge_env.pools.cache import (
     cached_pool,
+    core_checkpoints,
     default_cache_dir,
     pinned_threads,
     read_manifest,
@@ -273,7 +274,7 @@ class DomainPool:
 
     def checkpoints(self) -> dict[str, Path]:
         """Every checkpoint folder by a display name: the base, then the experts."""
-        return {"base": self.base, **{f"expert:{k}": v for k, v in self.experts.items()}}
+        return core_checkpoints(self)
 
 
 def _build(tmp: Path, base: Path, corpus: Mapping[str, Documents], digest: str,

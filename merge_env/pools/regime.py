@@ -502,8 +502,10 @@ def score_regime(
     curves: dict[str, dict[float, float]] | None = None,
     examples: dict[str, dict[str, list[bool]]] | None = None,
     scorer: Scorer | None = None,
+    metric: str = "exact_match",
 ) -> dict[str, dict[str, float]]:
-    """Exact match of the base, every expert and every ``regime_merges`` merge on ``split``.
+    """Exact match (or ``metric``) of the base, every expert and every ``regime_merges`` merge
+    on ``split``.
 
     ``sources`` are the pool's checkpoints by name (``base`` and one per expert, named for its
     task); merges are built in memory by the merge engine, as a search builds them. ``grids``
@@ -512,18 +514,24 @@ def score_regime(
     scored on ``split`` as row ``tuned_name(family, λ)``; ``curves`` receives {family: {λ: mean}}.
     ``examples`` receives {row: {task: per-example correct on ``split``}} (for ``judge``).
     ``scorer``: ``make_scorer(sources, ...)``'s pool and evaluator, else built here.
+    ``metric`` other than exact match (the domain pool's log-likelihood) also picks each λ;
+    ``examples`` (per-example exact match) are then not kept.
     """
     if split == validation_split and grids:
         raise ValueError(f"regime: λ chosen on {split!r} cannot be judged on the same split")
+    if metric != "exact_match" and examples is not None:
+        raise ValueError(f"regime: per-example results are exact match's, not {metric}'s")
     pool, evaluator = scorer or make_scorer(sources, tokenizer_dir, device)
     experts = [n for n in sources if n != BASE]
 
-    def exact_match(model: object, on: str) -> dict[str, float]:
+    def measured(model: object, on: str) -> dict[str, float]:
         scores = evaluator.score_tasks(model, tasks, on)
-        return {task: score.exact_match for task, score in scores.items()}
+        return {task: score.get(metric) for task, score in scores.items()}
 
     def judged(name: str, model: object) -> dict[str, float]:
         """Exact match on ``split`` from the per-example results (``score_tasks``' very sweep)."""
+        if metric != "exact_match":
+            return measured(model, split)
         per = {
             t: [e.correct for e in ex]
             for t, ex in evaluator.task_examples(model, tasks, split).items()
@@ -538,9 +546,7 @@ def score_regime(
     for family, grid in (grids or {}).items():
         curve = {}
         for lam in grid:
-            val = exact_match(
-                pool.merged_model(scaled_merge(family, experts, lam)), validation_split
-            )
+            val = measured(pool.merged_model(scaled_merge(family, experts, lam)), validation_split)
             curve[float(lam)] = sum(val.values()) / len(val)
         best = max(curve, key=curve.__getitem__)  # max keeps the first of equals
         name = tuned_name(family, best)

@@ -59,6 +59,7 @@ import torch
 from merge_env.errors import CheckpointError, ConfigError
 from merge_env.pools.cache import (
     cached_pool,
+    core_checkpoints,
     default_cache_dir,
     pinned_threads,
     read_manifest,
@@ -324,7 +325,7 @@ class SmolPool:
 
     def checkpoints(self) -> dict[str, Path]:
         """Return every checkpoint dir by a display name: base, then experts."""
-        return {"base": self.base, **{f"expert:{k}": v for k, v in self.experts.items()}}
+        return core_checkpoints(self)
 
 
 def _build_experts(tmp: Path, base: Path, config: SmolConfig, progress: bool, device: str) -> dict:

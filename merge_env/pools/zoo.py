@@ -32,6 +32,7 @@ import torch
 from merge_env.errors import CheckpointError, ConfigError
 from merge_env.pools.cache import (
     build_atomically,
+    core_checkpoints,
     core_digest,
     default_cache_dir,
     pinned_threads,
@@ -369,8 +370,7 @@ class Zoo:
     def checkpoints(self) -> dict[str, Path]:
         """Return every checkpoint dir by a display name: base, experts, then (once built) the
         odd expert and the recycling pool."""
-        out = {"base": self.base}
-        out.update({f"expert:{k}": v for k, v in self.experts.items()})
+        out = core_checkpoints(self)
         if self.odd_expert is not None:
             out[f"odd:{self.odd_expert_task}"] = self.odd_expert
         out.update({f"recycle:{p.name}": p for p in self.recycling})

@@ -283,7 +283,8 @@ def _count_job(ctx, zoo_seed, seed, folder):
 def test_a_job_section_runs_a_folder_again_when_its_settings_changed(tmp_path):
     import argparse
 
-    args = argparse.Namespace(moe_override=["top_k=1"], moe_seeds=[5], force=False, jobs=1,
+    args = argparse.Namespace(moe_override=["top_k=1"], moe_domains_override=[], moe_seeds=[5],
+                              force=False, jobs=1,
                               agents=[], variants=[], main_agent="ppo", job_seeds=None,
                               main_override=[], recycle_override=[])  # fmt: skip
     ctx = figures.Context({"zoo_seeds": [0], "search_seeds": [5]}, args, tmp_path)
@@ -309,44 +310,45 @@ def test_a_job_section_runs_a_folder_again_when_its_settings_changed(tmp_path):
     assert runs() == [["top_k=2"]]
 
 
-def test_moe_domains_runs_on_a_smollm2_protocol_only(tmp_path, monkeypatch):
+def test_moe_domains_runs_on_a_smollm2_protocol_only(tiny_domain_seed, tmp_path, monkeypatch):
     """The real-domain section: not applicable to a zoo protocol; on a SmolLM2 protocol each
     zoo seed's domain pool is built first (here a tiny seed model and corpus stand in for
     SmolLM2 and the standard library), MergeME runs on it at batch 16, and figures.md shows its
     claims on the continuation's log-likelihood."""
     import argparse
 
-    from merge_env.pools import domains, gguf
-    from merge_env.scoring.tasks.synthetic import char_tokenizer
-    from tests.conftest import tiny_llama_for
+    from merge_env.pools import domains
     from tests.pools.test_domains import SMALL, _corpus
 
     args = argparse.Namespace(moe_seeds=None, force=False, jobs=1, threads=1, agents=[],
                               variants=[], main_agent="ppo", job_seeds=None, main_override=[],
-                              recycle_override=[], moe_override=[])  # fmt: skip
+                              recycle_override=[], moe_override=[], moe_domains_override=[])  # fmt: skip
     zoo = figures.Context({"pool": "tiny", "zoo_seeds": [0], "search_seeds": [7]}, args, tmp_path)
     result = figures.run_moe_domains(zoo)
     assert result["runs"] == [] and "pool=tiny is not SmolLM2" in result["not_applicable"]
+    assert figures.moe_domains_markdown(result, {})[0].startswith("Not applicable: pool=tiny")
 
-    tok = char_tokenizer()
-    base = tmp_path / "cache" / "gguf-tiny"
-    gguf.save_hf_folder(tiny_llama_for(tok), tok, base)
-    monkeypatch.setattr(domains, "converted_base", lambda gguf_file, cache_dir: base)
     monkeypatch.setattr(domains, "load_corpus", lambda names: _corpus())
-    args.moe_override = [f"pool.cache_dir={tmp_path / 'cache'}", "router_prompts=3",
-                         "routers=[hidden_mean]", *[f"pool.{k}={v}" for k, v in SMALL.items()]]  # fmt: skip
-    protocol = {"pool": "smollm2", "zoo_seeds": [0], "search_seeds": [7], "fidelity": {}}
+    # the domain pool's own overrides; --moe-override (the other MoE sections') is not applied
+    args.moe_override = ["pool.n_test=999"]
+    args.moe_domains_override = ["router_prompts=3", "routers=[hidden_mean]",
+                                 *[f"pool.{k}={v}" for k, v in SMALL.items()]]  # fmt: skip
+    # the SmolLM2 pool's cache carries over to the domain pool; its other settings do not
+    protocol = {"pool": "smollm2", "zoo_seeds": [0], "search_seeds": [7], "fidelity": {},
+                "pool_settings": {"cache_dir": str(tmp_path / "cache"), "lora_rank": 4}}  # fmt: skip
     ctx = figures.Context(protocol, args, tmp_path / "figs")
     result = figures.run_moe_domains(ctx)
     (run,) = result["runs"]
     assert (run["zoo_seed"], run["seed"], run["pool"]) == (0, 7, "smollm2_domains")
     done = json.loads((Path(run["folder"]) / "moe_results.json").read_text())
     assert done["config"]["batch_size"] == figures.DOMAINS_BATCH and done["config"]["seed"] == 7
-    assert done["config"]["pool"]["seed"] == 0 and "examples" not in run
+    assert done["config"]["pool"]["seed"] == 0 and done["config"]["pool"]["lora_rank"] == 8
+    assert done["config"]["pool"]["n_test"] == SMALL["n_test"]
     pool = result["pools"]["0"]
-    assert Path(pool["root"]).name.startswith("domains-") and pool["weights_digest"]
+    assert Path(pool["root"]).parent == tmp_path / "cache" and pool["weights_digest"]
     text = "\n".join(figures.moe_domains_markdown(result, protocol))
-    assert "- domain pool seed 0: fine-tuning" in text and "macro loglik" in text
+    assert "- domain pool seed 0 (`domains-" in text and "macro loglik" in text
+    assert "macro EM" not in text  # the claims are on log-likelihood and token accuracy
     assert "ppl separate-attn > ppl merged-attn (ties), dense ties [loglik]: holds in" in text
     # a second call finds the pool and the run: the same pool, its run not scored again
     again = figures.run_moe_domains(ctx)

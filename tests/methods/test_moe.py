@@ -331,6 +331,8 @@ def test_hetero_training_follows_each_examples_eos(hetero_experts):
 
     assert losses(False) == losses([False] * len(examples))
     assert losses(True)[0] != losses(False)[0]
+    mixed = losses([True, False] * 4)  # each example its own flag, not the first one for all
+    assert mixed[0] not in (losses(True)[0], losses(False)[0])
     with pytest.raises(ConfigError, match="3 eos flags for 8 training examples"):
         losses([True, False, True])
 

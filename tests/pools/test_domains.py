@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -10,12 +11,11 @@ import pytest
 import torch
 
 from merge_env.errors import ConfigError
-from merge_env.pools import domains, gguf
+from merge_env.pools import domains
 from merge_env.pools.cache import task_records, tasks_from_records
 from merge_env.scoring.evaluate import Evaluator
 from merge_env.scoring.tasks.synthetic import char_tokenizer
 from merge_env.scoring.tasks.task import Example, Task
-from tests.conftest import tiny_llama_for
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 
@@ -37,16 +37,6 @@ def _corpus() -> dict[str, list[tuple[str, str]]]:
 
 SMALL = {"n_search": 3, "n_test": 4, "prompt_chars": 40, "answer_chars": 12, "held_out": 0.2,
          "seq_len": 16, "steps": 4, "batch_size": 2, "lr": 1e-2, "warmup": 1}  # fmt: skip
-
-
-@pytest.fixture
-def tiny_seed(tmp_path, monkeypatch) -> Path:
-    """A tiny Llama with a character tokenizer standing in for the converted SmolLM2."""
-    tok = char_tokenizer()
-    base = tmp_path / "cache" / "gguf-tiny"
-    gguf.save_hf_folder(tiny_llama_for(tok), tok, base)
-    monkeypatch.setattr(domains, "converted_base", lambda gguf_file, cache_dir: base)
-    return base
 
 
 # ---------------------------------------------------------------- corpora and passages
@@ -155,7 +145,7 @@ def test_a_task_without_eos_scores_the_answer_tokens_alone():
 # ---------------------------------------------------------------- the build
 
 
-def test_pool_builds_low_rank_experts_that_learn_their_domain(tiny_seed, tmp_path):
+def test_pool_builds_low_rank_experts_that_learn_their_domain(tiny_domain_seed, tmp_path):
     config = domains.DomainConfig(**{**SMALL, "steps": 12})
     pool = domains.build_domain_pool(config, tmp_path / "cache", corpus=_corpus(), progress=False)
     assert pool.root.name.startswith("domains-") and sorted(pool.experts) == ["code", "docs"]
@@ -164,7 +154,7 @@ def test_pool_builds_low_rank_experts_that_learn_their_domain(tiny_seed, tmp_pat
     assert manifest["losses"]["code"][-1] < manifest["losses"]["code"][0]
     from merge_env.search.assemble import load_causal_lm
 
-    base = load_causal_lm(tiny_seed, torch.float32).state_dict()
+    base = load_causal_lm(tiny_domain_seed, torch.float32).state_dict()
     expert = load_causal_lm(pool.experts["docs"], torch.float32).state_dict()
     delta = expert["model.layers.0.mlp.up_proj.weight"] - base["model.layers.0.mlp.up_proj.weight"]
     assert 0 < torch.linalg.matrix_rank(delta) <= config.lora_rank
@@ -185,7 +175,7 @@ def test_pool_builds_low_rank_experts_that_learn_their_domain(tiny_seed, tmp_pat
     assert other_pool.root != pool.root
 
 
-def test_config_and_corpus_are_checked(tiny_seed, tmp_path):
+def test_config_and_corpus_are_checked(tiny_domain_seed, tmp_path):
     with pytest.raises(ConfigError, match="pool.held_out"):
         domains.DomainConfig(held_out=0.5)
     with pytest.raises(ConfigError, match="unknown domain pool setting\\(s\\) \\['step'\\]"):
@@ -200,7 +190,7 @@ def test_config_and_corpus_are_checked(tiny_seed, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp", "domains-"))]
 
 
-def test_build_zoo_reports_a_domain_pool(tiny_seed, tmp_path, monkeypatch):
+def test_build_zoo_reports_a_domain_pool(tiny_domain_seed, tmp_path, monkeypatch):
     """``build_zoo --pool smollm2_domains``: the pool built with the settings given, its TEST
     table on log-likelihood, and each plain merge's share of each expert's own-domain gain,
     checked against a uniform average of the weights made by hand."""
@@ -219,6 +209,9 @@ def test_build_zoo_reports_a_domain_pool(tiny_seed, tmp_path, monkeypatch):
     text = console.export_text()
     assert "domain pool seed 0: built at" in text and "lora_rank=4" in text
     assert "loglik / tok" in text and "linear uniform keeps of each own-domain gain" in text
+    # the trade-off checks that mean something in nats, none of "base partly solves"
+    assert "expert:code on code:" in text and "expert:docs loses elsewhere:" in text
+    assert "partly solves" not in text
 
     ev = Evaluator(char_tokenizer())
     models = {n: load_causal_lm(p, torch.float32) for n, p in pool.checkpoints().items()}
@@ -229,20 +222,26 @@ def test_build_zoo_reports_a_domain_pool(tiny_seed, tmp_path, monkeypatch):
     states = [models[f"expert:{d}"].state_dict() for d in ("code", "docs")]
     average.load_state_dict({k: (states[0][k] + states[1][k]) / 2 for k in states[0]})
     averaged = ev.score_tasks(average, pool.tasks, "test")
-    regime = build_zoo.print_domain_merges(pool, Console(file=open(tmp_path / "log", "w")))
+    regime = build_zoo.print_domain_merges(pool, Console(file=io.StringIO()))
     for d in ("code", "docs"):
         gain = score[f"expert:{d}"][d].loglik - score["base"][d].loglik
         assert regime.gains[d] == pytest.approx(gain, abs=1e-5)
         kept = (averaged[d].loglik - score["base"][d].loglik) / gain
         assert regime.kept["linear uniform"][d] == pytest.approx(kept, abs=1e-3)
-    for flags in (["--core-only"], ["--fixed-lambda"]):
+    for flags in (["--core-only"], ["--preset", "v5"]):
         with pytest.raises(
-            ConfigError, match=f"{flags[0]}: for the zoo preset, not --pool smollm2_domains"
+            ConfigError, match=f"{' '.join(flags)}: for the zoo preset, not --pool smollm2_domains"
         ):
             build_zoo.main(["--pool", "smollm2_domains", *flags])
+    with pytest.raises(ConfigError, match="--fixed-lambda: --pool smollm2_domains scores its"):
+        build_zoo.main(["--pool", "smollm2_domains", "--fixed-lambda"])
+    asked = []  # --fixed-lambda still reaches the SmolLM2 pool
+    monkeypatch.setattr(build_zoo, "run_smollm2", lambda *a, **kw: asked.append(kw))
+    assert build_zoo.main(["--pool", "smollm2", "--fixed-lambda"]) == 0
+    assert asked[0]["tune_lambda"] is False
 
 
-def test_moe_experiment_runs_on_a_domain_pool(tiny_seed, tmp_path, monkeypatch):
+def test_moe_experiment_runs_on_a_domain_pool(tiny_domain_seed, tmp_path, monkeypatch):
     """``python -m experiments.moe pool=smollm2_domains`` end to end on a tiny seed model: the
     per-task columns and the claims are on the continuation's log-likelihood."""
     from hydra import compose, initialize_config_dir

@@ -278,7 +278,10 @@ def train_hetero(
             f"train_hetero: need router_loss > 0 and lr > 0 (the router learns from its teacher) "
             f"and proj_lr >= 0; got router_loss={router_loss}, lr={lr}, proj_lr={proj_lr}"
         )
-    flags = [eos] * len(examples) if isinstance(eos, bool) else [bool(e) for e in eos]
+    if isinstance(eos, str) or not isinstance(eos, Sequence):  # one flag (a numpy bool too)
+        flags = [bool(eos)] * len(examples)
+    else:
+        flags = [bool(e) for e in eos]
     if len(flags) != len(examples):
         raise ConfigError(
             f"train_hetero: {len(flags)} eos flags for {len(examples)} training examples"
