@@ -142,6 +142,19 @@ def print_table(
             console.print(f"  {mark} {sentence}")
 
 
+def print_merges(
+    console: Console, title: str, tasks: Sequence[str], scores: Mapping[str, Mapping[str, float]]
+) -> None:
+    """A row a model (base, experts, merges), a column a task, three decimals."""
+    table = Table(title=title)
+    table.add_column("model", no_wrap=True)
+    for task in tasks:
+        table.add_column(task, justify="right")
+    for name, row in scores.items():
+        table.add_row(name, *(f"{row[t]:.3f}" for t in tasks))
+    console.print(table)
+
+
 def print_regime(
     zoo: Zoo | SmolPool,
     console: Console,
@@ -158,14 +171,8 @@ def print_regime(
     for family, curve in found.curves.items():
         points = "  ".join(f"{lam:g}: {mean:.3f}" for lam, mean in curve.items())
         console.print(f"  {family}, λ on the SEARCH split (mean exact match): {points}")
-    tasks = [t.name for t in zoo.tasks]
-    table = Table(title="fine-tune regime: plain merges of the experts, TEST exact match")
-    table.add_column("model", no_wrap=True)
-    for task in tasks:
-        table.add_column(task, justify="right")
-    for name, row in scores.items():
-        table.add_row(name, *(f"{row[t]:.3f}" for t in tasks))
-    console.print(table)
+    title = "fine-tune regime: plain merges of the experts, TEST exact match"
+    print_merges(console, title, [t.name for t in zoo.tasks], scores)
     for holds, sentence in regime.sentences():
         console.print(f"  [{'green' if holds else 'red'}]{'ok ' if holds else 'NO '}[/] {sentence}")
     console.print(f"  regime {'holds' if regime.holds else 'does NOT hold'}")
@@ -406,13 +413,8 @@ def print_domain_merges(pool: DomainPool, console: Console, device: str = "cpu")
                           metric="loglik")  # fmt: skip
     regime = judge(scores, {t: t for t in pool.experts}, min_gain=0.0, tolerance=0.0)
     tasks = [t.name for t in pool.tasks]
-    table = Table(title="plain merges of the domain experts, TEST log-likelihood per token")
-    table.add_column("model", no_wrap=True)
-    for task in tasks:
-        table.add_column(task, justify="right")
-    for name, row in scores.items():
-        table.add_row(name, *(f"{row[t]:.3f}" for t in tasks))
-    console.print(table)
+    title = "plain merges of the domain experts, TEST log-likelihood per token"
+    print_merges(console, title, tasks, scores)
     base = scores[BASE]
     for expert in pool.experts:
         others = ", ".join(f"{t} {scores[expert][t] - base[t]:+.3f}" for t in tasks if t != expert)
