@@ -33,7 +33,9 @@ RUNS = {"S: pool v5-L, answer-only": HERE / "answer_pool0_rerun",
         "D: real-domain experts": HERE / "domains_pool0",
         "D2: pool version 2, the defaults (session 48)": HERE / "domains_v2",
         "DH: pool version 2, trained harder (session 48)": HERE / "domains_v2_hard",
-        "DR: pool version 2, rank 64 (session 48, an amendment)": HERE / "domains_v2_rank64"}  # fmt: skip
+        "DR: pool version 2, rank 64 (session 48, an amendment)": HERE / "domains_v2_rank64",
+        "D2s1: pool version 2, the defaults, training seed 1 (session 48, a second amendment)":
+            HERE / "domains_v2_seed1"}  # fmt: skip
 METRIC = {title: "exact_match" if title.startswith("S") else "loglik" for title in RUNS}
 CONTROL, HARD, RANK = "domains_v2", "domains_v2_hard", "domains_v2_rank64"
 N_BOOT = 2000
@@ -173,7 +175,7 @@ def main() -> None:
     for title, folder in RUNS.items():
         out += study(title, folder)
     out += same_scores()
-    for name, folder in (("DH", HARD), ("DR", RANK)):
+    for name, folder in (("DH", HARD), ("DR", RANK), ("D2s1", "domains_v2_seed1")):
         out += against_control(HERE / CONTROL, HERE / folder, name)
         out += per_passage(HERE / folder)
     print("\n".join(out))
