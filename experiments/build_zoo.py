@@ -85,9 +85,8 @@ def tradeoff_report(
     tasks = [t.name for t in zoo.tasks]
     dense = {"base": scores["base"], **{f"expert:{k}": scores[f"expert:{k}"] for k in zoo.experts}}
     lines: list[tuple[bool, str]] = []
-    for task in tasks:
-        if metric == "loglik":  # never above 0: "partly solves" has no meaning in nats
-            break
+    # log-likelihood is never above 0: "partly solves" has no meaning in nats
+    for task in tasks if metric != "loglik" else ():
         base_score = scores["base"][task].get(metric)
         lines.append((base_score > 0, f"base partly solves {task}: {base_score:.3f}"))
     for task in zoo.experts:
@@ -341,6 +340,26 @@ def run(
     return zoo
 
 
+def announce(
+    console: Console,
+    what: str,
+    pool: SmolPool | DomainPool,
+    config: SmolConfig | DomainConfig,
+    elapsed: float,
+    built: str,
+) -> None:
+    """The line saying whether a SmolLM2-based pool was found in the cache (``elapsed`` under half
+    its fine-tuning time) or built, with ``built`` (its times) and ``provenance``; then the
+    settings of ``config`` other than its class's defaults at its seed."""
+    verb = "found in cache" if elapsed < 0.5 * pool.finetune_seconds else "built"
+    console.print(f"{what} seed {config.seed}: {verb} at {pool.root} "
+                  f"({built}{provenance(pool)})")  # fmt: skip
+    defaults = dataclasses.asdict(type(config)(seed=config.seed))
+    changed = [f"{k}={v!r}" for k, v in dataclasses.asdict(config).items() if v != defaults[k]]
+    if changed:
+        console.print(f"  settings other than the defaults: {', '.join(changed)}")
+
+
 def smollm2_config(seed: int, settings: Sequence[str] = ()) -> SmolConfig:
     """The SmolLM2 pool's defaults at ``seed`` with ``KEY=VALUE`` settings applied (any
     SmolConfig field)."""
@@ -374,15 +393,7 @@ def run_smollm2(
     )
     elapsed = time.perf_counter() - start
     built = f"conversion {pool.convert_seconds:.1f} s, fine-tuning {pool.finetune_seconds:.1f} s"
-    built += provenance(pool)
-    defaults = dataclasses.asdict(SmolConfig(seed=config.seed))
-    changed = [f"{k}={v!r}" for k, v in dataclasses.asdict(config).items() if v != defaults[k]]
-    if elapsed < 0.5 * pool.finetune_seconds:
-        console.print(f"SmolLM2 pool seed {config.seed}: found in cache at {pool.root} ({built})")
-    else:
-        console.print(f"SmolLM2 pool seed {config.seed}: built at {pool.root} ({built})")
-    if changed:
-        console.print(f"  settings other than the defaults: {', '.join(changed)}")
+    announce(console, "SmolLM2 pool", pool, config, elapsed, built)
     scores = score_zoo(pool, "test", device)
     n_test = len(pool.tasks[0].test)
     title = f"SmolLM2-135M-Instruct pool: TEST split ({n_test} examples per task)"
@@ -448,13 +459,8 @@ def run_domains(
         config, cache_dir, gguf_file=gguf_file, progress=progress, device=device
     )
     elapsed = time.perf_counter() - start
-    built = f"fine-tuning {pool.finetune_seconds:.1f} s" + provenance(pool)
-    verb = "found in cache" if elapsed < 0.5 * pool.finetune_seconds else "built"
-    console.print(f"domain pool seed {config.seed}: {verb} at {pool.root} ({built})")
-    defaults = dataclasses.asdict(DomainConfig(seed=config.seed))
-    changed = [f"{k}={v!r}" for k, v in dataclasses.asdict(config).items() if v != defaults[k]]
-    if changed:
-        console.print(f"  settings other than the defaults: {', '.join(changed)}")
+    built = f"fine-tuning {pool.finetune_seconds:.1f} s"
+    announce(console, "domain pool", pool, config, elapsed, built)
     scores = score_zoo(pool, "test", device)
     n_test = len(pool.tasks[0].test)
     title = f"domain pool: TEST split ({n_test} passages per domain)"
@@ -516,10 +522,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pool != "zoo" and any(zoo_only.values()):
         flag = next(f for f, on in zoo_only.items() if on)
         raise ConfigError(f"{flag}: for the zoo preset, not --pool {args.pool}")
-    if args.pool == "smollm2_domains" and args.fixed_lambda:
-        raise ConfigError("--fixed-lambda: --pool smollm2_domains scores its merges at their "
-                          "fixed weights only (no scaling is chosen on the search split)")  # fmt: skip
     if args.pool == "smollm2_domains":
+        if args.fixed_lambda:
+            raise ConfigError("--fixed-lambda: --pool smollm2_domains scores its merges at their "
+                              "fixed weights only (no scaling is chosen on the search split)")  # fmt: skip
         run_domains(
             args.seed, args.cache_dir, args.device, not args.no_progress,
             config=domains_config(args.seed, args.set), regime=not args.no_regime,

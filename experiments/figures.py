@@ -819,22 +819,27 @@ def routing_share(confusion: Mapping[str, Mapping[str, int]]) -> tuple[float, di
 def moe_text_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list[str]:
     if result.get("not_applicable"):
         return [f"Not applicable: {result['not_applicable']}.", ""]
-    zoos = [f"- zoo seed {z} (`pool.loss_on={z_info['loss_on']}`): {z_info['built']}"
-            + (", found in the cache" if z_info["found_in_cache"] else "")
-            + f"; trained on {z_info['trained_on']}; base + experts' weights sha256 "
-            f"`{z_info['weights_digest']}`" for z, z_info in result.get("zoos", {}).items()]  # fmt: skip
-    return [*zoos, *([""] if zoos else []), *moe_markdown(result, protocol)]
+    zoos = {f"zoo seed {z} (`pool.loss_on={info['loss_on']}`)": info
+            for z, info in result.get("zoos", {}).items()}  # fmt: skip
+    return [*_built_lines(zoos), *moe_markdown(result, protocol)]
+
+
+def _built_lines(pools: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per pool a section built first (``_build_pool``'s record, by its label): how it
+    was built, where it was trained, its weights digest; a blank line after them."""
+    lines = [f"- {label}: {p['built']}" + (", found in the cache" if p["found_in_cache"] else "")
+             + (f"; trained on {p['trained_on']}" if p["trained_on"] else "")
+             + f"; base + experts' weights sha256 `{p['weights_digest']}`"
+             for label, p in pools.items()]  # fmt: skip
+    return [*lines, ""] if lines else []
 
 
 def moe_domains_markdown(result: Mapping[str, Any], protocol: Mapping[str, Any]) -> list[str]:
     if result.get("not_applicable"):
         return [f"Not applicable: {result['not_applicable']}.", ""]
-    pools = [f"- domain pool seed {z} (`{Path(p['root']).name}`): {p['built']}"
-             + (", found in the cache" if p["found_in_cache"] else "")
-             + (f"; trained on {p['trained_on']}" if p["trained_on"] else "")
-             + f"; seed model + experts' weights sha256 `{p['weights_digest']}`"
-             for z, p in result.get("pools", {}).items()]  # fmt: skip
-    return [*pools, *([""] if pools else []), *moe_markdown(result, protocol)]
+    pools = {f"domain pool seed {z} (`{Path(p['root']).name}`)": p
+             for z, p in result.get("pools", {}).items()}  # fmt: skip
+    return [*_built_lines(pools), *moe_markdown(result, protocol)]
 
 
 MARKDOWN: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]]] = {

@@ -529,7 +529,8 @@ def score_regime(
         return {task: score.get(metric) for task, score in scores.items()}
 
     def judged(name: str, model: object) -> dict[str, float]:
-        """Exact match on ``split`` from the per-example results (``score_tasks``' very sweep)."""
+        """``metric`` on ``split``; exact match from the per-example results (``score_tasks``'
+        very sweep), kept in ``examples``."""
         if metric != "exact_match":
             return measured(model, split)
         per = {
